@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: MIT
+// The Llama architecture (RMSNorm, RoPE on interleaved pairs, grouped-query attention, SwiGLU)
+// as a batched, incremental next-token policy with a preallocated KV cache.
+//
+// Shapes: B = batch rows, n = tokens fed in one call (any mix of rows), d = dim,
+// kv = kv_dim, h = hidden_dim, V = vocab, S = positions the cache holds. Row-major throughout.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ipa/core/error.hpp"
+#include "ipa/core/matmul.hpp"
+#include "ipa/core/parallel.hpp"
+#include "ipa/core/types.hpp"
+#include "ipa/model/llama_weights.hpp"
+
+namespace ipa {
+
+/// Decoding state of a batch: KV caches (L, B, S, kv), each row's length, and scratch space
+/// that is grown once and then reused (no allocation per token).
+struct llama_state {
+  int batch = 0;
+  int capacity = 0;             ///< S: positions per row
+  std::vector<int> length;      ///< tokens already in each row's cache
+  std::vector<float> key_cache, value_cache;
+  // scratch, sized for the largest call so far
+  std::vector<float> x, xb, q, k, v, att, hb, hb2, scores, logits_x;
+  std::vector<int> pos, next_pos;
+  std::vector<std::size_t> items;
+
+  /// Forgets every row's tokens (the caches are kept for reuse).
+  void reset() noexcept { std::fill(length.begin(), length.end(), 0); }
+};
+
+/// A Llama-architecture transformer over llama_weights.
+class llama_model {
+ public:
+  using state_type = llama_state;
+
+  explicit llama_model(llama_weights weights) : w_(std::move(weights)) {
+    const llama_config& c = w_.config();
+    c.validate();
+    // RoPE table as llama2.c computes it: angle = pos * theta^(-2i/head_size) on pair i.
+    const int half = c.head_size() / 2;
+    rope_cos_.resize(std::size_t(c.seq_len) * half);
+    rope_sin_.resize(rope_cos_.size());
+    for (int p = 0; p < c.seq_len; ++p)
+      for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(double(c.rope_theta), -2.0 * i / c.head_size());
+        rope_cos_[std::size_t(p) * half + i] = static_cast<float>(std::cos(p * freq));
+        rope_sin_[std::size_t(p) * half + i] = static_cast<float>(std::sin(p * freq));
+      }
+  }
+
+  const llama_config& config() const noexcept { return w_.config(); }
+  const llama_weights& weights() const noexcept { return w_; }
+  std::size_t vocab_size() const noexcept { return std::size_t(w_.config().vocab_size); }
+  std::size_t context_length() const noexcept { return std::size_t(w_.config().seq_len); }
+
+  /// A state for `batch` rows holding up to `capacity` positions each (default: the context).
+  llama_state new_state(int batch, int capacity = 0) const {
+    const llama_config& c = w_.config();
+    if (batch <= 0) throw config_error("llama_model::new_state: batch must be >= 1, found " + std::to_string(batch));
+    if (capacity <= 0) capacity = c.seq_len;
+    if (capacity > c.seq_len)
+      throw shape_error("llama_model::new_state: capacity " + std::to_string(capacity) +
+                        " exceeds the model's context length " + std::to_string(c.seq_len));
+    llama_state s;
+    s.batch = batch;
+    s.capacity = capacity;
+    s.length.assign(batch, 0);
+    const std::size_t cache = std::size_t(c.n_layers) * batch * capacity * c.kv_dim();
+    s.key_cache.assign(cache, 0.0f);
+    s.value_cache.assign(cache, 0.0f);
+    return s;
+  }
+
+  /// Feeds n tokens: token i goes to row rows[i] at that row's next position (tokens of one row
+  /// in order). Writes next-token logits for the items listed in `logit_items` into `logits`
+  /// (logit_items.size() x V). Throws shape_error when a row would outgrow its cache.
+  void forward(llama_state& s, std::span<const int> rows, std::span<const token_id> tokens,
+               std::span<const std::size_t> logit_items, std::span<float> logits) const {
+    const llama_config& c = w_.config();
+    const std::size_t n = tokens.size(), d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, V = c.vocab_size;
+    if (rows.size() != n)
+      throw shape_error("llama_model::forward: " + std::to_string(rows.size()) + " rows for " +
+                        std::to_string(n) + " tokens");
+    if (logits.size() != logit_items.size() * V)
+      throw shape_error("llama_model::forward: logits buffer holds " + std::to_string(logits.size()) +
+                        " floats, expected " + std::to_string(logit_items.size() * V));
+    grow(s, n);
+    // Positions and bounds, before touching any state.
+    std::vector<int>& pos = s.pos;
+    for (std::size_t i = 0; i < n; ++i) {
+      const int r = rows[i];
+      if (r < 0 || r >= s.batch)
+        throw shape_error("llama_model::forward: row " + std::to_string(r) + " outside the batch of " +
+                          std::to_string(s.batch));
+      if (tokens[i] < 0 || std::size_t(tokens[i]) >= V)
+        throw shape_error("llama_model::forward: token id " + std::to_string(tokens[i]) +
+                          " outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+    std::vector<int>& next = s.next_pos;
+    next.assign(s.length.begin(), s.length.end());
+    for (std::size_t i = 0; i < n; ++i) {
+      pos[i] = next[rows[i]]++;
+      if (pos[i] >= s.capacity)
+        throw shape_error("llama_model::forward: row " + std::to_string(rows[i]) + " needs position " +
+                          std::to_string(pos[i]) + " but the context holds " + std::to_string(s.capacity) +
+                          " tokens; shorten the prompt or max_new_tokens");
+    }
+    for (std::size_t i : logit_items)
+      if (i >= n) throw shape_error("llama_model::forward: logit item " + std::to_string(i) + " >= n");
+
+    float* x = s.x.data();
+    for (std::size_t i = 0; i < n; ++i)
+      std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, x + i * d);
+
+    for (int l = 0; l < c.n_layers; ++l) {
+      // attention block
+      rmsnorm(s.xb.data(), x, w_.attention_norm(l), n, d);
+      matmul_nt(s.q.data(), d, s.xb.data(), d, n, w_.wq(l), d, d, d);
+      matmul_nt(s.k.data(), kv, s.xb.data(), d, n, w_.wk(l), d, kv, d);
+      matmul_nt(s.v.data(), kv, s.xb.data(), d, n, w_.wv(l), d, kv, d);
+      for (std::size_t i = 0; i < n; ++i) {
+        rope(s.q.data() + i * d, d, pos[i]);
+        rope(s.k.data() + i * kv, kv, pos[i]);
+        std::copy_n(s.k.data() + i * kv, kv, s.key_cache.data() + cache_offset(s, l, rows[i], pos[i]));
+        std::copy_n(s.v.data() + i * kv, kv, s.value_cache.data() + cache_offset(s, l, rows[i], pos[i]));
+      }
+      attention(s, l, rows, n);
+      matmul_nt(s.xb.data(), d, s.att.data(), d, n, w_.wo(l), d, d, d);
+      for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
+      // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x)
+      rmsnorm(s.xb.data(), x, w_.ffn_norm(l), n, d);
+      matmul_nt(s.hb.data(), hd, s.xb.data(), d, n, w_.w1(l), d, hd, d);
+      matmul_nt(s.hb2.data(), hd, s.xb.data(), d, n, w_.w3(l), d, hd, d);
+      for (std::size_t j = 0; j < n * hd; ++j) {
+        const float g = s.hb[j];
+        s.hb[j] = g / (1.0f + std::exp(-g)) * s.hb2[j];
+      }
+      matmul_nt(s.xb.data(), d, s.hb.data(), hd, n, w_.w2(l), hd, d, hd);
+      for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
+    }
+    for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = pos[i] + 1;
+
+    const std::size_t m = logit_items.size();
+    if (m == 0) return;
+    s.logits_x.resize(m * d);
+    for (std::size_t j = 0; j < m; ++j)
+      rmsnorm(s.logits_x.data() + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
+    matmul_nt(logits.data(), V, s.logits_x.data(), d, m, w_.classifier(), d, V, d);
+  }
+
+  /// Feeds each row's whole prompt (prompts.size() == batch rows, each non-empty, rows start
+  /// empty) and writes the logits after each prompt's last token (B x V).
+  template <class Prompts>
+  void prefill(llama_state& s, const Prompts& prompts, std::span<float> logits) const {
+    std::vector<int> rows;
+    std::vector<token_id> tokens;
+    std::vector<std::size_t> last;
+    if (std::size(prompts) != std::size_t(s.batch))
+      throw shape_error("llama_model::prefill: " + std::to_string(std::size(prompts)) + " prompts for a batch of " +
+                        std::to_string(s.batch));
+    int r = 0;
+    for (const auto& p : prompts) {
+      if (std::size(p) == 0)
+        throw shape_error("llama_model::prefill: row " + std::to_string(r) +
+                          " has an empty prompt; start it with BOS");
+      for (token_id t : p) {
+        rows.push_back(r);
+        tokens.push_back(t);
+      }
+      last.push_back(tokens.size() - 1);
+      ++r;
+    }
+    forward(s, rows, tokens, last, logits);
+  }
+
+  /// One decoding step: feeds tokens[i] to rows[i] and writes their next-token logits (n x V).
+  void step(llama_state& s, std::span<const int> rows, std::span<const token_id> tokens,
+            std::span<float> logits) const {
+    s.items.resize(tokens.size());
+    for (std::size_t i = 0; i < s.items.size(); ++i) s.items[i] = i;
+    forward(s, rows, tokens, s.items, logits);
+  }
+
+ private:
+  void grow(llama_state& s, std::size_t n) const {
+    const llama_config& c = w_.config();
+    const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
+    if (s.x.size() >= n * d) return;
+    s.x.resize(n * d);
+    s.xb.resize(n * d);
+    s.q.resize(n * d);
+    s.att.resize(n * d);
+    s.k.resize(n * kv);
+    s.v.resize(n * kv);
+    s.hb.resize(n * hd);
+    s.hb2.resize(n * hd);
+    s.pos.resize(n);
+    s.scores.resize(n * c.n_heads * std::size_t(s.capacity));
+  }
+
+  // out = x * w / sqrt(mean(x^2) + eps), row by row
+  void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, std::size_t d) const noexcept {
+    for (std::size_t i = 0; i < n; ++i) {
+      const float* xi = x + i * d;
+      float ss = 0.0f;
+      for (std::size_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
+      const float scale = 1.0f / std::sqrt(ss / float(d) + w_.config().norm_eps);
+      for (std::size_t j = 0; j < d; ++j) out[i * d + j] = weight[j] * (scale * xi[j]);
+    }
+  }
+
+  // Rotates interleaved pairs (v[2i], v[2i+1]) of every head by pos * theta^(-2i/head_size).
+  void rope(float* v, std::size_t width, int p) const noexcept {
+    const std::size_t hs = w_.config().head_size(), half = hs / 2;
+    const float* cs = rope_cos_.data() + std::size_t(p) * half;
+    const float* sn = rope_sin_.data() + std::size_t(p) * half;
+    for (std::size_t h0 = 0; h0 < width; h0 += hs)
+      for (std::size_t i = 0; i < half; ++i) {
+        const float a = v[h0 + 2 * i], b = v[h0 + 2 * i + 1];
+        v[h0 + 2 * i] = a * cs[i] - b * sn[i];
+        v[h0 + 2 * i + 1] = a * sn[i] + b * cs[i];
+      }
+  }
+
+  // Causal attention of every fed token over its row's cache (positions 0..pos), per head.
+  void attention(llama_state& s, int l, std::span<const int> rows, std::size_t n) const {
+    const llama_config& c = w_.config();
+    const std::size_t hs = c.head_size(), d = c.dim, heads = c.n_heads, group = c.n_heads / c.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(float(hs));
+    std::size_t work = 0;
+    for (std::size_t i = 0; i < n; ++i) work += std::size_t(s.pos[i] + 1) * d;
+    parallel_for(
+        n * heads,
+        [&](std::size_t task) {
+          const std::size_t i = task / heads, h = task % heads, kvh = h / group;
+          const int p = s.pos[i];
+          const float* q = s.q.data() + i * d + h * hs;
+          float* sc = s.scores.data() + task * std::size_t(s.capacity);
+          float max = -INFINITY;
+          for (int t = 0; t <= p; ++t) {
+            const float* k = s.key_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
+            float dot = 0.0f;
+            for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
+            sc[t] = dot * scale;
+            max = sc[t] > max ? sc[t] : max;
+          }
+          float sum = 0.0f;
+          for (int t = 0; t <= p; ++t) {
+            sc[t] = std::exp(sc[t] - max);
+            sum += sc[t];
+          }
+          float* out = s.att.data() + i * d + h * hs;
+          std::fill_n(out, hs, 0.0f);
+          for (int t = 0; t <= p; ++t) {
+            const float a = sc[t] / sum;
+            const float* v = s.value_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
+            for (std::size_t j = 0; j < hs; ++j) out[j] += a * v[j];
+          }
+        },
+        work >= (std::size_t{1} << 16));
+  }
+
+  // Row `row`, position p of layer l's cache: (L, B, S, kv).
+  std::size_t cache_offset(const llama_state& s, int l, int row, int p) const noexcept {
+    return ((std::size_t(l) * s.batch + row) * s.capacity + p) * std::size_t(w_.config().kv_dim());
+  }
+
+  llama_weights w_;
+  std::vector<float> rope_cos_, rope_sin_;
+};
+
+}  // namespace ipa

@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+// Llama architecture hyper-parameters and weights, stored in one buffer in llama2.c's order.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ipa/core/error.hpp"
+
+namespace ipa {
+
+/// Hyper-parameters of a Llama-architecture transformer (RMSNorm, RoPE, GQA, SwiGLU).
+struct llama_config {
+  int dim = 0;             ///< model width
+  int hidden_dim = 0;      ///< SwiGLU inner width
+  int n_layers = 0;
+  int n_heads = 0;         ///< query heads
+  int n_kv_heads = 0;      ///< key/value heads (grouped-query attention when < n_heads)
+  int vocab_size = 0;
+  int seq_len = 0;         ///< context length: the KV cache holds at most this many positions
+  float norm_eps = 1e-5f;  ///< RMSNorm epsilon
+  float rope_theta = 10000.0f;
+  bool shared_classifier = true;  ///< output matrix is tok_embeddings (tied)
+
+  int head_size() const noexcept { return dim / n_heads; }
+  int kv_dim() const noexcept { return head_size() * n_kv_heads; }
+
+  /// Throws config_error unless the numbers describe a buildable model.
+  void validate(const std::string& where = "llama_config") const {
+    auto fail = [&](const std::string& what) { throw config_error(where + ": " + what); };
+    constexpr int limit = 1 << 20;
+    auto check = [&](int v, const char* name) {
+      if (v <= 0 || v > limit)
+        fail(std::string(name) + " must be in [1, " + std::to_string(limit) + "], found " + std::to_string(v));
+    };
+    check(dim, "dim");
+    check(hidden_dim, "hidden_dim");
+    check(n_layers, "n_layers");
+    check(n_heads, "n_heads");
+    check(n_kv_heads, "n_kv_heads");
+    check(vocab_size, "vocab_size");
+    check(seq_len, "seq_len");
+    if (dim % n_heads != 0)
+      fail("dim (" + std::to_string(dim) + ") must be a multiple of n_heads (" + std::to_string(n_heads) + ")");
+    if (n_heads % n_kv_heads != 0)
+      fail("n_heads (" + std::to_string(n_heads) + ") must be a multiple of n_kv_heads (" +
+           std::to_string(n_kv_heads) + ")");
+    if (head_size() % 2 != 0)
+      fail("head size dim/n_heads must be even for RoPE, found " + std::to_string(head_size()));
+    if (!(norm_eps > 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps must be positive and finite");
+    if (!(rope_theta > 0.0f) || !std::isfinite(rope_theta)) fail("rope_theta must be positive and finite");
+  }
+
+  /// Number of weights, in the order of llama2.c's legacy export.
+  std::uint64_t parameter_count() const noexcept {
+    const std::uint64_t d = dim, h = hidden_dim, L = n_layers, V = vocab_size, kv = kv_dim();
+    std::uint64_t n = V * d + L * (d + d * d + 2 * kv * d + d * d + d + 3 * h * d) + d;
+    if (!shared_classifier) n += V * d;
+    return n;
+  }
+};
+
+/// Offsets of one tensor inside llama_weights::data, with its shape (row-major, out x in).
+struct tensor_slot {
+  std::string name;
+  std::size_t offset = 0;
+  std::size_t rows = 0, cols = 0;  ///< per layer for stacked tensors
+  std::size_t layers = 1;
+  std::size_t size() const noexcept { return layers * rows * cols; }
+};
+
+/// All weights of a Llama model in one contiguous buffer (llama2.c's order).
+class llama_weights {
+ public:
+  llama_weights() = default;
+  explicit llama_weights(const llama_config& config) : config_(config) {
+    config_.validate();
+    const std::size_t d = config.dim, h = config.hidden_dim, L = config.n_layers, V = config.vocab_size,
+                      kv = config.kv_dim();
+    std::size_t at = 0;
+    auto add = [&](const char* name, std::size_t layers, std::size_t rows, std::size_t cols) {
+      slots_.push_back({name, at, rows, cols, layers});
+      at += layers * rows * cols;
+    };
+    add("tok_embeddings", 1, V, d);
+    add("attention_norm", L, 1, d);
+    add("wq", L, d, d);
+    add("wk", L, kv, d);
+    add("wv", L, kv, d);
+    add("wo", L, d, d);
+    add("ffn_norm", L, 1, d);
+    add("w1", L, h, d);
+    add("w2", L, d, h);
+    add("w3", L, h, d);
+    add("norm", 1, 1, d);
+    if (!config.shared_classifier) add("output", 1, V, d);
+    data_.assign(at, 0.0f);
+  }
+
+  /// Weights drawn from N(0, 0.02) (norm weights 1), for benchmarks and tests of shapes.
+  static llama_weights random(const llama_config& config, std::uint64_t seed) {
+    llama_weights w(config);
+    std::mt19937_64 gen(seed);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    for (auto& v : w.data_) v = normal(gen);
+    for (const char* name : {"attention_norm", "ffn_norm", "norm"}) {
+      auto s = w.tensor(name);
+      std::fill(s.begin(), s.end(), 1.0f);
+    }
+    return w;
+  }
+
+  const llama_config& config() const noexcept { return config_; }
+  std::span<float> data() noexcept { return data_; }
+  std::span<const float> data() const noexcept { return data_; }
+  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
+
+  /// The whole (all layers) tensor called `name`; throws config_error for an unknown name.
+  std::span<float> tensor(const std::string& name) { return span_of(slot(name)); }
+  std::span<const float> tensor(const std::string& name) const {
+    const tensor_slot& s = slot(name);
+    return {data_.data() + s.offset, s.size()};
+  }
+  const tensor_slot& slot(const std::string& name) const {
+    for (const auto& s : slots_)
+      if (s.name == name) return s;
+    throw config_error("llama_weights: no tensor named '" + name + "'");
+  }
+
+  // Hot-path accessors: pointer to layer l's slice.
+  const float* tok_embeddings() const noexcept { return at(0, 0); }
+  const float* attention_norm(int l) const noexcept { return at(1, l); }
+  const float* wq(int l) const noexcept { return at(2, l); }
+  const float* wk(int l) const noexcept { return at(3, l); }
+  const float* wv(int l) const noexcept { return at(4, l); }
+  const float* wo(int l) const noexcept { return at(5, l); }
+  const float* ffn_norm(int l) const noexcept { return at(6, l); }
+  const float* w1(int l) const noexcept { return at(7, l); }
+  const float* w2(int l) const noexcept { return at(8, l); }
+  const float* w3(int l) const noexcept { return at(9, l); }
+  const float* norm() const noexcept { return at(10, 0); }
+  const float* classifier() const noexcept {
+    return config_.shared_classifier ? tok_embeddings() : at(11, 0);
+  }
+
+ private:
+  std::span<float> span_of(const tensor_slot& s) { return {data_.data() + s.offset, s.size()}; }
+  const float* at(std::size_t slot, int layer) const noexcept {
+    const tensor_slot& s = slots_[slot];
+    return data_.data() + s.offset + static_cast<std::size_t>(layer) * s.rows * s.cols;
+  }
+
+  llama_config config_;
+  std::vector<tensor_slot> slots_;
+  std::vector<float> data_;
+};
+
+}  // namespace ipa

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+// The Llama model against the golden logits of llama2.c's model.py, plus kernel references.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include <ipa/core/matmul.hpp>
+#include <ipa/core/rng.hpp>
+#include <ipa/io/llama2c.hpp>
+#include <ipa/io/npy.hpp>
+#include <ipa/model/llama.hpp>
+
+#include "test_data.hpp"
+
+TEST_CASE("matmul_nt matches the double-precision reference for every tile remainder") {
+  ipa::xoshiro256 rng(7);
+  for (std::size_t n : {1u, 2u, 3u, 4u, 5u, 7u, 16u})
+    for (std::size_t m : {1u, 3u, 4u, 33u, 70u})
+      for (std::size_t k : {1u, 8u, 13u, 64u, 100u}) {
+        std::vector<float> x(n * k), w(m * k), out(n * m), ref(n * m);
+        for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
+        for (auto& v : w) v = float(ipa::uniform01(rng) - 0.5);
+        ipa::matmul_nt(out.data(), m, x.data(), k, n, w.data(), k, m, k);
+        ipa::matmul_nt_reference(ref.data(), m, x.data(), k, n, w.data(), k, m, k);
+        for (std::size_t i = 0; i < out.size(); ++i) REQUIRE(out[i] == doctest::Approx(ref[i]).epsilon(1e-5));
+        // batch invariance: row i alone gives the same bits as inside the batch
+        std::vector<float> one(m);
+        ipa::matmul_nt(one.data(), m, x.data() + (n - 1) * k, k, 1, w.data(), k, m, k);
+        for (std::size_t r = 0; r < m; ++r) REQUIRE(one[r] == out[(n - 1) * m + r]);
+      }
+}
+
+TEST_CASE("stories260K logits match llama2.c model.py at every golden position") {
+  const std::string golden = ipa_test::golden_dir() + "/llama_stories260K";
+  if (!ipa_test::have(ipa_test::model_path()) || !ipa_test::have(golden + "/logits_f64.npy")) return;
+  const ipa::llama_model model(ipa::load_llama2c(ipa_test::model_path()));
+  const auto tokens = ipa::load_npy<ipa::token_id>(golden + "/tokens.npy");
+  const auto expected = ipa::load_npy<double>(golden + "/logits_f64.npy");
+  const std::size_t T = tokens.size(), V = model.vocab_size();
+  REQUIRE(expected.shape()[0] == T);
+  REQUIRE(expected.shape()[1] == V);
+
+  SUBCASE("one forward over the whole sequence") {
+    auto state = model.new_state(1);
+    std::vector<int> rows(T, 0);
+    std::vector<std::size_t> items(T);
+    for (std::size_t i = 0; i < T; ++i) items[i] = i;
+    std::vector<float> logits(T * V);
+    model.forward(state, rows, std::span(tokens.data(), T), items, logits);
+    double worst = 0;
+    for (std::size_t i = 0; i < T * V; ++i) worst = std::max(worst, std::abs(logits[i] - expected.data()[i]));
+    MESSAGE("max |logit - golden| = " << worst);
+    CHECK(worst < 1e-4);
+  }
+  SUBCASE("token by token through the KV cache, bit-identical to the full forward") {
+    auto full = model.new_state(1);
+    auto inc = model.new_state(1);
+    std::vector<float> a(V), b(V);
+    double worst = 0;
+    for (std::size_t t = 0; t < T; ++t) {
+      const int row = 0;
+      const ipa::token_id tok = tokens.data()[t];
+      model.step(inc, std::span(&row, 1), std::span(&tok, 1), b);
+      for (std::size_t v = 0; v < V; ++v) worst = std::max(worst, std::abs(b[v] - expected.data()[t * V + v]));
+    }
+    (void)full;
+    (void)a;
+    CHECK(worst < 1e-4);
+  }
+}
