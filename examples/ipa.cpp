@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: MIT
+// The `ipa` command line: `ipa generate` decodes a base (+ adapters) on prompts, `ipa tokenize`
+// prints token ids. Run `ipa --help` for the options.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <ipa/ipa.hpp>
+
+namespace {
+
+constexpr const char* usage = R"(usage:
+  ipa generate --base MODEL [--tokenizer TOK] [--adapter MODEL [--alpha X]]...
+               (--prompt TEXT)... | --prompts-file FILE
+               [--max-new-tokens N] [--min-new-tokens N] [--temperature T] [--top-k K]
+               [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]
+  ipa tokenize --tokenizer TOK --text TEXT
+
+MODEL is a llama2.c checkpoint (e.g. stories260K.bin); TOK its tokenizer.bin (default: the
+tokenizer.bin next to MODEL). Each --alpha weights the --adapter before it (default 1; negative
+makes an anti-expert). --temperature 0 decodes greedily. Prompts decode together as one batch;
+each continuation is printed as llama2.c's run.c prints it, or as one JSON object per line with
+--json (prompt, text, prompt_ids, ids, logprobs, tailored_logprobs, finish_reason).
+)";
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// argv as a queue of "--flag value" pairs.
+struct args {
+  std::vector<std::string> items;
+  std::size_t at = 0;
+  bool done() const { return at >= items.size(); }
+  std::string flag() { return items[at++]; }
+  std::string value(const std::string& flag) {
+    if (done()) throw usage_error(flag + " needs a value");
+    return items[at++];
+  }
+};
+
+template <class T>
+T parse_number(const std::string& flag, const std::string& text) {
+  try {
+    std::size_t used = 0;
+    T v;
+    if constexpr (std::is_floating_point_v<T>) v = static_cast<T>(std::stod(text, &used));
+    else v = static_cast<T>(std::stoll(text, &used));
+    if (used != text.size()) throw std::invalid_argument(text);
+    return v;
+  } catch (const std::exception&) {
+    throw usage_error(flag + " expects a number, found '" + text + "'");
+  }
+}
+
+std::string default_tokenizer(const std::string& model) {
+  const auto slash = model.find_last_of('/');
+  return (slash == std::string::npos ? std::string() : model.substr(0, slash + 1)) + "tokenizer.bin";
+}
+
+int tokenize(args& a) {
+  std::string tok_path;
+  std::optional<std::string> text;
+  while (!a.done()) {
+    const std::string f = a.flag();
+    if (f == "--tokenizer") tok_path = a.value(f);
+    else if (f == "--text") text = a.value(f);
+    else throw usage_error("unknown option for tokenize: " + f);
+  }
+  if (tok_path.empty() || !text) throw usage_error("tokenize needs --tokenizer and --text");
+  const auto tok = ipa::llama2c_tokenizer::load(tok_path);
+  const auto ids = tok.encode(*text);
+  for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
+  std::printf("\n");
+  return 0;
+}
+
+int generate(args& a) {
+  std::string base_path, tok_path, prompts_file;
+  std::vector<std::string> prompts, adapter_paths;
+  std::vector<float> alphas;
+  ipa::generation_config cfg;
+  cfg.max_new_tokens = 256;
+  float temperature = 1.0f, repetition = 1.0f;
+  long long top_k = 0, seed = 42;
+  double top_p = 1.0, min_p = 0.0;
+  bool json = false;
+  while (!a.done()) {
+    const std::string f = a.flag();
+    if (f == "--base") base_path = a.value(f);
+    else if (f == "--tokenizer") tok_path = a.value(f);
+    else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(1.0f);
+    else if (f == "--alpha") {
+      if (alphas.empty()) throw usage_error("--alpha must follow the --adapter it weights");
+      alphas.back() = parse_number<float>(f, a.value(f));
+    } else if (f == "--prompt") prompts.push_back(a.value(f));
+    else if (f == "--prompts-file") prompts_file = a.value(f);
+    else if (f == "--max-new-tokens") cfg.max_new_tokens = parse_number<std::size_t>(f, a.value(f));
+    else if (f == "--min-new-tokens") cfg.min_new_tokens = parse_number<std::size_t>(f, a.value(f));
+    else if (f == "--temperature") temperature = parse_number<float>(f, a.value(f));
+    else if (f == "--top-k") top_k = parse_number<long long>(f, a.value(f));
+    else if (f == "--top-p") top_p = parse_number<double>(f, a.value(f));
+    else if (f == "--min-p") min_p = parse_number<double>(f, a.value(f));
+    else if (f == "--repetition-penalty") repetition = parse_number<float>(f, a.value(f));
+    else if (f == "--seed") seed = parse_number<long long>(f, a.value(f));
+    else if (f == "--json") json = true;
+    else throw usage_error("unknown option for generate: " + f);
+  }
+  if (base_path.empty()) throw usage_error("generate needs --base MODEL");
+  if (!prompts_file.empty()) {
+    std::ifstream in(prompts_file);
+    if (!in) throw ipa::io_error(prompts_file + ": cannot open prompts file");
+    for (std::string line; std::getline(in, line);) prompts.push_back(line);
+  }
+  if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");
+  if (tok_path.empty()) tok_path = default_tokenizer(base_path);
+  cfg.repetition_penalty = repetition;
+  if (!(temperature >= 0.0f)) throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
+
+  const ipa::llama_model base(ipa::load_llama2c(base_path));
+  const auto tok = ipa::llama2c_tokenizer::load(tok_path, base.vocab_size());
+  std::vector<ipa::llama_model> adapters;
+  adapters.reserve(adapter_paths.size());
+  std::vector<ipa::weighted<ipa::llama_model>> experts;
+  for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
+    adapters.emplace_back(ipa::load_llama2c(adapter_paths[i]));
+    experts.push_back(ipa::with_alpha(adapters.back(), alphas[i]));
+  }
+  const ipa::ipa_decoder decoder(base, experts);
+
+  ipa::prompt_list ids;
+  for (const auto& p : prompts) ids.push_back(tok.encode(p));
+  // llama2.c's models end a story with BOS (run.c stops there); EOS also ends a row.
+  cfg.eos_id = ipa::llama2c_tokenizer::eos_id;
+  cfg.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
+
+  ipa::xoshiro256 rng(static_cast<std::uint64_t>(seed));
+  // Validate sampling parameters even when greedy ignores them.
+  auto sampler = ipa::make_standard_sampler(temperature > 0 ? temperature : 1.0f, top_k, top_p, min_p);
+  ipa::rollout r;
+  if (temperature == 0.0f) {
+    ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
+    r = decoder.generate(ids, cfg, pick, rng);
+  } else {
+    r = decoder.generate(ids, cfg, sampler, rng);
+  }
+
+  for (std::size_t b = 0; b < ids.size(); ++b) {
+    std::vector<ipa::token_id> response = r.response(b);
+    const bool ended_by_token = r.finish[b] == ipa::finish_reason::eos || r.finish[b] == ipa::finish_reason::stop_token;
+    std::vector<ipa::token_id> shown(response.begin(), response.end() - (ended_by_token ? 1 : 0));
+    if (json) {
+      nlohmann::json j;
+      j["prompt"] = prompts[b];
+      std::string text;
+      ipa::token_id prev = ids[b].back();
+      for (ipa::token_id t : shown) text += tok.decode_piece(prev, t), prev = t;
+      j["text"] = text;
+      j["prompt_ids"] = ids[b];
+      j["ids"] = response;
+      std::vector<float> lp, tlp;
+      for (std::size_t t = 0; t < response.size(); ++t) lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
+      j["logprobs"] = lp;
+      j["tailored_logprobs"] = tlp;
+      j["finish_reason"] = ipa::to_string(r.finish[b]);
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+    } else {
+      // As run.c: every piece after BOS through safe_printf, then a newline.
+      std::string out;
+      std::vector<ipa::token_id> all(ids[b].begin(), ids[b].end());
+      all.insert(all.end(), shown.begin(), shown.end());
+      for (std::size_t t = 1; t < all.size(); ++t) out += ipa::llama2c_tokenizer::printable(tok.decode_piece(all[t - 1], all[t]));
+      std::cout << out << '\n';
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  args a;
+  for (int i = 1; i < argc; ++i) a.items.emplace_back(argv[i]);
+  try {
+    if (a.done()) throw usage_error("missing command");
+    const std::string cmd = a.flag();
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::cout << usage;
+      return 0;
+    }
+    if (cmd == "generate") return generate(a);
+    if (cmd == "tokenize") return tokenize(a);
+    throw usage_error("unknown command '" + cmd + "'");
+  } catch (const usage_error& e) {
+    std::cerr << "ipa: " << e.what() << "\n" << usage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "ipa: error: " << e.what() << "\n";
+    return 1;
+  }
+}
