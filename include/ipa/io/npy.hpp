@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -109,7 +110,7 @@ xt::xarray<T> load_npy(const std::string& path) {
     else {
       std::int64_t v;
       std::memcpy(&v, src, 8);
-      if constexpr (sizeof(T) < 8)
+      if constexpr (std::is_integral_v<T> && sizeof(T) < 8)
         if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
           throw io_error(path + ": .npy value " + std::to_string(v) + " does not fit the requested type");
       out.data()[i] = static_cast<T>(v);

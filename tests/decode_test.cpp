@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: MIT
+// Fusion by hand-computed tables, samplers (1e5 draws against the distribution they claim),
+// processors, and the decoder on the real model (greedy golden, alone and inside a batch).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <ipa/ipa.hpp>
+
+#include "test_data.hpp"
+
+namespace {
+
+// A fixed-table policy: the logits depend only on the last token, from a (V x V) table.
+struct table_policy {
+  struct state_type {
+    std::vector<ipa::token_id> last;
+    std::vector<int> length;
+  };
+  std::vector<std::vector<float>> table;  // table[last token] = next logits
+  std::size_t context = 64;
+  std::size_t vocab_size() const { return table.size(); }
+  std::size_t context_length() const { return context; }
+  state_type new_state(int b, int) const { return {std::vector<ipa::token_id>(b), std::vector<int>(b)}; }
+  void prefill(state_type& s, const ipa::prompt_list& prompts, std::span<float> logits) const {
+    for (std::size_t b = 0; b < prompts.size(); ++b) {
+      s.last[b] = prompts[b].back();
+      std::copy(table[s.last[b]].begin(), table[s.last[b]].end(), logits.begin() + b * vocab_size());
+    }
+  }
+  void step(state_type& s, std::span<const int> rows, std::span<const ipa::token_id> tokens, std::span<float> logits) const {
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      s.last[rows[i]] = tokens[i];
+      std::copy(table[tokens[i]].begin(), table[tokens[i]].end(), logits.begin() + i * vocab_size());
+    }
+  }
+};
+static_assert(ipa::Policy<table_policy>);
+
+std::vector<double> softmax_of(std::vector<double> x) {
+  double m = *std::max_element(x.begin(), x.end()), s = 0;
+  for (double& v : x) s += (v = std::exp(v - m));
+  for (double& v : x) v /= s;
+  return x;
+}
+
+table_policy uniform_rows(std::vector<float> row) {
+  table_policy p;
+  p.table.assign(row.size(), row);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("fusion: hand-computed product-of-experts tables") {
+  const std::vector<float> base = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  SUBCASE("alpha = 0 gives the base") {
+    std::vector<float> t = base;
+    ipa::add_expert(t, std::vector<float>{5.f, -3.f, 1.f}, 0.0f);
+    ipa::log_softmax(t);
+    for (int v = 0; v < 3; ++v) CHECK(std::exp(t[v]) == doctest::Approx(std::exp(base[v])).epsilon(1e-6));
+  }
+  SUBCASE("base + adapter equal to base with alpha 1 gives p^2 renormalised") {
+    std::vector<float> t = base;
+    ipa::add_expert(t, base, 1.0f);
+    ipa::softmax(t);
+    // 0.25, 0.09, 0.04 / 0.38
+    CHECK(t[0] == doctest::Approx(0.25 / 0.38).epsilon(1e-6));
+    CHECK(t[1] == doctest::Approx(0.09 / 0.38).epsilon(1e-6));
+    CHECK(t[2] == doctest::Approx(0.04 / 0.38).epsilon(1e-6));
+  }
+  SUBCASE("negative alpha is an anti-expert: p_base / p_adapter^0.5") {
+    const std::vector<float> anti = {std::log(0.8f), std::log(0.1f), std::log(0.1f)};
+    std::vector<float> t = base;
+    ipa::add_expert(t, anti, -0.5f);
+    ipa::softmax(t);
+    const double a = 0.5 / std::sqrt(0.8), b = 0.3 / std::sqrt(0.1), c = 0.2 / std::sqrt(0.1), z = a + b + c;
+    CHECK(t[0] == doctest::Approx(a / z).epsilon(1e-6));
+    CHECK(t[1] == doctest::Approx(b / z).epsilon(1e-6));
+    CHECK(t[2] == doctest::Approx(c / z).epsilon(1e-6));
+  }
+  SUBCASE("two adapters add up") {
+    std::vector<float> t = {0.f, 0.f, 0.f};
+    ipa::add_expert(t, std::vector<float>{1.f, 0.f, 0.f}, 2.0f);
+    ipa::add_expert(t, std::vector<float>{0.f, 1.f, 0.f}, 1.0f);
+    CHECK(t == std::vector<float>{2.f, 1.f, 0.f});
+  }
+  SUBCASE("non-finite alpha is rejected") {
+    CHECK_THROWS_AS(ipa::check_alpha(std::nanf("")), ipa::config_error);
+    CHECK_THROWS_AS(ipa::check_alpha(INFINITY), ipa::config_error);
+  }
+}
+
+TEST_CASE("sparse base: both tail policies by hand") {
+  const std::vector<ipa::token_id> ids = {2, 0};
+  const std::vector<float> lps = {std::log(0.6f), std::log(0.3f)};
+  std::vector<float> row(5);
+  SUBCASE("restrict to top-k") {
+    ipa::densify_top_k(ids, lps, ipa::tail_policy::restrict_to_top_k, row);
+    ipa::softmax(row);
+    CHECK(row[2] == doctest::Approx(2.0 / 3));
+    CHECK(row[0] == doctest::Approx(1.0 / 3));
+    CHECK(row[1] == 0.0f);
+    CHECK(row[4] == 0.0f);
+  }
+  SUBCASE("uniform tail: 0.1 spread over the 3 unrevealed ids") {
+    ipa::densify_top_k(ids, lps, ipa::tail_policy::uniform, row);
+    ipa::softmax(row);
+    CHECK(row[2] == doctest::Approx(0.6).epsilon(1e-6));
+    CHECK(row[0] == doctest::Approx(0.3).epsilon(1e-6));
+    for (int v : {1, 3, 4}) CHECK(row[v] == doctest::Approx(0.1 / 3).epsilon(1e-5));
+  }
+  SUBCASE("garbage is rejected") {
+    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{0, 0}, lps, ipa::tail_policy::uniform, row), ipa::shape_error);
+    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{9, 0}, lps, ipa::tail_policy::uniform, row), ipa::shape_error);
+    CHECK_THROWS_AS(ipa::densify_top_k(ids, std::vector<float>{0.5f, -1.f}, ipa::tail_policy::uniform, row), ipa::config_error);
+  }
+}
+
+TEST_CASE("transforms by hand-computed tables") {
+  const std::vector<float> logits = {std::log(0.1f), std::log(0.4f), std::log(0.2f), std::log(0.3f)};
+  auto kept = [](const std::vector<float>& x) {
+    std::vector<int> k;
+    for (std::size_t i = 0; i < x.size(); ++i) k.push_back(std::isinf(x[i]) ? 0 : 1);
+    return k;
+  };
+  SUBCASE("top_k = 2") {
+    auto x = logits;
+    ipa::top_k(2).apply(x);
+    CHECK(kept(x) == std::vector<int>{0, 1, 0, 1});
+  }
+  SUBCASE("top_p = 0.65 keeps 0.4 + 0.3") {
+    auto x = logits;
+    ipa::top_p(0.65).apply(x);
+    CHECK(kept(x) == std::vector<int>{0, 1, 0, 1});
+  }
+  SUBCASE("top_p = 0.75 keeps 0.4 + 0.3 + 0.2") {
+    auto x = logits;
+    ipa::top_p(0.75).apply(x);
+    CHECK(kept(x) == std::vector<int>{0, 1, 1, 1});
+  }
+  SUBCASE("min_p = 0.45 keeps p >= 0.18") {
+    auto x = logits;
+    ipa::min_p(0.45).apply(x);
+    CHECK(kept(x) == std::vector<int>{0, 1, 1, 1});
+  }
+  SUBCASE("temperature 2 halves logits") {
+    auto x = logits;
+    ipa::temperature(2.0f).apply(x);
+    CHECK(x[1] == doctest::Approx(logits[1] / 2));
+  }
+  SUBCASE("nonsense parameters throw") {
+    CHECK_THROWS_AS(ipa::top_p(0.0), ipa::config_error);
+    CHECK_THROWS_AS(ipa::top_p(1.5), ipa::config_error);
+    CHECK_THROWS_AS(ipa::top_p(std::nan("")), ipa::config_error);
+    CHECK_THROWS_AS(ipa::temperature(0.0f), ipa::config_error);
+    CHECK_THROWS_AS(ipa::temperature(-1.0f), ipa::config_error);
+    CHECK_THROWS_AS(ipa::top_k(-1), ipa::config_error);
+    CHECK_THROWS_AS(ipa::min_p(2.0), ipa::config_error);
+    CHECK_THROWS_AS(ipa::repetition_penalty(0.0f), ipa::config_error);
+  }
+}
+
+TEST_CASE("processors") {
+  std::vector<float> x = {1.f, 2.f, -1.f, 0.5f};
+  const std::vector<ipa::token_id> prompt = {0}, gen = {2};
+  const ipa::sequence_view seq{prompt, gen};
+  ipa::repetition_penalty(2.0f).apply(x, seq);
+  CHECK(x == std::vector<float>{0.5f, 2.f, -2.f, 0.5f});
+  ipa::ban_tokens{{1}}.apply(x, seq);
+  CHECK(std::isinf(x[1]));
+  ipa::min_new_tokens{2, {3}}.apply(x, seq);  // 1 generated < 2: token 3 banned
+  CHECK(std::isinf(x[3]));
+  CHECK_THROWS_AS(ipa::ban_tokens{{7}}.apply(x, seq), ipa::shape_error);
+}
+
+TEST_CASE("the recorded log-prob is the log of the distribution actually sampled (1e5 draws)") {
+  // base p = (0.05, 0.15, 0.3, 0.5); adapter (alpha 0.7) skews it; then temperature 0.8 and
+  // top-p 0.9 truncate. Counting draws checks the claim exp(log_prob) = sampling frequency.
+  const std::vector<float> base = {std::log(0.05f), std::log(0.15f), std::log(0.3f), std::log(0.5f)};
+  const std::vector<float> adapter = {1.0f, 0.0f, -0.5f, 0.2f};
+  const table_policy b = uniform_rows(base), a = uniform_rows(adapter);
+  const ipa::ipa_decoder<table_policy> decoder(b, {ipa::with_alpha(a, 0.7f)});
+  auto sampler = ipa::sampler(ipa::temperature(0.8f), ipa::top_p(0.9), ipa::categorical{});
+  ipa::xoshiro256 rng(1);
+  ipa::generation_config cfg;
+  cfg.max_new_tokens = 1000;
+  std::map<ipa::token_id, int> count;
+  std::map<ipa::token_id, float> lp, tlp;
+  const ipa::prompt_list prompts(100, std::vector<ipa::token_id>{0});
+  table_policy bb = b;
+  bb.context = 2000;
+  table_policy aa = a;
+  aa.context = 2000;
+  const ipa::ipa_decoder<table_policy> big(bb, {ipa::with_alpha(aa, 0.7f)});
+  const auto r = big.generate(prompts, cfg, sampler, rng);
+  for (std::size_t i = 0; i < 100; ++i)
+    for (std::size_t t = 0; t < 1000; ++t) {
+      const auto tok = r.response_ids(i, t);
+      ++count[tok];
+      lp[tok] = r.log_probs(i, t);
+      tlp[tok] = r.tailored_log_probs(i, t);
+    }
+  // by hand: tailored logits, then /0.8, then top-p 0.9
+  std::vector<double> tl(4);
+  for (int v = 0; v < 4; ++v) tl[v] = base[v] + 0.7 * adapter[v];
+  const auto pi = softmax_of(tl);
+  std::vector<double> tt(4);
+  for (int v = 0; v < 4; ++v) tt[v] = tl[v] / 0.8;
+  auto q = softmax_of(tt);
+  // q sorted: which ids make up >= 0.9?
+  std::vector<int> order = {0, 1, 2, 3};
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return q[x] > q[y]; });
+  double cum = 0;
+  std::vector<bool> keep(4, false);
+  for (int id : order) {
+    keep[id] = true;
+    if ((cum += q[id]) >= 0.9) break;
+  }
+  double z = 0;
+  for (int v = 0; v < 4; ++v) z += keep[v] ? q[v] : 0;
+  const double n = 1e5;
+  for (int v = 0; v < 4; ++v) {
+    const double expected = keep[v] ? q[v] / z : 0.0;
+    CAPTURE(v);
+    CHECK(count[v] / n == doctest::Approx(expected).epsilon(0).scale(1).epsilon(0.01));
+    if (count[v] > 0) {
+      CHECK(std::exp(lp[v]) == doctest::Approx(expected).epsilon(1e-5));
+      CHECK(std::exp(tlp[v]) == doctest::Approx(pi[v]).epsilon(1e-5));
+    }
+  }
+  (void)decoder;
+}
+
+TEST_CASE("decoder errors: vocabulary mismatch, NaN alpha, prompts that do not fit") {
+  const table_policy b = uniform_rows({0.f, 0.f, 0.f, 0.f}), small = uniform_rows({0.f, 0.f, 0.f});
+  CHECK_THROWS_AS(ipa::ipa_decoder<table_policy>(b, {ipa::with_alpha(small, 1.0f)}), ipa::shape_error);
+  CHECK_THROWS_AS(ipa::ipa_decoder<table_policy>(b, {ipa::with_alpha(b, std::nanf(""))}), ipa::config_error);
+  CHECK_THROWS_AS(ipa::ipa_decoder<table_policy>(b, {ipa::with_alpha(b, -INFINITY)}), ipa::config_error);
+  const ipa::ipa_decoder<table_policy> d(b);
+  ipa::sampler<ipa::greedy> g{ipa::greedy{}};
+  ipa::xoshiro256 rng;
+  ipa::generation_config cfg;
+  CHECK_THROWS_AS(d.generate({std::vector<ipa::token_id>(64, 0)}, cfg, g, rng), ipa::shape_error);
+  CHECK_THROWS_AS(d.generate({{}}, cfg, g, rng), ipa::shape_error);
+  cfg.banned_tokens = {9};
+  CHECK_THROWS_AS(d.generate({{0}}, cfg, g, rng), ipa::config_error);
+}
+
+TEST_CASE("decoder: stop tokens, EOS, min_new_tokens, context limit") {
+  // token 3 is by far the most likely after anything
+  const table_policy b = uniform_rows({0.f, 0.f, 0.f, 5.f});
+  const ipa::ipa_decoder<table_policy> d(b);
+  ipa::sampler<ipa::greedy> g{ipa::greedy{}};
+  ipa::xoshiro256 rng;
+  ipa::generation_config cfg;
+  cfg.max_new_tokens = 10;
+  cfg.eos_id = 3;
+  auto r = d.generate({{0}, {1, 2}}, cfg, g, rng);
+  CHECK(r.response_length(0) == 1);
+  CHECK(r.finish[0] == ipa::finish_reason::eos);
+  cfg.min_new_tokens = 4;
+  r = d.generate({{0}}, cfg, g, rng);
+  CHECK(r.response_length(0) == 5);
+  CHECK(r.response(0) == std::vector<ipa::token_id>{0, 0, 0, 0, 3});
+  CHECK(r.response_mask(0, 4) == 1);
+  cfg = {};
+  cfg.max_new_tokens = 1000;
+  r = d.generate({{0, 0, 0}}, cfg, g, rng);  // context 64: 62 new tokens fit
+  CHECK(r.finish[0] == ipa::finish_reason::context);
+  CHECK(r.response_length(0) == 62);
+}
+
+TEST_CASE("stories260K: greedy golden text alone and inside a batch of ragged prompts") {
+  if (!ipa_test::have(ipa_test::model_path()) || !ipa_test::have(ipa_test::tokenizer_path())) return;
+  const ipa::llama_model model(ipa::load_llama2c(ipa_test::model_path()));
+  const auto tok = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path(), model.vocab_size());
+  const std::string golden =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw "
+      "a big, red ball. She wanted to play with it, but it was too high.\nLily";
+  const ipa::ipa_decoder decoder(model);
+  ipa::sampler<ipa::greedy> g{ipa::greedy{}};
+  ipa::xoshiro256 rng;
+  ipa::generation_config cfg;
+  cfg.max_new_tokens = 60;
+  cfg.stop_tokens = {1};
+  const auto prompt = tok.encode("Once upon a time");
+  auto text_of = [&](const ipa::rollout& r, std::size_t b, const std::vector<ipa::token_id>& p) {
+    return "Once upon a time" + tok.decode(r.response(b), p.back());
+  };
+  const auto alone = decoder.generate({prompt}, cfg, g, rng);
+  CHECK(text_of(alone, 0, prompt) == golden);
+  const ipa::prompt_list batch = {tok.encode("Tom had a big red"), tok.encode(""), prompt,
+                                  tok.encode("The little bird was sad because it could not fly over the tall tree"),
+                                  prompt};
+  const auto r = decoder.generate(batch, cfg, g, rng);
+  CHECK(text_of(r, 2, prompt) == golden);
+  CHECK(text_of(r, 4, prompt) == golden);
+  CHECK(r.response(2) == alone.response(0));
+  for (std::size_t t = 0; t < alone.response_length(0); ++t)  // batch-invariant to the bit
+    CHECK(r.tailored_log_probs(2, t) == alone.tailored_log_probs(0, t));
+
+  SUBCASE("an empty prompt decodes from BOS") {
+    CHECK(batch[1] == std::vector<ipa::token_id>{1});
+    CHECK(r.response_length(1) > 0);
+  }
+  SUBCASE("a prompt longer than the context is a clear error") {
+    const ipa::prompt_list too_long = {std::vector<ipa::token_id>(600, 300)};
+    CHECK_THROWS_WITH_AS(decoder.generate(too_long, cfg, g, rng),
+                         doctest::Contains("context holds 512"), ipa::shape_error);
+  }
+  SUBCASE("a sparse top-k view of the model gives the same greedy text (restricting keeps the argmax)") {
+    const ipa::top_k_view<ipa::llama_model> api(model, 5);
+    const ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model> sparse(api);
+    const auto s = sparse.generate({prompt}, cfg, g, rng);
+    CHECK(text_of(s, 0, prompt) == golden);
+  }
+  SUBCASE("keeping the base's logits stores exactly what the base said") {
+    ipa::generation_config keep = cfg;
+    keep.max_new_tokens = 8;
+    keep.keep_base_logits = ipa::keep_base::dense;
+    const auto k = decoder.generate({prompt}, keep, g, rng);
+    auto st = model.new_state(1);
+    std::vector<float> logits(model.vocab_size());
+    model.prefill(st, ipa::prompt_list{prompt}, logits);
+    for (std::size_t v = 0; v < logits.size(); ++v) REQUIRE(k.base_logits(0, 0, v) == logits[v]);
+    keep.keep_base_logits = ipa::keep_base::top_k;
+    keep.keep_top_k = 3;
+    const auto kk = decoder.generate({prompt}, keep, g, rng);
+    CHECK(kk.base_top_k_ids(0, 0, 0) == kk.response_ids(0, 0));
+  }
+}
+
+TEST_CASE("results do not depend on the thread count") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  const ipa::llama_model model(ipa::load_llama2c(ipa_test::model_path()));
+  const ipa::ipa_decoder decoder(model, {ipa::with_alpha(model, 0.5f)});
+  auto sample = [&] {
+    auto s = ipa::make_standard_sampler(0.9f, 40, 0.95);
+    ipa::xoshiro256 rng(3);
+    ipa::generation_config cfg;
+    cfg.max_new_tokens = 40;
+    return decoder.generate({{1, 403}, {1}, {1, 300, 301}}, cfg, s, rng);
+  };
+  const auto many = sample();
+#if defined(_OPENMP)
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto one = sample();
+  omp_set_num_threads(threads);
+#else
+  const auto one = sample();
+#endif
+  CHECK(many.response_ids == one.response_ids);
+  CHECK(many.log_probs == one.log_probs);
+}
