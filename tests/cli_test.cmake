@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: MIT
+# `ipa generate` / `ipa tokenize` as a user runs them, against llama2.c's run.c output.
+if(DEFINED ENV{IPA_MODEL_DIR})
+  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
+endif()
+if(NOT EXISTS ${MODEL_DIR}/stories260K.bin)
+  if("$ENV{CI}" STREQUAL "true")
+    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
+  endif()
+  message("SKIPPED: missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
+  return()
+endif()
+set(golden "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily\n")
+set(common --base ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin --temperature 0 --max-new-tokens 60)
+
+execute_process(COMMAND ${IPA} generate ${common} --prompt "Once upon a time" OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(rc OR NOT out STREQUAL golden)
+  message(FATAL_ERROR "ipa generate (greedy) printed:\n${out}\nexpected:\n${golden}")
+endif()
+
+# inside a batch of prompts of different lengths: the same text for the same prompt
+execute_process(COMMAND ${IPA} generate ${common} --prompt "Tom" --prompt "Once upon a time"
+                        --prompt "The little bird could not fly over the tall tree" OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+string(FIND "${out}" "${golden}" at)
+if(rc OR at EQUAL -1)
+  message(FATAL_ERROR "the golden text is missing from the batched run:\n${out}")
+endif()
+
+execute_process(COMMAND ${IPA} generate ${common} --prompt "" --json OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+foreach(key prompt text prompt_ids ids logprobs tailored_logprobs)
+  string(FIND "${out}" "\"${key}\":" at)
+  if(rc OR at EQUAL -1)
+    message(FATAL_ERROR "--json output lacks ${key}:\n${out}")
+  endif()
+endforeach()
+if(NOT out MATCHES "\"prompt_ids\":\\[1\\]")
+  message(FATAL_ERROR "an empty prompt must be [BOS]:\n${out}")
+endif()
+
+execute_process(COMMAND ${IPA} tokenize --tokenizer ${MODEL_DIR}/tok512.bin --text "Once upon a time" OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(rc OR NOT out STREQUAL "1 403 407 261 378\n")
+  message(FATAL_ERROR "ipa tokenize printed '${out}'")
+endif()
+
+# bad parameters: a clear message and a non-zero exit
+foreach(bad "--top-p;0" "--top-p;1.5" "--alpha;1" "--temperature;-1" "--max-new-tokens;x")
+  execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" ${bad} ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(rc EQUAL 0 OR NOT err MATCHES "ipa:")
+    message(FATAL_ERROR "ipa generate ${bad} should fail with a message, got rc=${rc}: ${err}")
+  endif()
+endforeach()
+execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" --adapter ${MODEL_DIR}/stories260K.bin --alpha nan
+                ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT err MATCHES "finite")
+  message(FATAL_ERROR "alpha nan should fail: ${err}")
+endif()

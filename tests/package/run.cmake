@@ -1,0 +1,25 @@
+# SPDX-License-Identifier: MIT
+# ctest driver: configure, build and run the consumer one way (MODE), in a fresh folder WORK.
+file(REMOVE_RECURSE ${WORK})
+set(extra)
+if(MODE STREQUAL "find_package")
+  execute_process(COMMAND ${CMAKE_COMMAND} --install ${IPA_BINARY_DIR} --prefix ${WORK}/prefix RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "cmake --install failed")
+  endif()
+  set(extra -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE} -B ${WORK}/build -G Ninja -DCMAKE_BUILD_TYPE=Release
+                        -DCMAKE_CXX_COMPILER=${CXX} -DIPA_MODE=${MODE} -DIPA_SOURCE_DIR=${IPA_SOURCE_DIR} ${extra}
+                RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "configuring the consumer (${MODE}) failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/build RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "building the consumer (${MODE}) failed")
+endif()
+execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "the consumer (${MODE}) returned ${rc}")
+endif()
