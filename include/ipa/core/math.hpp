@@ -3,6 +3,8 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 
@@ -14,14 +16,73 @@
 
 namespace ipa {
 
-/// log(sum(exp(x))) of a row, computed in double; -inf for an empty or all -inf row.
-inline double log_sum_exp(std::span<const float> x) noexcept {
+namespace detail {
+
+using v8f_math = float __attribute__((vector_size(32)));
+using v8i_math = std::int32_t __attribute__((vector_size(32)));
+
+inline v8f_math splat(float a) noexcept { return v8f_math{a, a, a, a, a, a, a, a}; }
+inline v8f_math blend(v8i_math mask, v8f_math yes, v8f_math no) noexcept {
+  v8i_math y, n;
+  std::memcpy(&y, &yes, sizeof y);
+  std::memcpy(&n, &no, sizeof n);
+  const v8i_math r = (mask & y) | (~mask & n);
+  v8f_math out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
+
+/// exp of 8 floats: Cephes' expf polynomial (about 1 ulp), 0 below -87.3 (so -inf gives 0).
+inline v8f_math exp8(v8f_math x) noexcept {
+  const v8i_math underflow = x < splat(-87.33654f);
+  x = blend(x > splat(88.72283f), splat(88.72283f), x);
+  x = blend(underflow, splat(-87.33654f), x);
+  // x = n ln2 + r, |r| <= ln2/2, with ln2 split in two for exactness
+  const v8f_math fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  v8f_math n = __builtin_convertvector(__builtin_convertvector(fx, v8i_math), v8f_math);
+  n = blend(n > fx, n - splat(1.0f), n);  // floor
+  const v8f_math r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  v8f_math y = splat(1.9875691500e-4f);
+  y = y * r + splat(1.3981999507e-3f);
+  y = y * r + splat(8.3334519073e-3f);
+  y = y * r + splat(4.1665795894e-2f);
+  y = y * r + splat(1.6666665459e-1f);
+  y = y * r + splat(5.0000001201e-1f);
+  y = y * r * r + r + splat(1.0f);
+  const v8i_math pow2 = (__builtin_convertvector(n, v8i_math) + 127) << 23;
+  v8f_math scale;
+  std::memcpy(&scale, &pow2, sizeof scale);
+  return blend(underflow, splat(0.0f), y * scale);
+}
+
+}  // namespace detail
+
+/// Largest element of a non-empty row.
+inline float max_of(std::span<const float> x) noexcept {
   float max = -std::numeric_limits<float>::infinity();
   for (float v : x) max = v > max ? v : max;
+  return max;
+}
+
+/// sum(exp(x - shift)) in a fixed order (8 lanes, then a fixed tree): the softmax normaliser.
+inline double sum_exp(std::span<const float> x, float shift) noexcept {
+  const std::size_t n8 = x.size() - x.size() % 8;
+  detail::v8f_math acc = {};
+  for (std::size_t i = 0; i < n8; i += 8) {
+    detail::v8f_math v;
+    std::memcpy(&v, x.data() + i, sizeof v);
+    acc += detail::exp8(v - detail::splat(shift));
+  }
+  double sum = ((double(acc[0]) + acc[4]) + (double(acc[1]) + acc[5])) + ((double(acc[2]) + acc[6]) + (double(acc[3]) + acc[7]));
+  for (std::size_t i = n8; i < x.size(); ++i) sum += std::exp(double(x[i]) - shift);
+  return sum;
+}
+
+/// log(sum(exp(x))) of a row; -inf for an empty or all -inf row.
+inline double log_sum_exp(std::span<const float> x) noexcept {
+  const float max = max_of(x);
   if (max == -std::numeric_limits<float>::infinity()) return -std::numeric_limits<double>::infinity();
-  double sum = 0.0;  // subtract the row max so exp() cannot overflow
-  for (float v : x) sum += std::exp(static_cast<double>(v) - max);
-  return max + std::log(sum);
+  return max + std::log(sum_exp(x, max));  // shifted by the max so exp() cannot overflow
 }
 
 /// In place: x <- log_softmax(x).

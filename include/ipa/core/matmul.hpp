@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // out = x * w^T for the transformer's projections, batch- and thread-invariant: every output
-// element is one dot product computed the same way whatever the batch size, the tile it lands in
+// element is one FMA chain computed the same way whatever the batch size, the tile it lands in
 // or the number of threads. So a prompt decodes to the same bits alone or inside a batch.
 #pragma once
 #include <cstddef>
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "ipa/core/parallel.hpp"
 
@@ -20,61 +22,121 @@ inline v8f load8(const float* p) noexcept {
   return v;
 }
 
-// Horizontal sum in one fixed order (part of the batch-invariance contract).
+// Horizontal sum in one fixed order.
 inline float hsum8(v8f v) noexcept { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
-// MR rows of w against NR rows of x: MR*NR independent dot products of length k.
-template <int MR, int NR>
-inline void dot_tile(const float* x, std::size_t ldx, const float* w, std::size_t ldw, std::size_t k,
-                     float* out, std::size_t ldo) noexcept {
-  v8f acc[NR][MR] = {};
-  const std::size_t k8 = k - k % 8;
-  for (std::size_t p = 0; p < k8; p += 8) {
-    v8f wv[MR];
-    for (int r = 0; r < MR; ++r) wv[r] = load8(w + r * ldw + p);
+}  // namespace detail
+
+/// A weight matrix w(m, k) repacked for matmul: panels of 16 output rows, each stored k-major
+/// (panel p holds w[16p + c][j] at [p][j][c]; rows past m are zero). One panel is one
+/// contiguous stream, which is what batch-1 decoding (memory-bound) wants.
+class packed_matrix {
+ public:
+  static constexpr std::size_t panel = 16;
+  packed_matrix() = default;
+  /// Packs rows [0, m) of the row-major w (leading dimension ldw); several blocks may be stacked
+  /// with append() to fuse projections that read the same input (Q|K|V, W1|W3).
+  packed_matrix(const float* w, std::size_t ldw, std::size_t m, std::size_t k) : k_(k) { append(w, ldw, m); }
+  void append(const float* w, std::size_t ldw, std::size_t m) {
+    rows_.reserve(rows_.size() + m);
+    for (std::size_t r = 0; r < m; ++r) rows_.push_back(w + r * ldw);
+    m_ += m;
+    const std::size_t panels = (m_ + panel - 1) / panel;
+    data_.assign(panels * panel * k_, 0.0f);
+    for (std::size_t r = 0; r < m_; ++r)
+      for (std::size_t j = 0; j < k_; ++j) data_[(r / panel) * panel * k_ + j * panel + r % panel] = rows_[r][j];
+  }
+  /// Drops the row pointers kept for append() (call once the matrix is complete).
+  void seal() { rows_.clear(); rows_.shrink_to_fit(); }
+  std::size_t rows() const noexcept { return m_; }
+  std::size_t cols() const noexcept { return k_; }
+  std::size_t panels() const noexcept { return (m_ + panel - 1) / panel; }
+  const float* panel_data(std::size_t p) const noexcept { return data_.data() + p * panel * k_; }
+
+ private:
+  std::size_t m_ = 0, k_ = 0;
+  std::vector<float> data_;
+  std::vector<const float*> rows_;
+};
+
+namespace detail {
+
+inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
+
+// NR rows of x against one 16-wide panel: each output accumulates x[j][p] * w[c][p] over p in
+// order, one FMA chain per output, the same chain whatever NR is (batch invariance).
+template <int NR>
+inline void panel_tile(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out,
+                       std::size_t ldo, std::size_t width) noexcept {
+  v8f acc[NR][2] = {};
+  for (std::size_t p = 0; p < k; ++p) {
+    // 8 KiB ahead: the hardware streamer stops at 4 KiB pages (measured: 2x at batch 1 on
+    // a 98 MB matrix, bench/RESULTS.md)
+    __builtin_prefetch(P + (p + 128) * 16);
+    const v8f w0 = load8(P + p * 16), w1 = load8(P + p * 16 + 8);
     for (int j = 0; j < NR; ++j) {
-      const v8f xv = load8(x + j * ldx + p);
-      for (int r = 0; r < MR; ++r) acc[j][r] += xv * wv[r];
+      const v8f xb = broadcast8(x[j * ldx + p]);
+      acc[j][0] += xb * w0;
+      acc[j][1] += xb * w1;
     }
   }
-  for (int j = 0; j < NR; ++j)
-    for (int r = 0; r < MR; ++r) {
-      float tail = 0.0f;
-      for (std::size_t p = k8; p < k; ++p) tail += x[j * ldx + p] * w[r * ldw + p];
-      out[j * ldo + r] = hsum8(acc[j][r]) + tail;
+  for (int j = 0; j < NR; ++j) {
+    if (width == 16) {
+      std::memcpy(out + j * ldo, &acc[j][0], sizeof(v8f));
+      std::memcpy(out + j * ldo + 8, &acc[j][1], sizeof(v8f));
+    } else {
+      float tmp[16];
+      std::memcpy(tmp, &acc[j][0], sizeof(v8f));
+      std::memcpy(tmp + 8, &acc[j][1], sizeof(v8f));
+      std::memcpy(out + j * ldo, tmp, width * sizeof(float));
     }
+  }
 }
 
-template <int MR>
-inline void dot_rows(const float* x, std::size_t ldx, std::size_t n, const float* w, std::size_t ldw,
-                     std::size_t k, float* out, std::size_t ldo) noexcept {
-  constexpr int NR = MR == 1 ? 4 : 3;  // keep accumulators + operands within 16 AVX registers
+inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                       std::size_t ldo, std::size_t width) noexcept {
+  constexpr std::size_t NR = 6;  // 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
   std::size_t i = 0;
-  for (; i + NR <= n; i += NR) dot_tile<MR, NR>(x + i * ldx, ldx, w, ldw, k, out + i * ldo, ldo);
-  for (; i < n; ++i) dot_tile<MR, 1>(x + i * ldx, ldx, w, ldw, k, out + i * ldo, ldo);
+  for (; i + NR <= n; i += NR) panel_tile<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
+  const float* xr = x + i * ldx;
+  float* o = out + i * ldo;
+  switch (n - i) {
+    case 5: panel_tile<5>(xr, ldx, P, k, o, ldo, width); break;
+    case 4: panel_tile<4>(xr, ldx, P, k, o, ldo, width); break;
+    case 3: panel_tile<3>(xr, ldx, P, k, o, ldo, width); break;
+    case 2: panel_tile<2>(xr, ldx, P, k, o, ldo, width); break;
+    case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
+    default: break;
+  }
 }
 
 }  // namespace detail
 
-/// out(n, m) = x(n, k) * w(m, k)^T, all row-major with leading dimensions ldx, ldw, ldo.
-/// Splits the m rows of w into fixed chunks spread over the threads (when the product is big
-/// enough to pay for the fork); the result never depends on n, the chunking or the threads.
-inline void matmul_nt(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
-                      const float* w, std::size_t ldw, std::size_t m, std::size_t k) {
-  constexpr std::size_t chunk_rows = 32;
-  const std::size_t chunks = (m + chunk_rows - 1) / chunk_rows;
+/// out(n, m) = x(n, k) * w(m, k)^T with w packed; out and x row-major (leading dims ldo, ldx).
+/// Panels are spread over the threads in fixed chunks when the product pays for the fork; every
+/// output is one fixed FMA chain, so the result never depends on n, the chunking or the threads.
+inline void matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
+                   const packed_matrix& w) {
+  const std::size_t m = w.rows(), k = w.cols(), panels = w.panels();
+  constexpr std::size_t panels_per_chunk = 2;
+  const std::size_t chunks = (panels + panels_per_chunk - 1) / panels_per_chunk;
   const bool worth_threads = n * m * k >= (std::size_t{1} << 17);
   parallel_for(
       chunks,
       [&](std::size_t c) {
-        const std::size_t r0 = c * chunk_rows;
-        const std::size_t r1 = r0 + chunk_rows < m ? r0 + chunk_rows : m;
-        std::size_t r = r0;
-        for (; r + 4 <= r1; r += 4)
-          detail::dot_rows<4>(x, ldx, n, w + r * ldw, ldw, k, out + r, ldo);
-        for (; r < r1; ++r) detail::dot_rows<1>(x, ldx, n, w + r * ldw, ldw, k, out + r, ldo);
+        const std::size_t p1 = std::min(panels, (c + 1) * panels_per_chunk);
+        for (std::size_t p = c * panels_per_chunk; p < p1; ++p) {
+          const std::size_t width = std::min(packed_matrix::panel, m - p * packed_matrix::panel);
+          detail::panel_rows(x, ldx, n, w.panel_data(p), k, out + p * packed_matrix::panel, ldo, width);
+        }
       },
       worth_threads);
+}
+
+/// out(n, m) = x(n, k) * w(m, k)^T for a plain row-major w (packs it first; for one-off products).
+inline void matmul_nt(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
+                      const float* w, std::size_t ldw, std::size_t m, std::size_t k) {
+  matmul(out, ldo, x, ldx, n, packed_matrix(w, ldw, m, k));
 }
 
 /// The plain reference for matmul_nt (double accumulation), for tests.

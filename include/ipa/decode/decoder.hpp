@@ -17,6 +17,7 @@
 
 #include "ipa/core/error.hpp"
 #include "ipa/core/math.hpp"
+#include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
 #include "ipa/decode/fusion.hpp"
 #include "ipa/decode/policy.hpp"
@@ -179,7 +180,8 @@ class ipa_decoder {
       const prompt_list& rows = adapter_prompts.empty() ? prompts : adapter_prompts[i];
       adapter_states.push_back(adapters_[i].policy->new_state(int(B), capacity(rows, adapters_[i].policy->context_length())));
     }
-    std::vector<float> base_logits, base_lp, tailored(V), work(V);
+    std::vector<float> base_logits, base_lp, tailored(B * V), work(V);
+    std::vector<double> row_lse(B);
     std::vector<token_id> base_ids;
     constexpr bool sparse = !Policy<Base>;
     if constexpr (sparse) {
@@ -205,29 +207,41 @@ class ipa_decoder {
     for (std::size_t t = 0;; ++t) {
       next_active.clear();
       next_tokens.clear();
-      for (std::size_t j = 0; j < active.size(); ++j) {
+      // Fuse every active row (rows are independent: spread over the threads), then sample in
+      // row order (the one generator is consumed sequentially, so results never depend on threads).
+      const std::size_t n_active = active.size();
+      parallel_for(
+          n_active,
+          [&](std::size_t j) {
+            const std::size_t b = std::size_t(active[j]);
+            const std::span<float> row(tailored.data() + j * V, V);
+            // fuse: tailored = base + sum_i alpha_i * adapter_i
+            if constexpr (sparse) {
+              const std::size_t k = base_->top_k();
+              const std::span<const token_id> ids(base_ids.data() + j * k, k);
+              const std::span<const float> lps(base_lp.data() + j * k, k);
+              densify_top_k(ids, lps, cfg.sparse_tail, row);
+              keep_sparse(out, cfg, b, t, ids, lps);
+            } else {
+              const float* base_row = base_logits.data() + j * V;
+              std::copy_n(base_row, V, row.data());
+              keep_dense(out, cfg, b, t, std::span<const float>(base_row, V));
+            }
+            for (std::size_t i = 0; i < A; ++i)
+              add_expert(row, std::span<const float>(adapter_logits[i].data() + j * V, V), adapters_[i].alpha);
+            row_lse[j] = log_sum_exp(row);
+          },
+          V * n_active >= (std::size_t{1} << 15));
+      for (std::size_t j = 0; j < n_active; ++j) {
         const std::size_t b = std::size_t(active[j]);
-        // fuse: tailored = base + sum_i alpha_i * adapter_i
-        if constexpr (sparse) {
-          const std::size_t k = base_->top_k();
-          const std::span<const token_id> ids(base_ids.data() + j * k, k);
-          const std::span<const float> lps(base_lp.data() + j * k, k);
-          densify_top_k(ids, lps, cfg.sparse_tail, tailored);
-          keep_sparse(out, cfg, b, t, ids, lps);
-        } else {
-          const float* row = base_logits.data() + j * V;
-          std::copy_n(row, V, tailored.data());
-          keep_dense(out, cfg, b, t, std::span<const float>(row, V));
-        }
-        for (std::size_t i = 0; i < A; ++i)
-          add_expert(tailored, std::span<const float>(adapter_logits[i].data() + j * V, V), adapters_[i].alpha);
-        const double lse = log_sum_exp(tailored);
+        const std::span<const float> row(tailored.data() + j * V, V);
+        const double lse = row_lse[j];
         if (lse == -std::numeric_limits<double>::infinity())
           throw config_error("ipa_decoder::generate: the tailored distribution of row " + std::to_string(b) +
                              " is empty (every logit is -inf)");
 
         // process, then sample from the processed row
-        std::copy(tailored.begin(), tailored.end(), work.begin());
+        std::copy(row.begin(), row.end(), work.begin());
         const sequence_view seq{prompts[b], generated[b]};
         min_new.apply(work, seq);
         banned.apply(work, seq);
@@ -239,7 +253,7 @@ class ipa_decoder {
         out.response_ids(b, t) = s.token;
         out.response_mask(b, t) = 1;
         out.log_probs(b, t) = s.log_prob;
-        out.tailored_log_probs(b, t) = static_cast<float>(tailored[s.token] - lse);
+        out.tailored_log_probs(b, t) = static_cast<float>(row[s.token] - lse);
         out.lengths_[b] = t + 1;
 
         const bool is_stop = std::find(cfg.stop_tokens.begin(), cfg.stop_tokens.end(), s.token) != cfg.stop_tokens.end();
@@ -309,6 +323,7 @@ class ipa_decoder {
     if (cfg.keep_base_logits == keep_base::dense) {
       std::copy(row.begin(), row.end(), &r.base_logits(b, t, 0));
     } else if (cfg.keep_base_logits == keep_base::top_k) {
+      thread_local std::vector<int> order_;
       detail::order_by_logit(row, order_, cfg.keep_top_k);
       const double lse = log_sum_exp(row);
       for (std::size_t j = 0; j < cfg.keep_top_k; ++j) {
@@ -331,7 +346,6 @@ class ipa_decoder {
 
   const Base* base_;
   std::vector<weighted<Adapter>> adapters_;
-  mutable std::vector<int> order_;
 };
 
 /// A dense policy seen through a top-k API: what a black-box base (an LM API) reveals. Useful to

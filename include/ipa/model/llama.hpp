@@ -7,6 +7,7 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,7 +28,7 @@ struct llama_state {
   std::vector<int> length;      ///< tokens already in each row's cache
   std::vector<float> key_cache, value_cache;
   // scratch, sized for the largest call so far
-  std::vector<float> x, xb, q, k, v, att, hb, hb2, scores, logits_x;
+  std::vector<float> x, xb, qkv, att, h13, hb, scores, logits_x;
   std::vector<int> pos, next_pos;
   std::vector<std::size_t> items;
 
@@ -43,6 +44,7 @@ class llama_model {
   explicit llama_model(llama_weights weights) : w_(std::move(weights)) {
     const llama_config& c = w_.config();
     c.validate();
+    pack();
     // RoPE table as llama2.c computes it: angle = pos * theta^(-2i/head_size) on pair i.
     const int half = c.head_size() / 2;
     rope_cos_.resize(std::size_t(c.seq_len) * half);
@@ -119,30 +121,31 @@ class llama_model {
     for (std::size_t i = 0; i < n; ++i)
       std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, x + i * d);
 
+    const std::size_t qkv_w = d + 2 * kv;
     for (int l = 0; l < c.n_layers; ++l) {
-      // attention block
+      const layer_kernels& lk = layers_[l];
+      // attention block: one product for Q|K|V, RoPE, append K/V to the cache, attend
       rmsnorm(s.xb.data(), x, w_.attention_norm(l), n, d);
-      matmul_nt(s.q.data(), d, s.xb.data(), d, n, w_.wq(l), d, d, d);
-      matmul_nt(s.k.data(), kv, s.xb.data(), d, n, w_.wk(l), d, kv, d);
-      matmul_nt(s.v.data(), kv, s.xb.data(), d, n, w_.wv(l), d, kv, d);
+      matmul(s.qkv.data(), qkv_w, s.xb.data(), d, n, lk.qkv);
       for (std::size_t i = 0; i < n; ++i) {
-        rope(s.q.data() + i * d, d, pos[i]);
-        rope(s.k.data() + i * kv, kv, pos[i]);
-        std::copy_n(s.k.data() + i * kv, kv, s.key_cache.data() + cache_offset(s, l, rows[i], pos[i]));
-        std::copy_n(s.v.data() + i * kv, kv, s.value_cache.data() + cache_offset(s, l, rows[i], pos[i]));
+        float* q = s.qkv.data() + i * qkv_w;
+        rope(q, d, pos[i]);
+        rope(q + d, kv, pos[i]);
+        std::copy_n(q + d, kv, s.key_cache.data() + cache_offset(s, l, rows[i], pos[i]));
+        std::copy_n(q + d + kv, kv, s.value_cache.data() + cache_offset(s, l, rows[i], pos[i]));
       }
       attention(s, l, rows, n);
-      matmul_nt(s.xb.data(), d, s.att.data(), d, n, w_.wo(l), d, d, d);
+      matmul(s.xb.data(), d, s.att.data(), d, n, lk.wo);
       for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
-      // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x)
+      // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
       rmsnorm(s.xb.data(), x, w_.ffn_norm(l), n, d);
-      matmul_nt(s.hb.data(), hd, s.xb.data(), d, n, w_.w1(l), d, hd, d);
-      matmul_nt(s.hb2.data(), hd, s.xb.data(), d, n, w_.w3(l), d, hd, d);
-      for (std::size_t j = 0; j < n * hd; ++j) {
-        const float g = s.hb[j];
-        s.hb[j] = g / (1.0f + std::exp(-g)) * s.hb2[j];
-      }
-      matmul_nt(s.xb.data(), d, s.hb.data(), hd, n, w_.w2(l), hd, d, hd);
+      matmul(s.h13.data(), 2 * hd, s.xb.data(), d, n, lk.w13);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < hd; ++j) {
+          const float g = s.h13[i * 2 * hd + j], up = s.h13[i * 2 * hd + hd + j];
+          s.hb[i * hd + j] = g / (1.0f + std::exp(-g)) * up;
+        }
+      matmul(s.xb.data(), d, s.hb.data(), hd, n, lk.w2);
       for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
     }
     for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = pos[i] + 1;
@@ -152,7 +155,7 @@ class llama_model {
     s.logits_x.resize(m * d);
     for (std::size_t j = 0; j < m; ++j)
       rmsnorm(s.logits_x.data() + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
-    matmul_nt(logits.data(), V, s.logits_x.data(), d, m, w_.classifier(), d, V, d);
+    matmul(logits.data(), V, s.logits_x.data(), d, m, classifier_);
   }
 
   /// Feeds each row's whole prompt (prompts.size() == batch rows, each non-empty, rows start
@@ -195,12 +198,10 @@ class llama_model {
     if (s.x.size() >= n * d) return;
     s.x.resize(n * d);
     s.xb.resize(n * d);
-    s.q.resize(n * d);
+    s.qkv.resize(n * (d + 2 * kv));
     s.att.resize(n * d);
-    s.k.resize(n * kv);
-    s.v.resize(n * kv);
+    s.h13.resize(n * 2 * hd);
     s.hb.resize(n * hd);
-    s.hb2.resize(n * hd);
     s.pos.resize(n);
     s.scores.resize(n * c.n_heads * std::size_t(s.capacity));
   }
@@ -241,13 +242,20 @@ class llama_model {
         [&](std::size_t task) {
           const std::size_t i = task / heads, h = task % heads, kvh = h / group;
           const int p = s.pos[i];
-          const float* q = s.q.data() + i * d + h * hs;
+          const float* q = s.qkv.data() + i * (d + 2 * std::size_t(c.kv_dim())) + h * hs;
           float* sc = s.scores.data() + task * std::size_t(s.capacity);
           float max = -INFINITY;
+          const bool wide = hs % 8 == 0;  // head sizes of real models: 8, 32, 64, 128
           for (int t = 0; t <= p; ++t) {
             const float* k = s.key_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
             float dot = 0.0f;
-            for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
+            if (wide) {
+              detail::v8f acc = {};
+              for (std::size_t j = 0; j < hs; j += 8) acc += detail::load8(q + j) * detail::load8(k + j);
+              dot = detail::hsum8(acc);
+            } else {
+              for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
+            }
             sc[t] = dot * scale;
             max = sc[t] > max ? sc[t] : max;
           }
@@ -258,10 +266,19 @@ class llama_model {
           }
           float* out = s.att.data() + i * d + h * hs;
           std::fill_n(out, hs, 0.0f);
+          const float inv_sum = 1.0f / sum;
           for (int t = 0; t <= p; ++t) {
-            const float a = sc[t] / sum;
+            const float a = sc[t] * inv_sum;
             const float* v = s.value_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
-            for (std::size_t j = 0; j < hs; ++j) out[j] += a * v[j];
+            if (wide) {
+              const detail::v8f av = detail::broadcast8(a);
+              for (std::size_t j = 0; j < hs; j += 8) {
+                const detail::v8f o = detail::load8(out + j) + av * detail::load8(v + j);
+                std::memcpy(out + j, &o, sizeof o);
+              }
+            } else {
+              for (std::size_t j = 0; j < hs; ++j) out[j] += a * v[j];
+            }
           }
         },
         work >= (std::size_t{1} << 16));
@@ -272,7 +289,34 @@ class llama_model {
     return ((std::size_t(l) * s.batch + row) * s.capacity + p) * std::size_t(w_.config().kv_dim());
   }
 
+  // Weights repacked for matmul (see packed_matrix), with the projections that read the same
+  // input fused: Q|K|V and W1|W3.
+  struct layer_kernels {
+    packed_matrix qkv, wo, w13, w2;
+  };
+  void pack() {
+    const llama_config& c = w_.config();
+    const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
+    layers_.clear();
+    layers_.resize(c.n_layers);
+    for (int l = 0; l < c.n_layers; ++l) {
+      layer_kernels& k = layers_[l];
+      k.qkv = packed_matrix(w_.wq(l), d, d, d);
+      k.qkv.append(w_.wk(l), d, kv);
+      k.qkv.append(w_.wv(l), d, kv);
+      k.wo = packed_matrix(w_.wo(l), d, d, d);
+      k.w13 = packed_matrix(w_.w1(l), d, hd, d);
+      k.w13.append(w_.w3(l), d, hd);
+      k.w2 = packed_matrix(w_.w2(l), hd, d, hd);
+      for (packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) m->seal();
+    }
+    classifier_ = packed_matrix(w_.classifier(), d, std::size_t(c.vocab_size), d);
+    classifier_.seal();
+  }
+
   llama_weights w_;
+  std::vector<layer_kernels> layers_;
+  packed_matrix classifier_;
   std::vector<float> rope_cos_, rope_sin_;
 };
 
