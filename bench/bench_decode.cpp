@@ -98,8 +98,6 @@ void BM_decode(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(tokens), benchmark::Counter::kIsRate);
   if (s == stories110M && batch == 1 && !with_adapter) {
     const double bytes_per_token = double(base.weights().data().size()) * sizeof(float);
-    const double seconds = state.iterations() ? 0 : 0;  // filled by the rate counter below
-    (void)seconds;
     state.counters["weight_GB/s"] =
         benchmark::Counter(double(tokens) * bytes_per_token / 1e9, benchmark::Counter::kIsRate);
     state.counters["bandwidth_GB/s"] = memory_read_bandwidth() / 1e9;
