@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "ipa/core/parallel.hpp"
@@ -33,21 +34,23 @@ inline float hsum8(v8f v) noexcept { return ((v[0] + v[4]) + (v[1] + v[5])) + ((
 class packed_matrix {
  public:
   static constexpr std::size_t panel = 16;
+  /// Rows [0, m) of a row-major matrix with leading dimension ld.
+  struct block {
+    const float* w;
+    std::size_t ld, m;
+  };
   packed_matrix() = default;
-  /// Packs rows [0, m) of the row-major w (leading dimension ldw); several blocks may be stacked
-  /// with append() to fuse projections that read the same input (Q|K|V, W1|W3).
-  packed_matrix(const float* w, std::size_t ldw, std::size_t m, std::size_t k) : k_(k) { append(w, ldw, m); }
-  void append(const float* w, std::size_t ldw, std::size_t m) {
-    rows_.reserve(rows_.size() + m);
-    for (std::size_t r = 0; r < m; ++r) rows_.push_back(w + r * ldw);
-    m_ += m;
-    const std::size_t panels = (m_ + panel - 1) / panel;
-    data_.assign(panels * panel * k_, 0.0f);
-    for (std::size_t r = 0; r < m_; ++r)
-      for (std::size_t j = 0; j < k_; ++j) data_[(r / panel) * panel * k_ + j * panel + r % panel] = rows_[r][j];
+  packed_matrix(const float* w, std::size_t ldw, std::size_t m, std::size_t k) : packed_matrix({{w, ldw, m}}, k) {}
+  /// Stacks the blocks' rows into one matrix: fuses projections that read the same input
+  /// (Q|K|V, W1|W3) into one product.
+  packed_matrix(std::initializer_list<block> blocks, std::size_t k) : k_(k) {
+    for (const block& b : blocks) m_ += b.m;
+    data_.assign(panels() * panel * k_, 0.0f);
+    std::size_t r = 0;
+    for (const block& b : blocks)
+      for (std::size_t i = 0; i < b.m; ++i, ++r)
+        for (std::size_t j = 0; j < k_; ++j) data_[(r / panel) * panel * k_ + j * panel + r % panel] = b.w[i * b.ld + j];
   }
-  /// Drops the row pointers kept for append() (call once the matrix is complete).
-  void seal() { rows_.clear(); rows_.shrink_to_fit(); }
   std::size_t rows() const noexcept { return m_; }
   std::size_t cols() const noexcept { return k_; }
   std::size_t panels() const noexcept { return (m_ + panel - 1) / panel; }
@@ -56,7 +59,6 @@ class packed_matrix {
  private:
   std::size_t m_ = 0, k_ = 0;
   std::vector<float> data_;
-  std::vector<const float*> rows_;
 };
 
 namespace detail {

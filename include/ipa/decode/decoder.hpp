@@ -323,13 +323,8 @@ class ipa_decoder {
     if (cfg.keep_base_logits == keep_base::dense) {
       std::copy(row.begin(), row.end(), &r.base_logits(b, t, 0));
     } else if (cfg.keep_base_logits == keep_base::top_k) {
-      thread_local std::vector<int> order_;
-      detail::order_by_logit(row, order_, cfg.keep_top_k);
-      const double lse = log_sum_exp(row);
-      for (std::size_t j = 0; j < cfg.keep_top_k; ++j) {
-        r.base_top_k_ids(b, t, j) = order_[j];
-        r.base_top_k_log_probs(b, t, j) = static_cast<float>(row[order_[j]] - lse);
-      }
+      thread_local std::vector<int> order;  // rows are kept from several threads
+      detail::top_k_log_probs(row, cfg.keep_top_k, order, &r.base_top_k_ids(b, t, 0), &r.base_top_k_log_probs(b, t, 0));
     }
   }
   void keep_sparse(rollout& r, const generation_config& cfg, std::size_t b, std::size_t t,
@@ -377,15 +372,9 @@ class top_k_view {
  private:
   void reduce(std::size_t n, std::span<token_id> ids, std::span<float> lps) const {
     const std::size_t V = vocab_size();
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::span<const float> row(dense_.data() + i * V, V);
-      detail::order_by_logit(row, order_, k_);
-      const double lse = log_sum_exp(row);
-      for (std::size_t j = 0; j < k_; ++j) {
-        ids[i * k_ + j] = order_[j];
-        lps[i * k_ + j] = static_cast<float>(row[order_[j]] - lse);
-      }
-    }
+    for (std::size_t i = 0; i < n; ++i)
+      detail::top_k_log_probs(std::span<const float>(dense_.data() + i * V, V), k_, order_, ids.data() + i * k_,
+                              lps.data() + i * k_);
   }
   const P* p_;
   std::size_t k_;

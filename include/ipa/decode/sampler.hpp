@@ -49,6 +49,16 @@ inline void order_by_logit(std::span<const float> logits, std::vector<int>& orde
   count = std::min(count, order.size());
   std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(count), order.end(), better);
 }
+// The k most likely ids of a dense row (ties: lower id) and their log-probs, into ids/log_probs.
+inline void top_k_log_probs(std::span<const float> logits, std::size_t k, std::vector<int>& order,
+                            token_id* ids, float* log_probs) {
+  order_by_logit(logits, order, k);
+  const double lse = log_sum_exp(logits);
+  for (std::size_t j = 0; j < k; ++j) {
+    ids[j] = order[j];
+    log_probs[j] = static_cast<float>(logits[order[j]] - lse);
+  }
+}
 }  // namespace detail
 
 /// Divides logits by t > 0 (t < 1 sharpens, t > 1 flattens).

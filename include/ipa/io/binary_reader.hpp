@@ -46,6 +46,14 @@ class binary_reader {
     offset_ += bytes;
   }
 
+  /// Skips `bytes` bytes (checked like a read).
+  void skip(std::uint64_t bytes, const std::string& what) {
+    require(bytes, what);
+    in_.seekg(static_cast<std::streamoff>(bytes), std::ios::cur);
+    if (!in_) throw io_error(path_ + ": seek error in " + what + " at offset " + std::to_string(offset_));
+    offset_ += bytes;
+  }
+
   /// Reads one trivially copyable value (the platform is little-endian, as the formats are).
   template <class T>
   T read(const std::string& what) {

@@ -55,8 +55,7 @@ inline llama_weights load_llama2c(const std::string& path) {
   auto data = w.data();
   const std::size_t before_rope = data.size() - (c.shared_classifier ? 0 : std::size_t(c.vocab_size) * c.dim);
   in.read_bytes(data.data(), 4 * std::uint64_t(before_rope), "the weights");
-  std::vector<float> rope(rope_floats);
-  in.read_bytes(rope.data(), 4 * rope_floats, "freq_cis_real/imag");
+  in.skip(4 * rope_floats, "freq_cis_real/imag");  // ipa computes its own RoPE table
   in.read_bytes(data.data() + before_rope, 4 * std::uint64_t(data.size() - before_rope), "the classifier");
 
   for (const tensor_slot& s : w.slots()) {

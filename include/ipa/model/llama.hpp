@@ -301,17 +301,12 @@ class llama_model {
     layers_.resize(c.n_layers);
     for (int l = 0; l < c.n_layers; ++l) {
       layer_kernels& k = layers_[l];
-      k.qkv = packed_matrix(w_.wq(l), d, d, d);
-      k.qkv.append(w_.wk(l), d, kv);
-      k.qkv.append(w_.wv(l), d, kv);
+      k.qkv = packed_matrix({{w_.wq(l), d, d}, {w_.wk(l), d, kv}, {w_.wv(l), d, kv}}, d);
       k.wo = packed_matrix(w_.wo(l), d, d, d);
-      k.w13 = packed_matrix(w_.w1(l), d, hd, d);
-      k.w13.append(w_.w3(l), d, hd);
+      k.w13 = packed_matrix({{w_.w1(l), d, hd}, {w_.w3(l), d, hd}}, d);
       k.w2 = packed_matrix(w_.w2(l), hd, d, hd);
-      for (packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) m->seal();
     }
     classifier_ = packed_matrix(w_.classifier(), d, std::size_t(c.vocab_size), d);
-    classifier_.seal();
   }
 
   llama_weights w_;
