@@ -101,9 +101,9 @@ class llama_model {
       if (r < 0 || r >= s.batch)
         throw shape_error("llama_model::forward: row " + std::to_string(r) + " outside the batch of " +
                           std::to_string(s.batch));
-      if (tokens[i] < 0 || std::size_t(tokens[i]) >= V)
+      if (tokens[i] < 0 || tokens[i] >= c.input_vocab())
         throw shape_error("llama_model::forward: token id " + std::to_string(tokens[i]) +
-                          " outside the vocabulary [0, " + std::to_string(V) + ")");
+                          " outside the vocabulary [0, " + std::to_string(c.input_vocab()) + ")");
     }
     std::vector<int>& next = s.next_pos;
     next.assign(s.length.begin(), s.length.end());

@@ -23,12 +23,16 @@ struct llama_config {
   int n_kv_heads = 0;      ///< key/value heads (grouped-query attention when < n_heads)
   int vocab_size = 0;
   int seq_len = 0;         ///< context length: the KV cache holds at most this many positions
+  int extra_tokens = 0;    ///< input-only ids [vocab_size, vocab_size + extra_tokens) the model reads but
+                           ///< never predicts (Quark's reward tokens): extra rows of tok_embeddings
   float norm_eps = 1e-5f;  ///< RMSNorm epsilon
   float rope_theta = 10000.0f;
   bool shared_classifier = true;  ///< output matrix is tok_embeddings (tied)
 
   int head_size() const noexcept { return dim / n_heads; }
   int kv_dim() const noexcept { return head_size() * n_kv_heads; }
+  /// Ids the model reads: the vocabulary plus the input-only tokens.
+  int input_vocab() const noexcept { return vocab_size + extra_tokens; }
 
   /// Throws config_error unless the numbers describe a buildable model.
   void validate(const std::string& where = "llama_config") const {
@@ -52,6 +56,7 @@ struct llama_config {
            std::to_string(n_kv_heads) + ")");
     if (head_size() % 2 != 0)
       fail("head size dim/n_heads must be even for RoPE, found " + std::to_string(head_size()));
+    if (extra_tokens < 0 || extra_tokens > limit) fail("extra_tokens must be in [0, " + std::to_string(limit) + "]");
     if (!(norm_eps > 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps must be positive and finite");
     if (!(rope_theta > 0.0f) || !std::isfinite(rope_theta)) fail("rope_theta must be positive and finite");
   }
@@ -59,7 +64,7 @@ struct llama_config {
   /// Number of weights, in the order of llama2.c's legacy export.
   std::uint64_t parameter_count() const noexcept {
     const std::uint64_t d = dim, h = hidden_dim, L = n_layers, V = vocab_size, kv = kv_dim();
-    std::uint64_t n = V * d + L * (d + d * d + 2 * kv * d + d * d + d + 3 * h * d) + d;
+    std::uint64_t n = (V + std::uint64_t(extra_tokens)) * d + L * (d + d * d + 2 * kv * d + d * d + d + 3 * h * d) + d;
     if (!shared_classifier) n += V * d;
     return n;
   }
@@ -74,32 +79,45 @@ struct tensor_slot {
   std::size_t size() const noexcept { return layers * rows * cols; }
 };
 
+/// Where each tensor of a Llama model sits in one flat buffer, in llama2.c's order.
+inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
+  config.validate();
+  const std::size_t d = config.dim, h = config.hidden_dim, L = config.n_layers, V = config.vocab_size,
+                    kv = config.kv_dim();
+  std::vector<tensor_slot> slots;
+  std::size_t at = 0;
+  auto add = [&](const char* name, std::size_t layers, std::size_t rows, std::size_t cols) {
+    slots.push_back({name, at, rows, cols, layers});
+    at += layers * rows * cols;
+  };
+  add("tok_embeddings", 1, V + std::size_t(config.extra_tokens), d);
+  add("attention_norm", L, 1, d);
+  add("wq", L, d, d);
+  add("wk", L, kv, d);
+  add("wv", L, kv, d);
+  add("wo", L, d, d);
+  add("ffn_norm", L, 1, d);
+  add("w1", L, h, d);
+  add("w2", L, d, h);
+  add("w3", L, h, d);
+  add("norm", 1, 1, d);
+  if (!config.shared_classifier) add("output", 1, V, d);
+  return slots;
+}
+
 /// All weights of a Llama model in one contiguous buffer (llama2.c's order).
 class llama_weights {
  public:
   llama_weights() = default;
-  explicit llama_weights(const llama_config& config) : config_(config) {
-    config_.validate();
-    const std::size_t d = config.dim, h = config.hidden_dim, L = config.n_layers, V = config.vocab_size,
-                      kv = config.kv_dim();
-    std::size_t at = 0;
-    auto add = [&](const char* name, std::size_t layers, std::size_t rows, std::size_t cols) {
-      slots_.push_back({name, at, rows, cols, layers});
-      at += layers * rows * cols;
-    };
-    add("tok_embeddings", 1, V, d);
-    add("attention_norm", L, 1, d);
-    add("wq", L, d, d);
-    add("wk", L, kv, d);
-    add("wv", L, kv, d);
-    add("wo", L, d, d);
-    add("ffn_norm", L, 1, d);
-    add("w1", L, h, d);
-    add("w2", L, d, h);
-    add("w3", L, h, d);
-    add("norm", 1, 1, d);
-    if (!config.shared_classifier) add("output", 1, V, d);
-    data_.assign(at, 0.0f);
+  explicit llama_weights(const llama_config& config) : config_(config), slots_(llama_layout(config)) {
+    data_.assign(slots_.back().offset + slots_.back().size(), 0.0f);
+  }
+  /// Takes `data` in llama_layout(config)'s order; throws shape_error when its size differs.
+  llama_weights(const llama_config& config, std::vector<float> data) : llama_weights(config) {
+    if (data.size() != data_.size())
+      throw shape_error("llama_weights: " + std::to_string(data.size()) + " values for a model of " +
+                        std::to_string(data_.size()) + " parameters");
+    data_ = std::move(data);
   }
 
   /// Weights drawn from N(0, 0.02) (norm weights 1), for benchmarks and tests of shapes.
@@ -113,6 +131,31 @@ class llama_weights {
       std::fill(s.begin(), s.end(), 1.0f);
     }
     return w;
+  }
+
+  /// A copy with `k` more input-only tokens (Quark's reward tokens): each new embedding row is
+  /// drawn from N(mean, std) of the existing rows, per dimension. Predictions are unchanged.
+  llama_weights with_input_tokens(int k, std::uint64_t seed) const {
+    if (k < 0) throw config_error("llama_weights::with_input_tokens: k must be >= 0, found " + std::to_string(k));
+    llama_config c = config_;
+    c.extra_tokens += k;
+    llama_weights out(c);
+    const std::size_t d = c.dim, rows = std::size_t(config_.input_vocab());
+    const auto old_emb = tensor("tok_embeddings");
+    // everything after tok_embeddings keeps its order: copy the two parts around the new rows
+    std::copy(old_emb.begin(), old_emb.end(), out.data_.begin());
+    std::copy(data_.begin() + std::ptrdiff_t(old_emb.size()), data_.end(),
+              out.data_.begin() + std::ptrdiff_t(old_emb.size() + std::size_t(k) * d));
+    std::mt19937_64 gen(seed);
+    for (std::size_t j = 0; j < d; ++j) {
+      double sum = 0, sq = 0;
+      for (std::size_t r = 0; r < rows; ++r) sum += old_emb[r * d + j];
+      const double mean = sum / double(rows);
+      for (std::size_t r = 0; r < rows; ++r) sq += (old_emb[r * d + j] - mean) * (old_emb[r * d + j] - mean);
+      std::normal_distribution<double> normal(mean, std::sqrt(sq / double(rows)));
+      for (int r = 0; r < k; ++r) out.data_[(rows + std::size_t(r)) * d + j] = static_cast<float>(normal(gen));
+    }
+    return out;
   }
 
   const llama_config& config() const noexcept { return config_; }
@@ -144,6 +187,7 @@ class llama_weights {
   const float* w2(int l) const noexcept { return at(8, l); }
   const float* w3(int l) const noexcept { return at(9, l); }
   const float* norm() const noexcept { return at(10, 0); }
+  /// (V, d): the first V rows of tok_embeddings when shared (input-only rows are never predicted).
   const float* classifier() const noexcept {
     return config_.shared_classifier ? tok_embeddings() : at(11, 0);
   }

@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: MIT
+// The Llama architecture for training, the llm.c way: a full-sequence forward that keeps the
+// activations backward needs, and a hand-written backward in plain math on Eigen.
+//
+// Shapes: B = sequences, T = positions per sequence (right-padded; causal attention means
+// padding never reaches a real position), N = B*T, d = dim, kv = kv_dim, h = hidden_dim,
+// H = heads, V = vocab. Row-major throughout; weights are (out, in) like llama2.c.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "ipa/core/error.hpp"
+#include "ipa/core/parallel.hpp"
+#include "ipa/core/types.hpp"
+#include "ipa/model/llama_weights.hpp"
+
+namespace ipa {
+
+/// A Llama model whose parameters (scalar T: float to train, double to check gradients) take
+/// gradients. forward() over a (B, T) token batch keeps activations; backward() accumulates
+/// d loss / d parameters from d loss / d logits (and optionally d loss / d final hidden state,
+/// for value heads).
+template <class T = float>
+class trainable_llama {
+ public:
+  using scalar = T;
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using map = Eigen::Map<matrix>;
+  using const_map = Eigen::Map<const matrix>;
+
+  explicit trainable_llama(const llama_weights& w) : c_(w.config()), slots_(w.slots()) {
+    params_.assign(w.data().begin(), w.data().end());
+    grads_.assign(params_.size(), T(0));
+    const int half = c_.head_size() / 2;
+    rope_cos_.resize(std::size_t(c_.seq_len) * half);
+    rope_sin_.resize(rope_cos_.size());
+    for (int p = 0; p < c_.seq_len; ++p)
+      for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(double(c_.rope_theta), -2.0 * i / c_.head_size());
+        rope_cos_[std::size_t(p) * half + i] = T(std::cos(p * freq));
+        rope_sin_[std::size_t(p) * half + i] = T(std::sin(p * freq));
+      }
+  }
+
+  const llama_config& config() const noexcept { return c_; }
+  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
+  std::span<T> parameters() noexcept { return params_; }
+  std::span<const T> parameters() const noexcept { return params_; }
+  std::span<T> gradients() noexcept { return grads_; }
+  std::span<const T> gradients() const noexcept { return grads_; }
+  void zero_grad() noexcept { std::fill(grads_.begin(), grads_.end(), T(0)); }
+
+  /// The gradient of one named tensor (all layers), in the layout of llama_weights.
+  std::span<const T> gradient(const std::string& name) const {
+    for (const tensor_slot& s : slots_)
+      if (s.name == name) return {grads_.data() + s.offset, s.size()};
+    throw config_error("trainable_llama: no tensor named '" + name + "'");
+  }
+
+  /// The current parameters as float weights (for decoding with llama_model, or saving).
+  llama_weights to_weights() const { return llama_weights(c_, std::vector<float>(params_.begin(), params_.end())); }
+
+  /// Runs tokens (B x Tn, row-major) and keeps activations; logits() is then (B*Tn, V).
+  void forward(std::span<const token_id> tokens, std::size_t batch, std::size_t steps) {
+    const std::size_t B = batch, Tn = steps, N = B * Tn, d = c_.dim, kv = c_.kv_dim(), hd = c_.hidden_dim,
+                      V = c_.vocab_size, L = c_.n_layers, H = c_.n_heads;
+    if (tokens.size() != N || N == 0)
+      throw shape_error("trainable_llama::forward: " + std::to_string(tokens.size()) + " tokens for a batch of " +
+                        std::to_string(B) + " x " + std::to_string(Tn) + " (need at least one)");
+    if (Tn > std::size_t(c_.seq_len))
+      throw shape_error("trainable_llama::forward: sequences of " + std::to_string(Tn) +
+                        " tokens exceed the context length " + std::to_string(c_.seq_len));
+    for (token_id t : tokens)
+      if (t < 0 || t >= c_.input_vocab())
+        throw shape_error("trainable_llama::forward: token id " + std::to_string(t) + " outside [0, " +
+                          std::to_string(c_.input_vocab()) + ")");
+    B_ = B;
+    T_ = Tn;
+    tokens_.assign(tokens.begin(), tokens.end());
+    acts_.resize(L);
+    for (auto& a : acts_) {
+      a.x.resize(N * d);
+      a.xn1.resize(N * d);
+      a.rstd1.resize(N);
+      a.qkv.resize(N * (d + 2 * kv));
+      a.probs.assign(B * H * Tn * Tn, T(0));
+      a.att.resize(N * d);
+      a.x_mid.resize(N * d);
+      a.xn2.resize(N * d);
+      a.rstd2.resize(N);
+      a.h13.resize(N * 2 * hd);
+      a.hb.resize(N * hd);
+    }
+    x_final_.resize(N * d);
+    xn_final_.resize(N * d);
+    rstd_final_.resize(N);
+    logits_.resize(N * V);
+
+    std::vector<T> x(N * d);
+    const T* emb = tensor("tok_embeddings");
+    for (std::size_t i = 0; i < N; ++i) std::copy_n(emb + std::size_t(tokens[i]) * d, d, x.data() + i * d);
+    for (std::size_t l = 0; l < L; ++l) {
+      layer_acts& a = acts_[l];
+      a.x = x;
+      rmsnorm(a.xn1.data(), a.rstd1.data(), x.data(), layer("attention_norm", l), N);
+      // Q|K|V side by side in one (N, d + 2kv) buffer
+      map qkv(a.qkv.data(), N, d + 2 * kv);
+      const_map xn1(a.xn1.data(), N, d);
+      qkv.leftCols(d).noalias() = xn1 * weight("wq", l, d, d).transpose();
+      qkv.middleCols(d, kv).noalias() = xn1 * weight("wk", l, kv, d).transpose();
+      qkv.rightCols(kv).noalias() = xn1 * weight("wv", l, kv, d).transpose();
+      for (std::size_t i = 0; i < N; ++i) {
+        T* q = a.qkv.data() + i * (d + 2 * kv);
+        rope(q, d, i % Tn, +1);
+        rope(q + d, kv, i % Tn, +1);
+      }
+      attention_forward(a);
+      map(a.x_mid.data(), N, d).noalias() =
+          const_map(x.data(), N, d) + const_map(a.att.data(), N, d) * weight("wo", l, d, d).transpose();
+      rmsnorm(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), layer("ffn_norm", l), N);
+      map h13(a.h13.data(), N, 2 * hd);
+      const_map xn2(a.xn2.data(), N, d);
+      h13.leftCols(hd).noalias() = xn2 * weight("w1", l, hd, d).transpose();
+      h13.rightCols(hd).noalias() = xn2 * weight("w3", l, hd, d).transpose();
+      for (std::size_t i = 0; i < N; ++i)
+        for (std::size_t j = 0; j < hd; ++j) {
+          const T g = a.h13[i * 2 * hd + j], up = a.h13[i * 2 * hd + hd + j];
+          a.hb[i * hd + j] = g / (T(1) + std::exp(-g)) * up;
+        }
+      map(x.data(), N, d).noalias() =
+          const_map(a.x_mid.data(), N, d) + const_map(a.hb.data(), N, hd) * weight("w2", l, d, hd).transpose();
+    }
+    x_final_ = x;
+    rmsnorm(xn_final_.data(), rstd_final_.data(), x.data(), tensor("norm"), N);
+    map(logits_.data(), N, V).noalias() = const_map(xn_final_.data(), N, d) * classifier().transpose();
+  }
+
+  std::size_t batch() const noexcept { return B_; }
+  std::size_t steps() const noexcept { return T_; }
+  /// (B*T, V) next-token logits of the last forward().
+  std::span<const T> logits() const noexcept { return logits_; }
+  /// (B*T, d) the normalised final hidden state (what the classifier reads).
+  std::span<const T> final_hidden() const noexcept { return xn_final_; }
+
+  /// Accumulates into gradients() the parameter gradient of a loss whose derivative with respect
+  /// to logits() is `dlogits` (B*T, V), plus `dhidden` (B*T, d) with respect to final_hidden().
+  void backward(std::span<const T> dlogits, std::span<const T> dhidden = {}) {
+    const std::size_t N = B_ * T_, d = c_.dim, kv = c_.kv_dim(), hd = c_.hidden_dim, V = c_.vocab_size;
+    if (N == 0) throw shape_error("trainable_llama::backward: call forward() first");
+    if (dlogits.size() != N * V)
+      throw shape_error("trainable_llama::backward: dlogits holds " + std::to_string(dlogits.size()) +
+                        " values, expected " + std::to_string(N * V));
+    if (!dhidden.empty() && dhidden.size() != N * d)
+      throw shape_error("trainable_llama::backward: dhidden holds " + std::to_string(dhidden.size()) +
+                        " values, expected " + std::to_string(N * d));
+    const const_map dlog(dlogits.data(), N, V);
+    // classifier: logits = xn_final * W^T
+    std::vector<T> dxn(N * d), dx(N * d);
+    map(dxn.data(), N, d).noalias() = dlog * classifier();
+    if (!dhidden.empty()) map(dxn.data(), N, d) += const_map(dhidden.data(), N, d);
+    classifier_grad().noalias() += dlog.transpose() * const_map(xn_final_.data(), N, d);
+    rmsnorm_backward(dx.data(), grad("norm"), dxn.data(), x_final_.data(), rstd_final_.data(), tensor("norm"), N,
+                     false);
+
+    std::vector<T> dhb(N * hd), dh13(N * 2 * hd), dqkv(N * (d + 2 * kv)), datt(N * d);
+    for (std::size_t l = c_.n_layers; l-- > 0;) {
+      layer_acts& a = acts_[l];
+      // feed-forward: x = x_mid + w2(silu(h1) * h3)
+      const_map dxm(dx.data(), N, d);
+      map(dhb.data(), N, hd).noalias() = dxm * weight("w2", l, d, hd);
+      weight_grad("w2", l, d, hd).noalias() += dxm.transpose() * const_map(a.hb.data(), N, hd);
+      for (std::size_t i = 0; i < N; ++i)
+        for (std::size_t j = 0; j < hd; ++j) {
+          const T g = a.h13[i * 2 * hd + j], up = a.h13[i * 2 * hd + hd + j];
+          const T sig = T(1) / (T(1) + std::exp(-g)), silu = g * sig, dh = dhb[i * hd + j];
+          dh13[i * 2 * hd + j] = dh * up * sig * (T(1) + g * (T(1) - sig));
+          dh13[i * 2 * hd + hd + j] = dh * silu;
+        }
+      const_map dh13m(dh13.data(), N, 2 * hd);
+      const_map xn2(a.xn2.data(), N, d);
+      map(dxn.data(), N, d).noalias() = dh13m.leftCols(hd) * weight("w1", l, hd, d);
+      map(dxn.data(), N, d).noalias() += dh13m.rightCols(hd) * weight("w3", l, hd, d);
+      weight_grad("w1", l, hd, d).noalias() += dh13m.leftCols(hd).transpose() * xn2;
+      weight_grad("w3", l, hd, d).noalias() += dh13m.rightCols(hd).transpose() * xn2;
+      rmsnorm_backward(dx.data(), layer_grad("ffn_norm", l), dxn.data(), a.x_mid.data(), a.rstd2.data(),
+                       layer("ffn_norm", l), N, true);
+      // attention: x_mid = x + wo(att)
+      map(datt.data(), N, d).noalias() = const_map(dx.data(), N, d) * weight("wo", l, d, d);
+      weight_grad("wo", l, d, d).noalias() += const_map(dx.data(), N, d).transpose() * const_map(a.att.data(), N, d);
+      attention_backward(a, datt.data(), dqkv.data());
+      for (std::size_t i = 0; i < N; ++i) {
+        T* dq = dqkv.data() + i * (d + 2 * kv);
+        rope(dq, d, i % T_, -1);  // a rotation's transpose is the rotation back
+        rope(dq + d, kv, i % T_, -1);
+      }
+      const_map dq(dqkv.data(), N, d + 2 * kv);
+      const_map xn1(a.xn1.data(), N, d);
+      map(dxn.data(), N, d).noalias() = dq.leftCols(d) * weight("wq", l, d, d);
+      map(dxn.data(), N, d).noalias() += dq.middleCols(d, kv) * weight("wk", l, kv, d);
+      map(dxn.data(), N, d).noalias() += dq.rightCols(kv) * weight("wv", l, kv, d);
+      weight_grad("wq", l, d, d).noalias() += dq.leftCols(d).transpose() * xn1;
+      weight_grad("wk", l, kv, d).noalias() += dq.middleCols(d, kv).transpose() * xn1;
+      weight_grad("wv", l, kv, d).noalias() += dq.rightCols(kv).transpose() * xn1;
+      rmsnorm_backward(dx.data(), layer_grad("attention_norm", l), dxn.data(), a.x.data(), a.rstd1.data(),
+                       layer("attention_norm", l), N, true);
+    }
+    // embedding lookup: scatter-add (one thread: ids repeat)
+    T* demb = grad("tok_embeddings");
+    for (std::size_t i = 0; i < N; ++i) {
+      T* row = demb + std::size_t(tokens_[i]) * d;
+      for (std::size_t j = 0; j < d; ++j) row[j] += dx[i * d + j];
+    }
+  }
+
+ private:
+  struct layer_acts {
+    std::vector<T> x, xn1, rstd1, qkv, probs, att, x_mid, xn2, rstd2, h13, hb;
+  };
+
+  const tensor_slot& slot(const char* name) const {
+    for (const tensor_slot& s : slots_)
+      if (s.name == name) return s;
+    throw config_error(std::string("trainable_llama: no tensor named '") + name + "'");
+  }
+  const T* tensor(const char* name) const { return params_.data() + slot(name).offset; }
+  T* grad(const char* name) { return grads_.data() + slot(name).offset; }
+  const T* layer(const char* name, std::size_t l) const {
+    const tensor_slot& s = slot(name);
+    return params_.data() + s.offset + l * s.rows * s.cols;
+  }
+  T* layer_grad(const char* name, std::size_t l) {
+    const tensor_slot& s = slot(name);
+    return grads_.data() + s.offset + l * s.rows * s.cols;
+  }
+  const_map weight(const char* name, std::size_t l, std::size_t rows, std::size_t cols) const {
+    return const_map(layer(name, l), rows, cols);
+  }
+  map weight_grad(const char* name, std::size_t l, std::size_t rows, std::size_t cols) {
+    return map(layer_grad(name, l), rows, cols);
+  }
+  const_map classifier() const {
+    return const_map(tensor(c_.shared_classifier ? "tok_embeddings" : "output"), c_.vocab_size, c_.dim);
+  }
+  map classifier_grad() { return map(grad(c_.shared_classifier ? "tok_embeddings" : "output"), c_.vocab_size, c_.dim); }
+
+  // y = w * x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), per row
+  void rmsnorm(T* y, T* rstd, const T* x, const T* w, std::size_t n) const noexcept {
+    const std::size_t d = c_.dim;
+    for (std::size_t i = 0; i < n; ++i) {
+      const T* xi = x + i * d;
+      T ss = 0;
+      for (std::size_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
+      rstd[i] = T(1) / std::sqrt(ss / T(d) + T(c_.norm_eps));
+      for (std::size_t j = 0; j < d; ++j) y[i * d + j] = w[j] * (rstd[i] * xi[j]);
+    }
+  }
+  // dx (+)= rstd * (w*dy) - x * rstd^3 / d * sum(w*dy*x);  dw += sum over rows of dy * x * rstd
+  void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* rstd, const T* w, std::size_t n,
+                        bool accumulate) const noexcept {
+    const std::size_t d = c_.dim;
+    for (std::size_t i = 0; i < n; ++i) {
+      const T *xi = x + i * d, *dyi = dy + i * d;
+      const T r = rstd[i];
+      T dot = 0;
+      for (std::size_t j = 0; j < d; ++j) dot += w[j] * dyi[j] * xi[j];
+      const T k = r * r * r / T(d) * dot;
+      for (std::size_t j = 0; j < d; ++j) {
+        const T g = r * w[j] * dyi[j] - xi[j] * k;
+        dx[i * d + j] = accumulate ? dx[i * d + j] + g : g;
+        dw[j] += dyi[j] * xi[j] * r;
+      }
+    }
+  }
+
+  // Rotates interleaved pairs of every head at position p; sign -1 rotates back (the transpose).
+  void rope(T* v, std::size_t width, std::size_t p, int sign) const noexcept {
+    const std::size_t hs = c_.head_size(), half = hs / 2;
+    const T* cs = rope_cos_.data() + p * half;
+    const T* sn = rope_sin_.data() + p * half;
+    for (std::size_t h0 = 0; h0 < width; h0 += hs)
+      for (std::size_t i = 0; i < half; ++i) {
+        const T a = v[h0 + 2 * i], b = v[h0 + 2 * i + 1], s = T(sign) * sn[i];
+        v[h0 + 2 * i] = a * cs[i] - b * s;
+        v[h0 + 2 * i + 1] = a * s + b * cs[i];
+      }
+  }
+
+  // Causal softmax attention per (sequence, head); probs (B, H, T, T) are kept for backward.
+  void attention_forward(layer_acts& a) const {
+    const std::size_t d = c_.dim, kv = c_.kv_dim(), hs = c_.head_size(), H = c_.n_heads,
+                      group = c_.n_heads / c_.n_kv_heads, Tn = T_, w = d + 2 * kv;
+    const T scale = T(1) / std::sqrt(T(hs));
+    parallel_for(B_ * H, [&](std::size_t task) {
+      const std::size_t b = task / H, h = task % H, kvh = h / group;
+      for (std::size_t t = 0; t < Tn; ++t) {
+        const T* q = a.qkv.data() + (b * Tn + t) * w + h * hs;
+        T* p = a.probs.data() + (task * Tn + t) * Tn;
+        T max = -INFINITY;
+        for (std::size_t s = 0; s <= t; ++s) {
+          const T* k = a.qkv.data() + (b * Tn + s) * w + d + kvh * hs;
+          T dot = 0;
+          for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
+          p[s] = dot * scale;
+          max = std::max(max, p[s]);
+        }
+        T sum = 0;
+        for (std::size_t s = 0; s <= t; ++s) sum += (p[s] = std::exp(p[s] - max));
+        T* out = a.att.data() + (b * Tn + t) * d + h * hs;
+        std::fill_n(out, hs, T(0));
+        for (std::size_t s = 0; s <= t; ++s) {
+          p[s] /= sum;
+          const T* v = a.qkv.data() + (b * Tn + s) * w + d + kv + kvh * hs;
+          for (std::size_t j = 0; j < hs; ++j) out[j] += p[s] * v[j];
+        }
+      }
+    });
+  }
+
+  // From d att (N, d) to d Q|K|V (N, d + 2kv). A kv head is shared by `group` query heads, so
+  // one task per (sequence, kv head) owns its dK/dV rows and no two threads write the same row.
+  void attention_backward(const layer_acts& a, const T* datt, T* dqkv) const {
+    const std::size_t d = c_.dim, kv = c_.kv_dim(), hs = c_.head_size(), H = c_.n_heads, KH = c_.n_kv_heads,
+                      group = H / KH, Tn = T_, w = d + 2 * kv;
+    const T scale = T(1) / std::sqrt(T(hs));
+    std::fill_n(dqkv, B_ * Tn * w, T(0));
+    parallel_for(B_ * KH, [&](std::size_t task) {
+      const std::size_t b = task / KH, kvh = task % KH;
+      std::vector<T> dp(Tn);
+      for (std::size_t h = kvh * group; h < (kvh + 1) * group; ++h)
+        for (std::size_t t = 0; t < Tn; ++t) {
+          const T* p = a.probs.data() + ((b * H + h) * Tn + t) * Tn;
+          const T* dout = datt + (b * Tn + t) * d + h * hs;
+          // dP[s] = dout . v[s];  dV[s] += P[s] dout
+          T dot_pdp = 0;
+          for (std::size_t s = 0; s <= t; ++s) {
+            const T* v = a.qkv.data() + (b * Tn + s) * w + d + kv + kvh * hs;
+            T* dv = dqkv + (b * Tn + s) * w + d + kv + kvh * hs;
+            T acc = 0;
+            for (std::size_t j = 0; j < hs; ++j) {
+              acc += dout[j] * v[j];
+              dv[j] += p[s] * dout[j];
+            }
+            dp[s] = acc;
+            dot_pdp += p[s] * acc;
+          }
+          // softmax backward, then the scaled dot products
+          const T* q = a.qkv.data() + (b * Tn + t) * w + h * hs;
+          T* dq = dqkv + (b * Tn + t) * w + h * hs;
+          for (std::size_t s = 0; s <= t; ++s) {
+            const T ds = p[s] * (dp[s] - dot_pdp) * scale;
+            const T* k = a.qkv.data() + (b * Tn + s) * w + d + kvh * hs;
+            T* dk = dqkv + (b * Tn + s) * w + d + kvh * hs;
+            for (std::size_t j = 0; j < hs; ++j) {
+              dq[j] += ds * k[j];
+              dk[j] += ds * q[j];
+            }
+          }
+        }
+    });
+  }
+
+  llama_config c_;
+  std::vector<tensor_slot> slots_;
+  std::vector<T> params_, grads_;
+  std::vector<T> rope_cos_, rope_sin_;
+  std::size_t B_ = 0, T_ = 0;
+  std::vector<token_id> tokens_;
+  std::vector<layer_acts> acts_;
+  std::vector<T> x_final_, xn_final_, rstd_final_, logits_;
+};
+
+}  // namespace ipa
