@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The `ipa` command line: `ipa generate` decodes a base (+ adapters) on prompts, `ipa tokenize`
 // prints token ids. Run `ipa --help` for the options.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -14,56 +17,34 @@
 
 #include <ipa/ipa.hpp>
 
+#include "cli/common.hpp"
+
 namespace {
 
+using ipa_cli::args;
+using ipa_cli::parse_number;
+using ipa_cli::usage_error;
+
 constexpr const char* usage = R"(usage:
-  ipa generate --base MODEL [--tokenizer TOK] [--adapter MODEL [--alpha X]]...
+  ipa generate --base MODEL [--tokenizer TOK] [--adapter ADAPTER [--alpha X]]...
                (--prompt TEXT)... | --prompts-file FILE
                [--max-new-tokens N] [--min-new-tokens N] [--temperature T] [--top-k K]
                [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]
+  ipa train    --base MODEL --reward SPEC --prompts FILE --out DIR [--algo ALGO]
+               [--steps N] [--max-minutes X] [--adapter-init zero|base|ADAPTER] [--resume] ...
+  ipa eval     --base MODEL --reward SPEC --prompts FILE [--adapter ADAPTER [--alpha X]]...
+               [--samples K] ...
   ipa tokenize --tokenizer TOK --text TEXT
 
 MODEL is a llama2.c checkpoint (e.g. stories260K.bin); TOK its tokenizer.bin (default: the
-tokenizer.bin next to MODEL). Each --alpha weights the --adapter before it (default 1; negative
-makes an anti-expert). --temperature 0 decodes greedily. Prompts decode together as one batch;
-each continuation is printed as llama2.c's run.c prints it, or as one JSON object per line with
---json (prompt, text, prompt_ids, ids, logprobs, tailored_logprobs, finish_reason).
+tokenizer.bin next to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
+`ipa train` (OUT/adapter: its alpha and control token come from its config.json). Each --alpha
+weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
+greedily. Prompts decode together as one batch; each continuation is printed as llama2.c's
+run.c prints it, or as one JSON object per line with --json (prompt, text, prompt_ids, ids,
+logprobs, tailored_logprobs, finish_reason). `ipa train --help` and `ipa eval --help` list
+their options.
 )";
-
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// argv as a queue of "--flag value" pairs.
-struct args {
-  std::vector<std::string> items;
-  std::size_t at = 0;
-  bool done() const { return at >= items.size(); }
-  std::string flag() { return items[at++]; }
-  std::string value(const std::string& flag) {
-    if (done()) throw usage_error(flag + " needs a value");
-    return items[at++];
-  }
-};
-
-template <class T>
-T parse_number(const std::string& flag, const std::string& text) {
-  try {
-    std::size_t used = 0;
-    T v;
-    if constexpr (std::is_floating_point_v<T>) v = static_cast<T>(std::stod(text, &used));
-    else v = static_cast<T>(std::stoll(text, &used));
-    if (used != text.size()) throw std::invalid_argument(text);
-    return v;
-  } catch (const std::exception&) {
-    throw usage_error(flag + " expects a number, found '" + text + "'");
-  }
-}
-
-std::string default_tokenizer(const std::string& model) {
-  const auto slash = model.find_last_of('/');
-  return (slash == std::string::npos ? std::string() : model.substr(0, slash + 1)) + "tokenizer.bin";
-}
 
 int tokenize(args& a) {
   std::string tok_path;
@@ -96,10 +77,11 @@ int generate(args& a) {
     const std::string f = a.flag();
     if (f == "--base") base_path = a.value(f);
     else if (f == "--tokenizer") tok_path = a.value(f);
-    else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(1.0f);
+    else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(NAN);
     else if (f == "--alpha") {
       if (alphas.empty()) throw usage_error("--alpha must follow the --adapter it weights");
       alphas.back() = parse_number<float>(f, a.value(f));
+      ipa::check_alpha(alphas.back(), "--alpha");
     } else if (f == "--prompt") prompts.push_back(a.value(f));
     else if (f == "--prompts-file") prompts_file = a.value(f);
     else if (f == "--max-new-tokens") cfg.max_new_tokens = parse_number<std::size_t>(f, a.value(f));
@@ -120,23 +102,36 @@ int generate(args& a) {
     for (std::string line; std::getline(in, line);) prompts.push_back(line);
   }
   if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");
-  if (tok_path.empty()) tok_path = default_tokenizer(base_path);
+  if (tok_path.empty()) tok_path = ipa_cli::default_tokenizer(base_path);
   cfg.repetition_penalty = repetition;
   if (!(temperature >= 0.0f)) throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
 
   const ipa::llama_model base(ipa::load_llama2c(base_path));
   const auto tok = ipa::llama2c_tokenizer::load(tok_path, base.vocab_size());
+  // Adapters: llama2.c files, or folders written by `ipa train` (alpha and control token inside).
   std::vector<ipa::llama_model> adapters;
   adapters.reserve(adapter_paths.size());
   std::vector<ipa::weighted<ipa::llama_model>> experts;
+  std::vector<ipa::token_id> controls;
   for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
-    adapters.emplace_back(ipa::load_llama2c(adapter_paths[i]));
-    experts.push_back(ipa::with_alpha(adapters.back(), alphas[i]));
+    ipa::saved_adapter saved;
+    if (std::filesystem::is_directory(adapter_paths[i])) saved = ipa::load_adapter(adapter_paths[i]);
+    else saved.weights = ipa::load_llama2c(adapter_paths[i]);
+    adapters.emplace_back(std::move(saved.weights));
+    experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
+    controls.push_back(saved.control_token);
   }
   const ipa::ipa_decoder decoder(base, experts);
 
   ipa::prompt_list ids;
   for (const auto& p : prompts) ids.push_back(tok.encode(p));
+  std::vector<ipa::prompt_list> adapter_prompts;
+  if (std::any_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; }))
+    for (ipa::token_id c : controls) {
+      adapter_prompts.push_back(ids);
+      if (c >= 0)
+        for (auto& p : adapter_prompts.back()) p.insert(p.begin() + 1, c);  // right after BOS, as in training
+    }
   // llama2.c's models end a story with BOS (run.c stops there); EOS also ends a row.
   cfg.eos_id = ipa::llama2c_tokenizer::eos_id;
   cfg.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
@@ -147,9 +142,9 @@ int generate(args& a) {
   ipa::rollout r;
   if (temperature == 0.0f) {
     ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-    r = decoder.generate(ids, cfg, pick, rng);
+    r = decoder.generate(ids, cfg, pick, rng, adapter_prompts);
   } else {
-    r = decoder.generate(ids, cfg, sampler, rng);
+    r = decoder.generate(ids, cfg, sampler, rng, adapter_prompts);
   }
 
   for (std::size_t b = 0; b < ids.size(); ++b) {
@@ -197,6 +192,8 @@ int main(int argc, char** argv) {
     }
     if (cmd == "generate") return generate(a);
     if (cmd == "tokenize") return tokenize(a);
+    if (cmd == "train") return ipa_cli::train(a);
+    if (cmd == "eval") return ipa_cli::eval(a);
     throw usage_error("unknown command '" + cmd + "'");
   } catch (const usage_error& e) {
     std::cerr << "ipa: " << e.what() << "\n" << usage;

@@ -133,6 +133,16 @@ class llama_weights {
     return w;
   }
 
+  /// A fresh adapter: N(0, 0.02) weights, norms 1, and a separate classifier of zeros, so its
+  /// logits are 0 everywhere and a tailored policy starts exactly equal to the base.
+  static llama_weights zero_output_adapter(llama_config config, std::uint64_t seed) {
+    config.shared_classifier = false;
+    llama_weights w = random(config, seed);
+    auto out = w.tensor("output");
+    std::fill(out.begin(), out.end(), 0.0f);
+    return w;
+  }
+
   /// A copy with `k` more input-only tokens (Quark's reward tokens): each new embedding row is
   /// drawn from N(mean, std) of the existing rows, per dimension. Predictions are unchanged.
   llama_weights with_input_tokens(int k, std::uint64_t seed) const {

@@ -103,7 +103,9 @@ inline void whiten(std::span<double> x, double eps = 1e-8) {
 }
 
 /// Quark's quantisation: sorts rewards and cuts them into k bins of (nearly) equal size; bin 0
-/// holds the highest rewards (Quark conditions generation on the best bin). Ties keep input order.
+/// holds the highest rewards (Quark conditions generation on the best bin). Equal rewards share
+/// the bin of the best-ranked among them: with a 0/1 reward every 1 lands in bin 0, so "bin 0"
+/// always means "as good as the best seen", never an arbitrary slice of a tie.
 inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   if (k < 1) throw config_error("quantile_bins: k must be >= 1, found " + std::to_string(k));
   const std::size_t n = rewards.size();
@@ -111,7 +113,10 @@ inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rewards[a] > rewards[b]; });
   std::vector<int> bin(n);
-  for (std::size_t rank = 0; rank < n; ++rank) bin[order[rank]] = int(rank * std::size_t(k) / n);
+  for (std::size_t rank = 0; rank < n; ++rank) {
+    const bool tie = rank > 0 && rewards[order[rank]] == rewards[order[rank - 1]];
+    bin[order[rank]] = tie ? bin[order[rank - 1]] : int(rank * std::size_t(k) / n);
+  }
   return bin;
 }
 

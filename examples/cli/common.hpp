@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+// Helpers shared by the `ipa` command line's source files: argv as "--flag value" pairs,
+// number parsing with clear messages, prompt files, and loading a base model.
+#pragma once
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <ipa/core/error.hpp>
+
+namespace ipa_cli {
+
+/// A mistake in the command line itself: printed with the usage text, exit status 2.
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// argv as a queue of "--flag value" pairs.
+struct args {
+  std::vector<std::string> items;
+  std::size_t at = 0;
+  bool done() const { return at >= items.size(); }
+  std::string flag() { return items[at++]; }
+  std::string value(const std::string& flag) {
+    if (done()) throw usage_error(flag + " needs a value");
+    return items[at++];
+  }
+};
+
+template <class T>
+T parse_number(const std::string& flag, const std::string& text) {
+  try {
+    std::size_t used = 0;
+    T v;
+    if constexpr (std::is_floating_point_v<T>) v = static_cast<T>(std::stod(text, &used));
+    else {
+      const long long n = std::stoll(text, &used);
+      if (std::is_unsigned_v<T> && n < 0) throw std::invalid_argument(text);
+      v = static_cast<T>(n);
+    }
+    if (used != text.size()) throw std::invalid_argument(text);
+    return v;
+  } catch (const std::exception&) {
+    throw usage_error(flag + " expects " + (std::is_unsigned_v<T> ? "a whole number >= 0" : "a number") +
+                      ", found '" + text + "'");
+  }
+}
+
+/// The tokenizer.bin next to a model file.
+inline std::string default_tokenizer(const std::string& model) {
+  const auto slash = model.find_last_of('/');
+  return (slash == std::string::npos ? std::string() : model.substr(0, slash + 1)) + "tokenizer.bin";
+}
+
+/// Non-empty lines of a text file (one prompt each).
+inline std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ipa::io_error(path + ": cannot open prompts file");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(line);
+  if (lines.empty()) throw ipa::io_error(path + ": no prompts (one per line expected)");
+  return lines;
+}
+
+int train(args& a);
+int eval(args& a);
+
+}  // namespace ipa_cli

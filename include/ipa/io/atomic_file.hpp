@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+// Crash-safe writes (POSIX): data goes to a temporary file in the same folder, is fsync'ed,
+// then renamed over the target, and the folder is fsync'ed. A crash at any moment leaves
+// either the old file or the new one, never a torn mix.
+#pragma once
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "ipa/core/error.hpp"
+
+namespace ipa {
+
+namespace detail {
+inline void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw io_error(path + ": cannot open to sync: " + std::strerror(errno));
+  const int r = ::fsync(fd);
+  ::close(fd);
+  if (r != 0) throw io_error(path + ": fsync failed: " + std::strerror(errno));
+}
+}  // namespace detail
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+inline void write_file_atomic(const std::string& path, std::string_view bytes) {
+  const std::filesystem::path target(path);
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw io_error(tmp + ": cannot create: " + std::strerror(errno));
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw io_error(tmp + ": write failed: " + why);
+    }
+    done += std::size_t(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    throw io_error(tmp + ": fsync/close failed: " + std::strerror(errno));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    throw io_error(path + ": rename failed: " + why);
+  }
+  const auto parent = target.parent_path();
+  detail::fsync_path(parent.empty() ? "." : parent.string(), true);
+}
+
+/// The whole content of a file; io_error if it cannot be read.
+inline std::string read_file(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) throw io_error(path + ": cannot read: " + ec.message());
+  std::string out(size, '\0');
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw io_error(path + ": cannot open: " + std::strerror(errno));
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::read(fd, out.data() + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      throw io_error(path + ": read failed after " + std::to_string(done) + " of " + std::to_string(size) + " bytes");
+    }
+    done += std::size_t(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace ipa

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+// Adapters and training checkpoints on disk, crash-safe.
+//
+// An adapter is a folder: model.safetensors (F32 tensors "tok_embeddings", "layers.N.wq", ...,
+// "norm", "output") + config.json (architecture, sizes, alpha, Quark's control token).
+// A training run folder OUT holds checkpoint-NNNNNN/ folders (adapter/, optimizer.safetensors,
+// trainer.json, pool.safetensors, reference.safetensors), a file `latest` naming the newest
+// complete one, and `adapter`, a symlink to its adapter. A checkpoint is written into a
+// temporary folder, fsync'ed, renamed into place, and only then does `latest` move (atomic
+// rename): a crash at any moment leaves the previous checkpoint intact and loadable.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
+#include "ipa/io/safetensors.hpp"
+#include "ipa/model/llama_weights.hpp"
+#include "ipa/train/trainer.hpp"
+#include "ipa/version.hpp"
+
+namespace ipa {
+
+/// An adapter as saved: weights, its alpha, and the control token its prompts start with (-1: none).
+struct saved_adapter {
+  llama_weights weights;
+  float alpha = 1.0f;
+  token_id control_token = -1;
+};
+
+namespace detail {
+
+// "layers.N.wq" for per-layer tensors, the slot's own name otherwise.
+inline std::string stored_name(const tensor_slot& s, std::size_t layer) {
+  const bool per_layer = s.name != "tok_embeddings" && s.name != "norm" && s.name != "output";
+  return per_layer ? "layers." + std::to_string(layer) + "." + s.name : s.name;
+}
+
+inline void add_weights(safetensors_writer& w, const llama_weights& m, const std::string& prefix = "") {
+  for (const tensor_slot& s : m.slots()) {
+    const auto all = m.tensor(s.name);
+    const bool is_2d = s.rows > 1;
+    for (std::size_t l = 0; l < s.layers; ++l) {
+      const std::string name = prefix + stored_name(s, l);
+      std::vector<std::uint64_t> shape = is_2d ? std::vector<std::uint64_t>{s.rows, s.cols} : std::vector<std::uint64_t>{s.cols};
+      w.add_f32(name, shape, all.subspan(l * s.rows * s.cols, s.rows * s.cols));
+    }
+  }
+}
+
+inline void read_weights(const safetensors_file& f, llama_weights& m, const std::string& prefix = "") {
+  for (const tensor_slot& s : m.slots()) {
+    auto all = m.tensor(s.name);
+    for (std::size_t l = 0; l < s.layers; ++l) {
+      const std::string name = prefix + stored_name(s, l);
+      const auto v = f.floats(name, s.rows * s.cols);
+      for (float x : v)
+        if (!std::isfinite(x)) throw io_error("adapter tensor '" + name + "' holds a non-finite value");
+      std::copy(v.begin(), v.end(), all.begin() + std::ptrdiff_t(l * s.rows * s.cols));
+    }
+  }
+}
+
+inline nlohmann::json config_json(const llama_config& c) {
+  return {{"architecture", "llama"}, {"dim", c.dim}, {"hidden_dim", c.hidden_dim}, {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"vocab_size", c.vocab_size},
+          {"seq_len", c.seq_len}, {"extra_tokens", c.extra_tokens}, {"norm_eps", c.norm_eps},
+          {"rope_theta", c.rope_theta}, {"shared_classifier", c.shared_classifier}};
+}
+
+inline llama_config config_from_json(const nlohmann::json& j, const std::string& where) {
+  try {
+    if (j.at("architecture").get<std::string>() != "llama")
+      throw io_error(where + ": architecture '" + j.at("architecture").get<std::string>() + "' is not supported here");
+    llama_config c;
+    c.dim = j.at("dim").get<int>();
+    c.hidden_dim = j.at("hidden_dim").get<int>();
+    c.n_layers = j.at("n_layers").get<int>();
+    c.n_heads = j.at("n_heads").get<int>();
+    c.n_kv_heads = j.at("n_kv_heads").get<int>();
+    c.vocab_size = j.at("vocab_size").get<int>();
+    c.seq_len = j.at("seq_len").get<int>();
+    c.extra_tokens = j.value("extra_tokens", 0);
+    c.norm_eps = j.value("norm_eps", 1e-5f);
+    c.rope_theta = j.value("rope_theta", 10000.0f);
+    c.shared_classifier = j.at("shared_classifier").get<bool>();
+    c.validate(where);
+    return c;
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(where + ": missing or mistyped field: " + e.what());
+  } catch (const config_error& e) {
+    throw io_error(e.what());
+  }
+}
+
+inline nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(path + ": not valid JSON: " + e.what());
+  }
+}
+
+}  // namespace detail
+
+/// Writes an adapter folder (model.safetensors + config.json), each file atomically.
+inline void save_adapter(const std::string& dir, const llama_weights& w, float alpha, token_id control_token) {
+  std::filesystem::create_directories(dir);
+  safetensors_writer st;
+  detail::add_weights(st, w);
+  st.metadata("format", "ipa-adapter");
+  st.save(dir + "/model.safetensors");
+  nlohmann::json cfg = detail::config_json(w.config());
+  cfg["alpha"] = alpha;
+  cfg["control_token"] = control_token;
+  cfg["ipa_version"] = IPA_VERSION_STRING;
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+}
+
+/// Reads an adapter folder; every size is checked, a corrupt file is an io_error.
+inline saved_adapter load_adapter(const std::string& dir) {
+  const nlohmann::json cfg = detail::read_json(dir + "/config.json");
+  saved_adapter a;
+  a.weights = llama_weights(detail::config_from_json(cfg, dir + "/config.json"));
+  detail::read_weights(safetensors_file::load(dir + "/model.safetensors"), a.weights);
+  a.alpha = cfg.value("alpha", 1.0f);
+  a.control_token = cfg.value("control_token", -1);
+  if (!std::isfinite(a.alpha)) throw io_error(dir + "/config.json: alpha is not finite");
+  if (a.control_token >= a.weights.config().input_vocab())
+    throw io_error(dir + "/config.json: control_token " + std::to_string(a.control_token) + " is outside the adapter's " +
+                   std::to_string(a.weights.config().input_vocab()) + " input ids");
+  return a;
+}
+
+/// Saves everything a run needs to continue exactly: adapter, optimizer moments, value head,
+/// RNG, baseline, KL coefficient, data order, Quark pool, PPO reference; `run` is the caller's
+/// description of the run (its options), stored in trainer.json. Returns the checkpoint folder.
+template <class R, class Tok>
+std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok>& t, const nlohmann::json& run = {}) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out_dir);
+  char name[32];
+  std::snprintf(name, sizeof name, "checkpoint-%06zu", t.steps_done());
+  const std::string final_dir = out_dir + "/" + name, tmp_dir = out_dir + "/.tmp-" + name;
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+
+  save_adapter(tmp_dir + "/adapter", t.policy().to_weights(), t.config().alpha, t.best_control_token());
+  safetensors_writer opt;
+  opt.add_f32("adam.m", {t.optimizer().first_moment().size()}, t.optimizer().first_moment());
+  opt.add_f32("adam.v", {t.optimizer().second_moment().size()}, t.optimizer().second_moment());
+  opt.add_f32("value_head", {t.value_head().size()}, t.value_head());
+  opt.add_f32("value_adam.m", {t.value_optimizer().first_moment().size()}, t.value_optimizer().first_moment());
+  opt.add_f32("value_adam.v", {t.value_optimizer().second_moment().size()}, t.value_optimizer().second_moment());
+  opt.save(tmp_dir + "/optimizer.safetensors");
+  if (t.config().algorithm == rl_algorithm::ppo) {
+    safetensors_writer ref;
+    const auto p = t.reference().parameters();
+    ref.add_f32("parameters", {p.size()}, p);
+    ref.save(tmp_dir + "/reference.safetensors");
+  }
+  // Quark's pool: flat token arrays with per-entry lengths, bf16 base logits, rewards
+  const quark_pool& pool = t.pool();
+  {
+    std::vector<std::int32_t> lens, tokens;
+    std::vector<std::uint16_t> logits;
+    std::vector<double> rewards;
+    for (const auto& e : pool.entries) {
+      lens.push_back(std::int32_t(e.prompt.size()));
+      lens.push_back(std::int32_t(e.response.size()));
+      tokens.insert(tokens.end(), e.prompt.begin(), e.prompt.end());
+      tokens.insert(tokens.end(), e.response.begin(), e.response.end());
+      logits.insert(logits.end(), e.base_logits.begin(), e.base_logits.end());
+      rewards.push_back(e.reward);
+    }
+    safetensors_writer ps;
+    ps.add<std::int32_t>("lengths", "I32", {lens.size()}, lens);
+    ps.add<std::int32_t>("tokens", "I32", {tokens.size()}, tokens);
+    ps.add<std::uint16_t>("base_logits", "BF16", {logits.size()}, logits);
+    ps.add<double>("rewards", "F64", {rewards.size()}, rewards);
+    ps.save(tmp_dir + "/pool.safetensors");
+  }
+  nlohmann::json state;
+  state["ipa_version"] = IPA_VERSION_STRING;
+  state["step"] = t.steps_done();
+  state["rng"] = std::vector<std::uint64_t>(t.rng().state(), t.rng().state() + 4);
+  state["adam_steps"] = t.optimizer().steps_taken();
+  state["value_adam_steps"] = t.value_optimizer().steps_taken();
+  state["baseline"] = {{"value", t.baseline().value}, {"has_value", t.baseline().has_value}};
+  state["kl_coef"] = t.kl().coef;
+  state["prompt_order"] = t.prompt_order();
+  state["prompt_cursor"] = t.prompt_cursor();
+  state["run"] = run;
+  write_file_atomic(tmp_dir + "/trainer.json", state.dump(1) + "\n");
+  detail::fsync_path(tmp_dir, true);
+
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  detail::fsync_path(out_dir, true);
+  write_file_atomic(out_dir + "/latest", std::string(name) + "\n");  // the commit point
+  // `adapter` -> the newest adapter (symlink swapped by rename, also atomic)
+  const std::string link_tmp = out_dir + "/.adapter-link";
+  fs::remove(link_tmp);
+  fs::create_directory_symlink(std::string(name) + "/adapter", link_tmp);
+  fs::rename(link_tmp, out_dir + "/adapter");
+  // older checkpoints are no longer needed
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind("checkpoint-", 0) == 0 && n != name) fs::remove_all(entry.path());
+  }
+  return final_dir;
+}
+
+/// The newest complete checkpoint folder of a run ("" when there is none).
+inline std::string latest_checkpoint(const std::string& out_dir) {
+  const std::string latest = out_dir + "/latest";
+  if (!std::filesystem::exists(latest)) return {};
+  std::string name = read_file(latest);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.rfind("checkpoint-", 0) != 0 || name.find('/') != std::string::npos)
+    throw io_error(latest + ": corrupt: expected a checkpoint name, found '" + name + "'");
+  return out_dir + "/" + name;
+}
+
+/// The run description stored with a checkpoint.
+inline nlohmann::json checkpoint_run(const std::string& checkpoint_dir) {
+  return detail::read_json(checkpoint_dir + "/trainer.json").value("run", nlohmann::json::object());
+}
+
+/// Restores a trainer (built with the same configuration) from a checkpoint folder.
+template <class R, class Tok>
+void load_checkpoint(const std::string& dir, rl_trainer<R, Tok>& t) {
+  const nlohmann::json s = detail::read_json(dir + "/trainer.json");
+  const saved_adapter a = load_adapter(dir + "/adapter");
+  auto params = t.policy().parameters();
+  if (a.weights.config().parameter_count() != params.size() || a.weights.data().size() != params.size())
+    throw io_error(dir + "/adapter: " + std::to_string(a.weights.data().size()) + " parameters, the trainer's adapter has " +
+                   std::to_string(params.size()) + "; resume with the options of the original run");
+  std::copy(a.weights.data().begin(), a.weights.data().end(), params.begin());
+  const auto opt = safetensors_file::load(dir + "/optimizer.safetensors");
+  auto put = [&](const char* name, std::span<float> dst) {
+    const auto v = opt.floats(name, dst.size());
+    std::copy(v.begin(), v.end(), dst.begin());
+  };
+  put("adam.m", t.optimizer().first_moment());
+  put("adam.v", t.optimizer().second_moment());
+  put("value_head", t.value_head());
+  put("value_adam.m", t.value_optimizer().first_moment());
+  put("value_adam.v", t.value_optimizer().second_moment());
+  if (t.config().algorithm == rl_algorithm::ppo) {
+    const auto ref = safetensors_file::load(dir + "/reference.safetensors").floats("parameters", params.size());
+    std::copy(ref.begin(), ref.end(), t.reference().parameters().begin());
+  }
+  const auto ps = safetensors_file::load(dir + "/pool.safetensors");
+  const auto lens = ps.raw<std::int32_t>("lengths", "I32", any_size);
+  const auto tokens = ps.raw<std::int32_t>("tokens", "I32", any_size);
+  const auto logits = ps.raw<std::uint16_t>("base_logits", "BF16", any_size);
+  const auto rewards = ps.raw<double>("rewards", "F64", any_size);
+  const std::size_t V = std::size_t(t.policy().config().vocab_size);
+  if (lens.size() != 2 * rewards.size()) throw io_error(dir + "/pool.safetensors: lengths and rewards disagree");
+  t.pool().entries.clear();
+  std::size_t at = 0, lat = 0;
+  for (std::size_t i = 0; i < rewards.size(); ++i) {
+    if (lens[2 * i] < 1 || lens[2 * i + 1] < 1 || at + std::size_t(lens[2 * i]) + std::size_t(lens[2 * i + 1]) > tokens.size() ||
+        lat + std::size_t(lens[2 * i + 1]) * V > logits.size())
+      throw io_error(dir + "/pool.safetensors: entry " + std::to_string(i) + " runs past the stored arrays");
+    quark_pool::entry e;
+    e.prompt.assign(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i])));
+    at += std::size_t(lens[2 * i]);
+    e.response.assign(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i + 1])));
+    at += std::size_t(lens[2 * i + 1]);
+    e.base_logits.assign(logits.begin() + std::ptrdiff_t(lat), logits.begin() + std::ptrdiff_t(lat + e.response.size() * V));
+    lat += e.response.size() * V;
+    e.reward = rewards[i];
+    t.pool().entries.push_back(std::move(e));
+  }
+  try {
+    const auto rng = s.at("rng").get<std::vector<std::uint64_t>>();
+    if (rng.size() != 4) throw io_error(dir + "/trainer.json: rng must hold 4 numbers");
+    const std::uint64_t st[4] = {rng[0], rng[1], rng[2], rng[3]};
+    t.rng().set_state(st);
+    t.optimizer().set_steps_taken(s.at("adam_steps").get<std::uint64_t>());
+    t.value_optimizer().set_steps_taken(s.at("value_adam_steps").get<std::uint64_t>());
+    t.baseline().value = s.at("baseline").at("value").get<double>();
+    t.baseline().has_value = s.at("baseline").at("has_value").get<bool>();
+    t.kl().coef = s.at("kl_coef").get<double>();
+    const auto order = s.at("prompt_order").get<std::vector<std::size_t>>();
+    if (order.size() != t.prompt_order().size())
+      throw io_error(dir + "/trainer.json: the run had " + std::to_string(order.size()) + " prompts, this one has " +
+                     std::to_string(t.prompt_order().size()) + "; resume with the same prompts file");
+    for (std::size_t i : order)
+      if (i >= order.size()) throw io_error(dir + "/trainer.json: prompt_order holds an index out of range");
+    t.prompt_order() = order;
+    t.prompt_cursor() = s.at("prompt_cursor").get<std::size_t>() % order.size();
+    t.step_count() = s.at("step").get<std::size_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(dir + "/trainer.json: missing or mistyped field: " + e.what());
+  }
+  t.state_restored();
+}
+
+}  // namespace ipa
