@@ -11,7 +11,9 @@
 #include <ipa/io/llama2c.hpp>
 #include <ipa/io/npy.hpp>
 #include <ipa/model/llama_train.hpp>
+#include <ipa/train/advantages.hpp>
 #include <ipa/train/losses.hpp>
+#include <ipa/train/optimizer.hpp>
 
 #include "test_data.hpp"
 
@@ -166,4 +168,153 @@ TEST_CASE("loss helpers: cross-entropy, KL and entropy by hand") {
   CHECK(ipa::kl_estimate(ipa::kl_estimator::k1, std::log(0.5), std::log(0.25)) == doctest::Approx(std::log(2.0)));
   CHECK(ipa::kl_estimate(ipa::kl_estimator::k3, std::log(0.5), std::log(0.25)) ==
         doctest::Approx(-0.5 + std::log(2.0)));
+}
+
+TEST_CASE("advantages by hand: running mean, RLOO, groups, GAE, whitening") {
+  ipa::running_mean_baseline b{0.5};
+  const std::vector<double> r1 = {1, 3};
+  CHECK(b.advantages(r1) == std::vector<double>{-1, 1});  // first batch: its own mean (2)
+  const std::vector<double> r2 = {4, 0};
+  CHECK(b.advantages(r2) == std::vector<double>{2, -2});  // baseline 2, then 0.5*2 + 0.5*2 = 2
+  CHECK(b.value == doctest::Approx(2.0));
+
+  const std::vector<double> g = {1, 2, 3, 10, 10, 10};
+  const auto loo = ipa::rloo_advantages(g, 3);
+  CHECK(loo[0] == doctest::Approx(1 - 2.5));
+  CHECK(loo[2] == doctest::Approx(3 - 1.5));
+  CHECK(loo[4] == doctest::Approx(0));
+  const auto grp = ipa::group_normalised_advantages(g, 3);
+  CHECK(grp[0] == doctest::Approx(-1 / std::sqrt(2.0 / 3.0)).epsilon(1e-5));
+  CHECK(grp[3] == doctest::Approx(0));
+  CHECK_THROWS_AS(ipa::rloo_advantages(g, 4), ipa::config_error);
+  CHECK_THROWS_AS(ipa::rloo_advantages(g, 1), ipa::config_error);
+
+  // GAE, T = 3, gamma 0.9, lambda 0.8, values (0.5, 0.2, 0.1), reward only at the end (1)
+  const std::vector<double> rewards = {0, 0, 1}, values = {0.5, 0.2, 0.1};
+  const auto ga = ipa::gae(rewards, values, 0.9, 0.8);
+  const double d2 = 1 - 0.1, d1 = 0 + 0.9 * 0.1 - 0.2, d0 = 0 + 0.9 * 0.2 - 0.5;
+  CHECK(ga.advantages[2] == doctest::Approx(d2));
+  CHECK(ga.advantages[1] == doctest::Approx(d1 + 0.72 * d2));
+  CHECK(ga.advantages[0] == doctest::Approx(d0 + 0.72 * (d1 + 0.72 * d2)));
+  CHECK(ga.returns[0] == doctest::Approx(ga.advantages[0] + 0.5));
+  // lambda = 1, gamma = 1: advantage = return - value, return = reward-to-go
+  const auto mc = ipa::gae(rewards, values, 1.0, 1.0);
+  CHECK(mc.returns[0] == doctest::Approx(1.0));
+  CHECK(mc.advantages[1] == doctest::Approx(0.8));
+
+  std::vector<double> w = {1, 2, 3, 4};
+  ipa::whiten(w);
+  CHECK(w[0] + w[1] + w[2] + w[3] == doctest::Approx(0).epsilon(1e-12));
+  CHECK(w[3] == doctest::Approx(1.5 / std::sqrt(1.25)).epsilon(1e-6));
+}
+
+TEST_CASE("PPO clipping and value loss by hand") {
+  // ratio 1.5 > 1 + 0.2 with A > 0: clipped, no gradient
+  auto l = ipa::ppo_clip_loss(std::log(1.5), 0.0, 2.0, 0.2);
+  CHECK(l.clipped);
+  CHECK(l.loss == doctest::Approx(-2.0 * 1.2));
+  CHECK(l.dloss_dlogp == 0.0);
+  // ratio 1.5 with A < 0: the unclipped (worse) term counts, gradient -A * r
+  l = ipa::ppo_clip_loss(std::log(1.5), 0.0, -2.0, 0.2);
+  CHECK_FALSE(l.clipped);
+  CHECK(l.loss == doctest::Approx(3.0));
+  CHECK(l.dloss_dlogp == doctest::Approx(3.0));
+  // inside the trust region: -A r
+  l = ipa::ppo_clip_loss(std::log(0.9), 0.0, 1.0, 0.2);
+  CHECK(l.loss == doctest::Approx(-0.9));
+  CHECK(l.dloss_dlogp == doctest::Approx(-0.9));
+  // ratio 0.5 < 0.8 with A > 0: unclipped is smaller objective -> larger loss, it counts
+  l = ipa::ppo_clip_loss(std::log(0.5), 0.0, 1.0, 0.2);
+  CHECK(l.loss == doctest::Approx(-0.5));
+  // value: v = 2, old 1, clip 0.5, return 0 -> unclipped 0.5*4 = 2 > clipped 0.5*1.5^2
+  auto v = ipa::ppo_value_loss(2.0, 1.0, 0.0, 0.5);
+  CHECK(v.loss == doctest::Approx(2.0));
+  CHECK(v.dloss_dvalue == doctest::Approx(2.0));
+  // v = 2, old 1, return 3: clipped 1.5 is further from 3 -> its loss counts, v outside: no grad
+  v = ipa::ppo_value_loss(2.0, 1.0, 3.0, 0.5);
+  CHECK(v.loss == doctest::Approx(0.5 * 1.5 * 1.5));
+  CHECK(v.dloss_dvalue == 0.0);
+}
+
+TEST_CASE("quantile bins and KL controllers") {
+  const std::vector<double> r = {0.1, 0.9, 0.5, 0.7, 0.3};
+  CHECK(ipa::quantile_bins(r, 5) == std::vector<int>{4, 0, 2, 1, 3});
+  CHECK(ipa::quantile_bins(r, 2) == std::vector<int>{1, 0, 0, 0, 1});  // ranks 0-2 -> bin 0
+  // ties share the best bin of their group: a 0/1 reward puts every 1 in bin 0
+  const std::vector<double> binary = {1, 0, 1, 1, 0, 1};
+  CHECK(ipa::quantile_bins(binary, 3) == std::vector<int>{0, 2, 0, 0, 2, 0});
+  CHECK_THROWS_AS(ipa::quantile_bins(r, 0), ipa::config_error);
+
+  ipa::kl_controller fixed{0.1, 0.0, 100};
+  fixed.update(5.0, 10);
+  CHECK(fixed.coef == 0.1);
+  ipa::kl_controller adaptive{0.1, 1.0, 100};
+  adaptive.update(5.0, 10);  // error clipped to +0.2: coef *= 1 + 0.2 * 10 / 100
+  CHECK(adaptive.coef == doctest::Approx(0.1 * 1.02));
+  adaptive.update(0.9, 50);  // error -0.1: coef *= 1 - 0.05
+  CHECK(adaptive.coef == doctest::Approx(0.1 * 1.02 * 0.95));
+}
+
+TEST_CASE("AdamW, schedules, clipping and frozen tensors by hand") {
+  // one step from zero moments: update = lr * (g / (|g| + eps')) + lr * wd * p
+  ipa::adamw opt(2, {0.9, 0.999, 1e-8, 0.1});
+  std::vector<float> p = {1.0f, -2.0f}, g = {0.5f, -4.0f};
+  opt.step<float>(p, g, 0.01);
+  CHECK(p[0] == doctest::Approx(1.0 - 0.01 * (1.0 + 0.1 * 1.0)).epsilon(1e-6));
+  CHECK(p[1] == doctest::Approx(-2.0 - 0.01 * (-1.0 + 0.1 * -2.0)).epsilon(1e-6));
+  // second step: m = 0.9*0.1*g1 ... checked against the textbook formulas in double
+  const double g0 = 0.5, m1 = 0.1 * g0, v1 = 0.001 * g0 * g0, g1 = 0.25;
+  const double m2 = 0.9 * m1 + 0.1 * g1, v2 = 0.999 * v1 + 0.001 * g1 * g1;
+  const double p1 = p[0];
+  g = {0.25f, 0.0f};
+  opt.step<float>(p, g, 0.01);
+  const double expected = p1 - 0.01 * ((m2 / (1 - 0.81)) / (std::sqrt(v2 / (1 - 0.999 * 0.999)) + 1e-8) + 0.1 * p1);
+  CHECK(p[0] == doctest::Approx(expected).epsilon(1e-6));
+
+  ipa::lr_schedule s{1.0, 10, 110, ipa::lr_decay::cosine, 0.1};
+  CHECK(s.at(0) == doctest::Approx(0.1));
+  CHECK(s.at(9) == doctest::Approx(1.0));
+  CHECK(s.at(60) == doctest::Approx(0.1 + 0.9 * 0.5));
+  CHECK(s.at(110) == doctest::Approx(0.1));
+  ipa::lr_schedule lin{1.0, 0, 100, ipa::lr_decay::linear, 0.0};
+  CHECK(lin.at(25) == doctest::Approx(0.75));
+
+  std::vector<float> grads = {3.0f, 4.0f};
+  CHECK(ipa::clip_grad_norm<float>(grads, 1.0) == doctest::Approx(5.0));
+  CHECK(grads[0] == doctest::Approx(0.6).epsilon(1e-5));
+  CHECK(ipa::clip_grad_norm<float>(grads, 10.0) == doctest::Approx(1.0).epsilon(1e-5));
+
+  // frozen tensors never move
+  const auto w = tiny_weights(5);
+  const auto mask = ipa::parameter_mask::freeze(w.slots(), {"tok_embeddings", "norm"});
+  std::vector<float> params(w.data().begin(), w.data().end()), ones(params.size(), 1.0f);
+  ipa::adamw all(params.size(), {});
+  all.step<float>(params, ones, 0.1, mask);
+  const auto& emb = w.slot("tok_embeddings");
+  CHECK(params[emb.offset] == w.data()[emb.offset]);
+  CHECK(params[w.slot("norm").offset] == w.data()[w.slot("norm").offset]);
+  CHECK(params[w.slot("wq").offset] != w.data()[w.slot("wq").offset]);
+  CHECK_THROWS_AS(ipa::parameter_mask::freeze(w.slots(), {"nope"}), ipa::config_error);
+}
+
+TEST_CASE("gradient accumulation: two half batches sum to the full batch's gradient") {
+  ipa::trainable_llama<double> m(tiny_weights(9));
+  const std::size_t V = 11, T = 5;
+  std::vector<ipa::token_id> tokens = {1, 4, 2, 7, 3, 5, 6, 2, 9, 10};
+  std::vector<ipa::token_id> targets = {4, 2, 7, 3, -1, 6, 2, 9, 10, -1};
+  std::vector<double> d(2 * T * V);
+  m.forward(tokens, 2, T);
+  ipa::cross_entropy<double>(m.logits(), targets, V, d);
+  m.zero_grad();
+  m.backward(d);
+  const std::vector<double> full(m.gradients().begin(), m.gradients().end());
+  m.zero_grad();
+  for (std::size_t b = 0; b < 2; ++b) {
+    std::vector<double> half(T * V);
+    m.forward(std::span<const ipa::token_id>(tokens).subspan(b * T, T), 1, T);
+    ipa::cross_entropy<double>(m.logits(), std::span<const ipa::token_id>(targets).subspan(b * T, T), V, half);
+    for (double& v : half) v *= 0.5;  // each half is a mean over 4 of the 8 targets
+    m.backward(half);
+  }
+  for (std::size_t i = 0; i < full.size(); ++i) REQUIRE(m.gradients()[i] == doctest::Approx(full[i]).epsilon(1e-10));
 }

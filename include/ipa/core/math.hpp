@@ -85,6 +85,31 @@ inline double log_sum_exp(std::span<const float> x) noexcept {
   return max + std::log(sum_exp(x, max));  // shifted by the max so exp() cannot overflow
 }
 
+/// y += a * exp(x), vectorised (exp8, about 1 ulp).
+inline void add_scaled_exp(float a, std::span<const float> x, std::span<float> y) noexcept {
+  const std::size_t n8 = x.size() - x.size() % 8;
+  for (std::size_t i = 0; i < n8; i += 8) {
+    detail::v8f_math v, out;
+    std::memcpy(&v, x.data() + i, sizeof v);
+    std::memcpy(&out, y.data() + i, sizeof out);
+    out += detail::splat(a) * detail::exp8(v);
+    std::memcpy(y.data() + i, &out, sizeof out);
+  }
+  for (std::size_t i = n8; i < x.size(); ++i) y[i] += a * std::exp(x[i]);
+}
+
+/// out = exp(x), vectorised (exp8, about 1 ulp).
+inline void exp_of(std::span<const float> x, std::span<float> out) noexcept {
+  const std::size_t n8 = x.size() - x.size() % 8;
+  for (std::size_t i = 0; i < n8; i += 8) {
+    detail::v8f_math v;
+    std::memcpy(&v, x.data() + i, sizeof v);
+    v = detail::exp8(v);
+    std::memcpy(out.data() + i, &v, sizeof v);
+  }
+  for (std::size_t i = n8; i < x.size(); ++i) out[i] = std::exp(x[i]);
+}
+
 /// In place: x <- log_softmax(x).
 inline void log_softmax(std::span<float> x) noexcept {
   const double lse = log_sum_exp(x);

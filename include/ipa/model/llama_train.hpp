@@ -89,7 +89,7 @@ class trainable_llama {
       a.xn1.resize(N * d);
       a.rstd1.resize(N);
       a.qkv.resize(N * (d + 2 * kv));
-      a.probs.assign(B * H * Tn * Tn, T(0));
+      a.probs.resize(B * H * Tn * Tn);  // only the causal triangle is ever written or read
       a.att.resize(N * d);
       a.x_mid.resize(N * d);
       a.xn2.resize(N * d);
@@ -102,7 +102,8 @@ class trainable_llama {
     rstd_final_.resize(N);
     logits_.resize(N * V);
 
-    std::vector<T> x(N * d);
+    std::vector<T>& x = x_;
+    x.resize(N * d);
     const T* emb = tensor("tok_embeddings");
     for (std::size_t i = 0; i < N; ++i) std::copy_n(emb + std::size_t(tokens[i]) * d, d, x.data() + i * d);
     for (std::size_t l = 0; l < L; ++l) {
@@ -161,14 +162,20 @@ class trainable_llama {
                         " values, expected " + std::to_string(N * d));
     const const_map dlog(dlogits.data(), N, V);
     // classifier: logits = xn_final * W^T
-    std::vector<T> dxn(N * d), dx(N * d);
+    std::vector<T>&dxn = dxn_, &dx = dx_;
+    dxn.resize(N * d);
+    dx.resize(N * d);
     map(dxn.data(), N, d).noalias() = dlog * classifier();
     if (!dhidden.empty()) map(dxn.data(), N, d) += const_map(dhidden.data(), N, d);
     classifier_grad().noalias() += dlog.transpose() * const_map(xn_final_.data(), N, d);
     rmsnorm_backward(dx.data(), grad("norm"), dxn.data(), x_final_.data(), rstd_final_.data(), tensor("norm"), N,
                      false);
 
-    std::vector<T> dhb(N * hd), dh13(N * 2 * hd), dqkv(N * (d + 2 * kv)), datt(N * d);
+    std::vector<T>&dhb = dhb_, &dh13 = dh13_, &dqkv = dqkv_, &datt = datt_;
+    dhb.resize(N * hd);
+    dh13.resize(N * 2 * hd);
+    dqkv.resize(N * (d + 2 * kv));
+    datt.resize(N * d);
     for (std::size_t l = c_.n_layers; l-- > 0;) {
       layer_acts& a = acts_[l];
       // feed-forward: x = x_mid + w2(silu(h1) * h3)
@@ -373,6 +380,7 @@ class trainable_llama {
   std::vector<token_id> tokens_;
   std::vector<layer_acts> acts_;
   std::vector<T> x_final_, xn_final_, rstd_final_, logits_;
+  std::vector<T> x_, dxn_, dx_, dhb_, dh13_, dqkv_, datt_;  // scratch, reused across calls
 };
 
 }  // namespace ipa

@@ -12,9 +12,12 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ipa/core/error.hpp"
+#include "ipa/core/math.hpp"
+#include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
 
 namespace ipa {
@@ -27,14 +30,26 @@ void tailored_log_softmax(std::span<const float> base, std::span<const T> adapte
   if (log_pi.size() != V || (!base.empty() && base.size() != V))
     throw shape_error("tailored_log_softmax: rows of " + std::to_string(base.size()) + " (base), " +
                       std::to_string(V) + " (adapter) and " + std::to_string(log_pi.size()) + " (output) values");
+  if constexpr (std::is_same_v<T, float>) {  // float: one vectorisable pass, sums in double
+    const float a = float(alpha);
+    float max = -std::numeric_limits<float>::infinity();
+    for (std::size_t v = 0; v < V; ++v) {
+      const float z = (base.empty() ? 0.0f : base[v]) + a * adapter[v];
+      log_pi[v] = z;
+      max = z > max ? z : max;
+    }
+    const float lse = float(double(max) + std::log(sum_exp(std::span<const float>(log_pi.data(), V), max)));
+    for (std::size_t v = 0; v < V; ++v) log_pi[v] -= lse;
+    return;
+  }
   double max = -std::numeric_limits<double>::infinity();
   for (std::size_t v = 0; v < V; ++v) {
     const double z = (base.empty() ? 0.0 : double(base[v])) + alpha * double(adapter[v]);
     log_pi[v] = T(z);
     max = std::max(max, z);
   }
-  double sum = 0;
-  for (std::size_t v = 0; v < V; ++v) sum += std::exp(double(log_pi[v]) - max);  // shifted: no overflow
+  double sum = 0;  // shifted by the max: no overflow
+  for (std::size_t v = 0; v < V; ++v) sum += std::exp(double(log_pi[v]) - max);
   const double lse = max + std::log(sum);
   for (std::size_t v = 0; v < V; ++v) log_pi[v] = T(double(log_pi[v]) - lse);
 }
@@ -42,40 +57,51 @@ void tailored_log_softmax(std::span<const float> base, std::span<const T> adapte
 /// dz += coef * d log pi(y) / dz = coef * (onehot(y) - pi).
 template <class T>
 void add_log_prob_grad(std::span<const T> log_pi, token_id y, double coef, std::span<T> dz) noexcept {
-  for (std::size_t v = 0; v < log_pi.size(); ++v) dz[v] -= T(coef * std::exp(double(log_pi[v])));
+  if constexpr (std::is_same_v<T, float>) {
+    add_scaled_exp(float(-coef), log_pi, dz);
+  } else {
+    for (std::size_t v = 0; v < log_pi.size(); ++v) dz[v] -= T(coef * std::exp(double(log_pi[v])));
+  }
   dz[std::size_t(y)] += T(coef);
 }
+
+namespace detail {
+// pi = exp(log_pi) into a per-thread buffer (vectorised for float).
+template <class T>
+std::span<const T> probs_of(std::span<const T> log_pi) {
+  thread_local std::vector<T> p;
+  p.resize(log_pi.size());
+  if constexpr (std::is_same_v<T, float>) exp_of(log_pi, p);
+  else
+    for (std::size_t v = 0; v < p.size(); ++v) p[v] = std::exp(log_pi[v]);
+  return p;
+}
+}  // namespace detail
 
 /// KL(pi || q) = sum pi (log pi - log q), exact over the vocabulary; dz += coef * dKL/dz, where
 /// dKL/dz_j = pi_j (log pi_j - log q_j - KL). `log_q` must be normalised log-probs.
 template <class T>
 double add_kl_grad(std::span<const T> log_pi, std::span<const T> log_q, double coef, std::span<T> dz) noexcept {
+  const std::span<const T> pi = detail::probs_of(log_pi);
   double kl = 0;
-  for (std::size_t v = 0; v < log_pi.size(); ++v) {
-    const double p = std::exp(double(log_pi[v]));
-    if (p > 0) kl += p * (double(log_pi[v]) - double(log_q[v]));
-  }
+  for (std::size_t v = 0; v < log_pi.size(); ++v)
+    if (pi[v] > 0) kl += double(pi[v]) * (double(log_pi[v]) - double(log_q[v]));
   if (coef != 0)
-    for (std::size_t v = 0; v < log_pi.size(); ++v) {
-      const double p = std::exp(double(log_pi[v]));
-      if (p > 0) dz[v] += T(coef * p * (double(log_pi[v]) - double(log_q[v]) - kl));
-    }
+    for (std::size_t v = 0; v < log_pi.size(); ++v)
+      if (pi[v] > 0) dz[v] += T(coef * double(pi[v]) * (double(log_pi[v]) - double(log_q[v]) - kl));
   return kl;
 }
 
 /// H(pi) = -sum pi log pi; dz += coef * dH/dz, where dH/dz_j = -pi_j (log pi_j + H).
 template <class T>
 double add_entropy_grad(std::span<const T> log_pi, double coef, std::span<T> dz) noexcept {
+  const std::span<const T> pi = detail::probs_of(log_pi);
   double h = 0;
-  for (std::size_t v = 0; v < log_pi.size(); ++v) {
-    const double p = std::exp(double(log_pi[v]));
-    if (p > 0) h -= p * double(log_pi[v]);
-  }
+  for (std::size_t v = 0; v < log_pi.size(); ++v)
+    if (pi[v] > 0) h -= double(pi[v]) * double(log_pi[v]);
   if (coef != 0)
-    for (std::size_t v = 0; v < log_pi.size(); ++v) {
-      const double p = std::exp(double(log_pi[v]));
-      if (p > 0) dz[v] -= T(coef * p * (double(log_pi[v]) + h));
-    }
+    for (std::size_t v = 0; v < log_pi.size(); ++v)
+      if (pi[v] > 0) dz[v] -= T(coef * double(pi[v]) * (double(log_pi[v]) + h));
   return h;
 }
 
@@ -87,19 +113,29 @@ double cross_entropy(std::span<const T> logits, std::span<const token_id> target
   if (logits.size() != N * V || dlogits.size() != N * V)
     throw shape_error("cross_entropy: logits/dlogits must hold targets x V = " + std::to_string(N * V) + " values");
   std::size_t count = 0;
-  for (token_id t : targets) count += t >= 0;
-  std::fill(dlogits.begin(), dlogits.end(), T(0));
-  if (count == 0) return 0;
-  double loss = 0;
-  std::vector<T> log_pi(V);
-  for (std::size_t i = 0; i < N; ++i) {
-    if (targets[i] < 0) continue;
-    if (std::size_t(targets[i]) >= V)
-      throw shape_error("cross_entropy: target " + std::to_string(targets[i]) + " outside [0, " + std::to_string(V) + ")");
-    tailored_log_softmax<T>({}, logits.subspan(i * V, V), 1.0, log_pi);
-    loss -= double(log_pi[std::size_t(targets[i])]);
-    add_log_prob_grad<T>(log_pi, targets[i], -1.0 / double(count), dlogits.subspan(i * V, V));
+  for (token_id t : targets) {
+    if (t >= 0 && std::size_t(t) >= V)
+      throw shape_error("cross_entropy: target " + std::to_string(t) + " outside [0, " + std::to_string(V) + ")");
+    count += t >= 0;
   }
+  if (count == 0) {
+    std::fill(dlogits.begin(), dlogits.end(), T(0));
+    return 0;
+  }
+  // rows are independent: spread them over the threads, sum the per-row losses in order
+  std::vector<double> row_loss(N, 0.0);
+  parallel_for(N, [&](std::size_t i) {
+    const std::span<T> d = dlogits.subspan(i * V, V);
+    std::fill(d.begin(), d.end(), T(0));
+    if (targets[i] < 0) return;
+    thread_local std::vector<T> log_pi;
+    log_pi.resize(V);
+    tailored_log_softmax<T>({}, logits.subspan(i * V, V), 1.0, log_pi);
+    row_loss[i] = -double(log_pi[std::size_t(targets[i])]);
+    add_log_prob_grad<T>(log_pi, targets[i], -1.0 / double(count), d);
+  });
+  double loss = 0;
+  for (double l : row_loss) loss += l;
   return loss / double(count);
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ipa/core/error.hpp"
+#include "ipa/core/parallel.hpp"
 #include "ipa/model/llama_weights.hpp"
 
 namespace ipa {
@@ -99,17 +100,25 @@ class adamw {
                         std::to_string(grads.size()) + " gradients for an optimizer of " + std::to_string(m_.size()));
     if (!std::isfinite(lr) || lr < 0) throw config_error("adamw::step: learning rate must be finite and >= 0");
     ++t_;
-    const double b1 = config_.beta1, b2 = config_.beta2;
-    const double c1 = 1.0 - std::pow(b1, double(t_)), c2 = 1.0 - std::pow(b2, double(t_));
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      if (!mask.is_trainable(i)) continue;
-      const double g = double(grads[i]);
-      const double m = b1 * m_[i] + (1 - b1) * g, v = b2 * v_[i] + (1 - b2) * g * g;
-      m_[i] = float(m);
-      v_[i] = float(v);
-      const double p = double(params[i]);
-      params[i] = T(p - lr * (m / c1 / (std::sqrt(v / c2) + config_.eps) + config_.weight_decay * p));
-    }
+    // float math, like PyTorch's fp32 AdamW; chunks over the threads (each element is
+    // independent, so the result does not depend on the thread count)
+    const float b1 = float(config_.beta1), b2 = float(config_.beta2), eps = float(config_.eps);
+    const float c1 = float(1.0 - std::pow(config_.beta1, double(t_))), c2 = float(1.0 - std::pow(config_.beta2, double(t_)));
+    const float step = float(lr), decay = float(lr * config_.weight_decay);
+    constexpr std::size_t chunk = 1 << 14;
+    parallel_for((params.size() + chunk - 1) / chunk, [&](std::size_t c) {
+      const std::size_t end = std::min(params.size(), (c + 1) * chunk);
+      const bool all = mask.trainable.empty();
+      for (std::size_t i = c * chunk; i < end; ++i) {
+        if (!all && !mask.trainable[i]) continue;
+        const float g = float(grads[i]);
+        const float m = b1 * m_[i] + (1 - b1) * g, v = b2 * v_[i] + (1 - b2) * g * g;
+        m_[i] = m;
+        v_[i] = v;
+        const float p = float(params[i]);
+        params[i] = T(p - step * (m / c1 / (std::sqrt(v / c2) + eps)) - decay * p);
+      }
+    });
   }
 
   std::uint64_t steps_taken() const noexcept { return t_; }

@@ -150,13 +150,13 @@ struct quark_pool {
   }
 };
 
-/// Trains an adapter (a Llama model) against a Reward, with a frozen llama_model base.
-/// Tokenizer: anything with `decode(ids, prev) -> std::string` (llama2c_tokenizer).
-template <Reward R, class Tokenizer>
+/// Trains an adapter (a Llama model) against a Reward, with a frozen Base policy (any Policy;
+/// it only ever runs inside the decoder). Tokenizer: anything with `decode(ids, prev) -> text`.
+template <Reward R, class Tokenizer, Policy Base = llama_model>
 class rl_trainer {
  public:
   /// `base` may be null only with cfg.tune_base. Prompts are token ids (with BOS).
-  rl_trainer(const llama_model* base, const llama_weights& adapter_init, const Tokenizer& tokenizer, R reward,
+  rl_trainer(const Base* base, const llama_weights& adapter_init, const Tokenizer& tokenizer, R reward,
              prompt_list prompts, rl_config cfg)
       : cfg_(std::move(cfg)),
         base_(base),
@@ -200,9 +200,42 @@ class rl_trainer {
   step_metrics step() {
     const auto start = std::chrono::steady_clock::now();
     step_metrics m;
+    const std::vector<rl_sample> samples = rollout_and_score();
+    update(samples, m);
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    m.tokens_per_second = double(m.response_tokens) / std::max(m.seconds, 1e-9);
+    return m;
+  }
+
+  /// The first half of a step: prompts -> decoder (base + adapter) -> reward.
+  std::vector<rl_sample> rollout_and_score() {
+    const prompt_list prompts = next_prompts();
+    generation_config g;
+    g.max_new_tokens = cfg_.max_new_tokens;
+    g.eos_id = cfg_.eos_id;
+    g.stop_tokens = cfg_.stop_tokens;
+    g.keep_base_logits = cfg_.tune_base ? keep_base::none : keep_base::dense;
+    auto sampler = make_standard_sampler(cfg_.temperature, cfg_.top_k, cfg_.top_p);
+    rollout r;
+    if (cfg_.tune_base) {
+      r = ipa_decoder<llama_model>(*adapter_model_).generate(prompts, g, sampler, rng_);
+    } else {
+      std::vector<prompt_list> adapter_prompts;
+      if (cfg_.algorithm == rl_algorithm::quark) {
+        adapter_prompts.emplace_back();
+        for (const auto& p : prompts) adapter_prompts[0].push_back(adapter_prompt(p, 0));
+      }
+      const ipa_decoder<Base, llama_model> decoder(*base_, {with_alpha(*adapter_model_, cfg_.alpha)});
+      r = decoder.generate(prompts, g, sampler, rng_, adapter_prompts);
+    }
+    return score(prompts, r);
+  }
+
+  /// The second half: advantages, losses and optimizer steps from the samples alone (the base
+  /// is not run: its logits are in the samples). Fills the loss/KL/reward fields of `m`.
+  void update(const std::vector<rl_sample>& samples, step_metrics& m) {
     m.step = step_;
     m.lr = cfg_.lr.at(step_);
-    std::vector<rl_sample> samples = rollout_and_score();
     for (const auto& s : samples) {
       m.reward_mean += s.reward / double(samples.size());
       m.response_tokens += s.response.size();
@@ -216,9 +249,6 @@ class rl_trainer {
     m.kl_coef = cfg_.kl.coef;
     rebuild_decoder_model();
     ++step_;
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    m.tokens_per_second = double(m.response_tokens) / std::max(m.seconds, 1e-9);
-    return m;
   }
 
   // ---- state a checkpoint saves (see train/checkpoint.hpp) ----
@@ -270,26 +300,8 @@ class rl_trainer {
     return out;
   }
 
-  std::vector<rl_sample> rollout_and_score() {
-    const prompt_list prompts = next_prompts();
-    generation_config g;
-    g.max_new_tokens = cfg_.max_new_tokens;
-    g.eos_id = cfg_.eos_id;
-    g.stop_tokens = cfg_.stop_tokens;
-    g.keep_base_logits = cfg_.tune_base ? keep_base::none : keep_base::dense;
-    auto sampler = make_standard_sampler(cfg_.temperature, cfg_.top_k, cfg_.top_p);
-    rollout r;
-    if (cfg_.tune_base) {
-      r = ipa_decoder<llama_model>(*adapter_model_).generate(prompts, g, sampler, rng_);
-    } else {
-      std::vector<prompt_list> adapter_prompts;
-      if (cfg_.algorithm == rl_algorithm::quark) {
-        adapter_prompts.emplace_back();
-        for (const auto& p : prompts) adapter_prompts[0].push_back(adapter_prompt(p, 0));
-      }
-      const ipa_decoder<llama_model> decoder(*base_, {with_alpha(*adapter_model_, cfg_.alpha)});
-      r = decoder.generate(prompts, g, sampler, rng_, adapter_prompts);
-    }
+  // Samples (with the base's logits) from a rollout, scored by the reward.
+  std::vector<rl_sample> score(const prompt_list& prompts, const rollout& r) {
     const std::size_t n = prompts.size(), V = std::size_t(policy_.config().vocab_size);
     std::vector<rl_sample> samples(n);
     std::vector<std::string> prompt_text(n), response_text(n);
@@ -554,7 +566,7 @@ class rl_trainer {
   }
 
   rl_config cfg_;
-  const llama_model* base_;
+  const Base* base_;
   const Tokenizer* tok_;
   R reward_;
   prompt_list prompts_;
