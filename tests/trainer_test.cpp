@@ -199,3 +199,24 @@ TEST_CASE("a checkpoint killed mid-write leaves the previous one loadable; corru
   CHECK_THROWS_WITH_AS(ipa::latest_checkpoint(dir), doctest::Contains("corrupt"), ipa::io_error);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("a black-box base (top-k log-probs only) trains an adapter inside its top-k") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  fixture f;
+  const ipa::top_k_view<ipa::llama_model> api(f.base, 20);
+  for (auto algo : {ipa::rl_algorithm::quark, ipa::rl_algorithm::ppo, ipa::rl_algorithm::rloo}) {
+    CAPTURE(ipa::to_string(algo));
+    ipa::rl_trainer t(&api, f.adapter(), f.tok, ipa::avoid_words({"sad"}), f.prompts, fixture::config(algo));
+    const auto samples = t.rollout_and_score();
+    // restrict_to_top_k: exactly 20 finite base logits per response position
+    const std::size_t V = 512;
+    std::size_t finite = 0;
+    for (std::size_t v = 0; v < V; ++v) finite += std::isfinite(samples[0].base_logits[v]);
+    CHECK(finite == 20);
+    ipa::step_metrics m;
+    t.update(samples, m);
+    CHECK(std::isfinite(m.loss));
+    CHECK(std::isfinite(m.kl));
+    for (float p : t.policy().parameters()) REQUIRE(std::isfinite(p));
+  }
+}

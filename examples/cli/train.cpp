@@ -39,8 +39,10 @@ constexpr const char* train_usage = R"(usage: ipa train --base MODEL --reward SP
   --batch B                prompts per step (default 16); --samples-per-prompt K (rloo/grpo: default 4)
   --max-new-tokens N       (default 128)  --temperature T (1)  --top-p P (1)
   --kl-coef C              KL weight (default 0.05); --kl-target K makes it adaptive
-  --entropy-coef C         Quark's entropy bonus (default 0.06); --bins K (5)
-  --ppo-epochs N (4)  --clip C (0.2)  --gamma G (1)  --lambda L (0.95)
+  --entropy-coef C         Quark's entropy bonus (default 0.06); --bins K (5); --quark-updates N
+                           (gradient steps on the pool per rollout, 2); --pool N (samples kept, 4096)
+  --ppo-epochs N (4)  --clip C (0.2)  --gamma G (1)  --lambda L (1: the sparse end-of-text reward
+                           reaches every token; 0.95 starves early tokens of a 128-token story)
   --freeze NAME            keep a tensor fixed (repeatable), e.g. tok_embeddings
   --micro-batch N          samples per forward/backward (gradient accumulation)
   --save-every N           checkpoint every N steps (default 25) and at the end
@@ -55,6 +57,8 @@ constexpr const char* eval_usage = R"(usage: ipa eval --base MODEL --reward SPEC
 
   --tokenizer TOK  --adapter ADAPTER [--alpha X] (repeatable)  --samples K (per prompt, default 4)
   --max-new-tokens N (128)  --temperature T (1)  --top-p P (1)  --seed S (1)
+  --policy MODEL           sample from this model alone instead of the base (+ adapters), e.g.
+                           OUT/adapter of `ipa train --tune-base`; perplexity is still the base's
   --ban-words w1,w2        ban every token whose text is one of the words (a decoding baseline)
   --prompt-suffix TEXT     append TEXT to every prompt (e.g. to force a keyword into it)
   --json                   print the summary as one JSON object
@@ -68,10 +72,10 @@ struct train_options {
   std::string base, tokenizer, reward, prompts, out, adapter_init = "zero";
   std::string algo = "quark", decay = "constant";
   std::size_t steps = 100, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
-  std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25;
+  std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
-         lambda = 0.95;
+         lambda = 1.0;
   float alpha = 1.0f, temperature = 1.0f;
   bool tune_base = false;
   std::vector<std::string> frozen;
@@ -81,7 +85,7 @@ struct train_options {
                                  steps, batch, samples_per_prompt, max_new_tokens, warmup, ppo_epochs, bins,
                                  micro_batch, save_every, adapter_dim, adapter_layers, adapter_heads, lr, top_p,
                                  kl_coef, kl_target, entropy_coef, clip, gamma, lambda, alpha, temperature, tune_base,
-                                 frozen, seed)
+                                 frozen, seed, quark_updates, pool)
 };
 
 ipa::lr_decay parse_decay(const std::string& s) {
@@ -109,6 +113,8 @@ ipa::rl_config make_config(const train_options& o) {
   c.kl = {o.kl_coef, o.kl_target, 10000};
   c.entropy_coef = o.entropy_coef;
   c.quark_bins = int(o.bins);
+  c.quark_updates = o.quark_updates;
+  c.pool_capacity = o.pool;
   c.ppo_epochs = o.ppo_epochs;
   c.clip_eps = o.clip;
   c.gamma = o.gamma;
@@ -188,6 +194,8 @@ int train(args& a) {
     else if (f == "--kl-target") o.kl_target = parse_number<double>(f, a.value(f));
     else if (f == "--entropy-coef") o.entropy_coef = parse_number<double>(f, a.value(f));
     else if (f == "--bins") o.bins = parse_number<std::size_t>(f, a.value(f));
+    else if (f == "--quark-updates") o.quark_updates = parse_number<std::size_t>(f, a.value(f));
+    else if (f == "--pool") o.pool = parse_number<std::size_t>(f, a.value(f));
     else if (f == "--ppo-epochs") o.ppo_epochs = parse_number<std::size_t>(f, a.value(f));
     else if (f == "--clip") o.clip = parse_number<double>(f, a.value(f));
     else if (f == "--gamma") o.gamma = parse_number<double>(f, a.value(f));
@@ -270,7 +278,7 @@ int train(args& a) {
 }
 
 int eval(args& a) {
-  std::string base_path, tok_path, spec, prompts_file, suffix;
+  std::string base_path, tok_path, spec, prompts_file, suffix, policy_path;
   std::vector<std::string> adapter_paths, banned_words;
   std::vector<float> alphas;
   std::size_t samples = 4, max_new = 128;
@@ -301,6 +309,7 @@ int eval(args& a) {
     else if (f == "--ban-words") {
       for (const auto& w : ipa::words_of(a.value(f))) banned_words.push_back(w);
     } else if (f == "--prompt-suffix") suffix = a.value(f);
+    else if (f == "--policy") policy_path = a.value(f);
     else if (f == "--json") json = true;
     else throw usage_error("unknown option for eval: " + f);
   }
@@ -324,13 +333,19 @@ int eval(args& a) {
     experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
     controls.push_back(saved.control_token);
   }
-  const ipa::ipa_decoder decoder(base, experts);
+  std::optional<ipa::llama_model> policy;
+  if (!policy_path.empty()) {
+    if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
+    policy.emplace(std::filesystem::is_directory(policy_path) ? ipa::load_adapter(policy_path).weights
+                                                             : ipa::load_llama2c(policy_path));
+    if (policy->vocab_size() != base.vocab_size()) throw ipa::shape_error("--policy: vocabulary differs from the base's");
+  }
+  const ipa::ipa_decoder decoder(policy ? *policy : base, experts);
 
   ipa::generation_config g;
   g.max_new_tokens = max_new;
   g.eos_id = ipa::llama2c_tokenizer::eos_id;
   g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
-  g.keep_base_logits = ipa::keep_base::dense;  // the base's perplexity of what was sampled
   for (std::size_t id = 0; id < tok.vocab_size(); ++id) {
     const auto w = ipa::words_of(tok.piece(ipa::token_id(id)));
     if (w.size() == 1 && std::find(banned_words.begin(), banned_words.end(), w[0]) != banned_words.end())
@@ -342,7 +357,7 @@ int eval(args& a) {
   const auto lines = read_lines(prompts_file);
   double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
   std::size_t n = 0, tokens = 0;
-  constexpr std::size_t chunk = 32;  // rows per decoder call: bounds the kept (rows, T, V) base logits
+  constexpr std::size_t chunk = 64;  // rows per decoder call
   ipa::prompt_list batch;
   auto flush = [&] {
     if (batch.empty()) return;
@@ -362,10 +377,22 @@ int eval(args& a) {
       resp[b] = r.response(b);
       ptext[b] = tok.decode(batch[b]);
       rtext[b] = tok.decode(resp[b], batch[b].back());
-      for (std::size_t t = 0; t < resp[b].size(); ++t) {
-        const std::span<const float> row(&r.base_logits(b, t, 0), V);
-        nll -= row[std::size_t(resp[b][t])] - ipa::log_sum_exp(row);
-        ++tokens;
+      // the base's perplexity of the continuation: run the (original) base over prompt + response
+      std::vector<ipa::token_id> seq = batch[b];
+      seq.insert(seq.end(), resp[b].begin(), resp[b].end());
+      seq.pop_back();
+      if (!resp[b].empty() && seq.size() <= base.context_length()) {
+        auto state = base.new_state(1, int(seq.size()));
+        std::vector<int> rows(seq.size(), 0);
+        std::vector<std::size_t> items(resp[b].size());
+        for (std::size_t t = 0; t < items.size(); ++t) items[t] = batch[b].size() - 1 + t;
+        std::vector<float> logits(items.size() * V);
+        base.forward(state, rows, seq, items, logits);
+        for (std::size_t t = 0; t < resp[b].size(); ++t) {
+          const std::span<const float> row(logits.data() + t * V, V);
+          nll -= row[std::size_t(resp[b][t])] - ipa::log_sum_exp(row);
+          ++tokens;
+        }
       }
       d1 += ipa::distinct_n(rtext[b], 1);
       d2 += ipa::distinct_n(rtext[b], 2);

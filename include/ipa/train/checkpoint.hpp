@@ -141,6 +141,7 @@ inline saved_adapter load_adapter(const std::string& dir) {
 /// RNG, baseline, KL coefficient, data order, Quark pool, PPO reference; `run` is the caller's
 /// description of the run (its options), stored in trainer.json. Returns the checkpoint folder.
 template <class R, class Tok, class Base>
+  requires(Policy<Base> || SparsePolicy<Base>)
 std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>& t, const nlohmann::json& run = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(out_dir);
@@ -234,6 +235,7 @@ inline nlohmann::json checkpoint_run(const std::string& checkpoint_dir) {
 
 /// Restores a trainer (built with the same configuration) from a checkpoint folder.
 template <class R, class Tok, class Base>
+  requires(Policy<Base> || SparsePolicy<Base>)
 void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
   const nlohmann::json s = detail::read_json(dir + "/trainer.json");
   const saved_adapter a = load_adapter(dir + "/adapter");

@@ -68,6 +68,7 @@ struct rl_config {
   std::vector<token_id> stop_tokens;  ///< llama2.c models end a story with BOS (1)
   float alpha = 1.0f;                 ///< the adapter's weight in the product of experts
   bool tune_base = false;  ///< no base: the trained model is the whole policy (fine-tuning baseline)
+  tail_policy sparse_tail = tail_policy::restrict_to_top_k;  ///< how a top-k base's rows are filled
 
   lr_schedule lr{1e-3, 0, 0, lr_decay::constant, 0.0};
   adamw_config adam{};
@@ -150,9 +151,12 @@ struct quark_pool {
   }
 };
 
-/// Trains an adapter (a Llama model) against a Reward, with a frozen Base policy (any Policy;
-/// it only ever runs inside the decoder). Tokenizer: anything with `decode(ids, prev) -> text`.
-template <Reward R, class Tokenizer, Policy Base = llama_model>
+/// Trains an adapter (a Llama model) against a Reward, with a frozen Base: a Policy, or a
+/// SparsePolicy (a black box revealing top-k log-probs; the rollout densifies its rows with
+/// rl_config::sparse_tail). The base only ever runs inside the decoder.
+/// Tokenizer: anything with `decode(ids, prev) -> text` (llama2c_tokenizer).
+template <Reward R, class Tokenizer, class Base = llama_model>
+  requires(Policy<Base> || SparsePolicy<Base>)
 class rl_trainer {
  public:
   /// `base` may be null only with cfg.tune_base. Prompts are token ids (with BOS).
@@ -215,6 +219,7 @@ class rl_trainer {
     g.eos_id = cfg_.eos_id;
     g.stop_tokens = cfg_.stop_tokens;
     g.keep_base_logits = cfg_.tune_base ? keep_base::none : keep_base::dense;
+    g.sparse_tail = cfg_.sparse_tail;
     auto sampler = make_standard_sampler(cfg_.temperature, cfg_.top_k, cfg_.top_p);
     rollout r;
     if (cfg_.tune_base) {

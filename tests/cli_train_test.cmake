@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: MIT
+# `ipa train` -> `ipa train --resume` -> `ipa generate --adapter` -> `ipa eval`, as a user runs them.
+if(DEFINED ENV{IPA_MODEL_DIR})
+  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
+endif()
+if(NOT EXISTS ${MODEL_DIR}/stories260K.bin)
+  if("$ENV{CI}" STREQUAL "true")
+    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
+  endif()
+  message("SKIPPED: missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
+  return()
+endif()
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(model --base ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin)
+set(run ${model} --reward "avoid:sad,cry + 0.5*keywords:dog" --prompts ${PROMPTS} --out ${WORK}/run
+        --algo quark --batch 4 --max-new-tokens 24 --save-every 2)
+
+execute_process(COMMAND ${IPA} train ${run} --steps 3 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc)
+  message(FATAL_ERROR "ipa train failed: ${err}")
+endif()
+file(STRINGS ${WORK}/run/metrics.jsonl lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 3 OR NOT EXISTS ${WORK}/run/adapter/config.json OR NOT EXISTS ${WORK}/run/latest)
+  message(FATAL_ERROR "expected 3 metric lines, an adapter and a latest checkpoint; found ${n} lines:\n${err}")
+endif()
+foreach(key step reward kl tokens_per_second)
+  if(NOT lines MATCHES "\"${key}\":")
+    message(FATAL_ERROR "metrics.jsonl lacks ${key}")
+  endif()
+endforeach()
+
+# a second run into the same folder without --resume must refuse, not overwrite
+execute_process(COMMAND ${IPA} train ${run} --steps 3 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "already holds a run")
+  message(FATAL_ERROR "train into a used --out should refuse: rc=${rc} ${err}")
+endif()
+execute_process(COMMAND ${IPA} train --out ${WORK}/run --resume --steps 5 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc OR NOT err MATCHES "resumed from .*checkpoint-000003 at step 3")
+  message(FATAL_ERROR "ipa train --resume failed: ${err}")
+endif()
+file(STRINGS ${WORK}/run/metrics.jsonl lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 5 OR NOT EXISTS ${WORK}/run/checkpoint-000005)
+  message(FATAL_ERROR "after --resume to 5 steps expected 5 metric lines and checkpoint-000005, found ${n}")
+endif()
+
+execute_process(COMMAND ${IPA} generate ${model} --adapter ${WORK}/run/adapter --prompt "Once upon a time"
+                        --max-new-tokens 20 --json OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc OR NOT out MATCHES "\"text\":")
+  message(FATAL_ERROR "ipa generate --adapter failed: ${err}${out}")
+endif()
+
+execute_process(COMMAND ${IPA} eval ${model} --adapter ${WORK}/run/adapter --reward "avoid:sad" --prompts ${PROMPTS}
+                        --samples 2 --max-new-tokens 24 --json OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc OR NOT out MATCHES "\"base_perplexity\":" OR NOT out MATCHES "\"distinct_2\":" OR NOT out MATCHES "\"reward\":")
+  message(FATAL_ERROR "ipa eval failed: ${err}${out}")
+endif()
+
+# bad input: a clear message, non-zero exit
+foreach(bad "--reward;nope:1" "--algo;sarsa" "--lr;abc")
+  execute_process(COMMAND ${IPA} train ${run} --out ${WORK}/bad --steps 1 ${bad} RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "ipa:")
+    message(FATAL_ERROR "ipa train ${bad} should fail with a message: rc=${rc} ${err}")
+  endif()
+endforeach()
+file(REMOVE_RECURSE ${WORK})
