@@ -353,3 +353,19 @@ TEST_CASE("results do not depend on the thread count") {
   CHECK(many.response_ids == one.response_ids);
   CHECK(many.log_probs == one.log_probs);
 }
+
+TEST_CASE("ban_sequences bans the last token of a sequence only right after the rest of it") {
+  const ipa::ban_sequences ban{{{7}, {3, 4, 5}}};
+  const std::vector<ipa::token_id> prompt = {1, 3}, generated = {4};
+  std::vector<float> row(8, 0.0f);
+  ban.apply(row, {prompt, generated});  // ... 3, 4 -> 5 banned (spanning prompt and output); 7 always
+  CHECK(row[5] == -INFINITY);
+  CHECK(row[7] == -INFINITY);
+  CHECK(row[4] == 0.0f);
+  std::vector<float> other(8, 0.0f);
+  const std::vector<ipa::token_id> g2 = {4, 4};
+  ban.apply(other, {prompt, g2});
+  CHECK(other[5] == 0.0f);
+  const ipa::ban_sequences bad{{{9}}};
+  CHECK_THROWS_AS(bad.apply(other, {prompt, g2}), ipa::shape_error);
+}

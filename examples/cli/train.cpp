@@ -2,6 +2,7 @@
 // `ipa train` (an adapter against a reward, with checkpoints and exact resume) and `ipa eval`
 // (mean reward, base-model perplexity, distinct-1/2 of sampled continuations).
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,7 +60,8 @@ constexpr const char* eval_usage = R"(usage: ipa eval --base MODEL --reward SPEC
   --max-new-tokens N (128)  --temperature T (1)  --top-p P (1)  --seed S (1)
   --policy MODEL           sample from this model alone instead of the base (+ adapters), e.g.
                            OUT/adapter of `ipa train --tune-base`; perplexity is still the base's
-  --ban-words w1,w2        ban every token whose text is one of the words (a decoding baseline)
+  --ban-words w1,w2        ban the words at decoding time (each as the token sequence of ' word' and
+                           ' Word', as Hugging Face's bad_words_ids): the decoding-time baseline
   --prompt-suffix TEXT     append TEXT to every prompt (e.g. to force a keyword into it)
   --json                   print the summary as one JSON object
 
@@ -346,10 +348,14 @@ int eval(args& a) {
   g.max_new_tokens = max_new;
   g.eos_id = ipa::llama2c_tokenizer::eos_id;
   g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
-  for (std::size_t id = 0; id < tok.vocab_size(); ++id) {
-    const auto w = ipa::words_of(tok.piece(ipa::token_id(id)));
-    if (w.size() == 1 && std::find(banned_words.begin(), banned_words.end(), w[0]) != banned_words.end())
-      g.banned_tokens.push_back(ipa::token_id(id));
+  // --ban-words: each word, lower case and capitalised, as the tokenizer spells it mid-sentence
+  // (with its leading space), banned as a token sequence (Hugging Face's bad_words_ids)
+  ipa::ban_sequences banned;
+  for (std::string w : banned_words) {
+    for (int variant = 0; variant < 2; ++variant) {
+      if (variant == 1) w[0] = char(std::toupper(static_cast<unsigned char>(w[0])));
+      banned.sequences.push_back(tok.encode(w, false, false));
+    }
   }
   auto sampler = ipa::make_standard_sampler(temperature, 0, top_p);
   ipa::xoshiro256 rng(seed);
@@ -368,7 +374,7 @@ int eval(args& a) {
         if (c >= 0)
           for (auto& p : adapter_prompts.back()) p.insert(p.begin() + 1, c);
       }
-    const ipa::rollout r = decoder.generate(batch, g, sampler, rng, adapter_prompts);
+    const ipa::rollout r = decoder.generate(batch, g, sampler, rng, adapter_prompts, banned);
     std::vector<std::string> ptext(batch.size()), rtext(batch.size());
     std::vector<std::vector<ipa::token_id>> resp(batch.size());
     std::vector<ipa::sample_view> views(batch.size());

@@ -50,6 +50,33 @@ struct ban_tokens {
   }
 };
 
+/// Bans token sequences, the way Hugging Face's `bad_words_ids` does: the last token of a banned
+/// sequence is never sampled right after the rest of it (a one-token sequence is banned outright).
+/// With a small vocabulary a word is several tokens, so this is how a word list is banned at
+/// decoding time (one tokenisation per variant; other spellings of the word still get through).
+struct ban_sequences {
+  std::vector<std::vector<token_id>> sequences;
+  void apply(std::span<float> logits, const sequence_view& seq) const {
+    for (const auto& s : sequences) {
+      if (s.empty()) continue;
+      const token_id last = s.back();
+      if (last < 0 || std::size_t(last) >= logits.size())
+        throw shape_error("ban_sequences: id " + std::to_string(last) + " outside the vocabulary of " +
+                          std::to_string(logits.size()));
+      const std::size_t need = s.size() - 1, have = seq.prompt.size() + seq.generated.size();
+      if (need > have) continue;
+      bool match = true;
+      for (std::size_t k = 0; k < need && match; ++k) {  // compare s[need-1-k] with the k-th token from the end
+        const std::size_t back = k + 1;
+        const token_id t = back <= seq.generated.size() ? seq.generated[seq.generated.size() - back]
+                                                        : seq.prompt[seq.prompt.size() - (back - seq.generated.size())];
+        match = t == s[need - 1 - k];
+      }
+      if (match) logits[std::size_t(last)] = -std::numeric_limits<float>::infinity();
+    }
+  }
+};
+
 /// CTRL's repetition penalty (Keskar et al. 2019, arXiv:1909.05858): a logit of a token already in
 /// the prompt or the output is divided by theta when positive, multiplied when negative.
 struct repetition_penalty {
