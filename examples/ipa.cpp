@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <ipa/ipa.hpp>
+#include <ipa/text/gpt2_tokenizer.hpp>
 
 #include "cli/common.hpp"
 
@@ -34,7 +35,7 @@ constexpr const char* usage = R"(usage:
                [--steps N] [--max-minutes X] [--adapter-init zero|base|ADAPTER] [--resume] ...
   ipa eval     --base MODEL --reward SPEC --prompts FILE [--adapter ADAPTER [--alpha X]]...
                [--samples K] ...
-  ipa tokenize --tokenizer TOK --text TEXT
+  ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
 
 MODEL is a llama2.c checkpoint (e.g. stories260K.bin); TOK its tokenizer.bin (default: the
 tokenizer.bin next to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
@@ -56,8 +57,12 @@ int tokenize(args& a) {
     else throw usage_error("unknown option for tokenize: " + f);
   }
   if (tok_path.empty() || !text) throw usage_error("tokenize needs --tokenizer and --text");
-  const auto tok = ipa::llama2c_tokenizer::load(tok_path);
-  const auto ids = tok.encode(*text);
+  // A folder (encoder.json + vocab.bpe, vocab.json + merges.txt, tokenizer.json) or a .json file
+  // is GPT-2's byte-level BPE (no BOS); anything else a llama2.c tokenizer.bin (BOS first).
+  const bool is_gpt2 = std::filesystem::is_directory(tok_path) ||
+                       (tok_path.size() >= 5 && tok_path.compare(tok_path.size() - 5, 5, ".json") == 0);
+  const auto ids = is_gpt2 ? ipa::gpt2_tokenizer::load(tok_path).encode(*text)
+                           : ipa::llama2c_tokenizer::load(tok_path).encode(*text);
   for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
   std::printf("\n");
   return 0;

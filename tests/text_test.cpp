@@ -3,7 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <filesystem>
 #include <string>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -47,4 +50,83 @@ TEST_CASE("tok512: encode matches run.c and decode round-trips on every golden l
     ++lines;
   }
   CHECK(lines == 37);
+}
+
+// ---- GPT-2 byte-level BPE ----
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include <ipa/text/gpt2_tokenizer.hpp>
+
+namespace {
+const ipa::gpt2_tokenizer& gpt2() {
+  static const ipa::gpt2_tokenizer t = ipa::gpt2_tokenizer::load(ipa_test::golden_dir() + "/gpt2_bpe");
+  return t;
+}
+}  // namespace
+
+TEST_CASE("GPT-2 BPE: every golden line's ids, and decode(encode(s)) == s") {
+  const std::string dir = ipa_test::golden_dir() + "/gpt2_bpe";
+  if (!ipa_test::have(dir + "/gpt2_encode.jsonl")) return;
+  CHECK(gpt2().vocab_size() == 50257);
+  CHECK(gpt2().eot_id() == 50256);
+  std::ifstream in(dir + "/gpt2_encode.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    const std::string text = from_hex(j["text_utf8_hex"].get<std::string>());
+    const auto expected = j["ids"].get<std::vector<ipa::token_id>>();
+    INFO("text: " << j["text"].get<std::string>());
+    const auto ids = gpt2().encode(text);
+    CHECK(ids == expected);
+    CHECK(gpt2().decode(ids) == text);
+    ++lines;
+  }
+  CHECK(lines == 71);
+  // Python's whitespace set (U+0085 is \s, U+FEFF is not), not JavaScript's
+  std::ifstream ws(dir + "/js_vs_python_whitespace_differences.jsonl");
+  int ws_lines = 0;
+  for (std::string line; std::getline(ws, line);) {
+    const auto j = nlohmann::json::parse(line);
+    const std::string text = from_hex(j["text_utf8_hex"].get<std::string>());
+    CHECK(gpt2().encode(text) == j["ids_openai_gpt2_encoder_py"].get<std::vector<ipa::token_id>>());
+    ++ws_lines;
+  }
+  CHECK(ws_lines == 2);
+}
+
+TEST_CASE("GPT-2 BPE: special tokens only on request, invalid UTF-8 round-trips, long pieces") {
+  if (!ipa_test::have(ipa_test::golden_dir() + "/gpt2_bpe/encoder.json")) return;
+  CHECK(gpt2().encode("<|endoftext|>") == std::vector<ipa::token_id>{27, 91, 437, 1659, 5239, 91, 29});
+  CHECK(gpt2().encode_with_special("a<|endoftext|>b") == std::vector<ipa::token_id>{64, 50256, 65});
+  const std::string junk = std::string("ok \xff\xfe\xc3 \xe2\x82 x\xf0\x9f", 14);
+  CHECK(gpt2().decode(gpt2().encode(junk)) == junk);
+  const std::string long_word(100000, 'a');  // one piece: the heap-based merge stays fast
+  CHECK(gpt2().decode(gpt2().encode(long_word)) == long_word);
+  CHECK_THROWS_AS(gpt2().token_bytes(50257), ipa::shape_error);
+}
+
+TEST_CASE("GPT-2 BPE: broken vocabulary and merge files give clear errors") {
+  const std::string dir = ipa_test::golden_dir() + "/gpt2_bpe";
+  if (!ipa_test::have(dir + "/encoder.json")) return;
+  const auto tmp = std::filesystem::temp_directory_path() / ("ipa_bpe_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(tmp);
+  auto write = [&](const char* name, const std::string& text) { std::ofstream(tmp / name) << text; };
+  write("v.json", "{\"a\": 0, \"b\": 1");
+  write("m.txt", "#version: 0.2\na b\n");
+  CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::from_files((tmp / "v.json").string(), (tmp / "m.txt").string()),
+                       doctest::Contains("not valid JSON"), ipa::io_error);
+  write("v.json", "{\"a\": 0, \"b\": 1}");
+  CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::from_files((tmp / "v.json").string(), (tmp / "m.txt").string()),
+                       doctest::Contains("needs all 256"), ipa::io_error);
+  write("bad_merges.txt", "#version: 0.2\nĠ t\nthis line has three\n");
+  CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::from_files(dir + "/encoder.json", (tmp / "bad_merges.txt").string()),
+                       doctest::Contains("line 3"), ipa::io_error);
+  write("missing.txt", "#version: 0.2\nzq zq\n");
+  CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::from_files(dir + "/encoder.json", (tmp / "missing.txt").string()),
+                       doctest::Contains("missing from the vocabulary"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::load(tmp.string()), doctest::Contains("no GPT-2 tokenizer here"),
+                       ipa::io_error);
+  std::filesystem::remove_all(tmp);
 }

@@ -18,6 +18,7 @@
 #include "ipa/model/llama.hpp"
 #include "ipa/model/llama_train.hpp"
 #include "ipa/model/llama_weights.hpp"
+#include "ipa/text/gpt2_tokenizer.hpp"
 #include "ipa/text/llama2c_tokenizer.hpp"
 #include "ipa/decode/policy.hpp"
 #include "ipa/decode/fusion.hpp"
