@@ -37,8 +37,9 @@ constexpr const char* usage = R"(usage:
                [--samples K] ...
   ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
 
-MODEL is a llama2.c checkpoint (e.g. stories260K.bin); TOK its tokenizer.bin (default: the
-tokenizer.bin next to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
+MODEL is a llama2.c checkpoint (e.g. stories260K.bin) or a GGUF file (llama architecture; F32,
+F16, Q8_0); TOK its tokenizer.bin (default: the GGUF's own tokenizer, else the tokenizer.bin next
+to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
 `ipa train` (OUT/adapter: its alpha and control token come from its config.json). Each --alpha
 weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
 greedily. Prompts decode together as one batch; each continuation is printed as llama2.c's
@@ -61,8 +62,9 @@ int tokenize(args& a) {
   // is GPT-2's byte-level BPE (no BOS); anything else a llama2.c tokenizer.bin (BOS first).
   const bool is_gpt2 = std::filesystem::is_directory(tok_path) ||
                        (tok_path.size() >= 5 && tok_path.compare(tok_path.size() - 5, 5, ".json") == 0);
-  const auto ids = is_gpt2 ? ipa::gpt2_tokenizer::load(tok_path).encode(*text)
-                           : ipa::llama2c_tokenizer::load(tok_path).encode(*text);
+  const auto ids = is_gpt2                     ? ipa::gpt2_tokenizer::load(tok_path).encode(*text)
+                   : ipa_cli::is_gguf(tok_path) ? ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text)
+                                                : ipa::llama2c_tokenizer::load(tok_path).encode(*text);
   for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
   std::printf("\n");
   return 0;
@@ -107,12 +109,11 @@ int generate(args& a) {
     for (std::string line; std::getline(in, line);) prompts.push_back(line);
   }
   if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");
-  if (tok_path.empty()) tok_path = ipa_cli::default_tokenizer(base_path);
   cfg.repetition_penalty = repetition;
   if (!(temperature >= 0.0f)) throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
 
-  const ipa::llama_model base(ipa::load_llama2c(base_path));
-  const auto tok = ipa::llama2c_tokenizer::load(tok_path, base.vocab_size());
+  const ipa::llama_model base(ipa_cli::load_model(base_path));
+  const auto tok = ipa_cli::load_tokenizer(base_path, tok_path, base.vocab_size());
   // Adapters: llama2.c files, or folders written by `ipa train` (alpha and control token inside).
   std::vector<ipa::llama_model> adapters;
   adapters.reserve(adapter_paths.size());
@@ -121,7 +122,7 @@ int generate(args& a) {
   for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
     ipa::saved_adapter saved;
     if (std::filesystem::is_directory(adapter_paths[i])) saved = ipa::load_adapter(adapter_paths[i]);
-    else saved.weights = ipa::load_llama2c(adapter_paths[i]);
+    else saved.weights = ipa_cli::load_model(adapter_paths[i]);
     adapters.emplace_back(std::move(saved.weights));
     experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
     controls.push_back(saved.control_token);

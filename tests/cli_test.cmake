@@ -67,3 +67,14 @@ if(EXISTS ${GOLDEN_DIR}/gpt2_bpe/encoder.json)
 elseif("$ENV{CI}" STREQUAL "true")
   message(FATAL_ERROR "missing ${GOLDEN_DIR}/gpt2_bpe (set IPA_GOLDEN_DIR)")
 endif()
+
+# The same model converted to GGUF by llama.cpp, with the tokenizer from its metadata: same text
+if(EXISTS ${MODEL_DIR}/stories260K.gguf)
+  execute_process(COMMAND ${IPA} generate --base ${MODEL_DIR}/stories260K.gguf --prompt "Once upon a time"
+                          --temperature 0 --max-new-tokens 60 OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(rc OR NOT out STREQUAL golden)
+    message(FATAL_ERROR "ipa generate on stories260K.gguf printed:\n${out}${err}\nexpected:\n${golden}")
+  endif()
+elseif("$ENV{CI}" STREQUAL "true")
+  message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.gguf")
+endif()

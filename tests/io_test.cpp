@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <ipa/core/rng.hpp>
+#include <ipa/io/gguf.hpp>
 #include <ipa/io/llama2c.hpp>
+#include <ipa/model/llama.hpp>
 #include <ipa/io/npy.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
@@ -148,4 +151,116 @@ TEST_CASE(".npy: round trip and lying headers") {
     temp_file f(std::vector<char>(bytes.begin(), bytes.begin() + 20), "short.npy");
     CHECK_THROWS_AS(ipa::load_npy<float>(f.path), ipa::io_error);
   }
+}
+
+// ---- GGUF ----
+
+TEST_CASE("GGUF: stories260K converted by llama.cpp gives the llama2.c model's logits and tokenizer") {
+  const std::string gguf = ipa_test::model_dir() + "/stories260K.gguf";
+  if (!ipa_test::have(gguf) || !ipa_test::have(ipa_test::model_path())) return;
+  const auto file = ipa::gguf_file::load(gguf);
+  CHECK(file.version() == 3);
+  const ipa::llama_model from_gguf(ipa::load_gguf_llama(file));
+  const ipa::llama_model from_bin(ipa::load_llama2c(ipa_test::model_path()));
+  CHECK(from_gguf.config().dim == 64);
+  CHECK(from_gguf.config().n_kv_heads == 4);
+  const std::vector<std::vector<ipa::token_id>> prompts = {{1, 403, 407, 261, 378, 432, 13}};
+  std::vector<float> a(512), b(512);
+  auto sa = from_gguf.new_state(1, 16), sb = from_bin.new_state(1, 16);
+  from_gguf.prefill(sa, prompts, a);
+  from_bin.prefill(sb, prompts, b);
+  CHECK(a == b);  // the same float32 weights: the same bits
+  const auto tok = ipa::load_gguf_tokenizer(file);
+  const auto ref = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path());
+  for (const char* text : {"Once upon a time", "Lily's dog ran, fast!", "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93"})
+    CHECK(tok.encode(text) == ref.encode(text));
+}
+
+TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
+  const std::string gguf = ipa_test::model_dir() + "/stories260K.gguf";
+  if (!ipa_test::have(gguf)) return;
+  const std::string bytes = ipa::read_file(gguf);
+  auto parse = [](std::string b) { return ipa::gguf_file(std::move(b), "test.gguf"); };
+  CHECK_THROWS_WITH_AS(parse("GGUX" + bytes.substr(4)), doctest::Contains("magic"), ipa::io_error);
+  std::string v1 = bytes;
+  v1[4] = 1;
+  CHECK_THROWS_WITH_AS(parse(v1), doctest::Contains("version 1 is not supported"), ipa::io_error);
+  for (std::size_t cut : {std::size_t(10), std::size_t(30), std::size_t(2000), std::size_t(9000), bytes.size() - 1})
+    CHECK_THROWS_WITH_AS(parse(bytes.substr(0, cut)), doctest::Contains("truncated"), ipa::io_error);
+  std::string lying = bytes;  // a metadata count of 2^60
+  const std::uint64_t huge = std::uint64_t(1) << 60;
+  std::memcpy(lying.data() + 16, &huge, 8);
+  CHECK_THROWS_WITH_AS(parse(lying), doctest::Contains("impossible"), ipa::io_error);
+  // the first tensor info's type -> Q4_0 (2): refused by name
+  const auto at = bytes.find("token_embd.weight");
+  REQUIRE(at != std::string::npos);
+  std::string q4 = bytes;
+  const std::size_t type_at = at + std::strlen("token_embd.weight") + 4 + 2 * 8;
+  q4[type_at] = 2;
+  CHECK_THROWS_WITH_AS(parse(q4), doctest::Contains("ggml type 2"), ipa::io_error);
+  // random byte flips never crash: they parse or throw ipa::io_error
+  ipa::xoshiro256 rng(99);
+  for (int i = 0; i < 200; ++i) {
+    std::string flipped = bytes.substr(0, 20000);
+    flipped[24 + rng() % 19000] = char(rng());
+    try {
+      parse(flipped);
+    } catch (const ipa::io_error&) {
+    }
+  }
+}
+
+// ---- safetensors ----
+#include <ipa/io/safetensors.hpp>
+
+TEST_CASE("safetensors: round trip, and every malformed header is a clear error") {
+  ipa::safetensors_writer w;
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
+  const std::vector<std::int32_t> ids = {1, -2, 3};
+  const std::vector<std::uint16_t> half = {ipa::to_bf16(1.0f), ipa::to_bf16(-0.5f)};
+  w.add_f32("a", {2, 3}, a);
+  w.add<std::int32_t>("ids", "I32", {3}, ids);
+  w.add<std::uint16_t>("h", "BF16", {2}, half);
+  w.metadata("format", "pt");
+  const std::string bytes = w.bytes();
+  const ipa::safetensors_file f(bytes, "mem");
+  CHECK(f.floats("a", 6) == a);
+  CHECK(f.raw<std::int32_t>("ids", "I32", 3) == ids);
+  CHECK(f.floats("h", 2) == std::vector<float>{1.0f, -0.5f});
+  CHECK(f.metadata().at("format") == "pt");
+  CHECK(f.entry("a").shape == std::vector<std::uint64_t>{2, 3});
+  CHECK_THROWS_WITH_AS(f.floats("a", 5), doctest::Contains("expected 5"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(f.raw<std::int32_t>("a", "I32", 6), doctest::Contains("expected I32"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(f.floats("nope", 1), doctest::Contains("no tensor named 'nope'"), ipa::io_error);
+  // IEEE half: 1.0, -2.0, 65504 (max), a subnormal
+  CHECK(ipa::from_f16(0x3C00) == 1.0f);
+  CHECK(ipa::from_f16(0xC000) == -2.0f);
+  CHECK(ipa::from_f16(0x7BFF) == 65504.0f);
+  CHECK(ipa::from_f16(0x0001) == doctest::Approx(5.96046448e-8f));
+
+  auto with_header = [](const std::string& json, std::size_t data) {
+    std::string out(8, '\0');
+    const std::uint64_t n = json.size();
+    std::memcpy(out.data(), &n, 8);
+    return out + json + std::string(data, '\0');
+  };
+  auto bad = [](const std::string& b) { return ipa::safetensors_file(b, "bad.safetensors"); };
+  CHECK_THROWS_WITH_AS(bad("abc"), doctest::Contains("truncated"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(bytes.substr(0, bytes.size() - 4)), doctest::Contains("spans bytes"), ipa::io_error);
+  std::string huge = bytes;
+  const std::uint64_t big = std::uint64_t(1) << 40;
+  std::memcpy(huge.data(), &big, 8);
+  CHECK_THROWS_WITH_AS(bad(huge), doctest::Contains("100 MiB"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header("{\"x\": 1", 0)), doctest::Contains("not valid JSON"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}})", 1)),
+                       doctest::Contains("unsupported dtype"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 4)),
+                       doctest::Contains("needs 8 bytes"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                           "y": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})", 8)),
+                       doctest::Contains("overlap"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8)),
+                       doctest::Contains("hole"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4)),
+                       doctest::Contains("whole number"), ipa::io_error);
 }

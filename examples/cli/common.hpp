@@ -9,6 +9,10 @@
 #include <vector>
 
 #include <ipa/core/error.hpp>
+#include <ipa/io/binary_reader.hpp>
+#include <ipa/io/gguf.hpp>
+#include <ipa/io/llama2c.hpp>
+#include <ipa/text/llama2c_tokenizer.hpp>
 
 namespace ipa_cli {
 
@@ -63,6 +67,34 @@ inline std::vector<std::string> read_lines(const std::string& path) {
     if (!line.empty()) lines.push_back(line);
   if (lines.empty()) throw ipa::io_error(path + ": no prompts (one per line expected)");
   return lines;
+}
+
+/// True when the file starts with GGUF's magic.
+inline bool is_gguf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string(magic, 4) == "GGUF";
+}
+
+/// A base model by format (GGUF by its magic, else a llama2.c checkpoint).
+inline ipa::llama_weights load_model(const std::string& path) {
+  if (is_gguf(path)) return ipa::load_gguf_llama(ipa::gguf_file::load(path));
+  return ipa::load_llama2c(path);
+}
+
+/// The tokenizer for a model: `tok_path` when given, else the GGUF's own, else the
+/// tokenizer.bin next to the model; its size must equal `vocab`.
+inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, const std::string& tok_path,
+                                             std::size_t vocab) {
+  if (tok_path.empty() && is_gguf(model_path)) {
+    auto t = ipa::load_gguf_tokenizer(ipa::gguf_file::load(model_path));
+    if (t.vocab_size() != vocab)
+      throw ipa::shape_error(model_path + ": the tokenizer has " + std::to_string(t.vocab_size()) +
+                             " tokens, the model " + std::to_string(vocab));
+    return t;
+  }
+  if (!tok_path.empty() && is_gguf(tok_path)) return load_tokenizer(tok_path, "", vocab);
+  return ipa::llama2c_tokenizer::load(tok_path.empty() ? default_tokenizer(model_path) : tok_path, vocab);
 }
 
 int train(args& a);

@@ -146,7 +146,7 @@ ipa::llama_weights initial_adapter(const train_options& o, const ipa::llama_weig
     return ipa::llama_weights::zero_output_adapter(c, o.seed);
   }
   if (std::filesystem::is_directory(o.adapter_init)) return ipa::load_adapter(o.adapter_init).weights;
-  return ipa::load_llama2c(o.adapter_init);
+  return load_model(o.adapter_init);
 }
 
 std::string clock(double seconds) {
@@ -219,12 +219,11 @@ int train(args& a) {
   if (steps_flag) o.steps = *steps_flag;
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE");
-  if (o.tokenizer.empty()) o.tokenizer = default_tokenizer(o.base);
   if (max_minutes && !(*max_minutes > 0)) throw usage_error("--max-minutes must be > 0");
 
-  const ipa::llama_weights base_weights = ipa::load_llama2c(o.base);
+  const ipa::llama_weights base_weights = load_model(o.base);
   const ipa::llama_model base(base_weights);
-  const auto tok = ipa::llama2c_tokenizer::load(o.tokenizer, base.vocab_size());
+  const auto tok = load_tokenizer(o.base, o.tokenizer, base.vocab_size());
   ipa::prompt_list prompts;
   for (const auto& line : read_lines(o.prompts)) prompts.push_back(tok.encode(line));
   auto reward = ipa::spec_reward::parse(o.reward);
@@ -318,10 +317,8 @@ int eval(args& a) {
   if (base_path.empty() || spec.empty() || prompts_file.empty())
     throw usage_error("eval needs --base MODEL, --reward SPEC and --prompts FILE");
   if (samples == 0) throw usage_error("--samples must be >= 1");
-  if (tok_path.empty()) tok_path = default_tokenizer(base_path);
-
-  const ipa::llama_model base(ipa::load_llama2c(base_path));
-  const auto tok = ipa::llama2c_tokenizer::load(tok_path, base.vocab_size());
+  const ipa::llama_model base(load_model(base_path));
+  const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
   auto reward = ipa::spec_reward::parse(spec);
   std::vector<ipa::llama_model> adapters;
   adapters.reserve(adapter_paths.size());
@@ -330,7 +327,7 @@ int eval(args& a) {
   for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
     ipa::saved_adapter saved;
     if (std::filesystem::is_directory(adapter_paths[i])) saved = ipa::load_adapter(adapter_paths[i]);
-    else saved.weights = ipa::load_llama2c(adapter_paths[i]);
+    else saved.weights = load_model(adapter_paths[i]);
     adapters.emplace_back(std::move(saved.weights));
     experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
     controls.push_back(saved.control_token);
@@ -339,7 +336,7 @@ int eval(args& a) {
   if (!policy_path.empty()) {
     if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
     policy.emplace(std::filesystem::is_directory(policy_path) ? ipa::load_adapter(policy_path).weights
-                                                             : ipa::load_llama2c(policy_path));
+                                                             : load_model(policy_path));
     if (policy->vocab_size() != base.vocab_size()) throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
   const ipa::ipa_decoder decoder(policy ? *policy : base, experts);

@@ -12,6 +12,7 @@
 #include "ipa/core/types.hpp"
 #include "ipa/io/atomic_file.hpp"
 #include "ipa/io/binary_reader.hpp"
+#include "ipa/io/gguf.hpp"
 #include "ipa/io/llama2c.hpp"
 #include "ipa/io/npy.hpp"
 #include "ipa/io/safetensors.hpp"

@@ -112,11 +112,16 @@ class process_reward {
     }
     [[noreturn]] void died(const std::string& when) {
       int status = 0;
-      std::string how = "is still running";
-      if (pid > 0 && waitpid(pid, &status, WNOHANG) == pid) {
-        how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                                : "was killed by signal " + std::to_string(WTERMSIG(status));
-        pid = -1;
+      std::string how = "closed its output";
+      // a closed pipe usually means the process is exiting: give it a moment to be reaped
+      for (int tries = 0; pid > 0 && tries < 200; ++tries) {
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+          how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                                  : "was killed by signal " + std::to_string(WTERMSIG(status));
+          pid = -1;
+          break;
+        }
+        usleep(5000);
       }
       throw io_error("process_reward: '" + command + "' " + how + " " + when);
     }

@@ -3,6 +3,7 @@
 // decoding exactly as llama2.c's run.c: BOS, a dummy-prefix space, UTF-8 code points looked up
 // whole, byte fallback to <0xHH> tokens, then greedy merges of the best-scoring adjacent pair.
 #pragma once
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -55,6 +56,26 @@ class llama2c_tokenizer {
     if (t.pieces_.size() < 3)
       throw io_error(path + ": a llama2.c tokenizer needs at least <unk>, BOS and EOS, found " +
                      std::to_string(t.pieces_.size()) + " tokens");
+    t.index();
+    return t;
+  }
+
+  /// From pieces and scores held elsewhere (e.g. a GGUF's tokenizer.ggml.tokens/scores, with
+  /// SentencePiece's U+2581 already turned into spaces). `where` names the source in errors.
+  static llama2c_tokenizer from_pieces(std::vector<std::string> pieces, std::vector<float> scores,
+                                       const std::string& where) {
+    if (pieces.size() != scores.size())
+      throw io_error(where + ": " + std::to_string(pieces.size()) + " tokens but " + std::to_string(scores.size()) +
+                     " scores");
+    if (pieces.size() < 3)
+      throw io_error(where + ": a tokenizer needs at least <unk>, BOS and EOS, found " + std::to_string(pieces.size()));
+    llama2c_tokenizer t;
+    for (std::size_t i = 0; i < scores.size(); ++i) {
+      if (!std::isfinite(scores[i])) throw io_error(where + ": token " + std::to_string(i) + " has a non-finite score");
+      t.max_token_length_ = std::max(t.max_token_length_, int(pieces[i].size()));
+    }
+    t.pieces_ = std::move(pieces);
+    t.scores_ = std::move(scores);
     t.index();
     return t;
   }

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: MIT
+// GGUF (ggml/llama.cpp's model format, versions 2 and 3): magic "GGUF", version, tensor and
+// metadata counts, metadata key/values of every GGUF type (nested arrays included), tensor
+// infos, then the data section aligned to general.alignment (32). The reader checks every count,
+// length and offset against the file before allocating; tensors F32, F16 and Q8_0 are
+// dequantised to float. `load_gguf_llama` maps the `llama` architecture onto llama_weights and
+// the SentencePiece tokenizer in the metadata onto llama2c_tokenizer.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
+#include "ipa/io/safetensors.hpp"  // from_f16
+#include "ipa/model/llama_weights.hpp"
+#include "ipa/text/llama2c_tokenizer.hpp"
+
+namespace ipa {
+
+/// One metadata value: a scalar, a string, or an array of values.
+struct gguf_value {
+  enum kind_t : std::uint32_t { u8, i8, u16, i16, u32, i32, f32, boolean, string, array, u64, i64, f64 };
+  kind_t kind = u32;
+  std::variant<std::uint64_t, std::int64_t, double, bool, std::string, std::vector<gguf_value>> v;
+
+  bool is_integer() const noexcept { return v.index() <= 1 && kind != boolean; }
+  long long as_int(const std::string& key) const {
+    if (const auto* u = std::get_if<std::uint64_t>(&v)) {
+      if (*u > std::uint64_t(INT64_MAX)) throw io_error("gguf: " + key + " is too large");
+      return static_cast<long long>(*u);
+    }
+    if (const auto* i = std::get_if<std::int64_t>(&v)) return *i;
+    throw io_error("gguf: " + key + " is not an integer");
+  }
+  double as_double(const std::string& key) const {
+    if (const auto* d = std::get_if<double>(&v)) return *d;
+    return double(as_int(key));
+  }
+  const std::string& as_string(const std::string& key) const {
+    if (const auto* s = std::get_if<std::string>(&v)) return *s;
+    throw io_error("gguf: " + key + " is not a string");
+  }
+  const std::vector<gguf_value>& as_array(const std::string& key) const {
+    if (const auto* a = std::get_if<std::vector<gguf_value>>(&v)) return *a;
+    throw io_error("gguf: " + key + " is not an array");
+  }
+};
+
+/// One tensor's info: ggml dims (ne[0] is the contiguous one), type, offset in the data section.
+struct gguf_tensor {
+  std::vector<std::uint64_t> dims;
+  std::uint32_t type = 0;  ///< ggml_type: 0 F32, 1 F16, 8 Q8_0 are supported
+  std::uint64_t offset = 0, bytes = 0;
+  std::uint64_t elements() const noexcept {
+    std::uint64_t n = 1;
+    for (auto d : dims) n *= d;
+    return n;
+  }
+};
+
+/// A GGUF file held in memory and validated.
+class gguf_file {
+ public:
+  static gguf_file load(const std::string& path) { return gguf_file(read_file(path), path); }
+
+  gguf_file(std::string bytes, std::string where) : bytes_(std::move(bytes)), where_(std::move(where)) {
+    if (bytes_.size() >= 4 && bytes_.compare(0, 4, "GGUF") != 0) fail("not a GGUF file (the magic is not \"GGUF\")");
+    if (bytes_.size() < 24) fail("truncated: " + std::to_string(bytes_.size()) + " bytes, a GGUF header needs 24");
+    at_ = 4;
+    version_ = read<std::uint32_t>("the version");
+    if (version_ != 2 && version_ != 3)
+      fail("GGUF version " + std::to_string(version_) + " is not supported (2 and 3 are)");
+    const auto n_tensors = read<std::uint64_t>("the tensor count");
+    const auto n_kv = read<std::uint64_t>("the metadata count");
+    // every entry takes at least 8 (key length) + 4 bytes: a lying count fails here, not in malloc
+    if (n_kv > remaining() / 12 || n_tensors > remaining() / 12)
+      fail("truncated or corrupt: the header claims " + std::to_string(n_tensors) + " tensors and " +
+           std::to_string(n_kv) + " metadata entries, impossible in the " + std::to_string(remaining()) +
+           " bytes that follow");
+    for (std::uint64_t i = 0; i < n_kv; ++i) {
+      std::string key = read_string("a metadata key");
+      const auto type = read<std::uint32_t>("the type of " + key);
+      metadata_[key] = read_value(type, key, 0);
+    }
+    std::uint64_t alignment = 32;
+    if (auto it = metadata_.find("general.alignment"); it != metadata_.end()) {
+      const long long a = it->second.as_int("general.alignment");
+      if (a <= 0 || (a & (a - 1)) != 0 || a > (1 << 20)) fail("general.alignment must be a power of two");
+      alignment = std::uint64_t(a);
+    }
+    std::vector<std::string> order;
+    for (std::uint64_t i = 0; i < n_tensors; ++i) {
+      std::string name = read_string("a tensor name");
+      gguf_tensor t;
+      const auto nd = read<std::uint32_t>("the dimension count of " + name);
+      if (nd == 0 || nd > 4) fail("tensor '" + name + "' has " + std::to_string(nd) + " dimensions (1 to 4 allowed)");
+      std::uint64_t count = 1;
+      for (std::uint32_t d = 0; d < nd; ++d) {
+        const auto v = read<std::uint64_t>("a dimension of " + name);
+        if (v == 0 || count > (std::uint64_t(1) << 40) / v) fail("tensor '" + name + "' has an absurd shape");
+        count *= v;
+        t.dims.push_back(v);
+      }
+      t.type = read<std::uint32_t>("the type of " + name);
+      t.offset = read<std::uint64_t>("the offset of " + name);
+      if (t.type == 0) t.bytes = 4 * count;
+      else if (t.type == 1) t.bytes = 2 * count;
+      else if (t.type == 8) {
+        if (t.dims[0] % 32 != 0) fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
+        t.bytes = count / 32 * 34;
+      } else {
+        fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) + "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
+      }
+      if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
+      if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
+      order.push_back(name);
+    }
+    data_at_ = (at_ + alignment - 1) / alignment * alignment;
+    if (data_at_ > bytes_.size()) fail("truncated before the data section");
+    const std::uint64_t data_size = bytes_.size() - data_at_;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
+    for (const auto& [name, t] : tensors_) {
+      if (t.offset > data_size || t.bytes > data_size - t.offset)
+        fail("truncated: tensor '" + name + "' needs bytes [" + std::to_string(t.offset) + ", " +
+             std::to_string(t.offset + t.bytes) + ") of a data section of " + std::to_string(data_size));
+      spans.emplace_back(t.offset, t.offset + t.bytes);
+    }
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t i = 1; i < spans.size(); ++i)
+      if (spans[i].first < spans[i - 1].second) fail("two tensors overlap in the data section");
+  }
+
+  std::uint32_t version() const noexcept { return version_; }
+  const std::map<std::string, gguf_value>& metadata() const noexcept { return metadata_; }
+  const std::map<std::string, gguf_tensor>& tensors() const noexcept { return tensors_; }
+  bool has(const std::string& key) const { return metadata_.count(key) != 0; }
+  const gguf_value& value(const std::string& key) const {
+    auto it = metadata_.find(key);
+    if (it == metadata_.end()) throw io_error(where_ + ": metadata key '" + key + "' is missing");
+    return it->second;
+  }
+
+  /// A tensor as floats (dequantised), checking its element count.
+  std::vector<float> floats(const std::string& name, std::uint64_t expected) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw io_error(where_ + ": tensor '" + name + "' is missing");
+    const gguf_tensor& t = it->second;
+    if (t.elements() != expected)
+      throw io_error(where_ + ": tensor '" + name + "' has " + std::to_string(t.elements()) + " elements, expected " +
+                     std::to_string(expected));
+    const char* p = bytes_.data() + data_at_ + t.offset;
+    std::vector<float> out(t.elements());
+    if (t.type == 0) {
+      std::memcpy(out.data(), p, out.size() * 4);
+    } else if (t.type == 1) {
+      for (std::size_t i = 0; i < out.size(); ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = from_f16(h);
+      }
+    } else {  // Q8_0: blocks of an f16 scale and 32 int8
+      for (std::size_t b = 0; b < out.size() / 32; ++b) {
+        std::uint16_t h;
+        std::memcpy(&h, p + 34 * b, 2);
+        const float d = from_f16(h);
+        for (std::size_t k = 0; k < 32; ++k) out[32 * b + k] = d * float(static_cast<std::int8_t>(p[34 * b + 2 + k]));
+      }
+    }
+    return out;
+  }
+
+  const std::string& where() const noexcept { return where_; }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const { throw io_error(where_ + ": " + why); }
+  std::uint64_t remaining() const noexcept { return bytes_.size() - at_; }
+  template <class T>
+  T read(const std::string& what) {
+    if (remaining() < sizeof(T)) fail("truncated: " + what + " runs past the end of the file");
+    T v;
+    std::memcpy(&v, bytes_.data() + at_, sizeof v);
+    at_ += sizeof v;
+    return v;
+  }
+  std::string read_string(const std::string& what) {
+    const auto n = read<std::uint64_t>(what + "'s length");
+    if (n > remaining()) fail("truncated: " + what + " claims " + std::to_string(n) + " bytes, " +
+                              std::to_string(remaining()) + " remain");
+    std::string s(bytes_.data() + at_, n);
+    at_ += n;
+    return s;
+  }
+  gguf_value read_value(std::uint32_t type, const std::string& key, int depth) {
+    gguf_value out;
+    out.kind = static_cast<gguf_value::kind_t>(type);
+    switch (type) {
+      case gguf_value::u8: out.v = std::uint64_t(read<std::uint8_t>(key)); break;
+      case gguf_value::i8: out.v = std::int64_t(read<std::int8_t>(key)); break;
+      case gguf_value::u16: out.v = std::uint64_t(read<std::uint16_t>(key)); break;
+      case gguf_value::i16: out.v = std::int64_t(read<std::int16_t>(key)); break;
+      case gguf_value::u32: out.v = std::uint64_t(read<std::uint32_t>(key)); break;
+      case gguf_value::i32: out.v = std::int64_t(read<std::int32_t>(key)); break;
+      case gguf_value::u64: out.v = read<std::uint64_t>(key); break;
+      case gguf_value::i64: out.v = read<std::int64_t>(key); break;
+      case gguf_value::f32: out.v = double(read<float>(key)); break;
+      case gguf_value::f64: out.v = read<double>(key); break;
+      case gguf_value::boolean: {
+        const auto b = read<std::uint8_t>(key);
+        if (b > 1) fail("metadata '" + key + "' is a bool holding " + std::to_string(b));
+        out.v = b == 1;
+        break;
+      }
+      case gguf_value::string: out.v = read_string(key); break;
+      case gguf_value::array: {
+        if (depth > 4) fail("metadata '" + key + "' nests arrays too deeply");
+        const auto elem = read<std::uint32_t>(key + "'s element type");
+        const auto n = read<std::uint64_t>(key + "'s length");
+        if (n > remaining()) fail("truncated: metadata '" + key + "' claims " + std::to_string(n) + " elements");
+        std::vector<gguf_value> items;
+        items.reserve(n);
+        for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(elem, key, depth + 1));
+        out.v = std::move(items);
+        break;
+      }
+      default: fail("metadata '" + key + "' has unknown type " + std::to_string(type));
+    }
+    return out;
+  }
+
+  std::string bytes_, where_;
+  std::uint64_t at_ = 0, data_at_ = 0;
+  std::uint32_t version_ = 0;
+  std::map<std::string, gguf_value> metadata_;
+  std::map<std::string, gguf_tensor> tensors_;
+};
+
+/// A Llama-architecture GGUF as ipa's weights (ggml's row-major (out, in) tensors map onto
+/// llama2.c's layout directly; llama.cpp stores Q/K for interleaved-pair RoPE, as ipa computes it).
+inline llama_weights load_gguf_llama(const gguf_file& f) {
+  const std::string arch = f.value("general.architecture").as_string("general.architecture");
+  if (arch != "llama") throw io_error(f.where() + ": architecture '" + arch + "' is not supported here (llama)");
+  auto get = [&](const std::string& key) { return f.value("llama." + key).as_int("llama." + key); };
+  llama_config c;
+  auto narrow = [&](long long v, const char* what) {
+    if (v <= 0 || v > (1 << 20)) throw io_error(f.where() + ": " + what + " = " + std::to_string(v) + " is impossible");
+    return int(v);
+  };
+  c.dim = narrow(get("embedding_length"), "embedding_length");
+  c.hidden_dim = narrow(get("feed_forward_length"), "feed_forward_length");
+  c.n_layers = narrow(get("block_count"), "block_count");
+  c.n_heads = narrow(get("attention.head_count"), "attention.head_count");
+  c.n_kv_heads = f.has("llama.attention.head_count_kv") ? narrow(get("attention.head_count_kv"), "head_count_kv") : c.n_heads;
+  c.seq_len = narrow(get("context_length"), "context_length");
+  if (f.has("llama.attention.layer_norm_rms_epsilon"))
+    c.norm_eps = float(f.value("llama.attention.layer_norm_rms_epsilon").as_double("layer_norm_rms_epsilon"));
+  if (f.has("llama.rope.freq_base")) c.rope_theta = float(f.value("llama.rope.freq_base").as_double("rope.freq_base"));
+  auto emb = f.tensors().find("token_embd.weight");
+  if (emb == f.tensors().end() || emb->second.dims.size() != 2) throw io_error(f.where() + ": no 2-D token_embd.weight");
+  c.vocab_size = narrow(static_cast<long long>(emb->second.dims[1]), "the vocabulary size");
+  c.shared_classifier = f.tensors().count("output.weight") == 0;
+  try {
+    c.validate(f.where());
+  } catch (const config_error& e) {
+    throw io_error(e.what());
+  }
+  llama_weights w(c);
+  auto put = [&](const char* slot, std::size_t layer, const std::string& name) {
+    const tensor_slot& s = w.slot(slot);
+    const auto v = f.floats(name, s.rows * s.cols);
+    for (float x : v)
+      if (!std::isfinite(x)) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
+    std::copy(v.begin(), v.end(), w.tensor(slot).begin() + std::ptrdiff_t(layer * s.rows * s.cols));
+  };
+  put("tok_embeddings", 0, "token_embd.weight");
+  put("norm", 0, "output_norm.weight");
+  if (!c.shared_classifier) put("output", 0, "output.weight");
+  for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    put("attention_norm", l, b + "attn_norm.weight");
+    put("wq", l, b + "attn_q.weight");
+    put("wk", l, b + "attn_k.weight");
+    put("wv", l, b + "attn_v.weight");
+    put("wo", l, b + "attn_output.weight");
+    put("ffn_norm", l, b + "ffn_norm.weight");
+    put("w1", l, b + "ffn_gate.weight");
+    put("w2", l, b + "ffn_down.weight");
+    put("w3", l, b + "ffn_up.weight");
+  }
+  return w;
+}
+
+/// The SentencePiece ("llama") tokenizer stored in a GGUF's metadata, as a llama2c_tokenizer
+/// (U+2581 becomes a space, as llama2.c's export writes it).
+inline llama2c_tokenizer load_gguf_tokenizer(const gguf_file& f) {
+  const std::string model = f.value("tokenizer.ggml.model").as_string("tokenizer.ggml.model");
+  if (model != "llama")
+    throw io_error(f.where() + ": tokenizer.ggml.model '" + model + "' is not the SentencePiece (llama) tokenizer");
+  const auto& tokens = f.value("tokenizer.ggml.tokens").as_array("tokenizer.ggml.tokens");
+  const auto& scores = f.value("tokenizer.ggml.scores").as_array("tokenizer.ggml.scores");
+  std::vector<std::string> pieces;
+  std::vector<float> s;
+  for (const auto& t : tokens) {
+    const std::string& raw = t.as_string("tokenizer.ggml.tokens[]");
+    std::string p;
+    p.reserve(raw.size());
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw.compare(i, 3, "\xE2\x96\x81") == 0) {  // U+2581, SentencePiece's space
+        p.push_back(' ');
+        i += 2;
+      } else {
+        p.push_back(raw[i]);
+      }
+    }
+    pieces.push_back(std::move(p));
+  }
+  for (const auto& v : scores) s.push_back(float(v.as_double("tokenizer.ggml.scores[]")));
+  for (const auto& [key, want] : {std::pair{"tokenizer.ggml.bos_token_id", llama2c_tokenizer::bos_id},
+                                  std::pair{"tokenizer.ggml.eos_token_id", llama2c_tokenizer::eos_id}})
+    if (f.has(key) && f.value(key).as_int(key) != want)
+      throw io_error(f.where() + ": " + key + " is " + std::to_string(f.value(key).as_int(key)) +
+                     "; ipa's SentencePiece tokenizer has BOS = 1 and EOS = 2");
+  return llama2c_tokenizer::from_pieces(std::move(pieces), std::move(s), f.where());
+}
+
+}  // namespace ipa
