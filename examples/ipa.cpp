@@ -35,10 +35,11 @@ constexpr const char* usage = R"(usage:
                [--steps N] [--max-minutes X] [--adapter-init zero|base|ADAPTER] [--resume] ...
   ipa eval     --base MODEL --reward SPEC --prompts FILE [--adapter ADAPTER [--alpha X]]...
                [--samples K] ...
+  ipa convert  --model MODEL --to gguf|gguf-f16|hf --out PATH [--tokenizer TOK]
   ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
 
-MODEL is a llama2.c checkpoint (e.g. stories260K.bin) or a GGUF file (llama architecture; F32,
-F16, Q8_0); TOK its tokenizer.bin (default: the GGUF's own tokenizer, else the tokenizer.bin next
+MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama architecture; F32,
+F16, Q8_0) or a Hugging Face Llama folder (config.json + safetensors); TOK its tokenizer.bin (default: the GGUF's own tokenizer, else the tokenizer.bin next
 to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
 `ipa train` (OUT/adapter: its alpha and control token come from its config.json). Each --alpha
 weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
@@ -200,6 +201,7 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return tokenize(a);
     if (cmd == "train") return ipa_cli::train(a);
     if (cmd == "eval") return ipa_cli::eval(a);
+    if (cmd == "convert") return ipa_cli::convert(a);
     throw usage_error("unknown command '" + cmd + "'");
   } catch (const usage_error& e) {
     std::cerr << "ipa: " << e.what() << "\n" << usage;

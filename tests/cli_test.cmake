@@ -78,3 +78,18 @@ if(EXISTS ${MODEL_DIR}/stories260K.gguf)
 elseif("$ENV{CI}" STREQUAL "true")
   message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.gguf")
 endif()
+
+# convert to GGUF and to a Hugging Face folder, then generate from each: the same text
+foreach(to gguf hf)
+  execute_process(COMMAND ${IPA} convert --model ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin
+                          --to ${to} --out ${WORK}/converted.${to} RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(rc)
+    message(FATAL_ERROR "ipa convert --to ${to} failed: ${err}")
+  endif()
+  execute_process(COMMAND ${IPA} generate --base ${WORK}/converted.${to} --tokenizer ${MODEL_DIR}/tok512.bin
+                          --prompt "Once upon a time" --temperature 0 --max-new-tokens 60 OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(rc OR NOT out STREQUAL golden)
+    message(FATAL_ERROR "ipa generate on the converted ${to} printed:\n${out}${err}")
+  endif()
+endforeach()
+file(REMOVE_RECURSE ${WORK}/converted.gguf ${WORK}/converted.hf)

@@ -9,8 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <ipa/core/rng.hpp>
 #include <ipa/io/gguf.hpp>
+#include <ipa/io/hf_llama.hpp>
+#include <ipa/io/safetensors.hpp>
 #include <ipa/io/llama2c.hpp>
 #include <ipa/model/llama.hpp>
 #include <ipa/io/npy.hpp>
@@ -211,7 +215,7 @@ TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
 }
 
 // ---- safetensors ----
-#include <ipa/io/safetensors.hpp>
+
 
 TEST_CASE("safetensors: round trip, and every malformed header is a clear error") {
   ipa::safetensors_writer w;
@@ -263,4 +267,64 @@ TEST_CASE("safetensors: round trip, and every malformed header is a clear error"
                        doctest::Contains("hole"), ipa::io_error);
   CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4)),
                        doctest::Contains("whole number"), ipa::io_error);
+}
+
+// ---- writers: GGUF and Hugging Face folders, read back ----
+
+
+namespace {
+std::vector<float> logits_of(const ipa::llama_weights& w) {
+  const ipa::llama_model m(w);
+  const std::vector<std::vector<ipa::token_id>> prompts = {{1, 403, 407, 261, 378, 432, 13, 300}};
+  std::vector<float> out(m.vocab_size());
+  auto s = m.new_state(1, 16);
+  m.prefill(s, prompts, out);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder loads back with the same logits") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  const auto w = ipa::load_llama2c(ipa_test::model_path());
+  const auto tok = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path());
+  const auto tmp = std::filesystem::temp_directory_path() / ("ipa_writers_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(tmp);
+  const auto expected = logits_of(w);
+
+  const std::string gguf = (tmp / "m.gguf").string();
+  ipa::save_gguf_llama(gguf, w, &tok);
+  const auto back = ipa::gguf_file::load(gguf);
+  CHECK(logits_of(ipa::load_gguf_llama(back)) == expected);  // F32: identical bits
+  CHECK(ipa::load_gguf_tokenizer(back).encode("Once upon a time, Lily's dog") == tok.encode("Once upon a time, Lily's dog"));
+
+  ipa::save_gguf_llama(gguf, w, &tok, /*f16=*/true);
+  const auto half = logits_of(ipa::load_gguf_llama(ipa::gguf_file::load(gguf)));
+  double worst = 0;
+  for (std::size_t i = 0; i < half.size(); ++i) worst = std::max(worst, double(std::abs(half[i] - expected[i])));
+  CHECK(worst < 0.05);  // F16 weights (11-bit mantissa) on logits of magnitude ~20
+  CHECK(worst > 0);
+
+  const std::string hf = (tmp / "hf").string();
+  ipa::save_hf_llama(hf, w);
+  CHECK(logits_of(ipa::load_hf_llama(hf)) == expected);  // q/k permuted out and back: identical
+
+  // corrupted copies
+  const std::string st = hf + "/model.safetensors";
+  std::filesystem::resize_file(st, std::filesystem::file_size(st) - 8);
+  CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("safetensors"), ipa::io_error);
+  std::ofstream(hf + "/config.json") << "{\"hidden_size\": 64}";
+  CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("missing or mistyped"), ipa::io_error);
+  std::filesystem::resize_file(gguf, std::filesystem::file_size(gguf) / 2);
+  CHECK_THROWS_WITH_AS(ipa::gguf_file::load(gguf), doctest::Contains("truncated"), ipa::io_error);
+  std::filesystem::remove_all(tmp);
+}
+
+TEST_CASE("f16 conversion rounds to nearest even, both ways") {
+  for (float v : {0.0f, 1.0f, -2.5f, 65504.0f, 0.000061035156f, 5.9604645e-8f, 3.14159f})
+    CHECK(ipa::from_f16(ipa::to_f16(v)) == doctest::Approx(v).epsilon(1e-3));
+  CHECK(ipa::to_f16(1.0f) == 0x3C00);
+  CHECK(ipa::to_f16(65520.0f) == 0x7C00);  // rounds past the largest half: inf
+  CHECK(ipa::to_f16(1.0f + 1.0f / 2048) == 0x3C00);  // a tie goes to even
+  CHECK(ipa::to_f16(1.0f + 3.0f / 2048) == 0x3C02);
+  for (std::uint32_t h = 0; h < 0x7C00; ++h) REQUIRE(ipa::to_f16(ipa::from_f16(std::uint16_t(h))) == h);
 }

@@ -2,6 +2,7 @@
 // Helpers shared by the `ipa` command line's source files: argv as "--flag value" pairs,
 // number parsing with clear messages, prompt files, and loading a base model.
 #pragma once
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,8 @@
 #include <ipa/core/error.hpp>
 #include <ipa/io/binary_reader.hpp>
 #include <ipa/io/gguf.hpp>
+#include <ipa/io/hf_llama.hpp>
+#include <ipa/train/checkpoint.hpp>
 #include <ipa/io/llama2c.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
@@ -76,8 +79,15 @@ inline bool is_gguf(const std::string& path) {
   return in.read(magic, 4) && std::string(magic, 4) == "GGUF";
 }
 
-/// A base model by format (GGUF by its magic, else a llama2.c checkpoint).
+/// A model by format: a folder is an ipa adapter (config.json with "architecture") or a Hugging
+/// Face Llama folder; a file is GGUF (by its magic) or a llama2.c checkpoint.
 inline ipa::llama_weights load_model(const std::string& path) {
+  if (std::filesystem::is_directory(path)) {
+    if (std::filesystem::exists(path + "/config.json") &&
+        ipa::detail::read_json(path + "/config.json").contains("architecture"))
+      return ipa::load_adapter(path).weights;
+    return ipa::load_hf_llama(path);
+  }
   if (is_gguf(path)) return ipa::load_gguf_llama(ipa::gguf_file::load(path));
   return ipa::load_llama2c(path);
 }
@@ -98,6 +108,7 @@ inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, cons
 }
 
 int train(args& a);
+int convert(args& a);
 int eval(args& a);
 
 }  // namespace ipa_cli

@@ -27,8 +27,9 @@ namespace {
 constexpr const char* train_usage = R"(usage: ipa train --base MODEL --reward SPEC --prompts FILE --out DIR [options]
 
   --tokenizer TOK          default: tokenizer.bin next to MODEL
-  --algo ALGO              quark (default), ppo, reinforce, rloo, grpo
-  --steps N                RL iterations in all (default 100; with --resume: up to N in all)
+  --algo ALGO              rloo (default: the most sample-efficient here), quark (the paper's),
+                           ppo, reinforce, grpo
+  --steps N                RL iterations in all (default 300; with --resume: up to N in all)
   --max-minutes X          stop cleanly (and save) after X minutes
   --adapter-init INIT      zero (default: a fresh adapter whose tailored policy starts equal to
                            the base), base (a copy of the base), or an adapter folder / .bin file
@@ -72,8 +73,8 @@ distinct-2 (per continuation, averaged) and the mean length in tokens.
 // Every option of a run, so that --resume continues with exactly the same settings.
 struct train_options {
   std::string base, tokenizer, reward, prompts, out, adapter_init = "zero";
-  std::string algo = "quark", decay = "constant";
-  std::size_t steps = 100, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
+  std::string algo = "rloo", decay = "constant";
+  std::size_t steps = 300, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
   std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
@@ -422,6 +423,37 @@ int eval(args& a) {
   else
     std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n", n,
                 reward_sum / double(n), ppl, d1 / double(n), d2 / double(n), length / double(n));
+  return 0;
+}
+
+}  // namespace ipa_cli
+
+namespace ipa_cli {
+
+int convert(args& a) {
+  std::string model_path, tok_path, to, out;
+  while (!a.done()) {
+    const std::string f = a.flag();
+    if (f == "--model") model_path = a.value(f);
+    else if (f == "--tokenizer") tok_path = a.value(f);
+    else if (f == "--to") to = a.value(f);
+    else if (f == "--out") out = a.value(f);
+    else throw usage_error("unknown option for convert: " + f);
+  }
+  if (model_path.empty() || to.empty() || out.empty()) throw usage_error("convert needs --model, --to and --out");
+  const ipa::llama_weights w = load_model(model_path);
+  if (to == "gguf" || to == "gguf-f16") {
+    std::optional<ipa::llama2c_tokenizer> tok;
+    if (!tok_path.empty() || is_gguf(model_path) ||
+        std::filesystem::exists(default_tokenizer(model_path)))
+      tok = load_tokenizer(model_path, tok_path, std::size_t(w.config().vocab_size));
+    ipa::save_gguf_llama(out, w, tok ? &*tok : nullptr, to == "gguf-f16");
+  } else if (to == "hf") {
+    ipa::save_hf_llama(out, w);
+  } else {
+    throw usage_error("--to must be gguf, gguf-f16 or hf, found '" + to + "'");
+  }
+  std::cerr << "wrote " << out << "\n";
   return 0;
 }
 

@@ -13,6 +13,7 @@
 #include "ipa/io/atomic_file.hpp"
 #include "ipa/io/binary_reader.hpp"
 #include "ipa/io/gguf.hpp"
+#include "ipa/io/hf_llama.hpp"
 #include "ipa/io/llama2c.hpp"
 #include "ipa/io/npy.hpp"
 #include "ipa/io/safetensors.hpp"

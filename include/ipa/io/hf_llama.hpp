@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: MIT
+// Hugging Face Llama folders: config.json + model.safetensors (or sharded, with
+// model.safetensors.index.json), tensor names model.layers.N.self_attn.q_proj.weight, ...
+// Hugging Face stores q_proj/k_proj for its rotate-half RoPE: each head's rows are the even
+// pair members then the odd ones. ipa (like llama2.c and llama.cpp) rotates interleaved pairs,
+// so q and k rows are permuted on the way in and back on the way out.
+#pragma once
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
+#include "ipa/io/safetensors.hpp"
+#include "ipa/model/llama_weights.hpp"
+
+namespace ipa {
+
+namespace detail {
+
+// Row order of one projection: hf[h*hs + j*hs/2 + i] = meta[h*hs + 2i + j] (HF's `permute`).
+inline std::vector<float> permute_rows(std::span<const float> w, std::size_t heads, std::size_t cols, bool to_hf) {
+  const std::size_t rows = w.size() / cols, hs = rows / heads, half = hs / 2;
+  std::vector<float> out(w.size());
+  for (std::size_t h = 0; h < heads; ++h)
+    for (std::size_t i = 0; i < half; ++i)
+      for (std::size_t j = 0; j < 2; ++j) {
+        const std::size_t meta = h * hs + 2 * i + j, hf = h * hs + j * half + i;
+        const std::size_t from = to_hf ? meta : hf, to = to_hf ? hf : meta;
+        std::copy_n(w.data() + from * cols, cols, out.data() + to * cols);
+      }
+  return out;
+}
+
+struct hf_name {
+  const char* slot;
+  const char* suffix;
+};
+inline constexpr hf_name hf_layer_names[] = {
+    {"wq", "self_attn.q_proj.weight"}, {"wk", "self_attn.k_proj.weight"},   {"wv", "self_attn.v_proj.weight"},
+    {"wo", "self_attn.o_proj.weight"}, {"w1", "mlp.gate_proj.weight"},      {"w2", "mlp.down_proj.weight"},
+    {"w3", "mlp.up_proj.weight"},      {"attention_norm", "input_layernorm.weight"},
+    {"ffn_norm", "post_attention_layernorm.weight"}};
+
+}  // namespace detail
+
+/// Writes a Hugging Face Llama folder (config.json + model.safetensors, F32), atomically per file.
+inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
+  const llama_config& c = w.config();
+  if (c.extra_tokens != 0)
+    throw config_error("save_hf_llama: a model with input-only tokens (Quark's) has no Hugging Face equivalent");
+  std::filesystem::create_directories(dir);
+  safetensors_writer st;
+  const std::size_t d = c.dim, V = c.vocab_size;
+  st.add_f32("model.embed_tokens.weight", {V, d}, w.tensor("tok_embeddings").subspan(0, V * d));
+  st.add_f32("model.norm.weight", {d}, w.tensor("norm"));
+  if (!c.shared_classifier) st.add_f32("lm_head.weight", {V, d}, w.tensor("output"));
+  std::vector<std::vector<float>> keep;  // permuted copies must outlive st
+  for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
+    for (const auto& n : detail::hf_layer_names) {
+      const tensor_slot& s = w.slot(n.slot);
+      auto part = w.tensor(n.slot).subspan(l * s.rows * s.cols, s.rows * s.cols);
+      const std::string name = "model.layers." + std::to_string(l) + "." + n.suffix;
+      std::vector<std::uint64_t> shape =
+          s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols};
+      if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk") {
+        keep.push_back(detail::permute_rows(part, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, true));
+        st.add_f32(name, shape, keep.back());
+      } else {
+        st.add_f32(name, shape, part);
+      }
+    }
+  st.metadata("format", "pt");
+  st.save(dir + "/model.safetensors");
+  const nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}},
+                              {"model_type", "llama"},
+                              {"hidden_size", c.dim},
+                              {"intermediate_size", c.hidden_dim},
+                              {"num_attention_heads", c.n_heads},
+                              {"num_key_value_heads", c.n_kv_heads},
+                              {"num_hidden_layers", c.n_layers},
+                              {"vocab_size", c.vocab_size},
+                              {"max_position_embeddings", c.seq_len},
+                              {"rms_norm_eps", c.norm_eps},
+                              {"rope_theta", c.rope_theta},
+                              {"tie_word_embeddings", c.shared_classifier},
+                              {"hidden_act", "silu"},
+                              {"torch_dtype", "float32"}};
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+}
+
+/// Reads a Hugging Face Llama folder (single or sharded safetensors; F32, F16 or BF16).
+inline llama_weights load_hf_llama(const std::string& dir) {
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(read_file(dir + "/config.json"));
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(dir + "/config.json: not valid JSON: " + e.what());
+  }
+  llama_config c;
+  try {
+    const std::string type = cfg.value("model_type", std::string("llama"));
+    if (type != "llama") throw io_error(dir + "/config.json: model_type '" + type + "' is not llama");
+    c.dim = cfg.at("hidden_size").get<int>();
+    c.hidden_dim = cfg.at("intermediate_size").get<int>();
+    c.n_heads = cfg.at("num_attention_heads").get<int>();
+    c.n_kv_heads = cfg.value("num_key_value_heads", c.n_heads);
+    c.n_layers = cfg.at("num_hidden_layers").get<int>();
+    c.vocab_size = cfg.at("vocab_size").get<int>();
+    c.seq_len = cfg.value("max_position_embeddings", 2048);
+    c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
+    c.rope_theta = cfg.value("rope_theta", 10000.0f);
+    c.shared_classifier = cfg.value("tie_word_embeddings", false);
+    c.validate(dir + "/config.json");
+  } catch (const nlohmann::json::exception& e) {
+    throw io_error(dir + "/config.json: missing or mistyped field: " + e.what());
+  } catch (const config_error& e) {
+    throw io_error(e.what());
+  }
+  // which file holds which tensor
+  std::map<std::string, std::string> where;
+  std::map<std::string, std::shared_ptr<safetensors_file>> files;
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (std::filesystem::exists(index)) {
+    try {
+      const auto j = nlohmann::json::parse(read_file(index));
+      for (auto it = j.at("weight_map").begin(); it != j.at("weight_map").end(); ++it) {
+        const std::string file = it->get<std::string>();
+        if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+          throw io_error(index + ": shard name '" + file + "' must be a plain file name in the folder");
+        where[it.key()] = file;
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw io_error(index + ": not a safetensors index: " + e.what());
+    }
+  }
+  auto tensor = [&](const std::string& name, std::uint64_t n) {
+    const std::string file = where.count(name) ? where[name] : "model.safetensors";
+    auto& f = files[file];
+    if (!f) f = std::make_shared<safetensors_file>(safetensors_file::load(dir + "/" + file));
+    auto v = f->floats(name, n);
+    for (float x : v)
+      if (!std::isfinite(x)) throw io_error(dir + "/" + file + ": tensor '" + name + "' holds a non-finite value");
+    return v;
+  };
+  llama_weights w(c);
+  const std::size_t d = c.dim, V = c.vocab_size;
+  auto copy = [&](const std::vector<float>& v, const char* slot, std::size_t offset) {
+    std::copy(v.begin(), v.end(), w.tensor(slot).begin() + std::ptrdiff_t(offset));
+  };
+  copy(tensor("model.embed_tokens.weight", V * d), "tok_embeddings", 0);
+  copy(tensor("model.norm.weight", d), "norm", 0);
+  if (!c.shared_classifier) copy(tensor("lm_head.weight", V * d), "output", 0);
+  for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
+    for (const auto& n : detail::hf_layer_names) {
+      const tensor_slot& s = w.slot(n.slot);
+      auto v = tensor("model.layers." + std::to_string(l) + "." + n.suffix, s.rows * s.cols);
+      if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk")
+        v = detail::permute_rows(v, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, false);
+      copy(v, n.slot, l * s.rows * s.cols);
+    }
+  return w;
+}
+
+}  // namespace ipa
