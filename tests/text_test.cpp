@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ipa/core/rng.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
 #include "test_data.hpp"
@@ -129,4 +130,59 @@ TEST_CASE("GPT-2 BPE: broken vocabulary and merge files give clear errors") {
   CHECK_THROWS_WITH_AS(ipa::gpt2_tokenizer::load(tmp.string()), doctest::Contains("no GPT-2 tokenizer here"),
                        ipa::io_error);
   std::filesystem::remove_all(tmp);
+}
+
+namespace {
+// run.c's merge loop as written there (rescan every pair per merge): the reference.
+std::vector<ipa::token_id> runc_merges(const ipa::llama2c_tokenizer& t, std::vector<ipa::token_id> ids) {
+  for (;;) {
+    float best = -1e10f;
+    int best_id = -1;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
+      const std::string joined = t.piece(ids[i]) + t.piece(ids[i + 1]);
+      for (std::size_t v = 0; v < t.vocab_size(); ++v)
+        if (t.piece(ipa::token_id(v)) == joined && t.score(ipa::token_id(v)) > best) {
+          best = t.score(ipa::token_id(v)), best_id = int(v), at = i;
+          break;
+        }
+    }
+    if (best_id < 0) return ids;
+    ids[at] = best_id;
+    ids.erase(ids.begin() + std::ptrdiff_t(at) + 1);
+  }
+}
+}  // namespace
+
+TEST_CASE("llama2.c tokenizer: the heap merge picks exactly run.c's pairs; long input stays fast") {
+  if (!ipa_test::have(ipa_test::tokenizer_path())) return;
+  const auto tok = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path());
+  ipa::xoshiro256 rng(17);
+  const std::string alphabet = "abcdeehilnorstuy ,.'!\n\xc3\xa9";
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string text;
+    const std::size_t len = 1 + rng() % 60;
+    for (std::size_t i = 0; i < len; ++i) text += alphabet[rng() % alphabet.size()];
+    const auto ids = tok.encode(text);
+    // the reference merges from the same starting point: code points, byte fallback
+    std::vector<ipa::token_id> start = {1};  // BOS, then the dummy-prefix space
+    for (std::size_t v = 0; v < tok.vocab_size(); ++v)
+      if (tok.piece(ipa::token_id(v)) == " ") start.push_back(ipa::token_id(v));
+    for (std::size_t i = 0; i < text.size();) {
+      std::size_t n = 1;  // a code point: the byte and the continuation bytes after it (run.c's rule)
+      while (i + n < text.size() && n < 4 && (static_cast<unsigned char>(text[i + n]) & 0xC0) == 0x80) ++n;
+      const std::string cp = text.substr(i, n);
+      ipa::token_id id = -1;
+      for (std::size_t v = 0; v < tok.vocab_size(); ++v)
+        if (tok.piece(ipa::token_id(v)) == cp) id = ipa::token_id(v);
+      if (id >= 0) start.push_back(id);
+      else
+        for (unsigned char b : cp) start.push_back(ipa::token_id(b) + 3);
+      i += n;
+    }
+    INFO("text: " << text);
+    REQUIRE(ids == runc_merges(tok, start));
+  }
+  const std::string long_text(200000, 'a');
+  CHECK(tok.decode(tok.encode(long_text)) == long_text);  // decode drops the dummy space after BOS
 }

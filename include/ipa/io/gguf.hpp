@@ -270,6 +270,12 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   } catch (const config_error& e) {
     throw io_error(e.what());
   }
+  // the metadata must describe what the file holds before anything of that size is allocated
+  std::uint64_t held = 0;
+  for (const auto& [name, t] : f.tensors()) held += t.elements();
+  if (c.parameter_count() > held)
+    throw io_error(f.where() + ": the metadata describes a model of " + std::to_string(c.parameter_count()) +
+                   " parameters, the file's tensors hold " + std::to_string(held) + " values");
   llama_weights w(c);
   auto put = [&](const char* slot, std::size_t layer, const std::string& name) {
     const tensor_slot& s = w.slot(slot);

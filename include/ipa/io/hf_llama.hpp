@@ -5,6 +5,7 @@
 // pair members then the odd ones. ipa (like llama2.c and llama.cpp) rotates interleaved pairs,
 // so q and k rows are permuted on the way in and back on the way out.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -139,6 +140,21 @@ inline llama_weights load_hf_llama(const std::string& dir) {
       throw io_error(index + ": not a safetensors index: " + e.what());
     }
   }
+  // every shard first: the config must describe what the files hold before the model is allocated
+  std::vector<std::string> shards = {"model.safetensors"};
+  if (!where.empty()) {
+    shards.clear();
+    for (const auto& [name, file] : where)
+      if (std::find(shards.begin(), shards.end(), file) == shards.end()) shards.push_back(file);
+  }
+  std::uint64_t held = 0;
+  for (const auto& file : shards) {
+    files[file] = std::make_shared<safetensors_file>(safetensors_file::load(dir + "/" + file));
+    for (const auto& [name, e] : files[file]->tensors()) held += e.elements();
+  }
+  if (c.parameter_count() > held)
+    throw io_error(dir + "/config.json describes a model of " + std::to_string(c.parameter_count()) +
+                   " parameters, the safetensors files hold " + std::to_string(held) + " values");
   auto tensor = [&](const std::string& name, std::uint64_t n) {
     const std::string file = where.count(name) ? where[name] : "model.safetensors";
     auto& f = files[file];

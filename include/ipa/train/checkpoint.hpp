@@ -126,8 +126,15 @@ inline void save_adapter(const std::string& dir, const llama_weights& w, float a
 inline saved_adapter load_adapter(const std::string& dir) {
   const nlohmann::json cfg = detail::read_json(dir + "/config.json");
   saved_adapter a;
-  a.weights = llama_weights(detail::config_from_json(cfg, dir + "/config.json"));
-  detail::read_weights(safetensors_file::load(dir + "/model.safetensors"), a.weights);
+  const llama_config c = detail::config_from_json(cfg, dir + "/config.json");
+  const auto st = safetensors_file::load(dir + "/model.safetensors");
+  std::uint64_t held = 0;
+  for (const auto& [name, e] : st.tensors()) held += e.elements();
+  if (c.parameter_count() != held)  // before allocating what the config claims
+    throw io_error(dir + "/config.json describes " + std::to_string(c.parameter_count()) +
+                   " parameters, model.safetensors holds " + std::to_string(held));
+  a.weights = llama_weights(c);
+  detail::read_weights(st, a.weights);
   a.alpha = cfg.value("alpha", 1.0f);
   a.control_token = cfg.value("control_token", -1);
   if (!std::isfinite(a.alpha)) throw io_error(dir + "/config.json: alpha is not finite");

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang and runs each for SECONDS (default 30), seeded with the
+# project's real files. A crash, leak or sanitizer finding fails the script and leaves the input
+# in build-fuzz/findings/. usage (from the repository root): tests/fuzz/run.sh [SECONDS]
+set -euo pipefail
+SECONDS_EACH=${1:-30}
+M=${IPA_MODEL_DIR:-$(pwd)/../shared/models}
+G=${IPA_GOLDEN_DIR:-$(pwd)/../shared/golden}
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DIPA_BUILD_FUZZERS=ON -DIPA_BUILD_TESTS=OFF -DIPA_BUILD_EXAMPLES=OFF -DIPA_BUILD_BENCH=OFF -DIPA_INSTALL=OFF \
+      -DIPA_MODEL_DIR="$M" -DIPA_GOLDEN_DIR="$G" >/dev/null
+cmake --build build-fuzz -j2
+mkdir -p build-fuzz/findings
+seed() {  # a fresh corpus folder holding the given seed files
+  local dir=build-fuzz/corpus/$1; shift
+  mkdir -p "$dir"
+  for f in "$@"; do [ -f "$f" ] && cp -f "$f" "$dir/"; done
+  echo "$dir"
+}
+tmp=$(mktemp -d)
+./build/examples/ipa convert --model "$M/stories260K.bin" --to hf --out "$tmp/hf" 2>/dev/null || true
+run() {
+  local target=$1 corpus=$2
+  echo "== $target (${SECONDS_EACH}s)"
+  OMP_NUM_THREADS=1 IPA_MODEL_DIR=$M IPA_GOLDEN_DIR=$G "build-fuzz/tests/fuzz/$target" "$corpus" \
+    -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
+    -artifact_prefix=build-fuzz/findings/"$target"- 2>&1 | tail -4
+}
+run fuzz_safetensors "$(seed safetensors "$tmp/hf/model.safetensors")"
+run fuzz_gguf "$(seed gguf "$M/stories260K.gguf")"
+run fuzz_llama2c "$(seed llama2c "$M/tok512.bin")"
+run fuzz_tokenizers "$(seed tokenizers "$G/gpt2_bpe/vocab.bpe")"
+rm -rf "$tmp"
+if ls build-fuzz/findings/* >/dev/null 2>&1; then echo "fuzz findings in build-fuzz/findings" >&2; exit 1; fi
+echo "no findings"
