@@ -240,9 +240,15 @@ TEST_CASE("quantile bins and KL controllers") {
   const std::vector<double> r = {0.1, 0.9, 0.5, 0.7, 0.3};
   CHECK(ipa::quantile_bins(r, 5) == std::vector<int>{4, 0, 2, 1, 3});
   CHECK(ipa::quantile_bins(r, 2) == std::vector<int>{1, 0, 0, 0, 1});  // ranks 0-2 -> bin 0
-  // ties share the best bin of their group: a 0/1 reward puts every 1 in bin 0
+  // ties share the bin of their middle rank: 1s and 0s never share a bin, however rare either is
   const std::vector<double> binary = {1, 0, 1, 1, 0, 1};
   CHECK(ipa::quantile_bins(binary, 3) == std::vector<int>{0, 2, 0, 0, 2, 0});
+  const std::vector<double> sparse = {0, 0, 0, 0, 1, 0, 0, 0, 0, 0};  // a rare success (keyword task)
+  CHECK(ipa::quantile_bins(sparse, 5) == std::vector<int>{2, 2, 2, 2, 0, 2, 2, 2, 2, 2});
+  const std::vector<double> dense = {1, 1, 0, 1, 1, 1, 1, 0, 1, 1};  // a common success (avoid task)
+  const auto dense_bins = ipa::quantile_bins(dense, 5);
+  CHECK(dense_bins == std::vector<int>{1, 1, 4, 1, 1, 1, 1, 4, 1, 1});
+  CHECK(ipa::best_occupied_bin(dense_bins) == 1);
   CHECK_THROWS_AS(ipa::quantile_bins(r, 0), ipa::config_error);
 
   ipa::kl_controller fixed{0.1, 0.0, 100};

@@ -103,9 +103,11 @@ inline void whiten(std::span<double> x, double eps = 1e-8) {
 }
 
 /// Quark's quantisation: sorts rewards and cuts them into k bins of (nearly) equal size; bin 0
-/// holds the highest rewards (Quark conditions generation on the best bin). Equal rewards share
-/// the bin of the best-ranked among them: with a 0/1 reward every 1 lands in bin 0, so "bin 0"
-/// always means "as good as the best seen", never an arbitrary slice of a tie.
+/// holds the highest rewards. Equal rewards share one bin, the bin of their middle rank: with a
+/// 0/1 reward the 1s and the 0s land in different bins however rare either is (splitting a tie
+/// at a bin edge would put equal samples under different control tokens, and giving a tie its
+/// best rank would lump a rare 1 with the 0s). Bin 0 may then be empty; Quark conditions on the
+/// best occupied bin (best_occupied_bin).
 inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   if (k < 1) throw config_error("quantile_bins: k must be >= 1, found " + std::to_string(k));
   const std::size_t n = rewards.size();
@@ -113,11 +115,19 @@ inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rewards[a] > rewards[b]; });
   std::vector<int> bin(n);
-  for (std::size_t rank = 0; rank < n; ++rank) {
-    const bool tie = rank > 0 && rewards[order[rank]] == rewards[order[rank - 1]];
-    bin[order[rank]] = tie ? bin[order[rank - 1]] : int(rank * std::size_t(k) / n);
+  for (std::size_t first = 0; first < n;) {
+    std::size_t last = first;
+    while (last + 1 < n && rewards[order[last + 1]] == rewards[order[first]]) ++last;
+    const int b = int((first + last) / 2 * std::size_t(k) / n);
+    for (std::size_t r = first; r <= last; ++r) bin[order[r]] = b;
+    first = last + 1;
   }
   return bin;
+}
+
+/// The best (lowest) bin any sample is in; 0 for none.
+inline int best_occupied_bin(std::span<const int> bins) {
+  return bins.empty() ? 0 : *std::min_element(bins.begin(), bins.end());
 }
 
 /// A KL (or entropy) coefficient that is fixed, or adapted towards a target value per step:
