@@ -42,6 +42,7 @@ int print_table(const std::string& path) {
   if (!in) throw std::runtime_error(path + ": cannot open");
   struct cell {
     std::vector<double> reward, ppl, d2, len;
+    std::vector<int> seed;
   };
   std::vector<std::pair<std::string, cell>> rows;
   for (std::string line; std::getline(in, line);) {
@@ -54,18 +55,38 @@ int print_table(const std::string& path) {
     it->second.ppl.push_back(j.at("base_perplexity").get<double>());
     it->second.d2.push_back(j.at("distinct_2").get<double>());
     it->second.len.push_back(j.at("mean_length").get<double>());
+    it->second.seed.push_back(j.at("seed").get<int>());
   }
   auto mean = [](const std::vector<double>& v) {
     double s = 0;
     for (double x : v) s += x;
     return s / double(v.size());
   };
-  std::printf("| task | method | seeds | held-out reward (min..max) | base perplexity | distinct-2 | length |\n");
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  std::printf("| task | method | seeds | held-out reward, mean (min..max) | base perplexity, median | distinct-2 | length |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   for (const auto& [key, c] : rows)
     std::printf("| %s | %zu | %.3f (%.3f..%.3f) | %.2f | %.3f | %.0f |\n", key.c_str(), c.reward.size(), mean(c.reward),
                 *std::min_element(c.reward.begin(), c.reward.end()), *std::max_element(c.reward.begin(), c.reward.end()),
-                mean(c.ppl), mean(c.d2), mean(c.len));
+                median(c.ppl), mean(c.d2), mean(c.len));
+  std::printf("\nPer seed (reward / base perplexity / distinct-2 / length):\n\n| task | method | seed 1 | seed 2 | seed 3 |\n");
+  std::printf("| --- | --- | --- | --- | --- |\n");
+  for (const auto& [key, c] : rows) {
+    std::printf("| %s |", key.c_str());
+    for (int s = 1; s <= 3; ++s) {
+      const auto it = std::find(c.seed.begin(), c.seed.end(), s);
+      if (it == c.seed.end()) {
+        std::printf(" - |");
+        continue;
+      }
+      const std::size_t i = std::size_t(it - c.seed.begin());
+      std::printf(" %.3f / %.4g / %.3f / %.0f |", c.reward[i], c.ppl[i], c.d2[i], c.len[i]);
+    }
+    std::printf("\n");
+  }
   return 0;
 }
 
