@@ -115,30 +115,12 @@ int generate(args& a) {
 
   const ipa::llama_model base(ipa_cli::load_model(base_path));
   const auto tok = ipa_cli::load_tokenizer(base_path, tok_path, base.vocab_size());
-  // Adapters: llama2.c files, or folders written by `ipa train` (alpha and control token inside).
-  std::vector<ipa::llama_model> adapters;
-  adapters.reserve(adapter_paths.size());
-  std::vector<ipa::weighted<ipa::llama_model>> experts;
-  std::vector<ipa::token_id> controls;
-  for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
-    ipa::saved_adapter saved;
-    if (std::filesystem::is_directory(adapter_paths[i])) saved = ipa::load_adapter(adapter_paths[i]);
-    else saved.weights = ipa_cli::load_model(adapter_paths[i]);
-    adapters.emplace_back(std::move(saved.weights));
-    experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
-    controls.push_back(saved.control_token);
-  }
-  const ipa::ipa_decoder decoder(base, experts);
+  const ipa_cli::loaded_adapters adapters(adapter_paths, alphas);
+  const ipa::ipa_decoder decoder(base, adapters.experts);
 
   ipa::prompt_list ids;
   for (const auto& p : prompts) ids.push_back(tok.encode(p));
-  std::vector<ipa::prompt_list> adapter_prompts;
-  if (std::any_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; }))
-    for (ipa::token_id c : controls) {
-      adapter_prompts.push_back(ids);
-      if (c >= 0)
-        for (auto& p : adapter_prompts.back()) p.insert(p.begin() + 1, c);  // right after BOS, as in training
-    }
+  const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(ids);
   // llama2.c's models end a story with BOS (run.c stops there); EOS also ends a row.
   cfg.eos_id = ipa::llama2c_tokenizer::eos_id;
   cfg.stop_tokens = {ipa::llama2c_tokenizer::bos_id};

@@ -2,6 +2,8 @@
 // Helpers shared by the `ipa` command line's source files: argv as "--flag value" pairs,
 // number parsing with clear messages, prompt files, and loading a base model.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -13,7 +15,10 @@
 #include <ipa/io/binary_reader.hpp>
 #include <ipa/io/gguf.hpp>
 #include <ipa/io/hf_llama.hpp>
+#include <ipa/decode/decoder.hpp>
+#include <ipa/model/llama.hpp>
 #include <ipa/train/checkpoint.hpp>
+#include <ipa/train/trainer.hpp>
 #include <ipa/io/llama2c.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
@@ -81,13 +86,13 @@ inline bool is_gguf(const std::string& path) {
 
 /// A model by format: a folder is an ipa adapter (config.json with "architecture") or a Hugging
 /// Face Llama folder; a file is GGUF (by its magic) or a llama2.c checkpoint.
+inline bool is_adapter_folder(const std::string& path) {
+  return std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") &&
+         ipa::detail::read_json(path + "/config.json").contains("architecture");
+}
 inline ipa::llama_weights load_model(const std::string& path) {
-  if (std::filesystem::is_directory(path)) {
-    if (std::filesystem::exists(path + "/config.json") &&
-        ipa::detail::read_json(path + "/config.json").contains("architecture"))
-      return ipa::load_adapter(path).weights;
-    return ipa::load_hf_llama(path);
-  }
+  if (is_adapter_folder(path)) return ipa::load_adapter(path).weights;
+  if (std::filesystem::is_directory(path)) return ipa::load_hf_llama(path);
   if (is_gguf(path)) return ipa::load_gguf_llama(ipa::gguf_file::load(path));
   return ipa::load_llama2c(path);
 }
@@ -106,6 +111,39 @@ inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, cons
   if (!tok_path.empty() && is_gguf(tok_path)) return load_tokenizer(tok_path, "", vocab);
   return ipa::llama2c_tokenizer::load(tok_path.empty() ? default_tokenizer(model_path) : tok_path, vocab);
 }
+
+/// The --adapter models of generate/eval: llama2.c/GGUF/HF files, or folders written by
+/// `ipa train` (their alpha and control token inside). An --alpha of NaN means "from the folder".
+struct loaded_adapters {
+  std::vector<ipa::llama_model> models;
+  std::vector<ipa::weighted<ipa::llama_model>> experts;  // point into models
+  std::vector<ipa::token_id> controls;                  // -1: none
+
+  loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas) {
+    models.reserve(paths.size());  // experts hold pointers: no reallocation
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      ipa::saved_adapter saved;
+      if (is_adapter_folder(paths[i])) saved = ipa::load_adapter(paths[i]);
+      else
+        saved.weights = load_model(paths[i]);
+      models.emplace_back(std::move(saved.weights));
+      experts.push_back(ipa::with_alpha(models.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
+      controls.push_back(saved.control_token);
+    }
+  }
+  loaded_adapters(const loaded_adapters&) = delete;
+
+  /// Each adapter's prompts (its control token after BOS); empty when no adapter has one.
+  std::vector<ipa::prompt_list> prompts_for(const ipa::prompt_list& prompts) const {
+    std::vector<ipa::prompt_list> out;
+    if (std::none_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; })) return out;
+    for (ipa::token_id c : controls) {
+      out.emplace_back();
+      for (const auto& p : prompts) out.back().push_back(ipa::with_control_token(p, c));
+    }
+    return out;
+  }
+};
 
 int train(args& a);
 int convert(args& a);

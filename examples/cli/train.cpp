@@ -146,8 +146,7 @@ ipa::llama_weights initial_adapter(const train_options& o, const ipa::llama_weig
     c.validate("--adapter-dim/--adapter-layers/--adapter-heads");
     return ipa::llama_weights::zero_output_adapter(c, o.seed);
   }
-  if (std::filesystem::is_directory(o.adapter_init)) return ipa::load_adapter(o.adapter_init).weights;
-  return load_model(o.adapter_init);
+  return load_model(o.adapter_init);  // an adapter folder, HF folder, GGUF or llama2.c file
 }
 
 std::string clock(double seconds) {
@@ -163,7 +162,7 @@ int train(args& a) {
   train_options o;
   std::optional<double> max_minutes;
   std::optional<std::size_t> steps_flag;
-  bool resume = false, have_init = false;
+  bool resume = false;
   while (!a.done()) {
     const std::string f = a.flag();
     if (f == "--help" || f == "-h") {
@@ -178,7 +177,7 @@ int train(args& a) {
     else if (f == "--algo") o.algo = a.value(f);
     else if (f == "--steps") steps_flag = parse_number<std::size_t>(f, a.value(f));
     else if (f == "--max-minutes") max_minutes = parse_number<double>(f, a.value(f));
-    else if (f == "--adapter-init") o.adapter_init = a.value(f), have_init = true;
+    else if (f == "--adapter-init") o.adapter_init = a.value(f);
     else if (f == "--adapter-dim") o.adapter_dim = parse_number<int>(f, a.value(f));
     else if (f == "--adapter-layers") o.adapter_layers = parse_number<int>(f, a.value(f));
     else if (f == "--adapter-heads") o.adapter_heads = parse_number<int>(f, a.value(f));
@@ -209,7 +208,6 @@ int train(args& a) {
     else if (f == "--seed") o.seed = parse_number<std::uint64_t>(f, a.value(f));
     else throw usage_error("unknown option for train: " + f);
   }
-  (void)have_init;
   if (o.out.empty()) throw usage_error("train needs --out DIR");
   std::string checkpoint;
   if (resume) {
@@ -321,26 +319,14 @@ int eval(args& a) {
   const ipa::llama_model base(load_model(base_path));
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
   auto reward = ipa::spec_reward::parse(spec);
-  std::vector<ipa::llama_model> adapters;
-  adapters.reserve(adapter_paths.size());
-  std::vector<ipa::weighted<ipa::llama_model>> experts;
-  std::vector<ipa::token_id> controls;
-  for (std::size_t i = 0; i < adapter_paths.size(); ++i) {
-    ipa::saved_adapter saved;
-    if (std::filesystem::is_directory(adapter_paths[i])) saved = ipa::load_adapter(adapter_paths[i]);
-    else saved.weights = load_model(adapter_paths[i]);
-    adapters.emplace_back(std::move(saved.weights));
-    experts.push_back(ipa::with_alpha(adapters.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
-    controls.push_back(saved.control_token);
-  }
+  const loaded_adapters adapters(adapter_paths, alphas);
   std::optional<ipa::llama_model> policy;
   if (!policy_path.empty()) {
     if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
-    policy.emplace(std::filesystem::is_directory(policy_path) ? ipa::load_adapter(policy_path).weights
-                                                             : load_model(policy_path));
+    policy.emplace(load_model(policy_path));
     if (policy->vocab_size() != base.vocab_size()) throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
-  const ipa::ipa_decoder decoder(policy ? *policy : base, experts);
+  const ipa::ipa_decoder decoder(policy ? *policy : base, adapters.experts);
 
   ipa::generation_config g;
   g.max_new_tokens = max_new;
@@ -365,13 +351,7 @@ int eval(args& a) {
   ipa::prompt_list batch;
   auto flush = [&] {
     if (batch.empty()) return;
-    std::vector<ipa::prompt_list> adapter_prompts;
-    if (std::any_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; }))
-      for (ipa::token_id c : controls) {
-        adapter_prompts.push_back(batch);
-        if (c >= 0)
-          for (auto& p : adapter_prompts.back()) p.insert(p.begin() + 1, c);
-      }
+    const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(batch);
     const ipa::rollout r = decoder.generate(batch, g, sampler, rng, adapter_prompts, banned);
     std::vector<std::string> ptext(batch.size()), rtext(batch.size());
     std::vector<std::vector<ipa::token_id>> resp(batch.size());

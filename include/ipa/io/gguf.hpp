@@ -30,7 +30,6 @@ struct gguf_value {
   kind_t kind = u32;
   std::variant<std::uint64_t, std::int64_t, double, bool, std::string, std::vector<gguf_value>> v;
 
-  bool is_integer() const noexcept { return v.index() <= 1 && kind != boolean; }
   long long as_int(const std::string& key) const {
     if (const auto* u = std::get_if<std::uint64_t>(&v)) {
       if (*u > std::uint64_t(INT64_MAX)) throw io_error("gguf: " + key + " is too large");

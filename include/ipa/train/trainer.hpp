@@ -55,6 +55,18 @@ inline rl_algorithm parse_rl_algorithm(std::string_view s) {
   throw config_error("unknown RL algorithm '" + std::string(s) + "'; expected quark, ppo, reinforce, rloo or grpo");
 }
 
+/// A prompt as an adapter trained with control tokens reads it: `control` right after the first
+/// token (BOS); control < 0 leaves the prompt as it is.
+inline std::vector<token_id> with_control_token(const std::vector<token_id>& prompt, token_id control) {
+  if (control < 0 || prompt.empty()) return prompt;
+  std::vector<token_id> p;
+  p.reserve(prompt.size() + 1);
+  p.push_back(prompt[0]);
+  p.push_back(control);
+  p.insert(p.end(), prompt.begin() + 1, prompt.end());
+  return p;
+}
+
 /// Everything a training run is configured by. Defaults are a small, sensible run.
 struct rl_config {
   rl_algorithm algorithm = rl_algorithm::quark;
@@ -283,12 +295,12 @@ class rl_trainer {
   // The adapter's prompt: Quark puts the bin's control token right after BOS.
   std::vector<token_id> adapter_prompt(const std::vector<token_id>& prompt, int bin) const {
     if (cfg_.algorithm != rl_algorithm::quark) return prompt;
-    std::vector<token_id> p;
-    p.reserve(prompt.size() + 1);
-    p.push_back(prompt[0]);
-    p.push_back(token_id(policy_.config().vocab_size + bin));
-    p.insert(p.end(), prompt.begin() + 1, prompt.end());
-    return p;
+    return with_control_token(prompt, token_id(policy_.config().vocab_size + bin));
+  }
+
+  // Fisher-Yates with the trainer's generator (uniform01 is platform-exact).
+  void shuffle(std::vector<std::size_t>& v) {
+    for (std::size_t j = v.size(); j > 1; --j) std::swap(v[j - 1], v[std::size_t(uniform01(rng_) * double(j))]);
   }
 
   // Next prompts_per_step prompts in a shuffled order (reshuffled each pass over the data),
@@ -296,9 +308,7 @@ class rl_trainer {
   prompt_list next_prompts() {
     prompt_list out;
     for (std::size_t i = 0; i < cfg_.prompts_per_step; ++i) {
-      if (cursor_ == 0)
-        for (std::size_t j = order_.size(); j > 1; --j)
-          std::swap(order_[j - 1], order_[std::size_t(uniform01(rng_) * double(j))]);
+      if (cursor_ == 0) shuffle(order_);
       const auto& p = prompts_[order_[cursor_]];
       cursor_ = (cursor_ + 1) % order_.size();
       for (std::size_t k = 0; k < cfg_.samples_per_prompt; ++k) out.push_back(p);
@@ -548,7 +558,7 @@ class rl_trainer {
     const std::size_t mbs = std::min(cfg_.ppo_minibatches, n);
     for (std::size_t e = 0; e < cfg_.ppo_epochs; ++e) {
       std::vector<std::size_t> order = all;
-      for (std::size_t j = n; j > 1; --j) std::swap(order[j - 1], order[std::size_t(uniform01(rng_) * double(j))]);
+      shuffle(order);
       for (std::size_t b = 0; b < mbs; ++b) {
         const std::size_t lo = b * n / mbs, hi = (b + 1) * n / mbs;
         const std::span<const std::size_t> which(order.data() + lo, hi - lo);
