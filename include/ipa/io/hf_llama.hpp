@@ -17,6 +17,7 @@
 
 #include "ipa/core/error.hpp"
 #include "ipa/io/atomic_file.hpp"
+#include "ipa/io/hf_folder.hpp"
 #include "ipa/io/safetensors.hpp"
 #include "ipa/model/llama_weights.hpp"
 
@@ -97,16 +98,12 @@ inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
 
 /// Reads a Hugging Face Llama folder (single or sharded safetensors; F32, F16 or BF16).
 inline llama_weights load_hf_llama(const std::string& dir) {
-  nlohmann::json cfg;
-  try {
-    cfg = nlohmann::json::parse(read_file(dir + "/config.json"));
-  } catch (const nlohmann::json::exception& e) {
-    throw io_error(dir + "/config.json: not valid JSON: " + e.what());
-  }
+  const hf_folder folder(dir);
+  const nlohmann::json& cfg = folder.config();
   llama_config c;
   try {
     const std::string type = cfg.value("model_type", std::string("llama"));
-    if (type != "llama") throw io_error(dir + "/config.json: model_type '" + type + "' is not llama");
+    if (type != "llama") folder.config_fail("model_type '" + type + "' is not llama");
     c.dim = cfg.at("hidden_size").get<int>();
     c.hidden_dim = cfg.at("intermediate_size").get<int>();
     c.n_heads = cfg.at("num_attention_heads").get<int>();
@@ -119,63 +116,27 @@ inline llama_weights load_hf_llama(const std::string& dir) {
     c.shared_classifier = cfg.value("tie_word_embeddings", false);
     c.validate(dir + "/config.json");
   } catch (const nlohmann::json::exception& e) {
-    throw io_error(dir + "/config.json: missing or mistyped field: " + e.what());
+    folder.config_fail(std::string("missing or mistyped field: ") + e.what());
   } catch (const config_error& e) {
     throw io_error(e.what());
   }
-  // which file holds which tensor
-  std::map<std::string, std::string> where;
-  std::map<std::string, std::shared_ptr<safetensors_file>> files;
-  const std::string index = dir + "/model.safetensors.index.json";
-  if (std::filesystem::exists(index)) {
-    try {
-      const auto j = nlohmann::json::parse(read_file(index));
-      for (auto it = j.at("weight_map").begin(); it != j.at("weight_map").end(); ++it) {
-        const std::string file = it->get<std::string>();
-        if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-          throw io_error(index + ": shard name '" + file + "' must be a plain file name in the folder");
-        where[it.key()] = file;
-      }
-    } catch (const nlohmann::json::exception& e) {
-      throw io_error(index + ": not a safetensors index: " + e.what());
-    }
-  }
-  // every shard first: the config must describe what the files hold before the model is allocated
-  std::vector<std::string> shards = {"model.safetensors"};
-  if (!where.empty()) {
-    shards.clear();
-    for (const auto& [name, file] : where)
-      if (std::find(shards.begin(), shards.end(), file) == shards.end()) shards.push_back(file);
-  }
-  std::uint64_t held = 0;
-  for (const auto& file : shards) {
-    files[file] = std::make_shared<safetensors_file>(safetensors_file::load(dir + "/" + file));
-    for (const auto& [name, e] : files[file]->tensors()) held += e.elements();
-  }
-  if (c.parameter_count() > held)
+  // the config must describe what the files hold before the model is allocated
+  if (c.parameter_count() > folder.held_values())
     throw io_error(dir + "/config.json describes a model of " + std::to_string(c.parameter_count()) +
-                   " parameters, the safetensors files hold " + std::to_string(held) + " values");
-  auto tensor = [&](const std::string& name, std::uint64_t n) {
-    const std::string file = where.count(name) ? where[name] : "model.safetensors";
-    auto& f = files[file];
-    if (!f) f = std::make_shared<safetensors_file>(safetensors_file::load(dir + "/" + file));
-    auto v = f->floats(name, n);
-    for (float x : v)
-      if (!std::isfinite(x)) throw io_error(dir + "/" + file + ": tensor '" + name + "' holds a non-finite value");
-    return v;
-  };
+                   " parameters, the safetensors files hold " + std::to_string(folder.held_values()) + " values");
   llama_weights w(c);
-  const std::size_t d = c.dim, V = c.vocab_size;
+  const std::uint64_t d = c.dim, V = c.vocab_size;
   auto copy = [&](const std::vector<float>& v, const char* slot, std::size_t offset) {
     std::copy(v.begin(), v.end(), w.tensor(slot).begin() + std::ptrdiff_t(offset));
   };
-  copy(tensor("model.embed_tokens.weight", V * d), "tok_embeddings", 0);
-  copy(tensor("model.norm.weight", d), "norm", 0);
-  if (!c.shared_classifier) copy(tensor("lm_head.weight", V * d), "output", 0);
+  copy(folder.floats("model.embed_tokens.weight", {V, d}), "tok_embeddings", 0);
+  copy(folder.floats("model.norm.weight", {d}), "norm", 0);
+  if (!c.shared_classifier) copy(folder.floats("lm_head.weight", {V, d}), "output", 0);
   for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
     for (const auto& n : detail::hf_layer_names) {
       const tensor_slot& s = w.slot(n.slot);
-      auto v = tensor("model.layers." + std::to_string(l) + "." + n.suffix, s.rows * s.cols);
+      auto v = folder.floats("model.layers." + std::to_string(l) + "." + n.suffix,
+                             s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols});
       if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk")
         v = detail::permute_rows(v, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, false);
       copy(v, n.slot, l * s.rows * s.cols);

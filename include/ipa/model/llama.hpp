@@ -16,24 +16,16 @@
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
+#include "ipa/model/attention.hpp"
+#include "ipa/model/kv_cache.hpp"
 #include "ipa/model/llama_weights.hpp"
 
 namespace ipa {
 
-/// Decoding state of a batch: KV caches (L, B, S, kv), each row's length, and scratch space
-/// that is grown once and then reused (no allocation per token).
-struct llama_state {
-  int batch = 0;
-  int capacity = 0;             ///< S: positions per row
-  std::vector<int> length;      ///< tokens already in each row's cache
-  std::vector<float> key_cache, value_cache;
-  // scratch, sized for the largest call so far
-  std::vector<float> x, xb, qkv, att, h13, hb, scores, logits_x;
-  std::vector<int> pos, next_pos;
-  std::vector<std::size_t> items;
-
-  /// Forgets every row's tokens (the caches are kept for reuse).
-  void reset() noexcept { std::fill(length.begin(), length.end(), 0); }
+/// Decoding state of a batch: the KV caches and scratch space that is grown once and then
+/// reused (no allocation per token).
+struct llama_state : kv_cache_state {
+  std::vector<float> x, xb, qkv, att, h13, hb, logits_x;
 };
 
 /// A Llama-architecture transformer over llama_weights.
@@ -44,6 +36,7 @@ class llama_model {
   explicit llama_model(llama_weights weights) : w_(std::move(weights)) {
     const llama_config& c = w_.config();
     c.validate();
+    attention_ = {std::size_t(c.n_heads), std::size_t(c.n_kv_heads), std::size_t(c.head_size())};
     pack();
     // RoPE table as llama2.c computes it: angle = pos * theta^(-2i/head_size) on pair i.
     const int half = c.head_size() / 2;
@@ -65,18 +58,8 @@ class llama_model {
   /// A state for `batch` rows holding up to `capacity` positions each (default: the context).
   llama_state new_state(int batch, int capacity = 0) const {
     const llama_config& c = w_.config();
-    if (batch <= 0) throw config_error("llama_model::new_state: batch must be >= 1, found " + std::to_string(batch));
-    if (capacity <= 0) capacity = c.seq_len;
-    if (capacity > c.seq_len)
-      throw shape_error("llama_model::new_state: capacity " + std::to_string(capacity) +
-                        " exceeds the model's context length " + std::to_string(c.seq_len));
     llama_state s;
-    s.batch = batch;
-    s.capacity = capacity;
-    s.length.assign(batch, 0);
-    const std::size_t cache = std::size_t(c.n_layers) * batch * capacity * c.kv_dim();
-    s.key_cache.assign(cache, 0.0f);
-    s.value_cache.assign(cache, 0.0f);
+    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.kv_dim()), "llama_model");
     return s;
   }
 
@@ -87,35 +70,9 @@ class llama_model {
                std::span<const std::size_t> logit_items, std::span<float> logits) const {
     const llama_config& c = w_.config();
     const std::size_t n = tokens.size(), d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, V = c.vocab_size;
-    if (rows.size() != n)
-      throw shape_error("llama_model::forward: " + std::to_string(rows.size()) + " rows for " +
-                        std::to_string(n) + " tokens");
-    if (logits.size() != logit_items.size() * V)
-      throw shape_error("llama_model::forward: logits buffer holds " + std::to_string(logits.size()) +
-                        " floats, expected " + std::to_string(logit_items.size() * V));
+    detail::place_tokens(s, rows, tokens, c.input_vocab(), logit_items, logits.size(), V, "llama_model");
     grow(s, n);
-    // Positions and bounds, before touching any state.
-    std::vector<int>& pos = s.pos;
-    for (std::size_t i = 0; i < n; ++i) {
-      const int r = rows[i];
-      if (r < 0 || r >= s.batch)
-        throw shape_error("llama_model::forward: row " + std::to_string(r) + " outside the batch of " +
-                          std::to_string(s.batch));
-      if (tokens[i] < 0 || tokens[i] >= c.input_vocab())
-        throw shape_error("llama_model::forward: token id " + std::to_string(tokens[i]) +
-                          " outside the vocabulary [0, " + std::to_string(c.input_vocab()) + ")");
-    }
-    std::vector<int>& next = s.next_pos;
-    next.assign(s.length.begin(), s.length.end());
-    for (std::size_t i = 0; i < n; ++i) {
-      pos[i] = next[rows[i]]++;
-      if (pos[i] >= s.capacity)
-        throw shape_error("llama_model::forward: row " + std::to_string(rows[i]) + " needs position " +
-                          std::to_string(pos[i]) + " but the context holds " + std::to_string(s.capacity) +
-                          " tokens; shorten the prompt or max_new_tokens");
-    }
-    for (std::size_t i : logit_items)
-      if (i >= n) throw shape_error("llama_model::forward: logit item " + std::to_string(i) + " >= n");
+    const std::vector<int>& pos = s.pos;
 
     float* x = s.x.data();
     for (std::size_t i = 0; i < n; ++i)
@@ -131,10 +88,13 @@ class llama_model {
         float* q = s.qkv.data() + i * qkv_w;
         rope(q, d, pos[i]);
         rope(q + d, kv, pos[i]);
-        std::copy_n(q + d, kv, s.key_cache.data() + cache_offset(s, l, rows[i], pos[i]));
-        std::copy_n(q + d + kv, kv, s.value_cache.data() + cache_offset(s, l, rows[i], pos[i]));
+        std::copy_n(q + d, kv, s.key_cache.data() + s.offset(l, rows[i], pos[i]));
+        std::copy_n(q + d + kv, kv, s.value_cache.data() + s.offset(l, rows[i], pos[i]));
       }
-      attention(s, l, rows, n);
+      detail::cached_attention(attention_, s.qkv.data(), rows.data(), pos.data(), n,
+                               s.key_cache.data() + s.offset(l, 0, 0),
+                               s.value_cache.data() + s.offset(l, 0, 0), std::size_t(s.capacity),
+                               s.scores.data(), s.att.data());
       matmul(s.xb.data(), d, s.att.data(), d, n, lk.wo);
       for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
       // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
@@ -165,21 +125,7 @@ class llama_model {
     std::vector<int> rows;
     std::vector<token_id> tokens;
     std::vector<std::size_t> last;
-    if (std::size(prompts) != std::size_t(s.batch))
-      throw shape_error("llama_model::prefill: " + std::to_string(std::size(prompts)) + " prompts for a batch of " +
-                        std::to_string(s.batch));
-    int r = 0;
-    for (const auto& p : prompts) {
-      if (std::size(p) == 0)
-        throw shape_error("llama_model::prefill: row " + std::to_string(r) +
-                          " has an empty prompt; start it with BOS");
-      for (token_id t : p) {
-        rows.push_back(r);
-        tokens.push_back(t);
-      }
-      last.push_back(tokens.size() - 1);
-      ++r;
-    }
+    detail::flatten_prompts(s, prompts, rows, tokens, last, "llama_model");
     forward(s, rows, tokens, last, logits);
   }
 
@@ -202,7 +148,6 @@ class llama_model {
     s.att.resize(n * d);
     s.h13.resize(n * 2 * hd);
     s.hb.resize(n * hd);
-    s.pos.resize(n);
     s.scores.resize(n * c.n_heads * std::size_t(s.capacity));
   }
 
@@ -230,65 +175,6 @@ class llama_model {
       }
   }
 
-  // Causal attention of every fed token over its row's cache (positions 0..pos), per head.
-  void attention(llama_state& s, int l, std::span<const int> rows, std::size_t n) const {
-    const llama_config& c = w_.config();
-    const std::size_t hs = c.head_size(), d = c.dim, heads = c.n_heads, group = c.n_heads / c.n_kv_heads;
-    const float scale = 1.0f / std::sqrt(float(hs));
-    std::size_t work = 0;
-    for (std::size_t i = 0; i < n; ++i) work += std::size_t(s.pos[i] + 1) * d;
-    parallel_for(
-        n * heads,
-        [&](std::size_t task) {
-          const std::size_t i = task / heads, h = task % heads, kvh = h / group;
-          const int p = s.pos[i];
-          const float* q = s.qkv.data() + i * (d + 2 * std::size_t(c.kv_dim())) + h * hs;
-          float* sc = s.scores.data() + task * std::size_t(s.capacity);
-          float max = -INFINITY;
-          const bool wide = hs % 8 == 0;  // head sizes of real models: 8, 32, 64, 128
-          for (int t = 0; t <= p; ++t) {
-            const float* k = s.key_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
-            float dot = 0.0f;
-            if (wide) {
-              detail::v8f acc = {};
-              for (std::size_t j = 0; j < hs; j += 8) acc += detail::load8(q + j) * detail::load8(k + j);
-              dot = detail::hsum8(acc);
-            } else {
-              for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
-            }
-            sc[t] = dot * scale;
-            max = sc[t] > max ? sc[t] : max;
-          }
-          float sum = 0.0f;
-          for (int t = 0; t <= p; ++t) {
-            sc[t] = std::exp(sc[t] - max);
-            sum += sc[t];
-          }
-          float* out = s.att.data() + i * d + h * hs;
-          std::fill_n(out, hs, 0.0f);
-          const float inv_sum = 1.0f / sum;
-          for (int t = 0; t <= p; ++t) {
-            const float a = sc[t] * inv_sum;
-            const float* v = s.value_cache.data() + cache_offset(s, l, rows[i], t) + kvh * hs;
-            if (wide) {
-              const detail::v8f av = detail::broadcast8(a);
-              for (std::size_t j = 0; j < hs; j += 8) {
-                const detail::v8f o = detail::load8(out + j) + av * detail::load8(v + j);
-                std::memcpy(out + j, &o, sizeof o);
-              }
-            } else {
-              for (std::size_t j = 0; j < hs; ++j) out[j] += a * v[j];
-            }
-          }
-        },
-        work >= (std::size_t{1} << 16));
-  }
-
-  // Row `row`, position p of layer l's cache: (L, B, S, kv).
-  std::size_t cache_offset(const llama_state& s, int l, int row, int p) const noexcept {
-    return ((std::size_t(l) * s.batch + row) * s.capacity + p) * std::size_t(w_.config().kv_dim());
-  }
-
   // Weights repacked for matmul (see packed_matrix), with the projections that read the same
   // input fused: Q|K|V and W1|W3.
   struct layer_kernels {
@@ -310,6 +196,7 @@ class llama_model {
   }
 
   llama_weights w_;
+  detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
   packed_matrix classifier_;
   std::vector<float> rope_cos_, rope_sin_;

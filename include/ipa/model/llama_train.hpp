@@ -18,6 +18,7 @@
 #include "ipa/core/error.hpp"
 #include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
+#include "ipa/model/attention.hpp"
 #include "ipa/model/llama_weights.hpp"
 
 namespace ipa {
@@ -34,7 +35,10 @@ class trainable_llama {
   using map = Eigen::Map<matrix>;
   using const_map = Eigen::Map<const matrix>;
 
-  explicit trainable_llama(const llama_weights& w) : c_(w.config()), slots_(w.slots()) {
+  explicit trainable_llama(const llama_weights& w)
+      : c_(w.config()),
+        slots_(w.slots()),
+        attention_{std::size_t(c_.n_heads), std::size_t(c_.n_kv_heads), std::size_t(c_.head_size())} {
     params_.assign(w.data().begin(), w.data().end());
     grads_.assign(params_.size(), T(0));
     const int half = c_.head_size() / 2;
@@ -121,7 +125,7 @@ class trainable_llama {
         rope(q, d, i % Tn, +1);
         rope(q + d, kv, i % Tn, +1);
       }
-      attention_forward(a);
+      detail::causal_attention_forward(attention_, B_, T_, a.qkv.data(), a.probs.data(), a.att.data());
       map(a.x_mid.data(), N, d).noalias() =
           const_map(x.data(), N, d) + const_map(a.att.data(), N, d) * weight("wo", l, d, d).transpose();
       rmsnorm(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), layer("ffn_norm", l), N);
@@ -200,7 +204,7 @@ class trainable_llama {
       // attention: x_mid = x + wo(att)
       map(datt.data(), N, d).noalias() = const_map(dx.data(), N, d) * weight("wo", l, d, d);
       weight_grad("wo", l, d, d).noalias() += const_map(dx.data(), N, d).transpose() * const_map(a.att.data(), N, d);
-      attention_backward(a, datt.data(), dqkv.data());
+      detail::causal_attention_backward(attention_, B_, T_, a.qkv.data(), a.probs.data(), datt.data(), dqkv.data());
       for (std::size_t i = 0; i < N; ++i) {
         T* dq = dqkv.data() + i * (d + 2 * kv);
         rope(dq, d, i % T_, -1);  // a rotation's transpose is the rotation back
@@ -298,82 +302,9 @@ class trainable_llama {
       }
   }
 
-  // Causal softmax attention per (sequence, head); probs (B, H, T, T) are kept for backward.
-  void attention_forward(layer_acts& a) const {
-    const std::size_t d = c_.dim, kv = c_.kv_dim(), hs = c_.head_size(), H = c_.n_heads,
-                      group = c_.n_heads / c_.n_kv_heads, Tn = T_, w = d + 2 * kv;
-    const T scale = T(1) / std::sqrt(T(hs));
-    parallel_for(B_ * H, [&](std::size_t task) {
-      const std::size_t b = task / H, h = task % H, kvh = h / group;
-      for (std::size_t t = 0; t < Tn; ++t) {
-        const T* q = a.qkv.data() + (b * Tn + t) * w + h * hs;
-        T* p = a.probs.data() + (task * Tn + t) * Tn;
-        T max = -INFINITY;
-        for (std::size_t s = 0; s <= t; ++s) {
-          const T* k = a.qkv.data() + (b * Tn + s) * w + d + kvh * hs;
-          T dot = 0;
-          for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
-          p[s] = dot * scale;
-          max = std::max(max, p[s]);
-        }
-        T sum = 0;
-        for (std::size_t s = 0; s <= t; ++s) sum += (p[s] = std::exp(p[s] - max));
-        T* out = a.att.data() + (b * Tn + t) * d + h * hs;
-        std::fill_n(out, hs, T(0));
-        for (std::size_t s = 0; s <= t; ++s) {
-          p[s] /= sum;
-          const T* v = a.qkv.data() + (b * Tn + s) * w + d + kv + kvh * hs;
-          for (std::size_t j = 0; j < hs; ++j) out[j] += p[s] * v[j];
-        }
-      }
-    });
-  }
-
-  // From d att (N, d) to d Q|K|V (N, d + 2kv). A kv head is shared by `group` query heads, so
-  // one task per (sequence, kv head) owns its dK/dV rows and no two threads write the same row.
-  void attention_backward(const layer_acts& a, const T* datt, T* dqkv) const {
-    const std::size_t d = c_.dim, kv = c_.kv_dim(), hs = c_.head_size(), H = c_.n_heads, KH = c_.n_kv_heads,
-                      group = H / KH, Tn = T_, w = d + 2 * kv;
-    const T scale = T(1) / std::sqrt(T(hs));
-    std::fill_n(dqkv, B_ * Tn * w, T(0));
-    parallel_for(B_ * KH, [&](std::size_t task) {
-      const std::size_t b = task / KH, kvh = task % KH;
-      std::vector<T> dp(Tn);
-      for (std::size_t h = kvh * group; h < (kvh + 1) * group; ++h)
-        for (std::size_t t = 0; t < Tn; ++t) {
-          const T* p = a.probs.data() + ((b * H + h) * Tn + t) * Tn;
-          const T* dout = datt + (b * Tn + t) * d + h * hs;
-          // dP[s] = dout . v[s];  dV[s] += P[s] dout
-          T dot_pdp = 0;
-          for (std::size_t s = 0; s <= t; ++s) {
-            const T* v = a.qkv.data() + (b * Tn + s) * w + d + kv + kvh * hs;
-            T* dv = dqkv + (b * Tn + s) * w + d + kv + kvh * hs;
-            T acc = 0;
-            for (std::size_t j = 0; j < hs; ++j) {
-              acc += dout[j] * v[j];
-              dv[j] += p[s] * dout[j];
-            }
-            dp[s] = acc;
-            dot_pdp += p[s] * acc;
-          }
-          // softmax backward, then the scaled dot products
-          const T* q = a.qkv.data() + (b * Tn + t) * w + h * hs;
-          T* dq = dqkv + (b * Tn + t) * w + h * hs;
-          for (std::size_t s = 0; s <= t; ++s) {
-            const T ds = p[s] * (dp[s] - dot_pdp) * scale;
-            const T* k = a.qkv.data() + (b * Tn + s) * w + d + kvh * hs;
-            T* dk = dqkv + (b * Tn + s) * w + d + kvh * hs;
-            for (std::size_t j = 0; j < hs; ++j) {
-              dq[j] += ds * k[j];
-              dk[j] += ds * q[j];
-            }
-          }
-        }
-    });
-  }
-
   llama_config c_;
   std::vector<tensor_slot> slots_;
+  detail::attention_shape attention_;
   std::vector<T> params_, grads_;
   std::vector<T> rope_cos_, rope_sin_;
   std::size_t B_ = 0, T_ = 0;

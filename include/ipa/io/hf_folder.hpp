@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: MIT
+// A Hugging Face model folder: config.json + model.safetensors, or shards listed by
+// model.safetensors.index.json. Shared by the Llama and GPT-2 readers.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
+#include "ipa/io/safetensors.hpp"
+
+namespace ipa {
+
+/// The config and tensors of a Hugging Face folder. The config is read on construction; every
+/// shard is parsed (and validated) on the first question about tensors, so a reader checks
+/// the config first and compares it with what the files hold before it allocates the model.
+class hf_folder {
+ public:
+  explicit hf_folder(std::string dir) : dir_(std::move(dir)) {
+    try {
+      config_ = nlohmann::json::parse(read_file(dir_ + "/config.json"));
+    } catch (const nlohmann::json::exception& e) {
+      throw io_error(dir_ + "/config.json: not valid JSON: " + e.what());
+    }
+    if (!config_.is_object()) throw io_error(dir_ + "/config.json: not a JSON object");
+  }
+
+  const std::string& dir() const noexcept { return dir_; }
+  const nlohmann::json& config() const noexcept { return config_; }
+  /// Values stored in all shards together.
+  std::uint64_t held_values() const {
+    open();
+    return held_;
+  }
+
+  bool contains(const std::string& name) const {
+    open();
+    for (const auto& [file, f] : files_)
+      if (f->contains(name)) return true;
+    return false;
+  }
+  const safetensors_entry& entry(const std::string& name) const { return file_of(name).entry(name); }
+
+  /// A float tensor of exactly `shape`, every value finite.
+  std::vector<float> floats(const std::string& name, const std::vector<std::uint64_t>& shape) const {
+    const safetensors_file& f = file_of(name);
+    const safetensors_entry& e = f.entry(name);
+    std::uint64_t n = 1;
+    for (auto s : shape) n *= s;
+    // a vector stored as (1, n) or a matrix with the expected shape; anything else is a mix-up
+    if (e.shape != shape && !(shape.size() == 1 && e.elements() == n))
+      throw io_error(where(name) + ": tensor '" + name + "' has shape " + shape_text(e.shape) + ", expected " +
+                     shape_text(shape));
+    auto v = f.floats(name, n);
+    for (float x : v)
+      if (!std::isfinite(x)) throw io_error(where(name) + ": tensor '" + name + "' holds a non-finite value");
+    return v;
+  }
+
+  /// "config.json: what" as an io_error.
+  [[noreturn]] void config_fail(const std::string& what) const { throw io_error(dir_ + "/config.json: " + what); }
+
+  static std::string shape_text(const std::vector<std::uint64_t>& s) {
+    std::string t = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+    return t + "]";
+  }
+
+ private:
+  void open() const {
+    if (opened_) return;
+    const std::string index = dir_ + "/model.safetensors.index.json";
+    std::vector<std::string> shards = {"model.safetensors"};
+    if (std::filesystem::exists(index)) {
+      shards.clear();
+      try {
+        const auto j = nlohmann::json::parse(read_file(index));
+        for (auto it = j.at("weight_map").begin(); it != j.at("weight_map").end(); ++it) {
+          const std::string file = it->get<std::string>();
+          if (file.empty() || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+            throw io_error(index + ": shard name '" + file + "' must be a plain file name in the folder");
+          where_[it.key()] = file;
+          if (std::find(shards.begin(), shards.end(), file) == shards.end()) shards.push_back(file);
+        }
+      } catch (const nlohmann::json::exception& e) {
+        throw io_error(index + ": not a safetensors index: " + e.what());
+      }
+    }
+    for (const auto& file : shards) {
+      files_[file] = std::make_shared<safetensors_file>(safetensors_file::load(dir_ + "/" + file));
+      for (const auto& [name, e] : files_[file]->tensors()) held_ += e.elements();
+    }
+    opened_ = true;
+  }
+  std::string where(const std::string& name) const {
+    auto it = where_.find(name);
+    return dir_ + "/" + (it == where_.end() ? std::string("model.safetensors") : it->second);
+  }
+  const safetensors_file& file_of(const std::string& name) const {
+    open();
+    auto it = where_.find(name);
+    if (it != where_.end()) return *files_.at(it->second);
+    for (const auto& [file, f] : files_)
+      if (f->contains(name)) return *f;
+    throw io_error(dir_ + ": no safetensors file holds tensor '" + name + "'");
+  }
+
+  std::string dir_;
+  nlohmann::json config_;
+  // the shards, parsed on first use
+  mutable bool opened_ = false;
+  mutable std::map<std::string, std::string> where_;
+  mutable std::map<std::string, std::shared_ptr<safetensors_file>> files_;
+  mutable std::uint64_t held_ = 0;
+};
+
+}  // namespace ipa

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: MIT
+// The part of a decoding state every architecture shares: per-layer KV caches (L, B, S, kv),
+// each row's length, and the checks that place fed tokens at their rows' next positions.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <iterator>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ipa/core/error.hpp"
+#include "ipa/core/types.hpp"
+
+namespace ipa {
+
+/// KV caches of a batch and each row's length; scratch grows once and is reused.
+struct kv_cache_state {
+  int batch = 0;
+  int capacity = 0;         ///< S: positions per row
+  std::size_t kv_width = 0; ///< floats per position per layer
+  std::vector<int> length;  ///< tokens already in each row's cache
+  std::vector<float> key_cache, value_cache;
+  std::vector<int> pos, next_pos;
+  std::vector<std::size_t> items;
+  std::vector<float> scores;
+
+  /// Forgets every row's tokens (the caches are kept for reuse).
+  void reset() noexcept { std::fill(length.begin(), length.end(), 0); }
+
+  /// Row `row`, position p of layer l's cache.
+  std::size_t offset(std::size_t l, int row, int p) const noexcept {
+    return ((l * std::size_t(batch) + std::size_t(row)) * std::size_t(capacity) + std::size_t(p)) * kv_width;
+  }
+};
+
+namespace detail {
+
+/// Sizes a fresh state; `who` names the model in messages.
+inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int context, int layers, std::size_t kv_width,
+                          const char* who) {
+  if (batch <= 0) throw config_error(std::string(who) + "::new_state: batch must be >= 1, found " + std::to_string(batch));
+  if (capacity <= 0) capacity = context;
+  if (capacity > context)
+    throw shape_error(std::string(who) + "::new_state: capacity " + std::to_string(capacity) +
+                      " exceeds the model's context length " + std::to_string(context));
+  s.batch = batch;
+  s.capacity = capacity;
+  s.kv_width = kv_width;
+  s.length.assign(std::size_t(batch), 0);
+  const std::size_t cache = std::size_t(layers) * std::size_t(batch) * std::size_t(capacity) * kv_width;
+  s.key_cache.assign(cache, 0.0f);
+  s.value_cache.assign(cache, 0.0f);
+}
+
+/// Checks a forward call before it touches any state and writes each token's position into
+/// s.pos: token i goes to row rows[i] at that row's next position.
+inline void place_tokens(kv_cache_state& s, std::span<const int> rows, std::span<const token_id> tokens,
+                         int input_vocab, std::span<const std::size_t> logit_items, std::size_t logits_size,
+                         std::size_t vocab, const char* who) {
+  const std::size_t n = tokens.size();
+  const std::string w = std::string(who) + "::forward: ";
+  if (rows.size() != n)
+    throw shape_error(w + std::to_string(rows.size()) + " rows for " + std::to_string(n) + " tokens");
+  if (logits_size != logit_items.size() * vocab)
+    throw shape_error(w + "logits buffer holds " + std::to_string(logits_size) + " floats, expected " +
+                      std::to_string(logit_items.size() * vocab));
+  for (std::size_t i = 0; i < n; ++i) {
+    const int r = rows[i];
+    if (r < 0 || r >= s.batch)
+      throw shape_error(w + "row " + std::to_string(r) + " outside the batch of " + std::to_string(s.batch));
+    if (tokens[i] < 0 || tokens[i] >= input_vocab)
+      throw shape_error(w + "token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " +
+                        std::to_string(input_vocab) + ")");
+  }
+  s.pos.resize(std::max(s.pos.size(), n));
+  s.next_pos.assign(s.length.begin(), s.length.end());
+  for (std::size_t i = 0; i < n; ++i) {
+    s.pos[i] = s.next_pos[std::size_t(rows[i])]++;
+    if (s.pos[i] >= s.capacity)
+      throw shape_error(w + "row " + std::to_string(rows[i]) + " needs position " + std::to_string(s.pos[i]) +
+                        " but the context holds " + std::to_string(s.capacity) +
+                        " tokens; shorten the prompt or max_new_tokens");
+  }
+  for (std::size_t i : logit_items)
+    if (i >= n) throw shape_error(w + "logit item " + std::to_string(i) + " >= n");
+}
+
+/// Flattens one prompt per row into (rows, tokens, index of each row's last token), the
+/// arguments of a prefill forward().
+template <class Prompts>
+void flatten_prompts(const kv_cache_state& s, const Prompts& prompts, std::vector<int>& rows,
+                     std::vector<token_id>& tokens, std::vector<std::size_t>& last, const char* who) {
+  if (std::size(prompts) != std::size_t(s.batch))
+    throw shape_error(std::string(who) + "::prefill: " + std::to_string(std::size(prompts)) +
+                      " prompts for a batch of " + std::to_string(s.batch));
+  int r = 0;
+  for (const auto& p : prompts) {
+    if (std::size(p) == 0)
+      throw shape_error(std::string(who) + "::prefill: row " + std::to_string(r) +
+                        " has an empty prompt; start it with BOS");
+    for (token_id t : p) {
+      rows.push_back(r);
+      tokens.push_back(t);
+    }
+    last.push_back(tokens.size() - 1);
+    ++r;
+  }
+}
+
+}  // namespace detail
+}  // namespace ipa
