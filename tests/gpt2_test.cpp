@@ -5,13 +5,17 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include <ipa/io/gguf_gpt2.hpp>
 #include <ipa/io/hf_gpt2.hpp>
+#include <nlohmann/json.hpp>
+
 #include <ipa/decode/policy.hpp>
 #include <ipa/io/npy.hpp>
 #include <ipa/model/gpt2.hpp>
@@ -237,4 +241,71 @@ TEST_CASE("GPT-2 random init has nanoGPT's scales and the model runs on it") {
   CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
   c.n_heads = 5;
   CHECK_THROWS_AS(ipa::gpt2_weights{c}, ipa::config_error);
+}
+
+TEST_CASE("GPT-2 GGUF (llama.cpp's gpt2 names): F32 round trip exact, F16 close, bad dims named") {
+  if (!ipa_test::have(gpt2_dir() + "/model.safetensors")) return;
+  const ipa::gpt2_weights w = ipa::load_hf_gpt2(gpt2_dir());
+  const auto tmp = std::filesystem::temp_directory_path() / "ipa_gpt2_gguf_test";
+  std::filesystem::create_directories(tmp);
+  const std::string f32 = (tmp / "tiny.gguf").string(), f16 = (tmp / "tiny-f16.gguf").string();
+  ipa::save_gguf_gpt2(f32, w);
+  ipa::save_gguf_gpt2(f16, w, nullptr, true);
+  const auto file = ipa::gguf_file::load(f32);
+  CHECK(ipa::gguf_architecture(file) == "gpt2");
+  const ipa::gpt2_weights back = ipa::load_gguf_gpt2(file);
+  CHECK(std::equal(back.data().begin(), back.data().end(), w.data().begin(), w.data().end()));
+  const ipa::gpt2_model exact(w), half(ipa::load_gguf_gpt2(ipa::gguf_file::load(f16)));
+  auto s1 = exact.new_state(1);
+  auto s2 = half.new_state(1);
+  std::vector<float> l1(512), l2(512);
+  const auto tokens = golden_tokens();
+  exact.prefill(s1, ipa::prompt_list{{tokens.begin(), tokens.begin() + 20}}, l1);
+  half.prefill(s2, ipa::prompt_list{{tokens.begin(), tokens.begin() + 20}}, l2);
+  CHECK(max_abs_diff(l1, l2) < 1e-3);
+  CHECK(max_abs_diff(l1, l2) > 0.0);
+  CHECK_THROWS_WITH_AS(ipa::load_gguf_llama(file), doctest::Contains("'gpt2' is not supported"), ipa::io_error);
+
+  // dims of one projection swapped: the header names the tensor and both shapes
+  std::string bytes = ipa::read_file(f32);
+  const std::string key = "blk.0.ffn_up.weight";
+  const auto at = bytes.find(key) + key.size() + 4;  // then: n_dims (u32), ne0, ne1 (u64)
+  std::uint64_t ne0 = 64, ne1 = 256;
+  std::memcpy(bytes.data() + at, &ne1, 8);
+  std::memcpy(bytes.data() + at + 8, &ne0, 8);
+  CHECK_THROWS_WITH_AS(ipa::load_gguf_gpt2(ipa::gguf_file(bytes, "swapped.gguf")),
+                       doctest::Contains("'blk.0.ffn_up.weight' has ggml dims [256, 64], expected [64, 256]"),
+                       ipa::io_error);
+  std::filesystem::remove_all(tmp);
+}
+
+TEST_CASE("GPT-2 tokenizer stored in a GGUF encodes like the original vocabulary files") {
+  const std::string bpe = ipa_test::golden_dir() + "/gpt2_bpe";
+  if (!ipa_test::have(bpe + "/encoder.json")) return;
+  const auto tok = ipa::gpt2_tokenizer::load(bpe);
+  ipa::gpt2_config c;  // a GPT-2-vocabulary model small enough for a test
+  c.dim = 8;
+  c.hidden_dim = 16;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.vocab_size = int(tok.vocab_size());
+  c.seq_len = 32;
+  const auto w = ipa::gpt2_weights::random(c, 3);
+  const std::string path = (std::filesystem::temp_directory_path() / "ipa_gpt2_tok.gguf").string();
+  ipa::save_gguf_gpt2(path, w, &tok);
+  const auto file = ipa::gguf_file::load(path);
+  const auto from_gguf = ipa::load_gguf_gpt2_tokenizer(file);
+  CHECK(from_gguf.vocab_size() == tok.vocab_size());
+  CHECK(from_gguf.eot_id() == 50256);
+  CHECK(from_gguf.merge_list() == tok.merge_list());
+  std::ifstream in(bpe + "/gpt2_encode.jsonl");
+  std::size_t lines = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    const auto j = nlohmann::json::parse(line);
+    const std::string text = j["text"].get<std::string>();
+    CHECK(from_gguf.encode(text) == tok.encode(text));
+  }
+  CHECK(lines > 10);
+  CHECK_THROWS_WITH_AS(ipa::load_gguf_tokenizer(file), doctest::Contains("not the SentencePiece"), ipa::io_error);
+  std::filesystem::remove(path);
 }

@@ -339,6 +339,7 @@ inline llama2c_tokenizer load_gguf_tokenizer(const gguf_file& f) {
 namespace ipa {
 
 namespace detail {
+
 // Little-endian bytes of a GGUF file being written.
 struct gguf_bytes {
   std::string data;
@@ -351,7 +352,82 @@ struct gguf_bytes {
     data += s;
   }
 };
+
 }  // namespace detail
+
+/// Builds a GGUF v3 file: metadata key/values, then tensors (F32, or F16), data aligned to 32.
+class gguf_writer {
+ public:
+  void u32(const std::string& k, std::uint32_t v) { key(k, gguf_value::u32), kv_.put(v); }
+  void f32(const std::string& k, float v) { key(k, gguf_value::f32), kv_.put(v); }
+  void str(const std::string& k, const std::string& v) { key(k, gguf_value::string), kv_.put_str(v); }
+  void strings(const std::string& k, const std::vector<std::string>& v) {
+    array(k, gguf_value::string, v.size());
+    for (const auto& s : v) kv_.put_str(s);
+  }
+  void floats(const std::string& k, const std::vector<float>& v) {
+    array(k, gguf_value::f32, v.size());
+    for (float x : v) kv_.put(x);
+  }
+  void ints(const std::string& k, const std::vector<std::int32_t>& v) {
+    array(k, gguf_value::i32, v.size());
+    for (std::int32_t x : v) kv_.put(x);
+  }
+  /// A tensor of ggml dims (ne0, the contiguous one, first); `values` must outlive save().
+  void tensor(const std::string& name, std::vector<std::uint64_t> dims, std::span<const float> values, bool f16) {
+    tensors_.push_back({name, std::move(dims), values, f16});
+  }
+
+  /// Writes the file atomically.
+  void save(const std::string& path) const {
+    detail::gguf_bytes out;
+    out.data = "GGUF";
+    out.put(std::uint32_t(3));
+    out.put(std::uint64_t(tensors_.size()));
+    out.put(n_kv_);
+    out.data += kv_.data;
+    std::uint64_t offset = 0;
+    for (const auto& t : tensors_) {
+      out.put_str(t.name);
+      out.put(std::uint32_t(t.dims.size()));
+      for (auto d : t.dims) out.put(d);
+      out.put(std::uint32_t(t.half ? 1 : 0));
+      out.put(offset);
+      offset += (t.values.size() * (t.half ? 2 : 4) + 31) / 32 * 32;
+    }
+    out.data.append((32 - out.data.size() % 32) % 32, '\0');
+    for (const auto& t : tensors_) {
+      const std::size_t start = out.data.size();
+      for (float v : t.values) {
+        if (t.half) out.put(to_f16(v));
+        else out.put(v);
+      }
+      out.data.append((32 - (out.data.size() - start) % 32) % 32, '\0');
+    }
+    write_file_atomic(path, out.data);
+  }
+
+ private:
+  void key(const std::string& k, std::uint32_t type) {
+    ++n_kv_;
+    kv_.put_str(k);
+    kv_.put(type);
+  }
+  void array(const std::string& k, std::uint32_t elem, std::size_t n) {
+    key(k, gguf_value::array);
+    kv_.put(elem);
+    kv_.put(std::uint64_t(n));
+  }
+  struct tensor_out {
+    std::string name;
+    std::vector<std::uint64_t> dims;
+    std::span<const float> values;
+    bool half;
+  };
+  detail::gguf_bytes kv_;
+  std::uint64_t n_kv_ = 0;
+  std::vector<tensor_out> tensors_;
+};
 
 /// Writes a Llama model (and its SentencePiece tokenizer, when given) as GGUF v3 with llama.cpp's
 /// tensor names and metadata keys: tensors F32, or F16 with `f16` (norms stay F32, as llama.cpp
@@ -361,20 +437,13 @@ inline void save_gguf_llama(const std::string& path, const llama_weights& w, con
   const llama_config& c = w.config();
   if (c.extra_tokens != 0)
     throw config_error("save_gguf_llama: a model with input-only tokens (Quark's) has no GGUF equivalent");
-  struct tensor_out {
-    std::string name;
-    std::vector<std::uint64_t> dims;  // ggml order: ne0 (contiguous) first
-    std::span<const float> values;
-    bool half;
-  };
-  std::vector<tensor_out> tensors;
+  gguf_writer g;
   auto add = [&](const std::string& n, const char* slot, std::size_t layer, bool is_norm) {
     const tensor_slot& s = w.slot(slot);
     const std::size_t size = (std::string(slot) == "tok_embeddings" ? std::size_t(c.vocab_size) : s.rows) * s.cols;
     const auto part = w.tensor(slot).subspan(layer * s.rows * s.cols, size);
-    std::vector<std::uint64_t> dims = s.rows == 1 ? std::vector<std::uint64_t>{s.cols}
-                                                  : std::vector<std::uint64_t>{s.cols, size / s.cols};
-    tensors.push_back({n, dims, part, f16 && !is_norm});
+    g.tensor(n, s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.cols, size / s.cols},
+             part, f16 && !is_norm);
   };
   add("token_embd.weight", "tok_embeddings", 0, false);
   add("output_norm.weight", "norm", 0, true);
@@ -391,84 +460,41 @@ inline void save_gguf_llama(const std::string& path, const llama_weights& w, con
     add(b + "ffn_up.weight", "w3", l, false);
     add(b + "ffn_norm.weight", "ffn_norm", l, true);
   }
-
-  detail::gguf_bytes kv;
-  std::uint64_t n_kv = 0;
-  auto key = [&](const std::string& k, std::uint32_t type) {
-    ++n_kv;
-    kv.put_str(k);
-    kv.put(type);
-  };
-  auto kv_u32 = [&](const std::string& k, std::uint32_t v) { key(k, gguf_value::u32), kv.put(v); };
-  auto kv_f32 = [&](const std::string& k, float v) { key(k, gguf_value::f32), kv.put(v); };
-  auto kv_str = [&](const std::string& k, const std::string& v) { key(k, gguf_value::string), kv.put_str(v); };
-  kv_str("general.architecture", "llama");
-  kv_str("general.name", name);
-  kv_u32("general.alignment", 32);
-  kv_u32("llama.context_length", std::uint32_t(c.seq_len));
-  kv_u32("llama.embedding_length", std::uint32_t(c.dim));
-  kv_u32("llama.feed_forward_length", std::uint32_t(c.hidden_dim));
-  kv_u32("llama.block_count", std::uint32_t(c.n_layers));
-  kv_u32("llama.attention.head_count", std::uint32_t(c.n_heads));
-  kv_u32("llama.attention.head_count_kv", std::uint32_t(c.n_kv_heads));
-  kv_u32("llama.rope.dimension_count", std::uint32_t(c.head_size()));
-  kv_f32("llama.rope.freq_base", c.rope_theta);
-  kv_f32("llama.attention.layer_norm_rms_epsilon", c.norm_eps);
+  g.str("general.architecture", "llama");
+  g.str("general.name", name);
+  g.u32("general.alignment", 32);
+  g.u32("llama.context_length", std::uint32_t(c.seq_len));
+  g.u32("llama.embedding_length", std::uint32_t(c.dim));
+  g.u32("llama.feed_forward_length", std::uint32_t(c.hidden_dim));
+  g.u32("llama.block_count", std::uint32_t(c.n_layers));
+  g.u32("llama.attention.head_count", std::uint32_t(c.n_heads));
+  g.u32("llama.attention.head_count_kv", std::uint32_t(c.n_kv_heads));
+  g.u32("llama.rope.dimension_count", std::uint32_t(c.head_size()));
+  g.f32("llama.rope.freq_base", c.rope_theta);
+  g.f32("llama.attention.layer_norm_rms_epsilon", c.norm_eps);
   if (tok) {
     const std::size_t V = tok->vocab_size();
     if (V != std::size_t(c.vocab_size))
       throw shape_error("save_gguf_llama: the tokenizer has " + std::to_string(V) + " tokens, the model " +
                         std::to_string(c.vocab_size));
-    kv_str("tokenizer.ggml.model", "llama");
-    key("tokenizer.ggml.tokens", gguf_value::array);
-    kv.put(std::uint32_t(gguf_value::string));
-    kv.put(std::uint64_t(V));
-    for (std::size_t i = 0; i < V; ++i) {
-      std::string p;  // SentencePiece writes a space as U+2581
-      for (char ch : tok->piece(token_id(i))) p += ch == ' ' ? std::string("\xE2\x96\x81") : std::string(1, ch);
-      kv.put_str(p);
-    }
-    key("tokenizer.ggml.scores", gguf_value::array);
-    kv.put(std::uint32_t(gguf_value::f32));
-    kv.put(std::uint64_t(V));
-    for (std::size_t i = 0; i < V; ++i) kv.put(tok->score(token_id(i)));
-    key("tokenizer.ggml.token_type", gguf_value::array);  // 1 normal, 2 unknown, 3 control, 6 byte
-    kv.put(std::uint32_t(gguf_value::i32));
-    kv.put(std::uint64_t(V));
+    std::vector<std::string> pieces(V);
+    std::vector<float> scores(V);
+    std::vector<std::int32_t> types(V);  // 1 normal, 2 unknown, 3 control, 6 byte
     for (std::size_t i = 0; i < V; ++i) {
       const std::string& p = tok->piece(token_id(i));
-      kv.put(std::int32_t(i == 0 ? 2 : i < 3 ? 3 : (p.size() == 6 && p.rfind("<0x", 0) == 0) ? 6 : 1));
+      for (char ch : p) pieces[i] += ch == ' ' ? std::string("\xE2\x96\x81") : std::string(1, ch);  // SentencePiece's space
+      scores[i] = tok->score(token_id(i));
+      types[i] = i == 0 ? 2 : i < 3 ? 3 : (p.size() == 6 && p.rfind("<0x", 0) == 0) ? 6 : 1;
     }
-    kv_u32("tokenizer.ggml.bos_token_id", std::uint32_t(llama2c_tokenizer::bos_id));
-    kv_u32("tokenizer.ggml.eos_token_id", std::uint32_t(llama2c_tokenizer::eos_id));
-    kv_u32("tokenizer.ggml.unknown_token_id", 0);
+    g.str("tokenizer.ggml.model", "llama");
+    g.strings("tokenizer.ggml.tokens", pieces);
+    g.floats("tokenizer.ggml.scores", scores);
+    g.ints("tokenizer.ggml.token_type", types);
+    g.u32("tokenizer.ggml.bos_token_id", std::uint32_t(llama2c_tokenizer::bos_id));
+    g.u32("tokenizer.ggml.eos_token_id", std::uint32_t(llama2c_tokenizer::eos_id));
+    g.u32("tokenizer.ggml.unknown_token_id", 0);
   }
-
-  detail::gguf_bytes out;
-  out.data = "GGUF";
-  out.put(std::uint32_t(3));
-  out.put(std::uint64_t(tensors.size()));
-  out.put(n_kv);
-  out.data += kv.data;
-  std::uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    out.put_str(t.name);
-    out.put(std::uint32_t(t.dims.size()));
-    for (auto d : t.dims) out.put(d);
-    out.put(std::uint32_t(t.half ? 1 : 0));
-    out.put(offset);
-    offset += (t.values.size() * (t.half ? 2 : 4) + 31) / 32 * 32;
-  }
-  out.data.append((32 - out.data.size() % 32) % 32, '\0');
-  for (const auto& t : tensors) {
-    const std::size_t start = out.data.size();
-    for (float v : t.values) {
-      if (t.half) out.put(to_f16(v));
-      else out.put(v);
-    }
-    out.data.append((32 - (out.data.size() - start) % 32) % 32, '\0');
-  }
-  write_file_atomic(path, out.data);
+  g.save(path);
 }
 
 }  // namespace ipa

@@ -57,8 +57,8 @@ class hf_folder {
     for (auto s : shape) n *= s;
     // a vector stored as (1, n) or a matrix with the expected shape; anything else is a mix-up
     if (e.shape != shape && !(shape.size() == 1 && e.elements() == n))
-      throw io_error(where(name) + ": tensor '" + name + "' has shape " + shape_text(e.shape) + ", expected " +
-                     shape_text(shape));
+      throw io_error(where(name) + ": tensor '" + name + "' has shape " + detail::shape_text(e.shape) + ", expected " +
+                     detail::shape_text(shape));
     auto v = f.floats(name, n);
     for (float x : v)
       if (!std::isfinite(x)) throw io_error(where(name) + ": tensor '" + name + "' holds a non-finite value");
@@ -67,12 +67,6 @@ class hf_folder {
 
   /// "config.json: what" as an io_error.
   [[noreturn]] void config_fail(const std::string& what) const { throw io_error(dir_ + "/config.json: " + what); }
-
-  static std::string shape_text(const std::vector<std::uint64_t>& s) {
-    std::string t = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-    return t + "]";
-  }
 
  private:
   void open() const {

@@ -66,6 +66,15 @@ inline std::uint16_t to_f16(float f) noexcept {
   return std::uint16_t(sign | h);
 }
 
+namespace detail {
+/// "[2, 3]"
+inline std::string shape_text(const std::vector<std::uint64_t>& s) {
+  std::string t = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+}  // namespace detail
+
 /// One tensor's entry in a safetensors header.
 struct safetensors_entry {
   std::string dtype;                 ///< "F32", "F16", "BF16", "I32", ...

@@ -168,6 +168,64 @@ class gpt2_tokenizer {
     return t;
   }
 
+  /// From a token list in vocab.json's character form (id = index), merges "A B" in rank
+  /// order and the ids of special tokens: how GGUF stores a GPT-2 tokenizer.
+  static gpt2_tokenizer from_tokens(const std::vector<std::string>& tokens, const std::vector<std::string>& merges,
+                                    const std::vector<token_id>& specials, const std::string& where) {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (vocab.contains(tokens[i])) throw io_error(where + ": token '" + tokens[i] + "' appears twice");
+      vocab[tokens[i]] = i;
+    }
+    gpt2_tokenizer t;
+    t.set_vocab(vocab, where);
+    std::vector<std::pair<std::string, std::string>> pairs;
+    pairs.reserve(merges.size());
+    for (const auto& m : merges) {
+      const auto sp = m.find(' ');
+      if (sp == std::string::npos || sp == 0 || sp + 1 >= m.size())
+        throw io_error(where + ": merge '" + m.substr(0, 80) + "' is not 'A B'");
+      pairs.emplace_back(m.substr(0, sp), m.substr(sp + 1));
+    }
+    t.set_merges(pairs, where);
+    for (token_id id : specials) {
+      if (id < 0 || std::size_t(id) >= t.id_to_bytes_.size())
+        throw io_error(where + ": special token id " + std::to_string(id) + " outside the vocabulary");
+      t.specials_.emplace_back(t.id_to_bytes_[std::size_t(id)], id);
+    }
+    return t;
+  }
+
+  /// Token `id` in vocab.json's character form (GPT-2's bytes_to_unicode alphabet).
+  std::string token_text(token_id id) const {
+    static const auto fwd = detail::byte_to_code_point();
+    std::string out;
+    for (unsigned char b : token_bytes(id)) {
+      const std::uint32_t cp = fwd[b];
+      if (cp < 0x80) out.push_back(char(cp));
+      else out += {char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};  // the alphabet ends at U+0143
+    }
+    return out;
+  }
+
+  /// The merges "A B" (character form) in rank order.
+  std::vector<std::string> merge_list() const {
+    std::uint32_t top = 0;
+    for (const auto& [key, rule] : merges_) top = std::max(top, rule.rank + 1);
+    std::vector<std::string> out(top);
+    for (const auto& [key, rule] : merges_)
+      out[rule.rank] = token_text(token_id(key >> 32)) + " " + token_text(token_id(key & 0xFFFFFFFFu));
+    std::erase(out, std::string());  // ranks of ignored duplicate merges
+    return out;
+  }
+
+  /// Ids of the special tokens (e.g. <|endoftext|>).
+  std::vector<token_id> special_ids() const {
+    std::vector<token_id> ids;
+    for (const auto& [s, id] : specials_) ids.push_back(id);
+    return ids;
+  }
+
   /// A folder holding encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.json, or
   /// a tokenizer.json file.
   static gpt2_tokenizer load(const std::string& path) {
