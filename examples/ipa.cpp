@@ -38,9 +38,10 @@ constexpr const char* usage = R"(usage:
   ipa convert  --model MODEL --to gguf|gguf-f16|hf --out PATH [--tokenizer TOK]
   ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
 
-MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama architecture; F32,
-F16, Q8_0) or a Hugging Face Llama folder (config.json + safetensors); TOK its tokenizer.bin (default: the GGUF's own tokenizer, else the tokenizer.bin next
-to MODEL). ADAPTER is a llama2.c checkpoint or a folder written by
+MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture;
+F32, F16, Q8_0) or a Hugging Face Llama or GPT-2 folder (config.json + safetensors); TOK its
+tokenizer (default: the GGUF's own, else the tokenizer.bin next to MODEL, else the HF folder's
+vocab.json + merges.txt / tokenizer.json). `ipa train`/`eval`/`convert` take Llama models. ADAPTER is a llama2.c checkpoint or a folder written by
 `ipa train` (OUT/adapter: its alpha and control token come from its config.json). Each --alpha
 weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
 greedily. Prompts decode together as one batch; each continuation is printed as llama2.c's
@@ -59,13 +60,17 @@ int tokenize(args& a) {
     else throw usage_error("unknown option for tokenize: " + f);
   }
   if (tok_path.empty() || !text) throw usage_error("tokenize needs --tokenizer and --text");
-  // A folder (encoder.json + vocab.bpe, vocab.json + merges.txt, tokenizer.json) or a .json file
-  // is GPT-2's byte-level BPE (no BOS); anything else a llama2.c tokenizer.bin (BOS first).
-  const bool is_gpt2 = std::filesystem::is_directory(tok_path) ||
-                       (tok_path.size() >= 5 && tok_path.compare(tok_path.size() - 5, 5, ".json") == 0);
-  const auto ids = is_gpt2                     ? ipa::gpt2_tokenizer::load(tok_path).encode(*text)
-                   : ipa_cli::is_gguf(tok_path) ? ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text)
-                                                : ipa::llama2c_tokenizer::load(tok_path).encode(*text);
+  // GPT-2's byte-level BPE (a folder of its files, a tokenizer.json, a GGUF holding one) adds
+  // no BOS; a llama2.c tokenizer.bin or a SentencePiece GGUF puts BOS first.
+  std::vector<ipa::token_id> ids;
+  if (ipa_cli::has_gpt2_tokenizer(tok_path))
+    ids = (ipa_cli::is_gguf(tok_path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(tok_path))
+                                      : ipa::gpt2_tokenizer::load(tok_path))
+              .encode(*text);
+  else if (ipa_cli::is_gguf(tok_path))
+    ids = ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text);
+  else
+    ids = ipa::llama2c_tokenizer::load(tok_path).encode(*text);
   for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
   std::printf("\n");
   return 0;
@@ -113,17 +118,19 @@ int generate(args& a) {
   cfg.repetition_penalty = repetition;
   if (!(temperature >= 0.0f)) throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
 
-  const ipa::llama_model base(ipa_cli::load_model(base_path));
-  const auto tok = ipa_cli::load_tokenizer(base_path, tok_path, base.vocab_size());
+  const ipa::any_model base = ipa_cli::load_any_model(base_path);
+  const ipa_cli::any_tokenizer tok(base_path, tok_path, base.vocab_size());
   const ipa_cli::loaded_adapters adapters(adapter_paths, alphas);
+  for (std::size_t i = 0; i < adapters.models.size(); ++i)
+    if (adapters.models[i].vocab_size() != base.vocab_size())
+      throw ipa::shape_error(adapter_paths[i] + ": the adapter predicts " + std::to_string(adapters.models[i].vocab_size()) +
+                             " tokens, the base " + std::to_string(base.vocab_size()) + "; they must share a vocabulary");
   const ipa::ipa_decoder decoder(base, adapters.experts);
 
   ipa::prompt_list ids;
-  for (const auto& p : prompts) ids.push_back(tok.encode(p));
+  for (const auto& p : prompts) ids.push_back(tok.encode_prompt(p));
   const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(ids);
-  // llama2.c's models end a story with BOS (run.c stops there); EOS also ends a row.
-  cfg.eos_id = ipa::llama2c_tokenizer::eos_id;
-  cfg.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
+  tok.set_stops(cfg);
 
   ipa::xoshiro256 rng(static_cast<std::uint64_t>(seed));
   // Validate sampling parameters even when greedy ignores them.
@@ -143,10 +150,7 @@ int generate(args& a) {
     if (json) {
       nlohmann::json j;
       j["prompt"] = prompts[b];
-      std::string text;
-      ipa::token_id prev = ids[b].back();
-      for (ipa::token_id t : shown) text += tok.decode_piece(prev, t), prev = t;
-      j["text"] = text;
+      j["text"] = tok.text(ids[b].back(), shown);
       j["prompt_ids"] = ids[b];
       j["ids"] = response;
       std::vector<float> lp, tlp;
@@ -156,12 +160,7 @@ int generate(args& a) {
       j["finish_reason"] = ipa::to_string(r.finish[b]);
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
     } else {
-      // As run.c: every piece after BOS through safe_printf, then a newline.
-      std::string out;
-      std::vector<ipa::token_id> all(ids[b].begin(), ids[b].end());
-      all.insert(all.end(), shown.begin(), shown.end());
-      for (std::size_t t = 1; t < all.size(); ++t) out += ipa::llama2c_tokenizer::printable(tok.decode_piece(all[t - 1], all[t]));
-      std::cout << out << '\n';
+      std::cout << tok.shown(ids[b], shown) << '\n';
     }
   }
   return 0;

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -14,7 +16,11 @@
 #include <ipa/core/error.hpp>
 #include <ipa/io/binary_reader.hpp>
 #include <ipa/io/gguf.hpp>
+#include <ipa/io/gguf_gpt2.hpp>
+#include <ipa/io/hf_gpt2.hpp>
 #include <ipa/io/hf_llama.hpp>
+#include <ipa/model/any_model.hpp>
+#include <ipa/text/gpt2_tokenizer.hpp>
 #include <ipa/decode/decoder.hpp>
 #include <ipa/model/llama.hpp>
 #include <ipa/train/checkpoint.hpp>
@@ -111,6 +117,116 @@ inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, cons
   if (!tok_path.empty() && is_gguf(tok_path)) return load_tokenizer(tok_path, "", vocab);
   return ipa::llama2c_tokenizer::load(tok_path.empty() ? default_tokenizer(model_path) : tok_path, vocab);
 }
+
+/// "gpt2" for a Hugging Face GPT-2 folder or a GGUF of the gpt2 architecture, else "llama".
+inline std::string architecture_of(const std::string& path) {
+  if (std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") && !is_adapter_folder(path))
+    return ipa::detail::read_json(path + "/config.json").value("model_type", std::string("llama")) == "gpt2" ? "gpt2"
+                                                                                                           : "llama";
+  if (is_gguf(path)) return ipa::gguf_architecture(ipa::gguf_file::load(path)) == "gpt2" ? "gpt2" : "llama";
+  return "llama";
+}
+
+/// A base model of either architecture, by format.
+inline ipa::any_model load_any_model(const std::string& path) {
+  if (architecture_of(path) == "gpt2") {
+    if (is_gguf(path)) return ipa::gpt2_model(ipa::load_gguf_gpt2(ipa::gguf_file::load(path)));
+    return ipa::gpt2_model(ipa::load_hf_gpt2(path));
+  }
+  return ipa::llama_model(load_model(path));
+}
+
+/// True when `path` holds a GPT-2 byte-level BPE: a GGUF whose tokenizer is "gpt2", a folder
+/// with encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.json, or a .json file.
+inline bool has_gpt2_tokenizer(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (is_gguf(path)) {
+    const auto f = ipa::gguf_file::load(path);
+    return f.has("tokenizer.ggml.model") &&
+           f.value("tokenizer.ggml.model").as_string("tokenizer.ggml.model") == "gpt2";
+  }
+  if (fs::is_directory(path))
+    return (fs::exists(path + "/encoder.json") && fs::exists(path + "/vocab.bpe")) ||
+           (fs::exists(path + "/vocab.json") && fs::exists(path + "/merges.txt")) || fs::exists(path + "/tokenizer.json");
+  return path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0 && fs::exists(path);
+}
+
+/// The GPT-2 tokenizer at `path` (see has_gpt2_tokenizer); its size must equal `vocab`.
+inline ipa::gpt2_tokenizer load_gpt2_tokenizer(const std::string& path, std::size_t vocab) {
+  auto tok = is_gguf(path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(path)) : ipa::gpt2_tokenizer::load(path);
+  if (tok.vocab_size() != vocab)
+    throw ipa::shape_error(path + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, the model " +
+                           std::to_string(vocab));
+  return tok;
+}
+
+/// The tokenizer of a generate run: llama2.c's SentencePiece BPE (BOS first; a story ends with
+/// BOS or EOS) or GPT-2's byte-level BPE (no BOS; <|endoftext|> ends a text and starts an empty
+/// prompt, as Hugging Face does).
+class any_tokenizer {
+ public:
+  /// `tok_path` when given (tokenizer.bin, GGUF, GPT-2 folder or tokenizer.json), else the
+  /// GGUF's own, else what sits with the model (tokenizer.bin next to it, or the HF folder's
+  /// vocabulary files); its size must equal `vocab`.
+  any_tokenizer(const std::string& model_path, const std::string& tok_path, std::size_t vocab) {
+    const std::string from = tok_path.empty() ? model_path : tok_path;
+    if (has_gpt2_tokenizer(from)) gpt2_.emplace(load_gpt2_tokenizer(from, vocab));
+    else if (tok_path.empty() && architecture_of(model_path) == "gpt2")
+      throw ipa::io_error(model_path + ": no GPT-2 tokenizer with the model (vocab.json + merges.txt, tokenizer.json "
+                          "or a GGUF's); pass --tokenizer");
+    else llama_.emplace(load_tokenizer(model_path, tok_path, vocab));
+  }
+
+  bool is_gpt2() const noexcept { return gpt2_.has_value(); }
+  const ipa::llama2c_tokenizer* llama() const noexcept { return llama_ ? &*llama_ : nullptr; }
+
+  std::vector<ipa::token_id> encode_prompt(const std::string& text) const {
+    if (llama_) return llama_->encode(text);
+    auto ids = gpt2_->encode(text);
+    if (ids.empty()) {
+      if (gpt2_->eot_id() < 0) throw ipa::config_error("an empty prompt needs <|endoftext|>, which this vocabulary lacks");
+      ids.push_back(gpt2_->eot_id());
+    }
+    return ids;
+  }
+
+  /// End of text: llama2.c's EOS (and BOS, which its stories end with), or <|endoftext|>.
+  void set_stops(ipa::generation_config& g) const {
+    if (llama_) {
+      g.eos_id = ipa::llama2c_tokenizer::eos_id;
+      g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
+    } else {
+      g.eos_id = gpt2_->eot_id();
+    }
+  }
+
+  /// The text of `ids` following `prev` (the prompt's last token).
+  std::string text(ipa::token_id prev, std::span<const ipa::token_id> ids) const {
+    if (gpt2_) return gpt2_->decode(ids);
+    std::string out;
+    for (ipa::token_id t : ids) out += llama_->decode_piece(prev, t), prev = t;
+    return out;
+  }
+
+  /// Prompt and continuation as printed: run.c's way for llama2.c models (every piece after BOS
+  /// through safe_printf), the plain decoded bytes for GPT-2.
+  std::string shown(const std::vector<ipa::token_id>& prompt, std::span<const ipa::token_id> response) const {
+    std::vector<ipa::token_id> all(prompt.begin(), prompt.end());
+    all.insert(all.end(), response.begin(), response.end());
+    if (gpt2_) {
+      if (!all.empty() && all.front() == gpt2_->eot_id()) all.erase(all.begin());
+      return gpt2_->decode(all);
+    }
+    std::string out;
+    for (std::size_t t = 1; t < all.size(); ++t)
+      out += ipa::llama2c_tokenizer::printable(llama_->decode_piece(all[t - 1], all[t]));
+    return out;
+  }
+
+ private:
+  std::optional<ipa::llama2c_tokenizer> llama_;
+  std::optional<ipa::gpt2_tokenizer> gpt2_;
+};
 
 /// The --adapter models of generate/eval: llama2.c/GGUF/HF files, or folders written by
 /// `ipa train` (their alpha and control token inside). An --alpha of NaN means "from the folder".

@@ -421,6 +421,22 @@ int convert(args& a) {
     else throw usage_error("unknown option for convert: " + f);
   }
   if (model_path.empty() || to.empty() || out.empty()) throw usage_error("convert needs --model, --to and --out");
+  if (to != "gguf" && to != "gguf-f16" && to != "hf")
+    throw usage_error("--to must be gguf, gguf-f16 or hf, found '" + to + "'");
+  if (architecture_of(model_path) == "gpt2") {
+    const ipa::any_model m = load_any_model(model_path);
+    const ipa::gpt2_weights& w = m.gpt2()->weights();
+    if (to == "hf") {
+      ipa::save_hf_gpt2(out, w);
+    } else {
+      std::optional<ipa::gpt2_tokenizer> tok;  // the model's own vocabulary travels with it
+      if (has_gpt2_tokenizer(tok_path.empty() ? model_path : tok_path))
+        tok.emplace(load_gpt2_tokenizer(tok_path.empty() ? model_path : tok_path, m.vocab_size()));
+      ipa::save_gguf_gpt2(out, w, tok ? &*tok : nullptr, to == "gguf-f16");
+    }
+    std::cerr << "wrote " << out << "\n";
+    return 0;
+  }
   const ipa::llama_weights w = load_model(model_path);
   if (to == "gguf" || to == "gguf-f16") {
     std::optional<ipa::llama2c_tokenizer> tok;
