@@ -369,3 +369,36 @@ TEST_CASE("ban_sequences bans the last token of a sequence only right after the 
   const ipa::ban_sequences bad{{{9}}};
   CHECK_THROWS_AS(bad.apply(other, {prompt, g2}), ipa::shape_error);
 }
+
+TEST_CASE("fused_sample_reference (the CUDA kernel's CPU twin): log-probs, greedy, Gumbel-max frequencies") {
+  const std::vector<float> base = {0.0f, std::log(2.0f), std::log(3.0f), std::log(4.0f)};
+  const std::vector<float> adapter = {1.0f, 0.0f, 0.0f, -1.0f};
+  const float alpha = 0.5f;
+  const float* adapters[] = {adapter.data()};
+  const float alphas[] = {alpha};
+  std::vector<double> z(4);
+  double lse = 0;
+  for (std::size_t v = 0; v < 4; ++v) z[v] = base[v] + alpha * adapter[v], lse += std::exp(z[v]);
+  lse = std::log(lse);
+  // greedy: argmax of z, tailored log-prob exact, behaviour log-prob 0 (as the decoder records)
+  const auto g = ipa::fused_sample_reference(base, adapters, alphas, {0.0f, 1, 0}, 0);
+  CHECK(g.token == 2);  // z = {0.5, 0.69, 1.10, 0.89}
+  CHECK(g.tailored_log_prob == doctest::Approx(z[2] - lse).epsilon(1e-6));
+  CHECK(g.log_prob == 0.0f);
+  // sampling at T = 1 follows softmax(z); log_prob == tailored_log_prob
+  std::vector<int> count(4, 0);
+  const int n = 40000;
+  for (int step = 0; step < n; ++step) {
+    const auto r = ipa::fused_sample_reference(base, adapters, alphas, {1.0f, 7, std::uint64_t(step)}, 3);
+    ++count[std::size_t(r.token)];
+    if (step == 0) CHECK(r.log_prob == doctest::Approx(r.tailored_log_prob).epsilon(1e-6));
+  }
+  for (std::size_t v = 0; v < 4; ++v) {
+    const double p = std::exp(z[v] - lse);
+    CHECK(std::abs(count[v] / double(n) - p) < 4.0 * std::sqrt(p * (1 - p) / n));
+  }
+  // the noise is a function of (seed, row, step, v): same inputs, same token
+  CHECK(ipa::fused_sample_reference(base, adapters, alphas, {1.0f, 7, 11}, 3).token ==
+        ipa::fused_sample_reference(base, adapters, alphas, {1.0f, 7, 11}, 3).token);
+  CHECK_THROWS_AS(ipa::fused_sample_reference(base, adapters, alphas, {-1.0f, 7, 11}, 3), ipa::config_error);
+}

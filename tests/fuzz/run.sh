@@ -19,6 +19,7 @@ seed() {  # a fresh corpus folder holding the given seed files
 }
 tmp=$(mktemp -d)
 ./build/examples/ipa convert --model "$M/stories260K.bin" --to hf --out "$tmp/hf" 2>/dev/null || true
+./build/examples/ipa convert --model "$G/gpt2_tiny" --to gguf --out "$tmp/gpt2_tiny.gguf" 2>/dev/null || true
 run() {
   local target=$1 corpus=$2
   echo "== $target (${SECONDS_EACH}s)"
@@ -26,8 +27,8 @@ run() {
     -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix=build-fuzz/findings/"$target"- 2>&1 | tail -4
 }
-run fuzz_safetensors "$(seed safetensors "$tmp/hf/model.safetensors")"
-run fuzz_gguf "$(seed gguf "$M/stories260K.gguf")"
+run fuzz_safetensors "$(seed safetensors "$tmp/hf/model.safetensors" "$G/gpt2_tiny/model.safetensors")"
+run fuzz_gguf "$(seed gguf "$M/stories260K.gguf" "$tmp/gpt2_tiny.gguf")"
 run fuzz_llama2c "$(seed llama2c "$M/tok512.bin")"
 run fuzz_tokenizers "$(seed tokenizers "$G/gpt2_bpe/vocab.bpe")"
 rm -rf "$tmp"
