@@ -41,8 +41,11 @@ constexpr const char* usage = R"(usage:
 MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture;
 F32, F16, Q8_0) or a Hugging Face Llama or GPT-2 folder (config.json + safetensors); TOK its
 tokenizer (default: the GGUF's own, else the tokenizer.bin next to MODEL, else the HF folder's
-vocab.json + merges.txt / tokenizer.json). `ipa train`/`eval`/`convert` take Llama models. ADAPTER is a llama2.c checkpoint or a folder written by
-`ipa train` (OUT/adapter: its alpha and control token come from its config.json). Each --alpha
+vocab.json + merges.txt / tokenizer.json). `ipa train`/`eval` take Llama models. ADAPTER is a
+Llama model in any of those formats or a folder written by `ipa train` (OUT/adapter: its alpha
+and control token come from its config.json). An adapter that stores a tokenizer (GGUF, a
+tokenizer.bin beside it) is checked against the base's token table; tables that differ only by
+appended tokens or padding are mapped, and ids the adapter lacks are banned. Each --alpha
 weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
 greedily. Prompts decode together as one batch; each continuation is printed as llama2.c's
 run.c prints it, or as one JSON object per line with --json (prompt, text, prompt_ids, ids,
@@ -120,11 +123,7 @@ int generate(args& a) {
 
   const ipa::any_model base = ipa_cli::load_any_model(base_path);
   const ipa_cli::any_tokenizer tok(base_path, tok_path, base.vocab_size());
-  const ipa_cli::loaded_adapters adapters(adapter_paths, alphas);
-  for (std::size_t i = 0; i < adapters.models.size(); ++i)
-    if (adapters.models[i].vocab_size() != base.vocab_size())
-      throw ipa::shape_error(adapter_paths[i] + ": the adapter predicts " + std::to_string(adapters.models[i].vocab_size()) +
-                             " tokens, the base " + std::to_string(base.vocab_size()) + "; they must share a vocabulary");
+  const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());
   const ipa::ipa_decoder decoder(base, adapters.experts);
 
   ipa::prompt_list ids;

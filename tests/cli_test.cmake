@@ -75,6 +75,17 @@ if(EXISTS ${MODEL_DIR}/stories260K.gguf)
   if(rc OR NOT out STREQUAL golden)
     message(FATAL_ERROR "ipa generate on stories260K.gguf printed:\n${out}${err}\nexpected:\n${golden}")
   endif()
+  # as an adapter, the GGUF's own token table is checked against the base's (tok512.bin): the
+  # same tables, so the same text as the adapter without a stored tokenizer
+  set(adapter_args --base ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin --prompt "Once upon a time"
+                   --temperature 0.8 --seed 5 --max-new-tokens 40)
+  execute_process(COMMAND ${IPA} generate ${adapter_args} --adapter ${MODEL_DIR}/stories260K.gguf --alpha 0.5
+                  OUTPUT_VARIABLE with_table RESULT_VARIABLE rc1 ERROR_VARIABLE err1)
+  execute_process(COMMAND ${IPA} generate ${adapter_args} --adapter ${MODEL_DIR}/stories260K.bin --alpha 0.5
+                  OUTPUT_VARIABLE without_table RESULT_VARIABLE rc2 ERROR_VARIABLE err2)
+  if(rc1 OR rc2 OR with_table STREQUAL "" OR NOT with_table STREQUAL without_table)
+    message(FATAL_ERROR "a GGUF adapter (token table checked) and the .bin adapter differ:\n${with_table}${err1}\n${without_table}${err2}")
+  endif()
 elseif("$ENV{CI}" STREQUAL "true")
   message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.gguf")
 endif()

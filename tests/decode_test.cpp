@@ -402,3 +402,95 @@ TEST_CASE("fused_sample_reference (the CUDA kernel's CPU twin): log-probs, greed
         ipa::fused_sample_reference(base, adapters, alphas, {1.0f, 7, 11}, 3).token);
   CHECK_THROWS_AS(ipa::fused_sample_reference(base, adapters, alphas, {-1.0f, 7, 11}, 3), ipa::config_error);
 }
+
+TEST_CASE("vocabularies compared by token table: identical, appended, padded, different") {
+  const ipa::token_table t4 = {"a", "b", "c", "d"}, t5 = {"a", "b", "c", "d", "<|extra|>"};
+  CHECK(ipa::map_vocabularies(t4, 4, t4, 4).is_identity());
+  CHECK(ipa::map_vocabularies(t4, 8, t4, 8).is_identity());  // equal padding
+  // adapter with an appended token: every base id known, the extra one unreachable
+  const ipa::vocab_map more = ipa::map_vocabularies(t4, 4, t5, 5);
+  CHECK_FALSE(more.is_identity());
+  CHECK(more.base_size() == 4);
+  CHECK(more.adapter_size() == 5);
+  CHECK(more.mapped() == 4);
+  // base with an appended token and padding rows: those ids are unknown to the adapter
+  const ipa::vocab_map fewer = ipa::map_vocabularies(t5, 7, t4, 4);
+  CHECK(fewer.mapped() == 4);
+  for (ipa::token_id v : {4, 5, 6}) CHECK(fewer.adapter_id(v) == -1);
+  CHECK(fewer.adapter_id(3) == 3);
+  CHECK_THROWS_AS(fewer.adapter_id(7), ipa::shape_error);
+  // a table that disagrees on a shared id: error naming the id and both tokens
+  const ipa::token_table other = {"a", "b", "x\n", "d"};
+  try {
+    (void)ipa::map_vocabularies(t4, 4, other, 4);
+    FAIL("different tables were accepted");
+  } catch (const ipa::config_error& e) {
+    const std::string m = e.what();
+    CHECK(m.find("id 2") != std::string::npos);
+    CHECK(m.find("'c'") != std::string::npos);
+    CHECK(m.find("'x\\x0a'") != std::string::npos);
+  }
+  CHECK_THROWS_AS(ipa::map_vocabularies(t5, 4, t4, 4), ipa::shape_error);  // more tokens than logits
+  CHECK_THROWS_AS(ipa::vocab_map::explicit_map({0, 5}, 5), ipa::shape_error);
+  CHECK_THROWS_AS(ipa::vocab_map::explicit_map({0, -2}, 5), ipa::shape_error);
+
+  // the real tokenizer against itself and against a copy with an added token
+  const auto tok = ipa::llama2c_tokenizer::load(ipa_test::model_dir() + "/tok512.bin");
+  ipa::token_table table = ipa::table_of(tok);
+  CHECK(table.size() == 512);
+  CHECK(ipa::map_vocabularies(table, 512, table, 512).is_identity());
+  // llama.cpp's GGUF of the same model spells BOS/EOS as SentencePiece does: the same table
+  const auto gguf = ipa::table_of(ipa::load_gguf_tokenizer(ipa::gguf_file::load(ipa_test::model_dir() + "/stories260K.gguf")));
+  CHECK(gguf == table);
+  CHECK(table[1] == "<s>");
+  table.push_back("<ctrl>");
+  CHECK(ipa::map_vocabularies(ipa::table_of(tok), 512, table, 513).mapped() == 512);
+}
+
+TEST_CASE("vocab_mapped: an adapter with another vocabulary, seen with the base's ids") {
+  // adapter of 5 tokens whose logits name the last token: row[last] = 1, row[4] = 9 (an id the
+  // base lacks and must never sample)
+  table_policy adapter;
+  for (int last = 0; last < 5; ++last) {
+    std::vector<float> row(5, 0.0f);
+    row[std::size_t(last)] = 1.0f, row[4] = 9.0f;
+    adapter.table.push_back(row);
+  }
+  const ipa::vocab_mapped<table_policy> mapped(adapter, ipa::map_vocabularies({"a", "b", "c", "d"}, 4,
+                                                                              {"a", "b", "c", "d", "e"}, 5));
+  static_assert(ipa::Policy<ipa::vocab_mapped<table_policy>>);
+  CHECK(mapped.vocab_size() == 4);
+  auto s = mapped.new_state(1, 8);
+  std::vector<float> logits(4);
+  mapped.prefill(s, {{2}}, logits);
+  CHECK(logits == std::vector<float>{0, 0, 1, 0});
+
+  // reversed ids through an explicit map: base id v is adapter id 3 - v, and back
+  const ipa::vocab_mapped<table_policy> reversed(adapter, ipa::vocab_map::explicit_map({3, 2, 1, 0}, 5));
+  reversed.prefill(s, {{0}}, logits);  // the adapter reads 3
+  CHECK(logits == std::vector<float>{1, 0, 0, 0});
+  const std::vector<int> rows = {0};
+  const std::vector<ipa::token_id> next = {1};  // the adapter reads 2
+  reversed.step(s, rows, next, logits);
+  CHECK(logits == std::vector<float>{0, 1, 0, 0});
+
+  // a base with two ids the adapter lacks (an appended token, a padding row): they get -inf and
+  // the tailored policy never samples them, for positive and negative alpha
+  table_policy base = uniform_rows({0.f, 0.f, 0.f, 0.f, 5.f, 5.f});
+  // (the adapter's id 4 is now one of its own padding rows)
+  const ipa::vocab_mapped<table_policy> under(adapter, ipa::map_vocabularies({"a", "b", "c", "d", "z"}, 6,
+                                                                             {"a", "b", "c", "d"}, 5));
+  for (const float alpha : {1.0f, -1.0f}) {
+    const ipa::ipa_decoder<table_policy, ipa::vocab_mapped<table_policy>> d(base, {ipa::with_alpha(under, alpha)});
+    ipa::sampler<ipa::categorical> pick{ipa::categorical{}};
+    ipa::xoshiro256 rng(7);
+    ipa::generation_config cfg;
+    cfg.max_new_tokens = 40;
+    const ipa::rollout r = d.generate({{0}, {1, 2}}, cfg, pick, rng);
+    for (std::size_t b = 0; b < 2; ++b)
+      for (const ipa::token_id t : r.response(b)) CHECK(t < 4);
+  }
+  // a prompt token the adapter cannot read is an error, not garbage
+  std::vector<float> wide(6);
+  CHECK_THROWS_AS(under.prefill(s, {{4}}, wide), ipa::config_error);
+}

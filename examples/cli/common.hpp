@@ -22,6 +22,8 @@
 #include <ipa/model/any_model.hpp>
 #include <ipa/text/gpt2_tokenizer.hpp>
 #include <ipa/decode/decoder.hpp>
+#include <ipa/decode/vocab_mapped.hpp>
+#include <ipa/text/vocabulary.hpp>
 #include <ipa/model/llama.hpp>
 #include <ipa/train/checkpoint.hpp>
 #include <ipa/train/trainer.hpp>
@@ -178,6 +180,7 @@ class any_tokenizer {
   }
 
   bool is_gpt2() const noexcept { return gpt2_.has_value(); }
+  ipa::token_table table() const { return gpt2_ ? ipa::table_of(*gpt2_) : ipa::table_of(*llama_); }
   const ipa::llama2c_tokenizer* llama() const noexcept { return llama_ ? &*llama_ : nullptr; }
 
   std::vector<ipa::token_id> encode_prompt(const std::string& text) const {
@@ -228,22 +231,63 @@ class any_tokenizer {
   std::optional<ipa::gpt2_tokenizer> gpt2_;
 };
 
+/// The token table stored with a model, when it has one: a GGUF's tokenizer metadata, a folder's
+/// GPT-2 vocabulary files, or the tokenizer.bin next to a llama2.c checkpoint. ipa's adapter
+/// folders carry none (they share their base's).
+inline std::optional<ipa::token_table> stored_token_table(const std::string& path, std::size_t vocab) {
+  namespace fs = std::filesystem;
+  if (is_gguf(path)) {
+    const auto f = ipa::gguf_file::load(path);
+    if (!f.has("tokenizer.ggml.model")) return std::nullopt;
+    if (has_gpt2_tokenizer(path)) return ipa::table_of(ipa::load_gguf_gpt2_tokenizer(f));
+    return ipa::table_of(ipa::load_gguf_tokenizer(f));
+  }
+  if (fs::is_directory(path)) {
+    if (is_adapter_folder(path) || !has_gpt2_tokenizer(path)) return std::nullopt;
+    return ipa::table_of(ipa::gpt2_tokenizer::load(path));
+  }
+  if (fs::exists(default_tokenizer(path))) return ipa::table_of(ipa::llama2c_tokenizer::load(default_tokenizer(path), vocab));
+  return std::nullopt;
+}
+
 /// The --adapter models of generate/eval: llama2.c/GGUF/HF files, or folders written by
 /// `ipa train` (their alpha and control token inside). An --alpha of NaN means "from the folder".
+/// An adapter that stores a tokenizer is checked against the base's token table and seen through
+/// the id mapping (appended tokens, padding); one without is assumed to share the base's
+/// tokenizer, so its size must match.
 struct loaded_adapters {
   std::vector<ipa::llama_model> models;
-  std::vector<ipa::weighted<ipa::llama_model>> experts;  // point into models
-  std::vector<ipa::token_id> controls;                  // -1: none
+  std::vector<ipa::vocab_mapped<ipa::llama_model>> mapped;      // point into models
+  std::vector<ipa::weighted<ipa::vocab_mapped<ipa::llama_model>>> experts;  // point into mapped
+  std::vector<ipa::token_id> controls;                          // -1: none
 
-  loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas) {
-    models.reserve(paths.size());  // experts hold pointers: no reallocation
+  loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas,
+                  const ipa::token_table& base_table, std::size_t base_vocab) {
+    models.reserve(paths.size());  // mapped and experts hold pointers: no reallocation
+    mapped.reserve(paths.size());
     for (std::size_t i = 0; i < paths.size(); ++i) {
       ipa::saved_adapter saved;
       if (is_adapter_folder(paths[i])) saved = ipa::load_adapter(paths[i]);
       else
         saved.weights = load_model(paths[i]);
       models.emplace_back(std::move(saved.weights));
-      experts.push_back(ipa::with_alpha(models.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
+      const std::size_t vocab = models.back().vocab_size();
+      ipa::vocab_map map = ipa::vocab_map::identity(base_vocab);
+      if (const auto table = stored_token_table(paths[i], vocab)) {
+        try {
+          map = ipa::map_vocabularies(base_table, base_vocab, *table, vocab);
+        } catch (const ipa::error& e) {
+          throw ipa::config_error(paths[i] + ": " + e.what());
+        }
+      } else if (vocab != base_vocab) {
+        throw ipa::shape_error(paths[i] + ": the adapter predicts " + std::to_string(vocab) + " tokens, the base " +
+                               std::to_string(base_vocab) + "; they must share a vocabulary (or the adapter must "
+                               "store its tokenizer, so that ipa can map the ids)");
+      }
+      if (!map.is_identity() && saved.control_token >= 0)
+        throw ipa::config_error(paths[i] + ": an adapter with a control token must share the base's vocabulary");
+      mapped.emplace_back(models.back(), std::move(map));
+      experts.push_back(ipa::with_alpha(mapped.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
       controls.push_back(saved.control_token);
     }
   }

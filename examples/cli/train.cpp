@@ -319,7 +319,7 @@ int eval(args& a) {
   const ipa::llama_model base(load_model(base_path));
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
   auto reward = ipa::spec_reward::parse(spec);
-  const loaded_adapters adapters(adapter_paths, alphas);
+  const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;
   if (!policy_path.empty()) {
     if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");

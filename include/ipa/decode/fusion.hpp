@@ -24,13 +24,21 @@ inline void check_alpha(float alpha, const std::string& where = "alpha") {
 }
 
 /// tailored += alpha * adapter over the vocabulary. alpha == 0 leaves the row untouched (even
-/// where the adapter says -inf).
+/// where the adapter says -inf). An adapter's -inf bans the token whatever the sign of alpha:
+/// an anti-expert that cannot produce a token (outside its vocabulary, see vocab_mapped) must not
+/// make it certain.
 inline void add_expert(std::span<float> tailored, std::span<const float> adapter, float alpha) {
   if (tailored.size() != adapter.size())
     throw shape_error("add_expert: vocabulary sizes differ (" + std::to_string(tailored.size()) + " vs " +
                       std::to_string(adapter.size()) + ")");
   if (alpha == 0.0f) return;
-  for (std::size_t v = 0; v < tailored.size(); ++v) tailored[v] += alpha * adapter[v];
+  if (alpha > 0.0f) {
+    for (std::size_t v = 0; v < tailored.size(); ++v) tailored[v] += alpha * adapter[v];
+    return;
+  }
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  for (std::size_t v = 0; v < tailored.size(); ++v)
+    tailored[v] = adapter[v] == neg_inf ? neg_inf : tailored[v] + alpha * adapter[v];
 }
 
 /// How a top-k-only base fills the vocabulary it did not reveal.
