@@ -58,7 +58,7 @@ double memory_read_bandwidth() {
         ipa::detail::v8f acc[4] = {};
         for (std::size_t i = 0; i < n / chunks; i += 32)
           for (int j = 0; j < 4; ++j) acc[j] += ipa::detail::load8(p + i + 8 * j);
-        partial[c] = ipa::detail::hsum8(acc[0] + acc[1] + acc[2] + acc[3]);
+        partial[c] = ipa::detail::tree_sum8(acc[0] + acc[1] + acc[2] + acc[3]);
       });
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       benchmark::DoNotOptimize(partial.data());

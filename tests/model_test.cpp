@@ -2,6 +2,8 @@
 // The Llama model against the golden logits of llama2.c's model.py, plus kernel references.
 #include <doctest/doctest.h>
 
+#include <random>
+
 #include <cmath>
 #include <vector>
 
@@ -29,6 +31,18 @@ TEST_CASE("matmul_nt matches the double-precision reference for every tile remai
         ipa::matmul_nt(one.data(), m, x.data() + (n - 1) * k, k, 1, w.data(), k, m, k);
         for (std::size_t r = 0; r < m; ++r) REQUIRE(one[r] == out[(n - 1) * m + r]);
       }
+}
+
+TEST_CASE("tree_sum8x8 sums eight vectors like tree_sum8, bit for bit") {
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> u(-1e3f, 1e3f);
+  for (int trial = 0; trial < 200; ++trial) {
+    ipa::detail::v8f a[8];
+    for (auto& v : a)
+      for (int l = 0; l < 8; ++l) v[l] = u(gen) * (l % 3 == 0 ? 1e-3f : 1.0f);  // mixed magnitudes: rounding shows
+    const ipa::detail::v8f sums = ipa::detail::tree_sum8x8(a);
+    for (int i = 0; i < 8; ++i) REQUIRE(sums[i] == ipa::detail::tree_sum8(a[i]));
+  }
 }
 
 TEST_CASE("stories260K logits match llama2.c model.py at every golden position") {
