@@ -118,17 +118,24 @@ inline void panel_tail16(std::size_t rows, const float* x, std::size_t ldx, cons
   ((rows == std::size_t(NR) + 1 ? panel_tile16<NR + 1>(x, ldx, P, k, out, ldo, width) : void()), ...);
 }
 
+inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                        std::size_t ldo, std::size_t width) noexcept;
+
 inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
                        std::size_t ldo, std::size_t width) noexcept {
   constexpr std::size_t NR = 16;
+  // a few rows: two 8-wide chains per row keep more FMAs in flight than one 16-wide chain
+  if (n < 6) return panel_rows8(x, ldx, n, P, k, out, ldo, width);
   std::size_t i = 0;
   for (; i + NR <= n; i += NR) panel_tile16<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
   if (i < n) panel_tail16(n - i, x + i * ldx, ldx, P, k, out + i * ldo, ldo, width, std::make_integer_sequence<int, NR - 1>{});
 }
-#else
-inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
-                       std::size_t ldo, std::size_t width) noexcept {
-  constexpr std::size_t NR = 6;  // 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
+#endif
+
+// NR = 6: 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
+inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                        std::size_t ldo, std::size_t width) noexcept {
+  constexpr std::size_t NR = 6;
   std::size_t i = 0;
   for (; i + NR <= n; i += NR) panel_tile<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
   const float* xr = x + i * ldx;
@@ -141,6 +148,12 @@ inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const flo
     case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
     default: break;
   }
+}
+
+#if !defined(__AVX512F__)
+inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                       std::size_t ldo, std::size_t width) noexcept {
+  panel_rows8(x, ldx, n, P, k, out, ldo, width);
 }
 #endif
 
