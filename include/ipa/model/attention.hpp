@@ -87,8 +87,7 @@ inline void cached_attention(const attention_shape& a, const float* qkv, const i
             sc[t] = dot * scale;
           }
         }
-        float max = -INFINITY;
-        for (int t = 0; t <= p; ++t) max = sc[t] > max ? sc[t] : max;
+        const float max = max_of(std::span<const float>(sc, std::size_t(p) + 1));
         const std::span<float> row(sc, std::size_t(p) + 1);
         for (float& v : row) v -= max;
         exp_of(row, row);  // vectorised: with head size 8 (stories260K) a scalar exp was a fifth of decoding
@@ -98,10 +97,14 @@ inline void cached_attention(const attention_shape& a, const float* qkv, const i
         if (wide) {
           // 8 outputs at a time, accumulated in a register over the positions (a store per
           // position made it a store-to-load chain)
+          // four chains (positions t mod 4) hide the FMA latency
           for (std::size_t j = 0; j < hs; j += 8) {
-            v8f acc = {};
-            for (int t = 0; t <= p; ++t) acc += broadcast8(sc[t] * inv_sum) * load8(v0 + std::size_t(t) * kv + j);
-            std::memcpy(out + j, &acc, sizeof acc);
+            v8f acc[4] = {};
+            const std::size_t positions = std::size_t(p) + 1;
+            for (std::size_t t = 0; t < positions; ++t)
+              acc[t % 4] += broadcast8(sc[t] * inv_sum) * load8(v0 + t * kv + j);
+            const v8f sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            std::memcpy(out + j, &sum, sizeof sum);
           }
         } else {
           std::fill_n(out, hs, 0.0f);
