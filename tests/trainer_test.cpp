@@ -162,6 +162,10 @@ TEST_CASE("a checkpoint killed mid-write leaves the previous one loadable; corru
                     fixture::config(ipa::rl_algorithm::quark));
   t.step();
   ipa::save_checkpoint(dir, t);
+  // a second save at the same step never replaces the folder `latest` names: it takes a new one
+  CHECK(ipa::save_checkpoint(dir, t) == dir + "/checkpoint-000001.1");
+  CHECK(ipa::latest_checkpoint(dir) == dir + "/checkpoint-000001.1");
+  CHECK_FALSE(std::filesystem::exists(dir + "/checkpoint-000001"));
   // A child saves checkpoints in a loop (steps 2, 3, ...) and is killed at random moments.
   for (int round = 0; round < 6; ++round) {
     std::fflush(nullptr);

@@ -7,7 +7,9 @@
 // trainer.json, pool.safetensors, reference.safetensors), a file `latest` naming the newest
 // complete one, and `adapter`, a symlink to its adapter. A checkpoint is written into a
 // temporary folder, fsync'ed, renamed into place, and only then does `latest` move (atomic
-// rename): a crash at any moment leaves the previous checkpoint intact and loadable.
+// rename): a crash at any moment leaves the previous checkpoint intact and loadable. No save
+// ever deletes or overwrites the folder `latest` names (a repeated step gets checkpoint-N.1);
+// older folders go only after the commit.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -152,8 +154,13 @@ template <class R, class Tok, class Base>
 std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>& t, const nlohmann::json& run = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(out_dir);
-  char name[32];
-  std::snprintf(name, sizeof name, "checkpoint-%06zu", t.steps_done());
+  char step_name[32];
+  std::snprintf(step_name, sizeof step_name, "checkpoint-%06zu", t.steps_done());
+  // Never replace an existing folder: `latest` may name it (a second save at the same step, or
+  // a run resumed from an older step), and deleting it first would leave `latest` dangling if
+  // the process died before the new commit. A taken name gets a suffix: checkpoint-N.1, ...
+  std::string name = step_name;
+  for (int k = 1; fs::exists(out_dir + "/" + name); ++k) name = std::string(step_name) + "." + std::to_string(k);
   const std::string final_dir = out_dir + "/" + name, tmp_dir = out_dir + "/.tmp-" + name;
   fs::remove_all(tmp_dir);
   fs::create_directories(tmp_dir);
@@ -208,19 +215,19 @@ std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>
   write_file_atomic(tmp_dir + "/trainer.json", state.dump(1) + "\n");
   detail::fsync_path(tmp_dir, true);
 
-  fs::remove_all(final_dir);
   fs::rename(tmp_dir, final_dir);
   detail::fsync_path(out_dir, true);
-  write_file_atomic(out_dir + "/latest", std::string(name) + "\n");  // the commit point
+  write_file_atomic(out_dir + "/latest", name + "\n");  // the commit point
   // `adapter` -> the newest adapter (symlink swapped by rename, also atomic)
   const std::string link_tmp = out_dir + "/.adapter-link";
   fs::remove(link_tmp);
-  fs::create_directory_symlink(std::string(name) + "/adapter", link_tmp);
+  fs::create_directory_symlink(name + "/adapter", link_tmp);
   fs::rename(link_tmp, out_dir + "/adapter");
   // older checkpoints are no longer needed
   for (const auto& entry : fs::directory_iterator(out_dir)) {
     const std::string n = entry.path().filename().string();
-    if (n.rfind("checkpoint-", 0) == 0 && n != name) fs::remove_all(entry.path());
+    if ((n.rfind("checkpoint-", 0) == 0 && n != name) || n.rfind(".tmp-checkpoint-", 0) == 0)
+      fs::remove_all(entry.path());  // (and the leftovers of writes that died)
   }
   return final_dir;
 }
