@@ -8,12 +8,6 @@
 #include <limits>
 #include <span>
 
-#if defined(__CUDACC__)
-#define IPA_HOST_DEVICE __host__ __device__
-#else
-#define IPA_HOST_DEVICE
-#endif
-
 namespace ipa {
 
 namespace detail {

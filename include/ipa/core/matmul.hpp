@@ -93,6 +93,24 @@ inline void panel_tile(const float* x, std::size_t ldx, const float* P, std::siz
   }
 }
 
+// NR = 6: 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
+inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                        std::size_t ldo, std::size_t width) noexcept {
+  constexpr std::size_t NR = 6;
+  std::size_t i = 0;
+  for (; i + NR <= n; i += NR) panel_tile<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
+  const float* xr = x + i * ldx;
+  float* o = out + i * ldo;
+  switch (n - i) {
+    case 5: panel_tile<5>(xr, ldx, P, k, o, ldo, width); break;
+    case 4: panel_tile<4>(xr, ldx, P, k, o, ldo, width); break;
+    case 3: panel_tile<3>(xr, ldx, P, k, o, ldo, width); break;
+    case 2: panel_tile<2>(xr, ldx, P, k, o, ldo, width); break;
+    case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
+    default: break;
+  }
+}
+
 #if defined(__AVX512F__)
 // With 32 vector registers a whole 16-wide panel is one register: up to 16 rows share each load,
 // so a batch of 16 reads every panel once (16 accumulators + 1 weight; the broadcast folds into
@@ -118,9 +136,6 @@ inline void panel_tail16(std::size_t rows, const float* x, std::size_t ldx, cons
   ((rows == std::size_t(NR) + 1 ? panel_tile16<NR + 1>(x, ldx, P, k, out, ldo, width) : void()), ...);
 }
 
-inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
-                        std::size_t ldo, std::size_t width) noexcept;
-
 inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
                        std::size_t ldo, std::size_t width) noexcept {
   constexpr std::size_t NR = 16;
@@ -130,27 +145,7 @@ inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const flo
   for (; i + NR <= n; i += NR) panel_tile16<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
   if (i < n) panel_tail16(n - i, x + i * ldx, ldx, P, k, out + i * ldo, ldo, width, std::make_integer_sequence<int, NR - 1>{});
 }
-#endif
-
-// NR = 6: 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
-inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
-                        std::size_t ldo, std::size_t width) noexcept {
-  constexpr std::size_t NR = 6;
-  std::size_t i = 0;
-  for (; i + NR <= n; i += NR) panel_tile<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
-  const float* xr = x + i * ldx;
-  float* o = out + i * ldo;
-  switch (n - i) {
-    case 5: panel_tile<5>(xr, ldx, P, k, o, ldo, width); break;
-    case 4: panel_tile<4>(xr, ldx, P, k, o, ldo, width); break;
-    case 3: panel_tile<3>(xr, ldx, P, k, o, ldo, width); break;
-    case 2: panel_tile<2>(xr, ldx, P, k, o, ldo, width); break;
-    case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
-    default: break;
-  }
-}
-
-#if !defined(__AVX512F__)
+#else
 inline void panel_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
                        std::size_t ldo, std::size_t width) noexcept {
   panel_rows8(x, ldx, n, P, k, out, ldo, width);

@@ -46,10 +46,10 @@ class vocab_mapped {
 
   void step(state_type& s, std::span<const int> rows, std::span<const token_id> tokens, std::span<float> logits) const {
     if (identity_) return p_->step(s, rows, tokens, logits);
-    std::vector<token_id> own(tokens.size());
-    for (std::size_t j = 0; j < tokens.size(); ++j) own[j] = translate(tokens[j], std::size_t(rows[j]));
+    own_tokens_.resize(tokens.size());
+    for (std::size_t j = 0; j < tokens.size(); ++j) own_tokens_[j] = translate(tokens[j], std::size_t(rows[j]));
     scratch_.resize(rows.size() * map_.adapter_size());
-    p_->step(s, rows, own, scratch_);
+    p_->step(s, rows, own_tokens_, scratch_);
     scatter(rows.size(), logits);
   }
 
@@ -66,9 +66,10 @@ class vocab_mapped {
     if (logits.size() < n * V)
       throw shape_error("vocab_mapped: logits hold " + std::to_string(logits.size()) + " floats, need " +
                         std::to_string(n * V));
+    const std::span<const token_id> to_adapter = map_.adapter_ids();
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t v = 0; v < V; ++v) {
-        const token_id a = map_.adapter_id(token_id(v));
+        const token_id a = to_adapter[v];
         logits[i * V + v] = a < 0 ? -std::numeric_limits<float>::infinity() : scratch_[i * Va + std::size_t(a)];
       }
   }
@@ -77,6 +78,7 @@ class vocab_mapped {
   vocab_map map_;
   bool identity_;
   mutable std::vector<float> scratch_;
+  mutable std::vector<token_id> own_tokens_;
 };
 
 }  // namespace ipa

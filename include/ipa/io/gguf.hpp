@@ -240,6 +240,24 @@ class gguf_file {
   std::map<std::string, gguf_tensor> tensors_;
 };
 
+namespace detail {
+/// A config read from a GGUF's metadata must be valid and describe no more parameters than the
+/// file's tensors hold, before anything of that size is allocated; io_error otherwise.
+template <class Config>
+void check_config_fits(const gguf_file& f, const Config& c) {
+  try {
+    c.validate(f.where());
+  } catch (const config_error& e) {
+    throw io_error(e.what());
+  }
+  std::uint64_t held = 0;
+  for (const auto& [name, t] : f.tensors()) held += t.elements();
+  if (c.parameter_count() > held)
+    throw io_error(f.where() + ": the metadata describes a model of " + std::to_string(c.parameter_count()) +
+                   " parameters, the file's tensors hold " + std::to_string(held) + " values");
+}
+}  // namespace detail
+
 /// A Llama-architecture GGUF as ipa's weights (ggml's row-major (out, in) tensors map onto
 /// llama2.c's layout directly; llama.cpp stores Q/K for interleaved-pair RoPE, as ipa computes it).
 inline llama_weights load_gguf_llama(const gguf_file& f) {
@@ -264,17 +282,7 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   if (emb == f.tensors().end() || emb->second.dims.size() != 2) throw io_error(f.where() + ": no 2-D token_embd.weight");
   c.vocab_size = narrow(static_cast<long long>(emb->second.dims[1]), "the vocabulary size");
   c.shared_classifier = f.tensors().count("output.weight") == 0;
-  try {
-    c.validate(f.where());
-  } catch (const config_error& e) {
-    throw io_error(e.what());
-  }
-  // the metadata must describe what the file holds before anything of that size is allocated
-  std::uint64_t held = 0;
-  for (const auto& [name, t] : f.tensors()) held += t.elements();
-  if (c.parameter_count() > held)
-    throw io_error(f.where() + ": the metadata describes a model of " + std::to_string(c.parameter_count()) +
-                   " parameters, the file's tensors hold " + std::to_string(held) + " values");
+  detail::check_config_fits(f, c);
   llama_weights w(c);
   auto put = [&](const char* slot, std::size_t layer, const std::string& name) {
     const tensor_slot& s = w.slot(slot);

@@ -55,16 +55,7 @@ inline gpt2_weights load_gguf_gpt2(const gguf_file& f) {
   if (emb->second.dims[1] == 0 || emb->second.dims[1] > (1u << 20))
     throw io_error(f.where() + ": token_embd.weight has an impossible vocabulary size");
   c.vocab_size = int(emb->second.dims[1]);
-  try {
-    c.validate(f.where());
-  } catch (const config_error& e) {
-    throw io_error(e.what());
-  }
-  std::uint64_t held = 0;
-  for (const auto& [name, t] : f.tensors()) held += t.elements();
-  if (c.parameter_count() > held)
-    throw io_error(f.where() + ": the metadata describes a model of " + std::to_string(c.parameter_count()) +
-                   " parameters, the file's tensors hold " + std::to_string(held) + " values");
+  detail::check_config_fits(f, c);
   gpt2_weights w(c);
   auto put = [&](const std::string& slot, std::size_t layer, const std::string& name) {
     const tensor_slot& s = w.slot(slot);

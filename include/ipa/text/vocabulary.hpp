@@ -7,6 +7,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,8 @@ class vocab_map {
       throw shape_error("vocab_map: base id " + std::to_string(v) + " outside [0, " + std::to_string(base_size()) + ")");
     return adapter_of_[std::size_t(v)];
   }
+  /// The whole mapping, by base id (-1: unknown to the adapter).
+  std::span<const token_id> adapter_ids() const noexcept { return adapter_of_; }
   /// Same sizes and every id maps to itself: the adapter's logits can be used as they are.
   bool is_identity() const noexcept {
     if (adapter_size_ != adapter_of_.size()) return false;
