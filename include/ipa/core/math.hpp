@@ -127,6 +127,19 @@ inline void exp_of(std::span<const float> x, std::span<float> out) noexcept {
   for (std::size_t i = n8; i < x.size(); ++i) out[i] = std::exp(x[i]);
 }
 
+/// out = silu(gate) * up = gate / (1 + exp(-gate)) * up, the SwiGLU gate, vectorised (exp8).
+inline void silu_mul(std::span<const float> gate, std::span<const float> up, std::span<float> out) noexcept {
+  const std::size_t n8 = gate.size() - gate.size() % 8;
+  for (std::size_t i = 0; i < n8; i += 8) {
+    detail::v8f_math g, u;
+    std::memcpy(&g, gate.data() + i, sizeof g);
+    std::memcpy(&u, up.data() + i, sizeof u);
+    const detail::v8f_math v = g / (detail::splat(1.0f) + detail::exp8(-g)) * u;
+    std::memcpy(out.data() + i, &v, sizeof v);
+  }
+  for (std::size_t i = n8; i < gate.size(); ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 /// In place: x <- log_softmax(x).
 inline void log_softmax(std::span<float> x) noexcept {
   const double lse = log_sum_exp(x);

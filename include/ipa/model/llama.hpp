@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ipa/core/error.hpp"
+#include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
@@ -100,11 +101,10 @@ class llama_model {
       // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
       rmsnorm(s.xb.data(), x, w_.ffn_norm(l), n, d);
       matmul(s.h13.data(), 2 * hd, s.xb.data(), d, n, lk.w13);
-      for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = 0; j < hd; ++j) {
-          const float g = s.h13[i * 2 * hd + j], up = s.h13[i * 2 * hd + hd + j];
-          s.hb[i * hd + j] = g / (1.0f + std::exp(-g)) * up;
-        }
+      for (std::size_t i = 0; i < n; ++i) {  // vectorised: a scalar exp here was ~8% of 110M-shape B=16 decoding
+        const float* h = s.h13.data() + i * 2 * hd;
+        silu_mul({h, hd}, {h + hd, hd}, {s.hb.data() + i * hd, hd});
+      }
       matmul(s.xb.data(), d, s.hb.data(), hd, n, lk.w2);
       for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
     }
