@@ -21,7 +21,9 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
 #endif
   std::mt19937 gen(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (const std::size_t m : {1, 16, 20, 37, 300}) {  // 20: a panel pair whose second panel is partial
+  // 20: a panel pair whose second panel is partial; 1100: over 256 KiB, the streamed path for a
+  // few rows (the smaller ones take the cached path)
+  for (const std::size_t m : {1, 16, 20, 37, 300, 1100}) {
     const std::size_t k = 67, n_max = 40;
     std::vector<float> w(m * k), x(n_max * k);
     for (auto& v : w) v = normal(gen);

@@ -127,6 +127,22 @@ TEST_CASE("a zero-output adapter leaves the tailored policy exactly equal to the
   CHECK(alone.tailored_log_probs == tailored.tailored_log_probs);
 }
 
+TEST_CASE("PPO fine-tuning the base itself (tune_base) reports its KL to the reference") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  fixture f;
+  ipa::rl_config c = fixture::config(ipa::rl_algorithm::ppo);
+  c.tune_base = true;
+  c.lr.peak = 1e-2;  // move far from the reference in two updates
+  ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::llama_model> t(
+      nullptr, f.base_weights, f.tok, ipa::avoid_words({"sad", "the"}), f.prompts, c);
+  const ipa::step_metrics first = t.step();
+  CHECK(first.kl == 0.0);  // the policy is still the reference when the first rollout is scored
+  ipa::step_metrics later = t.step();
+  for (int i = 0; i < 3 && later.kl == 0.0; ++i) later = t.step();
+  CHECK(std::isfinite(later.kl));
+  CHECK(later.kl != 0.0);  // was always 0: the metric only knew the KL to a base
+}
+
 TEST_CASE("resume: the next update after loading a checkpoint equals the uninterrupted run's") {
   if (!ipa_test::have(ipa_test::model_path())) return;
   fixture f;

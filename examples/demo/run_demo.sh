@@ -6,51 +6,59 @@
 #
 # usage: examples/demo/run_demo.sh [OUT_DIR]      (from the repository root, after building)
 # env:   BUILD (default build), IPA_MODEL_DIR (default ../shared/models), SEEDS (default "1 2 3"),
-#        TASKS (default "avoid keyword"), METHODS (default "base baseline quark ppo rloo ppo-tune-base")
+#        TASKS (default "avoid keyword"), METHODS (default "base baseline quark ppo rloo ppo-tune-base"),
+#        JOBS (default 1): runs at once, each on one thread (OMP_NUM_THREADS=1) when JOBS > 1
 set -euo pipefail
 OUT=${1:-demo_runs}
-BUILD=${BUILD:-build}
-IPA=$BUILD/examples/ipa
-M=${IPA_MODEL_DIR:-../shared/models}
+export OUT BUILD=${BUILD:-build} M=${IPA_MODEL_DIR:-../shared/models}
 SEEDS=${SEEDS:-1 2 3}
 TASKS=${TASKS:-avoid keyword}
 METHODS=${METHODS:-base baseline quark ppo rloo ppo-tune-base}
-TRAIN=examples/data/story_openings_train.txt
-HELD=examples/data/story_openings_heldout.txt
+JOBS=${JOBS:-1}
 mkdir -p "$OUT"
-model=(--base "$M/stories260K.bin" --tokenizer "$M/tok512.bin")
-gen=(--max-new-tokens 128)
 
-for task in $TASKS; do
+# One (task, seed, method): train if the method trains, evaluate on the held-out prompts, and
+# append one JSON line to $OUT/results.jsonl.
+run_one() {
+  local task=$1 seed=$2 method=$3
+  local IPA=$BUILD/examples/ipa TRAIN=examples/data/story_openings_train.txt HELD=examples/data/story_openings_heldout.txt
+  local model=(--base "$M/stories260K.bin" --tokenizer "$M/tok512.bin") gen=(--max-new-tokens 128)
+  local reward baseline
   case $task in
     avoid) reward="avoid:sad,scared,cry,angry,hurt,bad,mad"
            baseline=(--ban-words sad,scared,cry,angry,hurt,bad,mad) ;;
     keyword) reward="keywords:dog|dogs"
              baseline=(--prompt-suffix " She saw a dog.") ;;
-    *) echo "unknown task $task" >&2; exit 2 ;;
+    *) echo "unknown task $task" >&2; return 2 ;;
   esac
-  for seed in $SEEDS; do
-    for method in $METHODS; do
-      run="$OUT/$task-$method-$seed"
-      train=(train "${model[@]}" --reward "$reward" --prompts "$TRAIN" --out "$run" --seed "$seed" "${gen[@]}"
-             --save-every 0)
-      evaluate=(eval "${model[@]}" --reward "$reward" --prompts "$HELD" --samples 16 --seed "$((seed + 100))"
-                "${gen[@]}" --json)
-      case $method in
-        base) result=$("$IPA" "${evaluate[@]}") ;;
-        baseline) result=$("$IPA" "${evaluate[@]}" "${baseline[@]}") ;;
-        quark) rm -rf "$run"; "$IPA" "${train[@]}" --algo quark --steps 300 --lr 3e-3 --entropy-coef 0 --quark-updates 4 2>"$run.log"
-               result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-        ppo) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 200 --kl-coef 0.01 2>"$run.log"
-             result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-        rloo) rm -rf "$run"; "$IPA" "${train[@]}" --algo rloo --steps 500 2>"$run.log"
-              result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-        ppo-tune-base) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 200 --kl-coef 0.01 --tune-base --lr 3e-4 2>"$run.log"
-                       result=$("$IPA" "${evaluate[@]}" --policy "$run/adapter") ;;
-        *) echo "unknown method $method" >&2; exit 2 ;;
-      esac
-      echo "{\"task\":\"$task\",\"method\":\"$method\",\"seed\":$seed,${result#\{}" | tee -a "$OUT/results.jsonl"
-    done
-  done
-done
+  local run="$OUT/$task-$method-$seed" result
+  local train=(train "${model[@]}" --reward "$reward" --prompts "$TRAIN" --out "$run" --seed "$seed" "${gen[@]}"
+               --save-every 0)
+  local evaluate=(eval "${model[@]}" --reward "$reward" --prompts "$HELD" --samples 16 --seed "$((seed + 100))"
+                  "${gen[@]}" --json)
+  case $method in
+    base) result=$("$IPA" "${evaluate[@]}") ;;
+    baseline) result=$("$IPA" "${evaluate[@]}" "${baseline[@]}") ;;
+    quark) rm -rf "$run"; "$IPA" "${train[@]}" --algo quark --steps 600 --max-minutes 14 --lr 3e-3 --entropy-coef 0 \
+             --quark-updates 4 2>"$run.log"
+           result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
+    ppo) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --kl-coef 0.05 2>"$run.log"
+         result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
+    rloo) rm -rf "$run"; "$IPA" "${train[@]}" --algo rloo --steps 500 2>"$run.log"
+          result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
+    ppo-tune-base) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --kl-coef 0.05 --tune-base --lr 3e-4 2>"$run.log"
+                   result=$("$IPA" "${evaluate[@]}" --policy "$run/adapter") ;;
+    *) echo "unknown method $method" >&2; return 2 ;;
+  esac
+  echo "{\"task\":\"$task\",\"method\":\"$method\",\"seed\":$seed,${result#\{}" | tee -a "$OUT/results.jsonl"
+}
+export -f run_one
+
+jobs_list=()
+for task in $TASKS; do for seed in $SEEDS; do for method in $METHODS; do jobs_list+=("$task $seed $method"); done; done; done
+if [ "$JOBS" -gt 1 ]; then
+  printf '%s\n' "${jobs_list[@]}" | OMP_NUM_THREADS=1 xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _
+else
+  for job in "${jobs_list[@]}"; do run_one $job; done
+fi
 "$BUILD/examples/03_plot_curves" --table "$OUT/results.jsonl" | tee "$OUT/table.md"

@@ -118,22 +118,28 @@ inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const fl
 // FMA chain as in the 8-wide tile: the same bits.
 using v16f = float __attribute__((vector_size(64)));
 
-// weight prefetch distance of the AVX-512 tiles, in steps of p (one 64-byte line per panel each)
-inline constexpr std::size_t tile16_prefetch = 32;
+// Weight prefetch distance of the AVX-512 tiles, in steps of p (one 64-byte line per panel
+// each): far ahead for a few rows, where decoding is bound by the memory stream (8 KiB ahead
+// doubled batch-1 streaming, as in panel_tile); close for 6+ rows, where the tile computes
+// longer per line (2 KiB beat 4-16 KiB on streamed matrices at n = 16).
+inline constexpr std::size_t prefetch_steps(std::size_t rows) noexcept { return rows < 6 ? 128 : 32; }
 
 // NR rows of x, rows [p0, p1) of the reduction, against NP consecutive panels (panel q at
 // P + q * 16k), accumulating into acc.
 template <int NP, int NR>
 inline void panel_group_steps(const float* x, std::size_t ldx, const float* P, std::size_t k, std::size_t p0,
-                              std::size_t p1, v16f (&acc)[NP][NR], bool prefetch) noexcept {
+                              std::size_t p1, v16f (&acc)[NP][NR], std::size_t prefetch) noexcept {
   for (std::size_t p = p0; p < p1; ++p) {
     v16f w[NP];
+#pragma GCC unroll 8
     for (int q = 0; q < NP; ++q) {
-      if (prefetch) __builtin_prefetch(P + q * 16 * k + (p + tile16_prefetch) * 16);
+      if (prefetch) __builtin_prefetch(P + q * 16 * k + (p + prefetch) * 16);
       std::memcpy(&w[q], P + q * 16 * k + p * 16, sizeof(v16f));
     }
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
       const float xv = x[j * ldx + p];
+#pragma GCC unroll 8
       for (int q = 0; q < NP; ++q) acc[q][j] += xv * w[q];
     }
   }
@@ -152,7 +158,7 @@ template <int NP, int NR>
 inline void panel_group_tile(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out,
                              std::size_t ldo, std::size_t last_width) noexcept {
   v16f acc[NP][NR] = {};
-  panel_group_steps<NP, NR>(x, ldx, P, k, 0, k, acc, true);
+  panel_group_steps<NP, NR>(x, ldx, P, k, 0, k, acc, prefetch_steps(NR));
   store_group<NP, NR>(acc, out, ldo, last_width);
 }
 
@@ -168,8 +174,8 @@ inline void panel_group_tile16(const float* x, std::size_t ldx, const float* P, 
   v16f first[NP][8] = {}, second[NP][8] = {};
   for (std::size_t p0 = 0; p0 < k; p0 += block) {
     const std::size_t p1 = std::min(k, p0 + block);
-    panel_group_steps<NP, 8>(x, ldx, P, k, p0, p1, first, true);
-    panel_group_steps<NP, 8>(x + 8 * ldx, ldx, P, k, p0, p1, second, false);
+    panel_group_steps<NP, 8>(x, ldx, P, k, p0, p1, first, prefetch_steps(16));
+    panel_group_steps<NP, 8>(x + 8 * ldx, ldx, P, k, p0, p1, second, 0);
   }
   store_group<NP, 8>(first, out, ldo, last_width);
   store_group<NP, 8>(second, out + 8 * ldo, ldo, last_width);
@@ -194,11 +200,14 @@ inline void panel_group_rows(const float* x, std::size_t ldx, std::size_t n, con
                          std::make_integer_sequence<int, NR - 1>{});
 }
 
-// n rows against panels [0, np) starting at P (np <= 2)
+// n rows against panels [0, np) starting at P (np <= 2); `cached`: the matrix fits in L2
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width) noexcept {
-  // a few rows: two 8-wide chains per row keep more FMAs in flight than one 16-wide chain
-  if (n < 6) {
+                        float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+  // A few rows of a streamed matrix: two 8-wide chains per row, the path measured at 90%+ of the
+  // memory bandwidth. A cached one is bound by the FMA latency instead, and two panels at once
+  // give twice the independent chains (stories260K's 128 x 64 .. 512 x 64 products at n = 1-4:
+  // 1.1-2.2x, one thread).
+  if (n < 6 && !cached) {
     for (std::size_t q = 0; q < np; ++q)
       panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
     return;
@@ -208,7 +217,7 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
 }
 #else
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width) noexcept {
+                        float* out, std::size_t ldo, std::size_t last_width, bool /*cached*/) noexcept {
   for (std::size_t q = 0; q < np; ++q)
     panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
 }
@@ -225,12 +234,14 @@ inline void matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx,
   constexpr std::size_t panels_per_chunk = 2;
   const std::size_t chunks = (panels + panels_per_chunk - 1) / panels_per_chunk;
   const bool worth_threads = n * m * k >= (std::size_t{1} << 17);
+  const bool cached = m * k * sizeof(float) <= (std::size_t{256} << 10);
   parallel_for(
       chunks,
       [&](std::size_t c) {
         const std::size_t p0 = c * panels_per_chunk, np = std::min(panels, p0 + panels_per_chunk) - p0;
         const std::size_t last_width = std::min(packed_matrix::panel, m - (p0 + np - 1) * packed_matrix::panel);
-        detail::panels_rows(x, ldx, n, w.panel_data(p0), np, k, out + p0 * packed_matrix::panel, ldo, last_width);
+        detail::panels_rows(x, ldx, n, w.panel_data(p0), np, k, out + p0 * packed_matrix::panel, ldo, last_width,
+                            cached);
       },
       worth_threads);
 }

@@ -532,7 +532,7 @@ class rl_trainer {
       ent += add_entropy_grad<float>(p.log_pi, 0.0, p.dz) * inv_all;
     });
     pass(ref_, samples, all, {}, false, [&](position& p) { ref_lp[p.sample][p.t] = p.log_pi[std::size_t(p.token)]; });
-    double kl_seq_mean = 0;
+    double kl_seq_mean = 0, kl_ref_tokens = 0;
     std::vector<double> flat_adv;
     for (std::size_t i = 0; i < n; ++i) {
       const std::size_t T = samples[i].response.size();
@@ -540,6 +540,7 @@ class rl_trainer {
       for (std::size_t t = 0; t < T; ++t) {
         const double k = kl_estimate(cfg_.kl_est, old_lp[i][t], ref_lp[i][t]);
         kl_seq_mean += k / double(n);
+        kl_ref_tokens += k * inv_all;
         r[t] = -cfg_.kl.coef * k;
       }
       r[T - 1] += samples[i].reward;
@@ -577,7 +578,9 @@ class rl_trainer {
       }
     }
     m.loss = loss;
-    m.kl = kl_exact;
+    // the exact KL to the base; without a base (tune_base) the per-token estimate against the
+    // reference, which is what the penalty used
+    m.kl = cfg_.tune_base ? kl_ref_tokens : kl_exact;
     m.entropy = ent;
     cfg_.kl.update(kl_seq_mean, n);
   }
