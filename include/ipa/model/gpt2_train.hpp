@@ -19,13 +19,17 @@
 #include "ipa/model/attention.hpp"
 #include "ipa/model/gpt2_weights.hpp"
 #include "ipa/model/layers.hpp"
+#include "ipa/model/trainable_parameters.hpp"
 
 namespace ipa {
 
 /// A GPT-2 model whose parameters (T = float to train, double to check gradients) take
 /// gradients; the same interface as trainable_llama.
 template <class T = float>
-class trainable_gpt2 {
+class trainable_gpt2 : public detail::trainable_parameters<T> {
+  using base = detail::trainable_parameters<T>;
+  using base::grad, base::layer, base::layer_grad, base::params_, base::tensor;
+
  public:
   using scalar = T;
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -35,26 +39,11 @@ class trainable_gpt2 {
   using const_row = Eigen::Map<const row>;
 
   explicit trainable_gpt2(const gpt2_weights& w)
-      : c_(w.config()),
-        slots_(w.slots()),
-        attention_{std::size_t(c_.n_heads), std::size_t(c_.n_heads), std::size_t(c_.head_size())} {
-    params_.assign(w.data().begin(), w.data().end());
-    grads_.assign(params_.size(), T(0));
-  }
+      : base("trainable_gpt2", w.slots(), w.data()),
+        c_(w.config()),
+        attention_{std::size_t(c_.n_heads), std::size_t(c_.n_heads), std::size_t(c_.head_size())} {}
 
   const gpt2_config& config() const noexcept { return c_; }
-  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
-  std::span<T> parameters() noexcept { return params_; }
-  std::span<const T> parameters() const noexcept { return params_; }
-  std::span<T> gradients() noexcept { return grads_; }
-  std::span<const T> gradients() const noexcept { return grads_; }
-  void zero_grad() noexcept { std::fill(grads_.begin(), grads_.end(), T(0)); }
-
-  /// The gradient of one named tensor (all layers), in gpt2_weights' layout.
-  std::span<const T> gradient(const std::string& name) const {
-    const tensor_slot& s = slot(name.c_str());
-    return {grads_.data() + s.offset, s.size()};
-  }
 
   gpt2_weights to_weights() const { return gpt2_weights(c_, std::vector<float>(params_.begin(), params_.end())); }
 
@@ -62,16 +51,7 @@ class trainable_gpt2 {
   void forward(std::span<const token_id> tokens, std::size_t batch, std::size_t steps) {
     const std::size_t B = batch, Tn = steps, N = B * Tn, d = c_.dim, hd = c_.hidden_dim, V = c_.vocab_size,
                       L = c_.n_layers, H = c_.n_heads;
-    if (tokens.size() != N || N == 0)
-      throw shape_error("trainable_gpt2::forward: " + std::to_string(tokens.size()) + " tokens for a batch of " +
-                        std::to_string(B) + " x " + std::to_string(Tn) + " (need at least one)");
-    if (Tn > std::size_t(c_.seq_len))
-      throw shape_error("trainable_gpt2::forward: sequences of " + std::to_string(Tn) +
-                        " tokens exceed the context length " + std::to_string(c_.seq_len));
-    for (token_id t : tokens)
-      if (t < 0 || t >= c_.vocab_size)
-        throw shape_error("trainable_gpt2::forward: token id " + std::to_string(t) + " outside [0, " +
-                          std::to_string(c_.vocab_size) + ")");
+    this->check_batch(tokens, B, Tn, c_.seq_len, c_.vocab_size);
     B_ = B;
     T_ = Tn;
     tokens_.assign(tokens.begin(), tokens.end());
@@ -178,21 +158,6 @@ class trainable_gpt2 {
     std::vector<T> x, xn1, mean1, rstd1, qkv, probs, att, x_mid, xn2, mean2, rstd2, h, g;
   };
 
-  const tensor_slot& slot(const char* name) const {
-    for (const tensor_slot& s : slots_)
-      if (s.name == name) return s;
-    throw config_error(std::string("trainable_gpt2: no tensor named '") + name + "'");
-  }
-  const T* tensor(const char* name) const { return params_.data() + slot(name).offset; }
-  T* grad(const char* name) { return grads_.data() + slot(name).offset; }
-  const T* layer(const std::string& name, std::size_t l) const {
-    const tensor_slot& s = slot(name.c_str());
-    return params_.data() + s.offset + l * s.rows * s.cols;
-  }
-  T* layer_grad(const std::string& name, std::size_t l) {
-    const tensor_slot& s = slot(name.c_str());
-    return grads_.data() + s.offset + l * s.rows * s.cols;
-  }
   const_map classifier() const { return const_map(tensor("wte"), c_.vocab_size, c_.dim); }
 
   // y(n, out) = x(n, in) W^T + b for the projection `name` (name.weight, name.bias) of layer l
@@ -212,9 +177,7 @@ class trainable_gpt2 {
   }
 
   gpt2_config c_;
-  std::vector<tensor_slot> slots_;
   detail::attention_shape attention_;
-  std::vector<T> params_, grads_;
   std::size_t B_ = 0, T_ = 0;
   std::vector<token_id> tokens_;
   std::vector<layer_acts> acts_;

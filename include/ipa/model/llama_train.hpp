@@ -20,6 +20,7 @@
 #include "ipa/core/types.hpp"
 #include "ipa/model/attention.hpp"
 #include "ipa/model/llama_weights.hpp"
+#include "ipa/model/trainable_parameters.hpp"
 
 namespace ipa {
 
@@ -28,7 +29,10 @@ namespace ipa {
 /// d loss / d parameters from d loss / d logits (and optionally d loss / d final hidden state,
 /// for value heads).
 template <class T = float>
-class trainable_llama {
+class trainable_llama : public detail::trainable_parameters<T> {
+  using base = detail::trainable_parameters<T>;
+  using base::grad, base::grads_, base::layer, base::layer_grad, base::params_, base::tensor;
+
  public:
   using scalar = T;
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -36,11 +40,9 @@ class trainable_llama {
   using const_map = Eigen::Map<const matrix>;
 
   explicit trainable_llama(const llama_weights& w)
-      : c_(w.config()),
-        slots_(w.slots()),
+      : base("trainable_llama", w.slots(), w.data()),
+        c_(w.config()),
         attention_{std::size_t(c_.n_heads), std::size_t(c_.n_kv_heads), std::size_t(c_.head_size())} {
-    params_.assign(w.data().begin(), w.data().end());
-    grads_.assign(params_.size(), T(0));
     const int half = c_.head_size() / 2;
     rope_cos_.resize(std::size_t(c_.seq_len) * half);
     rope_sin_.resize(rope_cos_.size());
@@ -53,19 +55,6 @@ class trainable_llama {
   }
 
   const llama_config& config() const noexcept { return c_; }
-  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
-  std::span<T> parameters() noexcept { return params_; }
-  std::span<const T> parameters() const noexcept { return params_; }
-  std::span<T> gradients() noexcept { return grads_; }
-  std::span<const T> gradients() const noexcept { return grads_; }
-  void zero_grad() noexcept { std::fill(grads_.begin(), grads_.end(), T(0)); }
-
-  /// The gradient of one named tensor (all layers), in the layout of llama_weights.
-  std::span<const T> gradient(const std::string& name) const {
-    for (const tensor_slot& s : slots_)
-      if (s.name == name) return {grads_.data() + s.offset, s.size()};
-    throw config_error("trainable_llama: no tensor named '" + name + "'");
-  }
 
   /// The current parameters as float weights (for decoding with llama_model, or saving).
   llama_weights to_weights() const { return llama_weights(c_, std::vector<float>(params_.begin(), params_.end())); }
@@ -74,16 +63,7 @@ class trainable_llama {
   void forward(std::span<const token_id> tokens, std::size_t batch, std::size_t steps) {
     const std::size_t B = batch, Tn = steps, N = B * Tn, d = c_.dim, kv = c_.kv_dim(), hd = c_.hidden_dim,
                       V = c_.vocab_size, L = c_.n_layers, H = c_.n_heads;
-    if (tokens.size() != N || N == 0)
-      throw shape_error("trainable_llama::forward: " + std::to_string(tokens.size()) + " tokens for a batch of " +
-                        std::to_string(B) + " x " + std::to_string(Tn) + " (need at least one)");
-    if (Tn > std::size_t(c_.seq_len))
-      throw shape_error("trainable_llama::forward: sequences of " + std::to_string(Tn) +
-                        " tokens exceed the context length " + std::to_string(c_.seq_len));
-    for (token_id t : tokens)
-      if (t < 0 || t >= c_.input_vocab())
-        throw shape_error("trainable_llama::forward: token id " + std::to_string(t) + " outside [0, " +
-                          std::to_string(c_.input_vocab()) + ")");
+    this->check_batch(tokens, B, Tn, c_.seq_len, c_.input_vocab());
     B_ = B;
     T_ = Tn;
     tokens_.assign(tokens.begin(), tokens.end());
@@ -234,21 +214,6 @@ class trainable_llama {
     std::vector<T> x, xn1, rstd1, qkv, probs, att, x_mid, xn2, rstd2, h13, hb;
   };
 
-  const tensor_slot& slot(const char* name) const {
-    for (const tensor_slot& s : slots_)
-      if (s.name == name) return s;
-    throw config_error(std::string("trainable_llama: no tensor named '") + name + "'");
-  }
-  const T* tensor(const char* name) const { return params_.data() + slot(name).offset; }
-  T* grad(const char* name) { return grads_.data() + slot(name).offset; }
-  const T* layer(const char* name, std::size_t l) const {
-    const tensor_slot& s = slot(name);
-    return params_.data() + s.offset + l * s.rows * s.cols;
-  }
-  T* layer_grad(const char* name, std::size_t l) {
-    const tensor_slot& s = slot(name);
-    return grads_.data() + s.offset + l * s.rows * s.cols;
-  }
   const_map weight(const char* name, std::size_t l, std::size_t rows, std::size_t cols) const {
     return const_map(layer(name, l), rows, cols);
   }
@@ -303,9 +268,7 @@ class trainable_llama {
   }
 
   llama_config c_;
-  std::vector<tensor_slot> slots_;
   detail::attention_shape attention_;
-  std::vector<T> params_, grads_;
   std::vector<T> rope_cos_, rope_sin_;
   std::size_t B_ = 0, T_ = 0;
   std::vector<token_id> tokens_;
