@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "ipa/core/error.hpp"
-#include "ipa/model/llama_weights.hpp"  // tensor_slot
+#include "ipa/model/flat_weights.hpp"
 
 namespace ipa {
 
@@ -88,18 +88,14 @@ inline std::vector<tensor_slot> gpt2_layout(const gpt2_config& config) {
 }
 
 /// All weights of a GPT-2 model in one contiguous buffer (gpt2_layout's order).
-class gpt2_weights {
+class gpt2_weights : public detail::flat_weights<gpt2_config> {
  public:
   gpt2_weights() = default;
-  explicit gpt2_weights(const gpt2_config& config) : config_(config), slots_(gpt2_layout(config)) {
-    data_.assign(slots_.back().offset + slots_.back().size(), 0.0f);
-  }
-  gpt2_weights(const gpt2_config& config, std::vector<float> data) : gpt2_weights(config) {
-    if (data.size() != data_.size())
-      throw shape_error("gpt2_weights: " + std::to_string(data.size()) + " values for a model of " +
-                        std::to_string(data_.size()) + " parameters");
-    data_ = std::move(data);
-  }
+  /// Zeros.
+  explicit gpt2_weights(const gpt2_config& config) : flat_weights("gpt2_weights", config, gpt2_layout(config)) {}
+  /// Takes `data` in gpt2_layout(config)'s order; throws shape_error when its size differs.
+  gpt2_weights(const gpt2_config& config, std::vector<float> data)
+      : flat_weights("gpt2_weights", config, gpt2_layout(config), std::move(data)) {}
 
   /// nanoGPT's initialisation: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 L)), biases
   /// 0, LayerNorm weights 1.
@@ -116,35 +112,6 @@ class gpt2_weights {
     }
     return w;
   }
-
-  const gpt2_config& config() const noexcept { return config_; }
-  std::span<float> data() noexcept { return data_; }
-  std::span<const float> data() const noexcept { return data_; }
-  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
-
-  const tensor_slot& slot(const std::string& name) const {
-    for (const auto& s : slots_)
-      if (s.name == name) return s;
-    throw config_error("gpt2_weights: no tensor named '" + name + "'");
-  }
-  std::span<float> tensor(const std::string& name) {
-    const tensor_slot& s = slot(name);
-    return {data_.data() + s.offset, s.size()};
-  }
-  std::span<const float> tensor(const std::string& name) const {
-    const tensor_slot& s = slot(name);
-    return {data_.data() + s.offset, s.size()};
-  }
-  /// Layer l's slice of a stacked tensor.
-  const float* layer(const std::string& name, int l) const {
-    const tensor_slot& s = slot(name);
-    return data_.data() + s.offset + std::size_t(l) * s.rows * s.cols;
-  }
-
- private:
-  gpt2_config config_;
-  std::vector<tensor_slot> slots_;
-  std::vector<float> data_;
 };
 
 }  // namespace ipa

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ipa/core/error.hpp"
+#include "ipa/model/flat_weights.hpp"
 
 namespace ipa {
 
@@ -70,15 +71,6 @@ struct llama_config {
   }
 };
 
-/// Offsets of one tensor inside llama_weights::data, with its shape (row-major, out x in).
-struct tensor_slot {
-  std::string name;
-  std::size_t offset = 0;
-  std::size_t rows = 0, cols = 0;  ///< per layer for stacked tensors
-  std::size_t layers = 1;
-  std::size_t size() const noexcept { return layers * rows * cols; }
-};
-
 /// Where each tensor of a Llama model sits in one flat buffer, in llama2.c's order.
 inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
   config.validate();
@@ -106,19 +98,14 @@ inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
 }
 
 /// All weights of a Llama model in one contiguous buffer (llama2.c's order).
-class llama_weights {
+class llama_weights : public detail::flat_weights<llama_config> {
  public:
   llama_weights() = default;
-  explicit llama_weights(const llama_config& config) : config_(config), slots_(llama_layout(config)) {
-    data_.assign(slots_.back().offset + slots_.back().size(), 0.0f);
-  }
+  /// Zeros.
+  explicit llama_weights(const llama_config& config) : flat_weights("llama_weights", config, llama_layout(config)) {}
   /// Takes `data` in llama_layout(config)'s order; throws shape_error when its size differs.
-  llama_weights(const llama_config& config, std::vector<float> data) : llama_weights(config) {
-    if (data.size() != data_.size())
-      throw shape_error("llama_weights: " + std::to_string(data.size()) + " values for a model of " +
-                        std::to_string(data_.size()) + " parameters");
-    data_ = std::move(data);
-  }
+  llama_weights(const llama_config& config, std::vector<float> data)
+      : flat_weights("llama_weights", config, llama_layout(config), std::move(data)) {}
 
   /// Weights drawn from N(0, 0.02) (norm weights 1), for benchmarks and tests of shapes.
   static llama_weights random(const llama_config& config, std::uint64_t seed) {
@@ -168,23 +155,6 @@ class llama_weights {
     return out;
   }
 
-  const llama_config& config() const noexcept { return config_; }
-  std::span<float> data() noexcept { return data_; }
-  std::span<const float> data() const noexcept { return data_; }
-  const std::vector<tensor_slot>& slots() const noexcept { return slots_; }
-
-  /// The whole (all layers) tensor called `name`; throws config_error for an unknown name.
-  std::span<float> tensor(const std::string& name) { return span_of(slot(name)); }
-  std::span<const float> tensor(const std::string& name) const {
-    const tensor_slot& s = slot(name);
-    return {data_.data() + s.offset, s.size()};
-  }
-  const tensor_slot& slot(const std::string& name) const {
-    for (const auto& s : slots_)
-      if (s.name == name) return s;
-    throw config_error("llama_weights: no tensor named '" + name + "'");
-  }
-
   // Hot-path accessors: pointer to layer l's slice.
   const float* tok_embeddings() const noexcept { return at(0, 0); }
   const float* attention_norm(int l) const noexcept { return at(1, l); }
@@ -203,15 +173,10 @@ class llama_weights {
   }
 
  private:
-  std::span<float> span_of(const tensor_slot& s) { return {data_.data() + s.offset, s.size()}; }
   const float* at(std::size_t slot, int layer) const noexcept {
     const tensor_slot& s = slots_[slot];
     return data_.data() + s.offset + static_cast<std::size_t>(layer) * s.rows * s.cols;
   }
-
-  llama_config config_;
-  std::vector<tensor_slot> slots_;
-  std::vector<float> data_;
 };
 
 }  // namespace ipa

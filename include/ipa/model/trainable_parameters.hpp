@@ -12,7 +12,7 @@
 
 #include "ipa/core/error.hpp"
 #include "ipa/core/types.hpp"
-#include "ipa/model/llama_weights.hpp"  // tensor_slot
+#include "ipa/model/flat_weights.hpp"
 
 namespace ipa::detail {
 
