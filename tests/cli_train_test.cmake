@@ -46,6 +46,13 @@ if(NOT n EQUAL 5 OR NOT EXISTS ${WORK}/run/checkpoint-000005)
   message(FATAL_ERROR "after --resume to 5 steps expected 5 metric lines and checkpoint-000005, found ${n}")
 endif()
 
+# a copied run resumes in its new folder and leaves the original alone
+file(COPY ${WORK}/run/ DESTINATION ${WORK}/copy)
+execute_process(COMMAND ${IPA} train --out ${WORK}/copy --resume --steps 6 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc OR NOT EXISTS ${WORK}/copy/checkpoint-000006 OR EXISTS ${WORK}/run/checkpoint-000006)
+  message(FATAL_ERROR "ipa train --resume of a copied run should write to the copy: ${err}")
+endif()
+
 execute_process(COMMAND ${IPA} generate ${model} --adapter ${WORK}/run/adapter --prompt "Once upon a time"
                         --max-new-tokens 20 --json OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
 if(rc OR NOT out MATCHES "\"text\":")

@@ -35,7 +35,7 @@ constexpr const char* train_usage = R"(usage: ipa train --base MODEL --reward SP
                            the base), base (a copy of the base), or an adapter folder / .bin file
   --adapter-dim D --adapter-layers L --adapter-heads H   shape of a zero adapter (64, 2, 8)
   --tune-base              no fusion: fine-tune a copy of the base itself (the costly baseline)
-  --resume                 continue the run saved in DIR (its stored options win)
+  --resume                 continue the run saved in DIR (its stored options win, except DIR)
   --alpha A                adapter weight (default 1)
   --lr LR                  peak learning rate (default 1e-3); --warmup N, --decay constant|linear|cosine
   --batch B                prompts per step (default 16); --samples-per-prompt K (rloo/grpo: default 4)
@@ -213,7 +213,9 @@ int train(args& a) {
   if (resume) {
     checkpoint = ipa::latest_checkpoint(o.out);
     if (checkpoint.empty()) throw ipa::io_error(o.out + ": --resume, but there is no checkpoint (no 'latest' file)");
+    const std::string out = o.out;  // where the run lives now (it may have been moved or copied)
     o = ipa::checkpoint_run(checkpoint).get<train_options>();  // the run's own options
+    o.out = out;
   }
   if (steps_flag) o.steps = *steps_flag;
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
@@ -244,6 +246,8 @@ int train(args& a) {
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   const std::size_t first = trainer.steps_done();
   bool stopped_by_clock = false;
+  std::string saved;  // the newest checkpoint this process wrote, and its step
+  std::size_t saved_step = std::size_t(-1);
   while (trainer.steps_done() < o.steps) {
     if (max_minutes && elapsed() >= *max_minutes * 60) {
       stopped_by_clock = true;
@@ -268,10 +272,13 @@ int train(args& a) {
     } else if (trainer.steps_done() % 10 == 0 || trainer.steps_done() == o.steps) {
       std::fprintf(stderr, "%s\n", line);
     }
-    if (o.save_every && trainer.steps_done() % o.save_every == 0) ipa::save_checkpoint(o.out, trainer, run);
+    if (o.save_every && trainer.steps_done() % o.save_every == 0) {
+      saved = ipa::save_checkpoint(o.out, trainer, run);
+      saved_step = trainer.steps_done();
+    }
   }
   if (tty) std::fprintf(stderr, "\n");
-  const std::string saved = ipa::save_checkpoint(o.out, trainer, run);
+  if (saved_step != trainer.steps_done()) saved = ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
   std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << saved << " (adapter: " << o.out
             << "/adapter)\n";
   return 0;
