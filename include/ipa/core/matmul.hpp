@@ -12,13 +12,19 @@
 
 #include "ipa/core/parallel.hpp"
 
+// 32-byte vectors pass by value between the small always-inline helpers below. Without AVX GCC
+// and Clang warn (-Wpsabi) that such a call's ABI differs from an AVX build's; no such call
+// crosses into another translation unit, so a consumer's -Werror build without -march is clean.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace ipa {
 namespace detail {
 
 // Eight floats; GCC/Clang lower it to one AVX register, or two SSE ones without AVX.
 using v8f = float __attribute__((vector_size(32)));
 
-inline v8f load8(const float* p) noexcept {
+[[gnu::always_inline]] inline v8f load8(const float* p) noexcept {
   v8f v;
   std::memcpy(&v, p, sizeof v);
   return v;
@@ -61,7 +67,13 @@ class packed_matrix {
 
 namespace detail {
 
-inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
+// (lane by lane: GCC checks a braced v8f{a, ...} return's ABI at the end of the translation
+// unit, outside this header's -Wpsabi pragma; this form compiles to the same one broadcast)
+[[gnu::always_inline]] inline v8f broadcast8(float a) noexcept {
+  v8f v;
+  for (int i = 0; i < 8; ++i) v[i] = a;
+  return v;
+}
 
 // NR rows of x against one 16-wide panel: each output accumulates x[j][p] * w[c][p] over p in
 // order, one FMA chain per output, the same chain whatever NR is (batch invariance).
@@ -109,6 +121,13 @@ inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const fl
     case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
     default: break;
   }
+}
+
+// n rows against panels [0, np) starting at P, one panel at a time
+inline void panels_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
+                         std::size_t k, float* out, std::size_t ldo, std::size_t last_width) noexcept {
+  for (std::size_t q = 0; q < np; ++q)
+    panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
 }
 
 #if defined(__AVX512F__)
@@ -207,19 +226,14 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
   // memory bandwidth. A cached one is bound by the FMA latency instead, and two panels at once
   // give twice the independent chains (stories260K's 128 x 64 .. 512 x 64 products at n = 1-4:
   // 1.1-2.2x, one thread).
-  if (n < 6 && !cached) {
-    for (std::size_t q = 0; q < np; ++q)
-      panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
-    return;
-  }
+  if (n < 6 && !cached) return panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
   if (np == 2) return panel_group_rows<2>(x, ldx, n, P, k, out, ldo, last_width);
   panel_group_rows<1>(x, ldx, n, P, k, out, ldo, last_width);
 }
 #else
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
                         float* out, std::size_t ldo, std::size_t last_width, bool /*cached*/) noexcept {
-  for (std::size_t q = 0; q < np; ++q)
-    panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
+  panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
 }
 #endif
 
@@ -265,3 +279,5 @@ inline void matmul_nt_reference(float* out, std::size_t ldo, const float* x, std
 }
 
 }  // namespace ipa
+
+#pragma GCC diagnostic pop
