@@ -8,12 +8,6 @@
 #include <limits>
 #include <span>
 
-// 32-byte vectors pass by value between the small always-inline helpers below. Without AVX GCC
-// and Clang warn (-Wpsabi) that such a call's ABI differs from an AVX build's; no such call
-// crosses into another translation unit, so a consumer's -Werror build without -march is clean.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace ipa {
 
 namespace detail {
@@ -21,13 +15,8 @@ namespace detail {
 using v8f_math = float __attribute__((vector_size(32)));
 using v8i_math = std::int32_t __attribute__((vector_size(32)));
 
-// lane by lane, like matmul.hpp's broadcast8 (see there)
-[[gnu::always_inline]] inline v8f_math splat(float a) noexcept {
-  v8f_math v;
-  for (int i = 0; i < 8; ++i) v[i] = a;
-  return v;
-}
-[[gnu::always_inline]] inline v8f_math blend(v8i_math mask, v8f_math yes, v8f_math no) noexcept {
+inline v8f_math splat(float a) noexcept { return v8f_math{a, a, a, a, a, a, a, a}; }
+inline v8f_math blend(v8i_math mask, v8f_math yes, v8f_math no) noexcept {
   v8i_math y, n;
   std::memcpy(&y, &yes, sizeof y);
   std::memcpy(&n, &no, sizeof n);
@@ -38,7 +27,7 @@ using v8i_math = std::int32_t __attribute__((vector_size(32)));
 }
 
 /// exp of 8 floats: Cephes' expf polynomial (about 1 ulp), 0 below -87.3 (so -inf gives 0).
-[[gnu::always_inline]] inline v8f_math exp8(v8f_math x) noexcept {
+inline v8f_math exp8(v8f_math x) noexcept {
   const v8i_math underflow = x < splat(-87.33654f);
   x = blend(x > splat(88.72283f), splat(88.72283f), x);
   x = blend(underflow, splat(-87.33654f), x);
@@ -172,5 +161,3 @@ inline std::size_t argmax(std::span<const float> x) noexcept {
 }
 
 }  // namespace ipa
-
-#pragma GCC diagnostic pop

@@ -12,19 +12,13 @@
 
 #include "ipa/core/parallel.hpp"
 
-// 32-byte vectors pass by value between the small always-inline helpers below. Without AVX GCC
-// and Clang warn (-Wpsabi) that such a call's ABI differs from an AVX build's; no such call
-// crosses into another translation unit, so a consumer's -Werror build without -march is clean.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace ipa {
 namespace detail {
 
 // Eight floats; GCC/Clang lower it to one AVX register, or two SSE ones without AVX.
 using v8f = float __attribute__((vector_size(32)));
 
-[[gnu::always_inline]] inline v8f load8(const float* p) noexcept {
+inline v8f load8(const float* p) noexcept {
   v8f v;
   std::memcpy(&v, p, sizeof v);
   return v;
@@ -67,13 +61,7 @@ class packed_matrix {
 
 namespace detail {
 
-// (lane by lane: GCC checks a braced v8f{a, ...} return's ABI at the end of the translation
-// unit, outside this header's -Wpsabi pragma; this form compiles to the same one broadcast)
-[[gnu::always_inline]] inline v8f broadcast8(float a) noexcept {
-  v8f v;
-  for (int i = 0; i < 8; ++i) v[i] = a;
-  return v;
-}
+inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
 
 // NR rows of x against one 16-wide panel: each output accumulates x[j][p] * w[c][p] over p in
 // order, one FMA chain per output, the same chain whatever NR is (batch invariance).
@@ -279,5 +267,3 @@ inline void matmul_nt_reference(float* out, std::size_t ldo, const float* x, std
 }
 
 }  // namespace ipa
-
-#pragma GCC diagnostic pop

@@ -14,20 +14,14 @@
 #include "ipa/core/matmul.hpp"  // v8f helpers
 #include "ipa/core/parallel.hpp"
 
-// 32-byte vectors pass by value between the small always-inline helpers below. Without AVX GCC
-// and Clang warn (-Wpsabi) that such a call's ABI differs from an AVX build's; no such call
-// crosses into another translation unit, so a consumer's -Werror build without -march is clean.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace ipa::detail {
 
 /// Lane sum in a fixed tree: ((0+1)+(2+3))+((4+5)+(6+7)).
-[[gnu::always_inline]] inline float tree_sum8(v8f v) noexcept { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+inline float tree_sum8(v8f v) noexcept { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 
 /// Lane i of the result is tree_sum8(a[i]), bit for bit: three rounds of pairwise sums that
 /// transpose as they go.
-[[gnu::always_inline]] inline v8f tree_sum8x8(const v8f (&a)[8]) noexcept {
+inline v8f tree_sum8x8(const v8f (&a)[8]) noexcept {
   auto pairs = [](v8f x, v8f y) {  // [x0+x1, y0+y1, x2+x3, y2+y3, ...]
     return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) + __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
   };
@@ -202,5 +196,3 @@ void causal_attention_backward(const attention_shape& a, std::size_t B, std::siz
 }
 
 }  // namespace ipa::detail
-
-#pragma GCC diagnostic pop
