@@ -7,7 +7,8 @@
 # usage: examples/demo/run_demo.sh [OUT_DIR]      (from the repository root, after building)
 # env:   BUILD (default build), IPA_MODEL_DIR (default ../shared/models), SEEDS (default "1 2 3"),
 #        TASKS (default "avoid keyword"), METHODS (default "base baseline quark ppo rloo ppo-tune-base"),
-#        JOBS (default 1): runs at once, each on one thread (OMP_NUM_THREADS=1) when JOBS > 1
+#        JOBS (default 1): runs at once, each on one thread (OMP_NUM_THREADS=1) when JOBS > 1,
+#        PPO_KL (default 0.05): the KL weight of method ppo (another value labels its rows)
 set -euo pipefail
 OUT=${1:-demo_runs}
 export OUT BUILD=${BUILD:-build} M=${IPA_MODEL_DIR:-../shared/models}
@@ -15,6 +16,7 @@ SEEDS=${SEEDS:-1 2 3}
 TASKS=${TASKS:-avoid keyword}
 METHODS=${METHODS:-base baseline quark ppo rloo ppo-tune-base}
 JOBS=${JOBS:-1}
+export PPO_KL=${PPO_KL:-0.05}
 mkdir -p "$OUT"
 
 # One (task, seed, method): train if the method trains, evaluate on the held-out prompts, and
@@ -31,7 +33,8 @@ run_one() {
              baseline=(--prompt-suffix " She saw a dog.") ;;
     *) echo "unknown task $task" >&2; return 2 ;;
   esac
-  local run="$OUT/$task-$method-$seed" result
+  local run="$OUT/$task-$method-$seed" result label=$method
+  if [ "$method" = ppo ] && [ "$PPO_KL" != 0.05 ]; then run="$OUT/$task-ppo-kl$PPO_KL-$seed" label="ppo (KL $PPO_KL)"; fi
   local train=(train "${model[@]}" --reward "$reward" --prompts "$TRAIN" --out "$run" --seed "$seed" "${gen[@]}"
                --save-every 0)
   local evaluate=(eval "${model[@]}" --reward "$reward" --prompts "$HELD" --samples 16 --seed "$((seed + 100))"
@@ -42,15 +45,16 @@ run_one() {
     quark) rm -rf "$run"; "$IPA" "${train[@]}" --algo quark --steps 600 --max-minutes 14 --lr 3e-3 --entropy-coef 0 \
              --quark-updates 4 2>"$run.log"
            result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-    ppo) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --kl-coef 0.05 2>"$run.log"
+    ppo) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --max-minutes 14 --kl-coef "$PPO_KL" 2>"$run.log"
          result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-    rloo) rm -rf "$run"; "$IPA" "${train[@]}" --algo rloo --steps 500 2>"$run.log"
+    rloo) rm -rf "$run"; "$IPA" "${train[@]}" --algo rloo --steps 500 --max-minutes 14 2>"$run.log"
           result=$("$IPA" "${evaluate[@]}" --adapter "$run/adapter") ;;
-    ppo-tune-base) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --kl-coef 0.05 --tune-base --lr 3e-4 2>"$run.log"
+    ppo-tune-base) rm -rf "$run"; "$IPA" "${train[@]}" --algo ppo --steps 300 --max-minutes 14 --kl-coef 0.05 --tune-base \
+                     --lr 3e-5 2>"$run.log"
                    result=$("$IPA" "${evaluate[@]}" --policy "$run/adapter") ;;
     *) echo "unknown method $method" >&2; return 2 ;;
   esac
-  echo "{\"task\":\"$task\",\"method\":\"$method\",\"seed\":$seed,${result#\{}" | tee -a "$OUT/results.jsonl"
+  echo "{\"task\":\"$task\",\"method\":\"$label\",\"seed\":$seed,${result#\{}" | tee -a "$OUT/results.jsonl"
 }
 export -f run_one
 
