@@ -246,8 +246,7 @@ int train(args& a) {
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   const std::size_t first = trainer.steps_done();
   bool stopped_by_clock = false;
-  std::string saved;  // the newest checkpoint this process wrote, and its step
-  std::size_t saved_step = std::size_t(-1);
+  std::size_t saved_step = std::size_t(-1);  // the step of the newest checkpoint this process wrote
   while (trainer.steps_done() < o.steps) {
     if (max_minutes && elapsed() >= *max_minutes * 60) {
       stopped_by_clock = true;
@@ -273,14 +272,14 @@ int train(args& a) {
       std::fprintf(stderr, "%s\n", line);
     }
     if (o.save_every && trainer.steps_done() % o.save_every == 0) {
-      saved = ipa::save_checkpoint(o.out, trainer, run);
+      ipa::save_checkpoint(o.out, trainer, run);
       saved_step = trainer.steps_done();
     }
   }
   if (tty) std::fprintf(stderr, "\n");
-  if (saved_step != trainer.steps_done()) saved = ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
-  std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << saved << " (adapter: " << o.out
-            << "/adapter)\n";
+  if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
+  std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
+            << " (adapter: " << o.out << "/adapter)\n";
   return 0;
 }
 
