@@ -207,16 +207,38 @@ inline void panel_group_rows(const float* x, std::size_t ldx, std::size_t n, con
                          std::make_integer_sequence<int, NR - 1>{});
 }
 
-// n rows against panels [0, np) starting at P (np <= 2); `cached`: the matrix fits in L2
+// n < 6 rows of a cached matrix against panels [0, np), up to NP panels at a time: such a product
+// is bound by the FMA latency (4 cycles, two FMAs a cycle), so it wants eight independent chains,
+// n * NP. Same chain per output as every other tile: the same bits.
+template <int NP>
+inline void panels_few_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
+                            std::size_t k, float* out, std::size_t ldo, std::size_t last_width) noexcept {
+  std::size_t q = 0;
+  for (; q + NP <= np; q += NP)
+    panel_group_tail<NP>(n, x, ldx, P + q * 16 * k, k, out + q * 16, ldo, q + NP == np ? last_width : 16,
+                         std::make_integer_sequence<int, 5>{});
+  if constexpr (NP > 1)
+    if (q < np) panels_few_rows<NP / 2>(x, ldx, n, P + q * 16 * k, np - q, k, out + q * 16, ldo, last_width);
+}
+
+// n rows against panels [0, np) starting at P; `cached`: the matrix fits in L2
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
                         float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
   // A few rows of a streamed matrix: two 8-wide chains per row, the path measured at 90%+ of the
-  // memory bandwidth. A cached one is bound by the FMA latency instead, and two panels at once
-  // give twice the independent chains (stories260K's 128 x 64 .. 512 x 64 products at n = 1-4:
-  // 1.1-2.2x, one thread).
+  // memory bandwidth. A cached one is bound by the FMA latency instead: up to 8 / n panels at
+  // once (stories260K's 128 x 64 .. 512 x 64 products at n = 1: two panels gave 1.1-2.2x over
+  // the 8-wide chains, eight panels a further XX).
   if (n < 6 && !cached) return panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
-  if (np == 2) return panel_group_rows<2>(x, ldx, n, P, k, out, ldo, last_width);
-  panel_group_rows<1>(x, ldx, n, P, k, out, ldo, last_width);
+  if (n < 6) {
+    if (n == 1) return panels_few_rows<8>(x, ldx, n, P, np, k, out, ldo, last_width);
+    if (n <= 3) return panels_few_rows<4>(x, ldx, n, P, np, k, out, ldo, last_width);
+    return panels_few_rows<2>(x, ldx, n, P, np, k, out, ldo, last_width);
+  }
+  for (std::size_t q = 0; q < np; q += 2) {
+    const std::size_t w = q + 2 >= np ? last_width : 16;
+    if (q + 2 <= np) panel_group_rows<2>(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, w);
+    else panel_group_rows<1>(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, w);
+  }
 }
 #else
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
@@ -227,23 +249,36 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
 
 }  // namespace detail
 
+/// Output columns [16 p0, min(16 p1, m)) of out(n, m) = x(n, k) * w(m, k)^T: panels [p0, p1) of
+/// w, on the calling thread. Columns written: the caller may add them to a residual stream.
+inline std::pair<std::size_t, std::size_t> matmul_panels(float* out, std::size_t ldo, const float* x, std::size_t ldx,
+                                                         std::size_t n, const packed_matrix& w, std::size_t p0,
+                                                         std::size_t p1) noexcept {
+  const std::size_t m = w.rows(), k = w.cols();
+  const bool cached = m * k * sizeof(float) <= (std::size_t{256} << 10);
+  if (p0 < p1) {
+    const std::size_t last_width = std::min(packed_matrix::panel, m - (p1 - 1) * packed_matrix::panel);
+    detail::panels_rows(x, ldx, n, w.panel_data(p0), p1 - p0, k, out + p0 * packed_matrix::panel, ldo, last_width,
+                        cached);
+  }
+  return {std::min(m, p0 * packed_matrix::panel), std::min(m, p1 * packed_matrix::panel)};
+}
+
 /// out(n, m) = x(n, k) * w(m, k)^T with w packed; out and x row-major (leading dims ldo, ldx).
 /// Panels are spread over the threads in fixed chunks when the product pays for the fork; every
 /// output is one fixed FMA chain, so the result never depends on n, the chunking or the threads.
 inline void matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
                    const packed_matrix& w) {
-  const std::size_t m = w.rows(), k = w.cols(), panels = w.panels();
-  constexpr std::size_t panels_per_chunk = 2;
+  const std::size_t panels = w.panels();
+  const bool worth_threads = n * w.rows() * w.cols() >= (std::size_t{1} << 17);
+  // two panels per task when threads share the work; one task for all of them otherwise
+  const std::size_t panels_per_chunk = worth_threads ? 2 : std::max<std::size_t>(panels, 1);
   const std::size_t chunks = (panels + panels_per_chunk - 1) / panels_per_chunk;
-  const bool worth_threads = n * m * k >= (std::size_t{1} << 17);
-  const bool cached = m * k * sizeof(float) <= (std::size_t{256} << 10);
   parallel_for(
       chunks,
       [&](std::size_t c) {
-        const std::size_t p0 = c * panels_per_chunk, np = std::min(panels, p0 + panels_per_chunk) - p0;
-        const std::size_t last_width = std::min(packed_matrix::panel, m - (p0 + np - 1) * packed_matrix::panel);
-        detail::panels_rows(x, ldx, n, w.panel_data(p0), np, k, out + p0 * packed_matrix::panel, ldo, last_width,
-                            cached);
+        const std::size_t p0 = c * panels_per_chunk;
+        matmul_panels(out, ldo, x, ldx, n, w, p0, std::min(panels, p0 + panels_per_chunk));
       },
       worth_threads);
 }

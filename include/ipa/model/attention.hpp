@@ -13,6 +13,7 @@
 #include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"  // v8f helpers
 #include "ipa/core/parallel.hpp"
+#include "ipa/model/kv_cache.hpp"
 
 namespace ipa::detail {
 
@@ -41,76 +42,120 @@ struct attention_shape {
   std::size_t group() const noexcept { return heads / kv_heads; }
 };
 
-/// Decoding: n fed tokens (token i of row rows[i] at position pos[i], its Q|K|V in qkv) attend
-/// over their row's cache, positions 0..pos[i]. The caches of this layer are (B, S, kv_width);
-/// scores is n * heads * S scratch; att receives (n, q_width).
-inline void cached_attention(const attention_shape& a, const float* qkv, const int* rows, const int* pos, std::size_t n,
-                             const float* key_cache, const float* value_cache, std::size_t capacity, float* scores,
-                             float* att) {
-  const std::size_t hs = a.head_size, d = a.q_width(), kv = a.kv_width(), heads = a.heads, group = a.group(),
-                    w = a.row_width();
+// softmax of sc[0, positions) in place: exp(s - max) and its sum in one vectorised pass (with
+// head size 8, stories260K, a scalar exp was a fifth of decoding), then scaled by 1 / sum
+inline void softmax_scores(float* sc, std::size_t positions) noexcept {
+  const float max = max_of(std::span<const float>(sc, positions));
+  const std::size_t n8 = positions - positions % 8;
+  v8f sum8 = {};
+  for (std::size_t t = 0; t < n8; t += 8) {
+    const v8f e = exp8(load8(sc + t) - broadcast8(max));
+    sum8 += e;
+    std::memcpy(sc + t, &e, sizeof e);
+  }
+  double sum = ((double(sum8[0]) + sum8[4]) + (double(sum8[1]) + sum8[5])) +
+               ((double(sum8[2]) + sum8[6]) + (double(sum8[3]) + sum8[7]));
+  for (std::size_t t = n8; t < positions; ++t) sum += (sc[t] = std::exp(sc[t] - max));
+  const float inv_sum = 1.0f / float(sum);
+  for (std::size_t t = 0; t < positions; ++t) sc[t] *= inv_sum;
+}
+
+/// H query heads (1 or 2) that share one kv head, head_size a multiple of 8, in one pass over
+/// the keys and one over the values: head g's query at q + g * hs, scores at sc + g * sc_stride,
+/// output at out + g * hs. Keys and values at k0/v0 + t * stride. Each head's arithmetic is the
+/// same as alone (H = 1).
+template <int H>
+inline void wide_heads(const float* q, const float* k0, const float* v0, std::size_t stride, std::size_t hs,
+                       std::size_t positions, float scale, float* sc, std::size_t sc_stride, float* out) noexcept {
+  auto products = [&](int g, std::size_t t) {  // q_g * k_t, 8 lanes (summed over the head's chunks)
+    const float *k = k0 + t * stride, *qg = q + g * hs;
+    v8f acc = load8(qg) * load8(k);
+    for (std::size_t j = 8; j < hs; j += 8) acc += load8(qg + j) * load8(k + j);
+    return acc;
+  };
+  // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
+  // same order, as tree_sum8 on one position)
+  std::size_t t = 0;
+  for (; t + 8 <= positions; t += 8)
+    for (int g = 0; g < H; ++g) {
+      v8f prod[8];
+#pragma GCC unroll 8
+      for (std::size_t u = 0; u < 8; ++u) prod[u] = products(g, t + u);
+      const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
+      std::memcpy(sc + g * sc_stride + t, &dots, sizeof dots);
+    }
+  for (; t < positions; ++t)
+    for (int g = 0; g < H; ++g) sc[g * sc_stride + t] = tree_sum8(products(g, t)) * scale;
+  for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);
+  // 8 outputs at a time, accumulated in registers over the positions, four chains per head
+  // (positions t mod 4) to hide the FMA latency
+  for (std::size_t j = 0; j < hs; j += 8) {
+    const float* v = v0 + j;
+    v8f acc[H][4] = {};
+    auto add = [&](std::size_t position, int chain) {
+      const v8f vt = load8(v + position * stride);
+      for (int g = 0; g < H; ++g) acc[g][chain] += broadcast8(sc[g * sc_stride + position]) * vt;
+    };
+    t = 0;
+    for (; t + 4 <= positions; t += 4)
+      for (int chain = 0; chain < 4; ++chain) add(t + chain, chain);
+    for (int chain = 0; t + chain < positions; ++chain) add(t + chain, chain);
+    for (int g = 0; g < H; ++g) {
+      const v8f total = (acc[g][0] + acc[g][1]) + (acc[g][2] + acc[g][3]);
+      std::memcpy(out + g * hs + j, &total, sizeof total);
+    }
+  }
+}
+
+/// `heads` query heads (consecutive, q + g * hs) sharing one kv head: scores q.k_t / sqrt(hs)
+/// over t < positions (key t at k0 + t * stride, value t at v0 + t * stride), softmax, output
+/// head g at out + g * hs = sum_t p_t v_t. Scores of head g at sc + g * sc_stride (scratch).
+inline void attend_heads(const float* q, std::size_t heads, const float* k0, const float* v0, std::size_t stride,
+                         std::size_t hs, std::size_t positions, float* sc, std::size_t sc_stride, float* out) noexcept {
   const float scale = 1.0f / std::sqrt(float(hs));
-  const bool wide = hs % 8 == 0;  // head sizes of real models: 8, 16, 32, 64, 128
+  if (hs % 8 == 0) {  // real models: 8 .. 128; pairs of heads share the passes over K and V
+    std::size_t g = 0;
+    for (; g + 2 <= heads; g += 2)
+      wide_heads<2>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
+    if (g < heads) wide_heads<1>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
+    return;
+  }
+  for (std::size_t g = 0; g < heads; ++g) {
+    const float* qg = q + g * hs;
+    float* sg = sc + g * sc_stride;
+    for (std::size_t t = 0; t < positions; ++t) {
+      const float* k = k0 + t * stride;
+      float dot = 0.0f;
+      for (std::size_t j = 0; j < hs; ++j) dot += qg[j] * k[j];
+      sg[t] = dot * scale;
+    }
+    const std::span<float> row(sg, positions);
+    const float max = max_of(row);
+    for (float& v : row) v -= max;
+    exp_of(row, row);
+    const float inv_sum = 1.0f / float(sum_of(row));
+    float* o = out + g * hs;
+    std::fill_n(o, hs, 0.0f);
+    for (std::size_t t = 0; t < positions; ++t)
+      for (std::size_t j = 0; j < hs; ++j) o[j] += sg[t] * inv_sum * v0[t * stride + j];
+  }
+}
+
+/// Decoding: n fed tokens (token i of row rows[i] at position pos[i], its Q|K|V in qkv, its K
+/// and V already in the cache) attend over their row's positions 0..pos[i] of layer l's cache;
+/// att receives (n, q_width); s.scores holds n * heads * capacity floats of scratch.
+inline void cached_attention(const attention_shape& a, const float* qkv, const int* rows, const int* pos, std::size_t n,
+                             kv_cache_state& s, std::size_t l, float* att) {
+  const std::size_t hs = a.head_size, d = a.q_width(), heads = a.heads, group = a.group(), w = a.row_width(),
+                    capacity = std::size_t(s.capacity);
   std::size_t work = 0;
   for (std::size_t i = 0; i < n; ++i) work += std::size_t(pos[i] + 1) * d;
   parallel_for(
       n * heads,
       [&](std::size_t task) {
-        const std::size_t i = task / heads, h = task % heads, kvh = h / group;
-        const int p = pos[i];
-        const float* q = qkv + i * w + h * hs;
-        const std::size_t row0 = std::size_t(rows[i]) * capacity;
-        float* sc = scores + task * capacity;
-        const float* k0 = key_cache + row0 * kv + kvh * hs;
-        if (wide) {
-          auto products = [&](std::size_t t) {  // q * k_t, 8 lanes (summed over the head's chunks)
-            const float* k = k0 + t * kv;
-            v8f acc = load8(q) * load8(k);
-            for (std::size_t j = 8; j < hs; j += 8) acc += load8(q + j) * load8(k + j);
-            return acc;
-          };
-          // eight positions at a time, their lane sums in one transposing tree (the same sums,
-          // in the same order, as tree_sum8 on one position)
-          std::size_t t = 0;
-          for (; t + 8 <= std::size_t(p) + 1; t += 8) {
-            v8f prod[8];
-            for (std::size_t u = 0; u < 8; ++u) prod[u] = products(t + u);
-            const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
-            std::memcpy(sc + t, &dots, sizeof dots);
-          }
-          for (; t <= std::size_t(p); ++t) sc[t] = tree_sum8(products(t)) * scale;
-        } else {
-          for (int t = 0; t <= p; ++t) {
-            const float* k = k0 + std::size_t(t) * kv;
-            float dot = 0.0f;
-            for (std::size_t j = 0; j < hs; ++j) dot += q[j] * k[j];
-            sc[t] = dot * scale;
-          }
-        }
-        const float max = max_of(std::span<const float>(sc, std::size_t(p) + 1));
-        const std::span<float> row(sc, std::size_t(p) + 1);
-        for (float& v : row) v -= max;
-        exp_of(row, row);  // vectorised: with head size 8 (stories260K) a scalar exp was a fifth of decoding
-        const float inv_sum = 1.0f / float(sum_of(row));
-        float* out = att + i * d + h * hs;
-        const float* v0 = value_cache + row0 * kv + kvh * hs;
-        if (wide) {
-          // 8 outputs at a time, accumulated in a register over the positions (a store per
-          // position made it a store-to-load chain)
-          // four chains (positions t mod 4) hide the FMA latency
-          for (std::size_t j = 0; j < hs; j += 8) {
-            v8f acc[4] = {};
-            const std::size_t positions = std::size_t(p) + 1;
-            for (std::size_t t = 0; t < positions; ++t)
-              acc[t % 4] += broadcast8(sc[t] * inv_sum) * load8(v0 + t * kv + j);
-            const v8f sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            std::memcpy(out + j, &sum, sizeof sum);
-          }
-        } else {
-          std::fill_n(out, hs, 0.0f);
-          for (int t = 0; t <= p; ++t)
-            for (std::size_t j = 0; j < hs; ++j) out[j] += sc[t] * inv_sum * v0[std::size_t(t) * kv + j];
-        }
+        const std::size_t i = task / heads, h = task % heads, cache0 = s.offset(l, rows[i], h / group);
+        attend_heads(qkv + i * w + h * hs, 1, s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
+                     std::size_t(pos[i]) + 1, s.scores.data() + task * capacity, capacity, att + i * d + h * hs);
       },
       work >= (std::size_t{1} << 16));
 }

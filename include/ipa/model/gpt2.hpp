@@ -48,7 +48,7 @@ class gpt2_model {
   gpt2_state new_state(int batch, int capacity = 0) const {
     const gpt2_config& c = w_.config();
     gpt2_state s;
-    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.dim), "gpt2_model");
+    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_heads), std::size_t(c.dim / c.n_heads), "gpt2_model");
     return s;
   }
 
@@ -73,13 +73,9 @@ class gpt2_model {
       linear(s.qkv.data(), s.xb.data(), n, lk.qkv, "attn.c_attn.bias", l);
       for (std::size_t i = 0; i < n; ++i) {
         const float* q = s.qkv.data() + i * 3 * d;
-        std::copy_n(q + d, d, s.key_cache.data() + s.offset(std::size_t(l), rows[i], pos[i]));
-        std::copy_n(q + 2 * d, d, s.value_cache.data() + s.offset(std::size_t(l), rows[i], pos[i]));
+        s.append(std::size_t(l), rows[i], pos[i], q + d, q + 2 * d);
       }
-      detail::cached_attention(attention_, s.qkv.data(), rows.data(), pos.data(), n,
-                               s.key_cache.data() + s.offset(std::size_t(l), 0, 0),
-                               s.value_cache.data() + s.offset(std::size_t(l), 0, 0), std::size_t(s.capacity),
-                               s.scores.data(), s.att.data());
+      detail::cached_attention(attention_, s.qkv.data(), rows.data(), pos.data(), n, s, std::size_t(l), s.att.data());
       linear(s.xb.data(), s.att.data(), n, lk.proj, "attn.c_proj.bias", l);
       for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
       // feed-forward block: c_proj(gelu(c_fc(ln_2(x))))

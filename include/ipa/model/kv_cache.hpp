@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The part of a decoding state every architecture shares: per-layer KV caches (L, B, S, kv),
+// The part of a decoding state every architecture shares: per-layer KV caches (L, B, kv heads, S,
+// head size),
 // each row's length, and the checks that place fed tokens at their rows' next positions.
 #pragma once
 #include <algorithm>
@@ -18,7 +19,7 @@ namespace ipa {
 struct kv_cache_state {
   int batch = 0;
   int capacity = 0;         ///< S: positions per row
-  std::size_t kv_width = 0; ///< floats per position per layer
+  std::size_t kv_heads = 0, head_size = 0;
   std::vector<int> length;  ///< tokens already in each row's cache
   std::vector<float> key_cache, value_cache;
   std::vector<int> pos, next_pos;
@@ -28,17 +29,28 @@ struct kv_cache_state {
   /// Forgets every row's tokens (the caches are kept for reuse).
   void reset() noexcept { std::fill(length.begin(), length.end(), 0); }
 
-  /// Row `row`, position p of layer l's cache.
-  std::size_t offset(std::size_t l, int row, int p) const noexcept {
-    return ((l * std::size_t(batch) + std::size_t(row)) * std::size_t(capacity) + std::size_t(p)) * kv_width;
+  /// Where the keys (or values) of layer l, row `row`, kv head h start: `capacity` positions of
+  /// head_size floats, contiguous, so one head's attention reads one stream and threads that
+  /// split the heads read disjoint memory.
+  std::size_t offset(std::size_t l, int row, std::size_t h) const noexcept {
+    return ((l * std::size_t(batch) + std::size_t(row)) * kv_heads + h) * std::size_t(capacity) * head_size;
+  }
+
+  /// Writes position p's keys and values (kv_heads * head_size floats each) into layer l, row `row`.
+  void append(std::size_t l, int row, int p, const float* keys, const float* values) noexcept {
+    for (std::size_t h = 0; h < kv_heads; ++h) {
+      const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
+      std::copy_n(keys + h * head_size, head_size, key_cache.data() + at);
+      std::copy_n(values + h * head_size, head_size, value_cache.data() + at);
+    }
   }
 };
 
 namespace detail {
 
 /// Sizes a fresh state; `who` names the model in messages.
-inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int context, int layers, std::size_t kv_width,
-                          const char* who) {
+inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int context, int layers, std::size_t kv_heads,
+                          std::size_t head_size, const char* who) {
   if (batch <= 0) throw config_error(std::string(who) + "::new_state: batch must be >= 1, found " + std::to_string(batch));
   if (capacity <= 0) capacity = context;
   if (capacity > context)
@@ -46,9 +58,10 @@ inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int contex
                       " exceeds the model's context length " + std::to_string(context));
   s.batch = batch;
   s.capacity = capacity;
-  s.kv_width = kv_width;
+  s.kv_heads = kv_heads;
+  s.head_size = head_size;
   s.length.assign(std::size_t(batch), 0);
-  const std::size_t cache = std::size_t(layers) * std::size_t(batch) * std::size_t(capacity) * kv_width;
+  const std::size_t cache = std::size_t(layers) * std::size_t(batch) * std::size_t(capacity) * kv_heads * head_size;
   s.key_cache.assign(cache, 0.0f);
   s.value_cache.assign(cache, 0.0f);
 }

@@ -5,11 +5,13 @@
 // Shapes: B = batch rows, n = tokens fed in one call (any mix of rows), d = dim,
 // kv = kv_dim, h = hidden_dim, V = vocab, S = positions the cache holds. Row-major throughout.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ipa/core/error.hpp"
@@ -26,7 +28,7 @@ namespace ipa {
 /// Decoding state of a batch: the KV caches and scratch space that is grown once and then
 /// reused (no allocation per token).
 struct llama_state : kv_cache_state {
-  std::vector<float> x, xb, qkv, att, h13, hb, logits_x;
+  std::vector<float> x, xb, qkv, att, proj, h13, hb, logits_x;
 };
 
 /// A Llama-architecture transformer over llama_weights.
@@ -60,7 +62,8 @@ class llama_model {
   llama_state new_state(int batch, int capacity = 0) const {
     const llama_config& c = w_.config();
     llama_state s;
-    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.kv_dim()), "llama_model");
+    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_kv_heads), std::size_t(c.head_size()),
+                          "llama_model");
     return s;
   }
 
@@ -70,52 +73,17 @@ class llama_model {
   void forward(llama_state& s, std::span<const int> rows, std::span<const token_id> tokens,
                std::span<const std::size_t> logit_items, std::span<float> logits) const {
     const llama_config& c = w_.config();
-    const std::size_t n = tokens.size(), d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, V = c.vocab_size;
-    detail::place_tokens(s, rows, tokens, c.input_vocab(), logit_items, logits.size(), V, "llama_model");
-    grow(s, n);
-    const std::vector<int>& pos = s.pos;
-
-    float* x = s.x.data();
+    const std::size_t n = tokens.size(), d = c.dim;
+    detail::place_tokens(s, rows, tokens, c.input_vocab(), logit_items, logits.size(), c.vocab_size, "llama_model");
+    const int threads = team_size(n);
+    grow(s, n, logit_items.size(), std::size_t(threads));
     for (std::size_t i = 0; i < n; ++i)
-      std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, x + i * d);
-
-    const std::size_t qkv_w = d + 2 * kv;
-    for (int l = 0; l < c.n_layers; ++l) {
-      const layer_kernels& lk = layers_[l];
-      // attention block: one product for Q|K|V, RoPE, append K/V to the cache, attend
-      rmsnorm(s.xb.data(), x, w_.attention_norm(l), n, d);
-      matmul(s.qkv.data(), qkv_w, s.xb.data(), d, n, lk.qkv);
-      for (std::size_t i = 0; i < n; ++i) {
-        float* q = s.qkv.data() + i * qkv_w;
-        rope(q, d, pos[i]);
-        rope(q + d, kv, pos[i]);
-        std::copy_n(q + d, kv, s.key_cache.data() + s.offset(l, rows[i], pos[i]));
-        std::copy_n(q + d + kv, kv, s.value_cache.data() + s.offset(l, rows[i], pos[i]));
-      }
-      detail::cached_attention(attention_, s.qkv.data(), rows.data(), pos.data(), n,
-                               s.key_cache.data() + s.offset(l, 0, 0),
-                               s.value_cache.data() + s.offset(l, 0, 0), std::size_t(s.capacity),
-                               s.scores.data(), s.att.data());
-      matmul(s.xb.data(), d, s.att.data(), d, n, lk.wo);
-      for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
-      // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
-      rmsnorm(s.xb.data(), x, w_.ffn_norm(l), n, d);
-      matmul(s.h13.data(), 2 * hd, s.xb.data(), d, n, lk.w13);
-      for (std::size_t i = 0; i < n; ++i) {  // vectorised: a scalar exp here was a serial part of every step
-        const float* h = s.h13.data() + i * 2 * hd;
-        silu_mul({h, hd}, {h + hd, hd}, {s.hb.data() + i * hd, hd});
-      }
-      matmul(s.xb.data(), d, s.hb.data(), hd, n, lk.w2);
-      for (std::size_t j = 0; j < n * d; ++j) x[j] += s.xb[j];
-    }
-    for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = pos[i] + 1;
-
-    const std::size_t m = logit_items.size();
-    if (m == 0) return;
-    s.logits_x.resize(m * d);
-    for (std::size_t j = 0; j < m; ++j)
-      rmsnorm(s.logits_x.data() + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
-    matmul(logits.data(), V, s.logits_x.data(), d, m, classifier_);
+      std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, s.x.data() + i * d);
+    // One team for the whole pass: each thread computes the same panels of every product each
+    // step, so a small model's weights stay split over the cores' caches (stories260K's 1 MB
+    // does not fit one core's L2), and a barrier between stages costs less than a fork.
+    run_team(threads, [&](const team& t) noexcept { layers(t, s, rows, n, logit_items, logits); });
+    for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = s.pos[i] + 1;
   }
 
   /// Feeds each row's whole prompt (prompts.size() == batch rows, each non-empty, rows start
@@ -138,17 +106,118 @@ class llama_model {
   }
 
  private:
-  void grow(llama_state& s, std::size_t n) const {
+  // Threads for a pass over n tokens: about one per 256 KiB of weights read per token, so a tiny
+  // step does not pay for barriers it cannot win back.
+  int team_size(std::size_t n) const noexcept {
+    const std::size_t bytes = n * packed_floats_ * sizeof(float);
+    return int(std::clamp<std::size_t>(bytes >> 18, 1, std::size_t(max_threads())));
+  }
+
+  // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
+  // input and SwiGLU activations).
+  void grow(llama_state& s, std::size_t n, std::size_t m, std::size_t threads) const {
     const llama_config& c = w_.config();
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
-    if (s.x.size() >= n * d) return;
-    s.x.resize(n * d);
-    s.xb.resize(n * d);
-    s.qkv.resize(n * (d + 2 * kv));
-    s.att.resize(n * d);
-    s.h13.resize(n * 2 * hd);
-    s.hb.resize(n * hd);
-    s.scores.resize(n * c.n_heads * std::size_t(s.capacity));
+    auto at_least = [](std::vector<float>& v, std::size_t size) {
+      if (v.size() < size) v.resize(size);
+    };
+    at_least(s.x, n * d);
+    at_least(s.xb, threads * n * d);
+    at_least(s.qkv, n * (d + 2 * kv));
+    at_least(s.att, n * d);
+    at_least(s.proj, n * d);
+    at_least(s.h13, n * 2 * hd);
+    at_least(s.hb, threads * n * hd);
+    at_least(s.logits_x, threads * m * d);
+    at_least(s.scores, n * c.n_heads * std::size_t(s.capacity));
+  }
+
+  // The transformer layers and the classifier, run by every thread of team t; stages that read
+  // what other threads wrote are separated by t.sync().
+  void layers(const team& t, llama_state& s, std::span<const int> rows, std::size_t n,
+              std::span<const std::size_t> logit_items, std::span<float> logits) const noexcept {
+    const llama_config& c = w_.config();
+    const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, qkv_w = d + 2 * kv;
+    float* x = s.x.data();
+    float* xb = s.xb.data() + t.rank() * n * d;  // this thread's
+    float* hb = s.hb.data() + t.rank() * n * hd;
+    for (int l = 0; l < c.n_layers; ++l) {
+      const layer_kernels& lk = layers_[l];
+      // attention block: Q|K|V in one product; then per (token, kv head): RoPE, append K/V to
+      // the cache, attend with the kv head's query heads
+      rmsnorm(xb, x, w_.attention_norm(l), n, d);
+      share_matmul(t, s.qkv.data(), qkv_w, xb, d, n, lk.qkv);
+      t.sync();
+      attention_stage(t, s, l, rows, n);
+      t.sync();
+      add_product(t, x, s.att.data(), d, n, lk.wo, s.proj.data());
+      t.sync();
+      // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
+      rmsnorm(xb, x, w_.ffn_norm(l), n, d);
+      share_matmul(t, s.h13.data(), 2 * hd, xb, d, n, lk.w13);
+      t.sync();
+      for (std::size_t i = 0; i < n; ++i) {  // every thread needs all of it for its w2 panels
+        const float* h = s.h13.data() + i * 2 * hd;
+        silu_mul({h, hd}, {h + hd, hd}, {hb + i * hd, hd});
+      }
+      add_product(t, x, hb, hd, n, lk.w2, s.proj.data());
+      t.sync();
+    }
+    const std::size_t m = logit_items.size();
+    float* lx = s.logits_x.data() + t.rank() * m * d;
+    for (std::size_t j = 0; j < m; ++j) rmsnorm(lx + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
+    share_matmul(t, logits.data(), c.vocab_size, lx, d, m, classifier_);
+  }
+
+  // This thread's panels of out(n, m) = in * w^T (pairs of panels, for the two-panel tiles);
+  // returns the output columns it wrote.
+  static std::pair<std::size_t, std::size_t> share_matmul(const team& t, float* out, std::size_t ldo, const float* in,
+                                                          std::size_t ldi, std::size_t n,
+                                                          const packed_matrix& w) noexcept {
+    const auto [first, last] = t.share((w.panels() + 1) / 2);
+    return matmul_panels(out, ldo, in, ldi, n, w, std::min(w.panels(), 2 * first), std::min(w.panels(), 2 * last));
+  }
+
+  // x += in * w^T (x is n x d): each thread adds the columns it computed.
+  static void add_product(const team& t, float* x, const float* in, std::size_t ldi, std::size_t n,
+                          const packed_matrix& w, float* scratch) noexcept {
+    const std::size_t d = w.rows();
+    const auto [c0, c1] = share_matmul(t, scratch, d, in, ldi, n, w);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = c0; j < c1; ++j) x[i * d + j] += scratch[i * d + j];
+  }
+
+  // Each thread takes a share of the kv heads for every token (its slice of the cache then stays
+  // in its core's cache, and long prompts spread evenly); with fewer kv heads than threads,
+  // tokens are dealt out instead.
+  void attention_stage(const team& t, llama_state& s, int l, std::span<const int> rows, std::size_t n) const noexcept {
+    const std::size_t kvh_count = attention_.kv_heads;
+    if (kvh_count >= t.size()) {
+      const auto [first, last] = t.share(kvh_count);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t kvh = first; kvh < last; ++kvh) attend(s, l, rows, i, kvh);
+    } else {
+      for (std::size_t i = t.rank(); i < n; i += t.size())
+        for (std::size_t kvh = 0; kvh < kvh_count; ++kvh) attend(s, l, rows, i, kvh);
+    }
+  }
+
+  // Token i's kv head kvh in layer l: RoPE on its key and on the query heads that share it,
+  // the key and value appended to the row's cache, then those query heads attend.
+  void attend(llama_state& s, int l, std::span<const int> rows, std::size_t i, std::size_t kvh) const noexcept {
+    const std::size_t hs = attention_.head_size, d = attention_.q_width(), kv = attention_.kv_width();
+    float* qkv = s.qkv.data() + i * attention_.row_width();
+    const int p = s.pos[i];
+    float* key = qkv + d + kvh * hs;
+    rope(key, hs, p);
+    const std::size_t cache0 = s.offset(std::size_t(l), rows[i], kvh);
+    std::copy_n(key, hs, s.key_cache.data() + cache0 + std::size_t(p) * hs);
+    std::copy_n(qkv + d + kv + kvh * hs, hs, s.value_cache.data() + cache0 + std::size_t(p) * hs);
+    const std::size_t h0 = kvh * attention_.group(), capacity = std::size_t(s.capacity);
+    for (std::size_t h = h0; h < h0 + attention_.group(); ++h) rope(qkv + h * hs, hs, p);
+    detail::attend_heads(qkv + h0 * hs, attention_.group(), s.key_cache.data() + cache0, s.value_cache.data() + cache0,
+                         hs, hs, std::size_t(p) + 1, s.scores.data() + (i * attention_.heads + h0) * capacity,
+                         capacity, s.att.data() + i * d + h0 * hs);
   }
 
   // out = x * w / sqrt(mean(x^2) + eps), row by row
@@ -193,12 +262,16 @@ class llama_model {
       k.w2 = packed_matrix(w_.w2(l), hd, d, hd);
     }
     classifier_ = packed_matrix(w_.classifier(), d, std::size_t(c.vocab_size), d);
+    packed_floats_ = classifier_.rows() * d;
+    for (const layer_kernels& k : layers_)
+      for (const packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) packed_floats_ += m->rows() * m->cols();
   }
 
   llama_weights w_;
   detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
   packed_matrix classifier_;
+  std::size_t packed_floats_ = 0;  // weights read per token
   std::vector<float> rope_cos_, rope_sin_;
 };
 
