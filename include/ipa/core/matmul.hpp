@@ -225,9 +225,9 @@ inline void panels_few_rows(const float* x, std::size_t ldx, std::size_t n, cons
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
                         float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
   // A few rows of a streamed matrix: two 8-wide chains per row, the path measured at 90%+ of the
-  // memory bandwidth. A cached one is bound by the FMA latency instead: up to 8 / n panels at
-  // once (stories260K's 128 x 64 .. 512 x 64 products at n = 1: two panels gave 1.1-2.2x over
-  // the 8-wide chains, eight panels a further XX).
+  // memory bandwidth. A cached one is bound by the FMA latency or the L2 instead, so it takes
+  // up to 8 / n panels at once for eight independent chains (stories260K's 128 x 64 .. 512 x 64
+  // products at n = 1: two panels at once gave 1.1-2.2x over the 8-wide chains, one thread).
   if (n < 6 && !cached) return panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
   if (n < 6) {
     if (n == 1) return panels_few_rows<8>(x, ldx, n, P, np, k, out, ldo, last_width);
