@@ -2,13 +2,16 @@
 // The Llama model against the golden logits of llama2.c's model.py, plus kernel references.
 #include <doctest/doctest.h>
 
-#include <random>
-
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
 #include <vector>
 
 #include <ipa/core/math.hpp>
 #include <ipa/core/matmul.hpp>
+#include <ipa/core/parallel.hpp>
 #include <ipa/core/rng.hpp>
 #include <ipa/io/llama2c.hpp>
 #include <ipa/io/npy.hpp>
@@ -61,6 +64,43 @@ TEST_CASE("silu_mul (vectorised SwiGLU gate) matches the scalar formula within a
       REQUIRE(std::fabs(out[i] - ref) <= 4e-7 * (1.0 + std::fabs(ref)));
     }
   }
+}
+
+TEST_CASE("a team's stages see each other's writes, and its shares cover every item once") {
+  for (const int threads : {1, 2, 3}) {
+    constexpr std::size_t items = 37, stages = 200;
+    std::vector<int> value(items, -1);
+    std::atomic<int> wrong{0}, covered{0};
+    ipa::run_team(threads, [&](const ipa::team& t) noexcept {
+      const auto [first, last] = t.share(items);
+      covered += int(last - first);
+      for (std::size_t stage = 0; stage < stages; ++stage) {
+        for (std::size_t i = first; i < last; ++i) value[i] = int(stage);
+        t.sync();  // every item now holds this stage
+        for (std::size_t i = 0; i < items; ++i) wrong += value[i] != int(stage);
+        t.sync();  // nobody writes the next stage before everyone has read this one
+      }
+    });
+    CHECK(covered == int(items));
+    CHECK(wrong == 0);
+  }
+}
+
+TEST_CASE("teams count as contended after repeated long barrier waits, not after one") {
+  auto& stalls = ipa::detail::stalls();
+  auto forget = [&] {
+    stalls.contended_at = std::numeric_limits<std::int64_t>::min() / 2;
+    stalls.window_start = 0;
+    stalls.in_window = 0;
+  };
+  forget();
+  const std::int64_t now = ipa::detail::steady_ns();
+  stalls.record(now);  // one long wait: an interrupt, say
+  CHECK_FALSE(ipa::teams_contended());
+  for (int i = 1; i < 4; ++i) stalls.record(now + i);
+  CHECK(ipa::teams_contended());
+  forget();  // the other tests run with teams again
+  CHECK_FALSE(ipa::teams_contended());
 }
 
 TEST_CASE("stories260K logits match llama2.c model.py at every golden position") {

@@ -3,8 +3,11 @@
 // count, so every result is bit-identical with 1 or N threads.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -52,27 +55,61 @@ void parallel_for(std::size_t n, Body&& body, bool parallel = true) {
 
 namespace detail {
 
+inline std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Long barrier waits (a thread was not running): the last time teams were found contended, and a
+// count of stalls in a 100 ms window. Four stalls in one window mark contention: one alone is an
+// interrupt or a page fault, not a host that keeps preempting (a heuristic; relaxed atomics).
+struct team_stalls {
+  std::atomic<std::int64_t> contended_at{std::numeric_limits<std::int64_t>::min() / 2};
+  std::atomic<std::int64_t> window_start{0};
+  std::atomic<int> in_window{0};
+
+  void record(std::int64_t now) noexcept {
+    if (now - window_start.load(std::memory_order_relaxed) > 100'000'000) {
+      window_start.store(now, std::memory_order_relaxed);
+      in_window.store(0, std::memory_order_relaxed);
+    }
+    if (in_window.fetch_add(1, std::memory_order_relaxed) + 1 >= 4) contended_at.store(now, std::memory_order_relaxed);
+  }
+};
+inline team_stalls& stalls() noexcept {
+  static team_stalls s;
+  return s;
+}
+
 // The barrier of one team: an arrival count and a generation on separate cache lines. Waiters
-// spin, so two threads cross it in about 0.2 us where OpenMP's barrier takes 0.36 (a stories260K
-// token crosses 26), and yield after a while so that more threads than cores still progress.
+// spin (two threads cross it in about 0.2 us where OpenMP's barrier takes 0.36; a stories260K
+// token crosses 26; sleeping on a futex instead cost ~100 us per wake-up on this project's VM).
+// A wait over 200 us means a thread was not running: it is recorded for teams_contended(), and
+// after 1 ms the waiter yields, so that more threads than cores still progress.
 class spin_barrier {
  public:
   explicit spin_barrier(unsigned size) noexcept : size_(size) {}
   void wait() noexcept {
-    const unsigned generation = generation_.load(std::memory_order_relaxed);
+    const unsigned generation = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
       return;
     }
-    for (unsigned spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < (1u << 14)) {
+    std::int64_t start = 0;
+    bool stalled = false;
+    for (unsigned spins = 1; generation_.load(std::memory_order_acquire) == generation; ++spins) {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
-      } else {
-        std::this_thread::yield();
+      if (spins % 64 != 0) continue;
+      const std::int64_t now = steady_ns();
+      if (start == 0) start = now;
+      if (!stalled && now - start > 200'000) {
+        stalled = true;
+        stalls().record(now);
       }
+      if (now - start > 1'000'000) std::this_thread::yield();
     }
   }
 
@@ -83,6 +120,15 @@ class spin_barrier {
 };
 
 }  // namespace detail
+
+/// True for half a second after teams kept waiting on threads that were not running (fewer free
+/// cores than threads: an overcommitted VM, other busy processes). Small passes then run on one
+/// thread: a stories260K step crosses ~26 barriers, and each that waits for a preempted thread
+/// costs a scheduler slice (measured on this project's VM while its host was busy: 9k tok/s on
+/// one thread, 0.06k tok/s in a team that kept waiting).
+inline bool teams_contended() noexcept {
+  return detail::steady_ns() - detail::stalls().contended_at.load(std::memory_order_relaxed) < 500'000'000;
+}
 
 /// The threads of one parallel region, kept together through a chain of dependent stages: one
 /// fork per forward pass instead of one per product. A stage splits its work with share(), the

@@ -107,9 +107,11 @@ class llama_model {
 
  private:
   // Threads for a pass over n tokens: about one per 256 KiB of weights read per token, so a tiny
-  // step does not pay for barriers it cannot win back.
+  // step does not pay for barriers it cannot win back; a pass under 8 MiB runs on one thread
+  // while teams are contended (its barriers would wait for preempted threads).
   int team_size(std::size_t n) const noexcept {
     const std::size_t bytes = n * packed_floats_ * sizeof(float);
+    if (bytes < (std::size_t{8} << 20) && teams_contended()) return 1;
     return int(std::clamp<std::size_t>(bytes >> 18, 1, std::size_t(max_threads())));
   }
 
