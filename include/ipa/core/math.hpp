@@ -8,6 +8,8 @@
 #include <limits>
 #include <span>
 
+#include "ipa/core/vector_abi.hpp"
+
 namespace ipa {
 
 namespace detail {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ipa/core/parallel.hpp"
+#include "ipa/core/vector_abi.hpp"
 
 namespace ipa {
 namespace detail {
