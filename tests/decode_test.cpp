@@ -359,6 +359,33 @@ TEST_CASE("results do not depend on the thread count") {
 #endif
 }
 
+TEST_CASE("a prompt prefilled by a team sees its own earlier tokens, also with fewer kv heads than threads") {
+#if defined(_OPENMP)
+  // With one kv head the team deals out tokens, so every key and value must be cached before
+  // anyone attends. 40 tokens x ~0.47 MB of weights: a team even while teams count as contended.
+  const int saved = omp_get_max_threads();
+  for (const int kv_heads : {1, 4}) {
+    const ipa::llama_model model(ipa::llama_weights::random({64, 172, 2, 8, kv_heads, 512, 64}, 7));
+    std::vector<ipa::token_id> prompt(40);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = ipa::token_id(1 + (i * 37) % 500);
+    auto logits_on = [&](int threads) {  // after the prompt, then after one more token
+      omp_set_num_threads(threads);
+      auto st = model.new_state(1);
+      std::vector<float> out(model.vocab_size()), next(model.vocab_size());
+      model.prefill(st, ipa::prompt_list{prompt}, out);
+      model.step(st, std::vector<int>{0}, std::vector<ipa::token_id>{5}, next);
+      out.insert(out.end(), next.begin(), next.end());
+      return out;
+    };
+    const auto one = logits_on(1);
+    for (const int threads : {2, 3}) CHECK(logits_on(threads) == one);
+  }
+  omp_set_num_threads(saved);
+#else
+  MESSAGE("built without OpenMP: nothing to compare");
+#endif
+}
+
 TEST_CASE("ban_sequences bans the last token of a sequence only right after the rest of it") {
   const ipa::ban_sequences ban{{{7}, {3, 4, 5}}};
   const std::vector<ipa::token_id> prompt = {1, 3}, generated = {4};

@@ -189,37 +189,50 @@ class llama_model {
       for (std::size_t j = c0; j < c1; ++j) x[i * d + j] += scratch[i * d + j];
   }
 
-  // Each thread takes a share of the kv heads for every token (its slice of the cache then stays
-  // in its core's cache, and long prompts spread evenly); with fewer kv heads than threads,
-  // tokens are dealt out instead.
+  // Each thread takes a share of the kv heads for every token: it appends its heads' keys and
+  // values and attends in token order, so a prompt's later tokens see its earlier ones (and its
+  // slice of the cache stays in its core's cache). With fewer kv heads than threads, tokens are
+  // dealt out instead, and every key and value is appended before anyone attends.
   void attention_stage(const team& t, llama_state& s, int l, std::span<const int> rows, std::size_t n) const noexcept {
     const std::size_t kvh_count = attention_.kv_heads;
     if (kvh_count >= t.size()) {
       const auto [first, last] = t.share(kvh_count);
       for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t kvh = first; kvh < last; ++kvh) attend(s, l, rows, i, kvh);
-    } else {
-      for (std::size_t i = t.rank(); i < n; i += t.size())
-        for (std::size_t kvh = 0; kvh < kvh_count; ++kvh) attend(s, l, rows, i, kvh);
+        for (std::size_t kvh = first; kvh < last; ++kvh) {
+          append_kv(s, l, rows, i, kvh);
+          attend(s, l, rows, i, kvh);
+        }
+      return;
     }
+    for (std::size_t i = t.rank(); i < n; i += t.size())
+      for (std::size_t kvh = 0; kvh < kvh_count; ++kvh) append_kv(s, l, rows, i, kvh);
+    t.sync();
+    for (std::size_t i = t.rank(); i < n; i += t.size())
+      for (std::size_t kvh = 0; kvh < kvh_count; ++kvh) attend(s, l, rows, i, kvh);
   }
 
-  // Token i's kv head kvh in layer l: RoPE on its key and on the query heads that share it,
-  // the key and value appended to the row's cache, then those query heads attend.
-  void attend(llama_state& s, int l, std::span<const int> rows, std::size_t i, std::size_t kvh) const noexcept {
+  // Token i's kv head kvh in layer l: RoPE on its key, then the key and value into the row's cache.
+  void append_kv(llama_state& s, int l, std::span<const int> rows, std::size_t i, std::size_t kvh) const noexcept {
     const std::size_t hs = attention_.head_size, d = attention_.q_width(), kv = attention_.kv_width();
-    float* qkv = s.qkv.data() + i * attention_.row_width();
+    float* key = s.qkv.data() + i * attention_.row_width() + d + kvh * hs;
     const int p = s.pos[i];
-    float* key = qkv + d + kvh * hs;
     rope(key, hs, p);
-    const std::size_t cache0 = s.offset(std::size_t(l), rows[i], kvh);
-    std::copy_n(key, hs, s.key_cache.data() + cache0 + std::size_t(p) * hs);
-    std::copy_n(qkv + d + kv + kvh * hs, hs, s.value_cache.data() + cache0 + std::size_t(p) * hs);
-    const std::size_t h0 = kvh * attention_.group(), capacity = std::size_t(s.capacity);
-    for (std::size_t h = h0; h < h0 + attention_.group(); ++h) rope(qkv + h * hs, hs, p);
-    detail::attend_heads(qkv + h0 * hs, attention_.group(), s.key_cache.data() + cache0, s.value_cache.data() + cache0,
-                         hs, hs, std::size_t(p) + 1, s.scores.data() + (i * attention_.heads + h0) * capacity,
-                         capacity, s.att.data() + i * d + h0 * hs);
+    const std::size_t at = s.offset(std::size_t(l), rows[i], kvh) + std::size_t(p) * hs;
+    std::copy_n(key, hs, s.key_cache.data() + at);
+    std::copy_n(key + kv, hs, s.value_cache.data() + at);
+  }
+
+  // Token i's query heads that share kv head kvh: RoPE, then attention over the row's positions
+  // 0..pos (all in the cache already).
+  void attend(llama_state& s, int l, std::span<const int> rows, std::size_t i, std::size_t kvh) const noexcept {
+    const std::size_t hs = attention_.head_size, d = attention_.q_width(), h0 = kvh * attention_.group(),
+                      capacity = std::size_t(s.capacity), cache0 = s.offset(std::size_t(l), rows[i], kvh);
+    float* q = s.qkv.data() + i * attention_.row_width() + h0 * hs;
+    const int p = s.pos[i];
+    for (std::size_t g = 0; g < attention_.group(); ++g) rope(q + g * hs, hs, p);
+    detail::attend_heads(q, attention_.group(), s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
+                         std::size_t(p) + 1, s.scores.data() + (i * attention_.heads + h0) * capacity, capacity,
+                         s.att.data() + i * d + h0 * hs);
   }
 
   // out = x * w / sqrt(mean(x^2) + eps), row by row
