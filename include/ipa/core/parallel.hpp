@@ -2,6 +2,7 @@
 // parallel_for over a fixed number of chunks: the work of a chunk never depends on the thread
 // count, so every result is bit-identical with 1 or N threads.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -128,6 +129,14 @@ class spin_barrier {
 /// one thread, 0.06k tok/s in a team that kept waiting).
 inline bool teams_contended() noexcept {
   return detail::steady_ns() - detail::stalls().contended_at.load(std::memory_order_relaxed) < 500'000'000;
+}
+
+/// Threads for a team pass that reads `bytes` of weights: about one per 256 KiB, so a tiny pass
+/// does not pay for barriers it cannot win back, and one for a pass under 8 MiB while teams are
+/// contended (its barriers would wait for preempted threads).
+inline int team_threads(std::size_t bytes) noexcept {
+  if (bytes < (std::size_t{8} << 20) && teams_contended()) return 1;
+  return int(std::clamp<std::size_t>(bytes >> 18, 1, std::size_t(max_threads())));
 }
 
 /// The threads of one parallel region, kept together through a chain of dependent stages: one

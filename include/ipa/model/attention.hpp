@@ -129,15 +129,11 @@ inline void attend_heads(const float* q, std::size_t heads, const float* k0, con
       for (std::size_t j = 0; j < hs; ++j) dot += qg[j] * k[j];
       sg[t] = dot * scale;
     }
-    const std::span<float> row(sg, positions);
-    const float max = max_of(row);
-    for (float& v : row) v -= max;
-    exp_of(row, row);
-    const float inv_sum = 1.0f / float(sum_of(row));
+    softmax_scores(sg, positions);
     float* o = out + g * hs;
     std::fill_n(o, hs, 0.0f);
     for (std::size_t t = 0; t < positions; ++t)
-      for (std::size_t j = 0; j < hs; ++j) o[j] += sg[t] * inv_sum * v0[t * stride + j];
+      for (std::size_t j = 0; j < hs; ++j) o[j] += sg[t] * v0[t * stride + j];
   }
 }
 

@@ -48,7 +48,8 @@ class gpt2_model {
   gpt2_state new_state(int batch, int capacity = 0) const {
     const gpt2_config& c = w_.config();
     gpt2_state s;
-    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_heads), std::size_t(c.dim / c.n_heads), "gpt2_model");
+    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_heads),
+                          std::size_t(c.dim / c.n_heads), "gpt2_model");
     return s;
   }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The part of a decoding state every architecture shares: per-layer KV caches (L, B, kv heads, S,
-// head size),
-// each row's length, and the checks that place fed tokens at their rows' next positions.
+// The part of a decoding state every architecture shares: per-layer KV caches (L, B, kv heads,
+// S, head size), each row's length, and the checks that place fed tokens at their rows' next
+// positions.
 #pragma once
 #include <algorithm>
 #include <cstddef>
@@ -36,13 +36,17 @@ struct kv_cache_state {
     return ((l * std::size_t(batch) + std::size_t(row)) * kv_heads + h) * std::size_t(capacity) * head_size;
   }
 
+  /// Writes kv head h's key and value (head_size floats each) at position p of layer l, row `row`.
+  void append_head(std::size_t l, int row, std::size_t h, int p, const float* key, const float* value) noexcept {
+    const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
+    std::copy_n(key, head_size, key_cache.data() + at);
+    std::copy_n(value, head_size, value_cache.data() + at);
+  }
+
   /// Writes position p's keys and values (kv_heads * head_size floats each) into layer l, row `row`.
   void append(std::size_t l, int row, int p, const float* keys, const float* values) noexcept {
-    for (std::size_t h = 0; h < kv_heads; ++h) {
-      const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
-      std::copy_n(keys + h * head_size, head_size, key_cache.data() + at);
-      std::copy_n(values + h * head_size, head_size, value_cache.data() + at);
-    }
+    for (std::size_t h = 0; h < kv_heads; ++h)
+      append_head(l, row, h, p, keys + h * head_size, values + h * head_size);
   }
 };
 

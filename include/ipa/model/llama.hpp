@@ -106,14 +106,7 @@ class llama_model {
   }
 
  private:
-  // Threads for a pass over n tokens: about one per 256 KiB of weights read per token, so a tiny
-  // step does not pay for barriers it cannot win back; a pass under 8 MiB runs on one thread
-  // while teams are contended (its barriers would wait for preempted threads).
-  int team_size(std::size_t n) const noexcept {
-    const std::size_t bytes = n * packed_floats_ * sizeof(float);
-    if (bytes < (std::size_t{8} << 20) && teams_contended()) return 1;
-    return int(std::clamp<std::size_t>(bytes >> 18, 1, std::size_t(max_threads())));
-  }
+  int team_size(std::size_t n) const noexcept { return team_threads(n * packed_floats_ * sizeof(float)); }
 
   // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
   // input and SwiGLU activations).
@@ -217,9 +210,7 @@ class llama_model {
     float* key = s.qkv.data() + i * attention_.row_width() + d + kvh * hs;
     const int p = s.pos[i];
     rope(key, hs, p);
-    const std::size_t at = s.offset(std::size_t(l), rows[i], kvh) + std::size_t(p) * hs;
-    std::copy_n(key, hs, s.key_cache.data() + at);
-    std::copy_n(key + kv, hs, s.value_cache.data() + at);
+    s.append_head(std::size_t(l), rows[i], kvh, p, key, key + kv);
   }
 
   // Token i's query heads that share kv head kvh: RoPE, then attention over the row's positions
