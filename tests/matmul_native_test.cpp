@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
-// matmul built for this CPU (-march=native: the 2-panel x 8-row AVX-512 tile where the CPU has it, as the
-// benches build it), against the plain reference and against itself: every output is the same FMA
-// chain whatever the batch size, so a row alone and inside any batch gives the same bits. No
-// Eigen in this program (g++ 12 + AVX-512 + Eigen + -Werror is a known false-warning trap).
+// matmul built for this CPU (-march=native, as the benches build it: the 2-panel x 8-row AVX-512
+// tile where the CPU has it; otherwise the 8-wide tiles, several panels at once for a few rows and
+// 6-row tiles taking turns over 32-step blocks for more), against the plain reference and against
+// itself: every output is the same FMA chain whatever the batch size, so a row alone and inside
+// any batch gives the same bits. No Eigen in this program (g++ 12 + AVX-512 + Eigen + -Werror is
+// a known false-warning trap).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -17,12 +19,14 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
 #if defined(__AVX512F__)
   std::puts("matmul_native_test: AVX-512 tile (2 panels x 8 rows)");
 #else
-  std::puts("matmul_native_test: this CPU/compiler has no AVX-512: the 8-wide tile is tested");
+  std::puts("matmul_native_test: this CPU/compiler has no AVX-512: the 8-wide tiles are tested");
 #endif
   std::mt19937 gen(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  // 20: a panel pair whose second panel is partial; 1100: over 256 KiB, the streamed path for a
-  // few rows (the smaller ones take the cached path)
+  // 20: a panel pair whose second panel is partial; 300 and 1100 panels that leave 3 and 1 after
+  // groups of four; 1100 x 67 is over 256 KiB, the streamed path (the smaller ones take the
+  // cached path). k = 67: two 32-step blocks and a partial one. n up to 40: 18-row groups, every
+  // tail tile.
   for (const std::size_t m : {1, 16, 20, 37, 300, 1100}) {
     const std::size_t k = 67, n_max = 40;
     std::vector<float> w(m * k), x(n_max * k);

@@ -5,8 +5,10 @@
 #pragma once
 #include <cstddef>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <initializer_list>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -64,60 +66,185 @@ namespace detail {
 
 inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
 
-// NR rows of x against one 16-wide panel: each output accumulates x[j][p] * w[c][p] over p in
-// order, one FMA chain per output, the same chain whatever NR is (batch invariance).
-template <int NR>
-inline void panel_tile(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out,
-                       std::size_t ldo, std::size_t width) noexcept {
-  v8f acc[NR][2] = {};
-  for (std::size_t p = 0; p < k; ++p) {
-    // 8 KiB ahead: the hardware streamer stops at 4 KiB pages (measured: 2x at batch 1 on
-    // a 98 MB matrix, bench/RESULTS.md)
-    __builtin_prefetch(P + (p + 128) * 16);
-    const v8f w0 = load8(P + p * 16), w1 = load8(P + p * 16 + 8);
+// The 8-wide kernels (AVX2, or SSE pairs): a 16-wide panel is two 8-lane halves per row.
+
+// Weight prefetch distance of the 8-wide kernels, in steps of p (one 64-byte line per panel
+// each): 8 KiB ahead, since Intel's hardware streamer stops at 4 KiB pages (measured on the
+// project's Xeon VM: 2x at batch 1 on a 98 MB matrix, bench/RESULTS.md).
+inline constexpr std::size_t prefetch_steps8 = 128;
+
+// The same for a few rows of a streamed matrix, which is bound by the memory stream alone: none
+// on AMD, whose prefetchers keep up without help (Zen 3, batch 1, four panels at once: 1.05x
+// the bytes per second without the prefetches; 6+ rows, whose tiles compute longer per line,
+// still gain from them: 1.2x at batch 16).
+inline std::size_t stream_prefetch_steps8() noexcept {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  static const std::size_t steps = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") ? std::size_t{0} : prefetch_steps8;
+  }();
+  return steps;
+#else
+  return prefetch_steps8;
+#endif
+}
+
+// Steps [p0, p1) of the reduction for NR rows of x against NP consecutive panels (panel q at
+// P + 16kq), accumulated into acc (two 8-lane halves per panel and row): each output adds
+// x[j][p] * w[c][p] over p in order, one FMA chain per output, the same chain whatever NP, NR
+// or the blocking (batch invariance).
+template <int NP, int NR>
+inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::size_t k, std::size_t p0,
+                         std::size_t p1, v8f (&acc_out)[NP][NR][2], std::size_t prefetch) noexcept {
+  // a local copy: x and P may alias acc_out (float and vectors of float), so without it an
+  // out-of-line copy of this loop stores every accumulator every step
+  v8f acc[NP][NR][2];
+  std::memcpy(acc, acc_out, sizeof acc);
+  for (std::size_t p = p0; p < p1; ++p) {
+    v8f w[NP][2];
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) {
+      if (prefetch) __builtin_prefetch(P + q * 16 * k + (p + prefetch) * 16);
+      w[q][0] = load8(P + q * 16 * k + p * 16);
+      w[q][1] = load8(P + q * 16 * k + p * 16 + 8);
+    }
+#pragma GCC unroll 6
     for (int j = 0; j < NR; ++j) {
       const v8f xb = broadcast8(x[j * ldx + p]);
-      acc[j][0] += xb * w0;
-      acc[j][1] += xb * w1;
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q) {
+        acc[q][j][0] += xb * w[q][0];
+        acc[q][j][1] += xb * w[q][1];
+      }
     }
   }
-  for (int j = 0; j < NR; ++j) {
-    if (width == 16) {
-      std::memcpy(out + j * ldo, &acc[j][0], sizeof(v8f));
-      std::memcpy(out + j * ldo + 8, &acc[j][1], sizeof(v8f));
-    } else {
-      float tmp[16];
-      std::memcpy(tmp, &acc[j][0], sizeof(v8f));
-      std::memcpy(tmp + 8, &acc[j][1], sizeof(v8f));
-      std::memcpy(out + j * ldo, tmp, width * sizeof(float));
+  std::memcpy(acc_out, acc, sizeof acc);
+}
+
+// acc to out (row j of panel q at out + j * ldo + 16q); the last panel writes last_width columns.
+template <int NP, int NR>
+inline void store_tile8(const v8f (&acc)[NP][NR][2], float* out, std::size_t ldo, std::size_t last_width) noexcept {
+  for (int q = 0; q < NP; ++q) {
+    const std::size_t width = q + 1 == NP ? last_width : 16;
+    for (int j = 0; j < NR; ++j) {
+      float* o = out + j * ldo + q * 16;
+      if (width == 16) {
+        std::memcpy(o, &acc[q][j][0], sizeof(v8f));
+        std::memcpy(o + 8, &acc[q][j][1], sizeof(v8f));
+      } else {
+        float tmp[16];
+        std::memcpy(tmp, &acc[q][j][0], sizeof(v8f));
+        std::memcpy(tmp + 8, &acc[q][j][1], sizeof(v8f));
+        std::memcpy(o, tmp, width * sizeof(float));
+      }
     }
   }
 }
 
-// NR = 6: 12 accumulators + 2 weights + 1 broadcast = 15 AVX registers
-inline void panel_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
-                        std::size_t ldo, std::size_t width) noexcept {
-  constexpr std::size_t NR = 6;
-  std::size_t i = 0;
-  for (; i + NR <= n; i += NR) panel_tile<NR>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, width);
-  const float* xr = x + i * ldx;
-  float* o = out + i * ldo;
-  switch (n - i) {
-    case 5: panel_tile<5>(xr, ldx, P, k, o, ldo, width); break;
-    case 4: panel_tile<4>(xr, ldx, P, k, o, ldo, width); break;
-    case 3: panel_tile<3>(xr, ldx, P, k, o, ldo, width); break;
-    case 2: panel_tile<2>(xr, ldx, P, k, o, ldo, width); break;
-    case 1: panel_tile<1>(xr, ldx, P, k, o, ldo, width); break;
-    default: break;
+// NR rows against panels [0, np), NP panels at a time (the rest fewer at a time). With one row
+// and one panel only two chains are in flight: too few to hide the FMA latency of a cached matrix,
+// or to keep enough of a streamed one's lines in flight. Four panels at once read 1.16x as many
+// bytes per second as one on 110M-shape matrices at batch 1 (AMD Zen 3, bench/RESULTS.md).
+template <int NP, int NR>
+inline void panels_tiles8(const float* x, std::size_t ldx, const float* P, std::size_t np, std::size_t k, float* out,
+                          std::size_t ldo, std::size_t last_width, std::size_t prefetch) noexcept {
+  std::size_t q = 0;
+  for (; q + NP <= np; q += NP) {
+    v8f acc[NP][NR][2] = {};
+    panel_steps8<NP, NR>(x, ldx, P + q * 16 * k, k, 0, k, acc, prefetch);
+    store_tile8<NP, NR>(acc, out + q * 16, ldo, q + NP == np ? last_width : 16);
+  }
+  if constexpr (NP > 1)
+    if (q < np) panels_tiles8<NP / 2, NR>(x, ldx, P + q * 16 * k, np - q, k, out + q * 16, ldo, last_width, prefetch);
+}
+
+// n < 6 rows against panels [0, np): up to MaxPanels panels at a time, as many as keep the
+// accumulators at eight (one row: four panels; two rows: two; three to five rows: one).
+template <int MaxPanels>
+inline void panels_few_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
+                             std::size_t k, float* out, std::size_t ldo, std::size_t last_width,
+                             std::size_t prefetch) noexcept {
+  constexpr int two = MaxPanels < 2 ? MaxPanels : 2;
+  switch (n) {
+    case 1: return panels_tiles8<MaxPanels, 1>(x, ldx, P, np, k, out, ldo, last_width, prefetch);
+    case 2: return panels_tiles8<two, 2>(x, ldx, P, np, k, out, ldo, last_width, prefetch);
+    case 3: return panels_tiles8<1, 3>(x, ldx, P, np, k, out, ldo, last_width, prefetch);
+    case 4: return panels_tiles8<1, 4>(x, ldx, P, np, k, out, ldo, last_width, prefetch);
+    case 5: return panels_tiles8<1, 5>(x, ldx, P, np, k, out, ldo, last_width, prefetch);
+    default: return;
   }
 }
 
-// n rows against panels [0, np) starting at P, one panel at a time
-inline void panels_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
-                         std::size_t k, float* out, std::size_t ldo, std::size_t last_width) noexcept {
-  for (std::size_t q = 0; q < np; ++q)
-    panel_rows8(x, ldx, n, P + q * 16 * k, k, out + q * 16, ldo, q + 1 == np ? last_width : 16);
+#if !defined(__AVX512F__)
+// Tiles of NR... rows of x (consecutive, in this order) against one panel. For a streamed matrix
+// they take turns over blocks of 32 steps: each block is read from memory by the first tile
+// (which prefetches) and from L1 by the others, so the weight stream never waits for a whole
+// pass of the later tiles (16 rows as 6 + 6 + 4 in turns: 1.23x three whole passes on the 110M
+// shape's matrices, AMD Zen 3, 2 threads). A cached matrix takes whole passes, without
+// prefetches (1.15x the turns on stories260K's). A tile of 6 rows is 12 accumulators, 2 weights
+// and a broadcast: 15 of the 16 AVX registers. The order of every FMA chain is unchanged.
+template <int NR>
+struct tile_acc8 {
+  v8f acc[1][NR][2] = {};
+};
+
+// The first row of each tile of NR... rows.
+template <int... NR>
+constexpr std::array<std::size_t, sizeof...(NR)> tile_first_rows() noexcept {
+  const std::size_t rows[] = {std::size_t(NR)...};
+  std::array<std::size_t, sizeof...(NR)> first{};
+  for (std::size_t i = 1; i < first.size(); ++i) first[i] = first[i - 1] + rows[i - 1];
+  return first;
 }
+
+template <int... NR>
+inline void panel_turns8(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out, std::size_t ldo,
+                         std::size_t width, bool cached) noexcept {
+  const std::size_t block = cached ? k : 32, prefetch = cached ? 0 : prefetch_steps8;
+  constexpr std::array<std::size_t, sizeof...(NR)> first_row = tile_first_rows<NR...>();
+  std::tuple<tile_acc8<NR>...> tiles;
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    for (std::size_t p0 = 0; p0 < k; p0 += block) {
+      const std::size_t p1 = std::min(k, p0 + block);
+      (panel_steps8<1, NR>(x + first_row[I] * ldx, ldx, P, k, p0, p1, std::get<I>(tiles).acc,
+                           I == 0 ? prefetch : 0),
+       ...);
+    }
+    (store_tile8<1, NR>(std::get<I>(tiles).acc, out + first_row[I] * ldo, ldo, width), ...);
+  }(std::index_sequence_for<tile_acc8<NR>...>{});
+}
+
+// R rows (1 <= R <= 18) against one panel: 6-row tiles and one smaller tile, in turns.
+template <int R>
+inline void panel_rows_in_turns8(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out,
+                                 std::size_t ldo, std::size_t width, bool cached) noexcept {
+  if constexpr (R <= 6) panel_turns8<R>(x, ldx, P, k, out, ldo, width, cached);
+  else if constexpr (R <= 12) panel_turns8<6, R - 6>(x, ldx, P, k, out, ldo, width, cached);
+  else panel_turns8<6, 6, R - 12>(x, ldx, P, k, out, ldo, width, cached);
+}
+
+template <int... R>
+inline void panel_rest_in_turns8(std::size_t rows, const float* x, std::size_t ldx, const float* P, std::size_t k,
+                                 float* out, std::size_t ldo, std::size_t width, bool cached,
+                                 std::integer_sequence<int, R...>) noexcept {
+  ((rows == std::size_t(R) + 1 ? panel_rows_in_turns8<R + 1>(x, ldx, P, k, out, ldo, width, cached) : void()), ...);
+}
+
+// n >= 6 rows against panels [0, np), one panel at a time: groups of 18 rows in turns, then the rest.
+inline void panels_many_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
+                              std::size_t k, float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+  for (std::size_t q = 0; q < np; ++q) {
+    const float* Pq = P + q * 16 * k;
+    const std::size_t width = q + 1 == np ? last_width : 16;
+    std::size_t i = 0;
+    for (; i + 18 <= n; i += 18)
+      panel_rows_in_turns8<18>(x + i * ldx, ldx, Pq, k, out + i * ldo + q * 16, ldo, width, cached);
+    if (i < n)
+      panel_rest_in_turns8(n - i, x + i * ldx, ldx, Pq, k, out + i * ldo + q * 16, ldo, width, cached,
+                           std::make_integer_sequence<int, 17>{});
+  }
+}
+#endif
 
 #if defined(__AVX512F__)
 // With 32 vector registers a 16-wide panel is one register, and two panels by eight rows fit
@@ -225,11 +352,12 @@ inline void panels_few_rows(const float* x, std::size_t ldx, std::size_t n, cons
 // n rows against panels [0, np) starting at P; `cached`: the matrix fits in L2
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
                         float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
-  // A few rows of a streamed matrix: two 8-wide chains per row, the path measured at 90%+ of the
-  // memory bandwidth. A cached one is bound by the FMA latency or the L2 instead, so it takes
-  // up to 8 / n panels at once for eight independent chains (stories260K's 128 x 64 .. 512 x 64
-  // products at n = 1: two panels at once gave 1.1-2.2x over the 8-wide chains, one thread).
-  if (n < 6 && !cached) return panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
+  // A few rows of a streamed matrix: two 8-wide chains per row and panel, one panel at a time,
+  // the path measured at 90%+ of the memory bandwidth on the AVX-512 VM. A cached one is bound by
+  // the FMA latency or the L2 instead, so it takes up to 8 / n panels at once for eight
+  // independent chains (stories260K's 128 x 64 .. 512 x 64 products at n = 1: two panels at once
+  // gave 1.1-2.2x over the 8-wide chains, one thread).
+  if (n < 6 && !cached) return panels_few_rows8<1>(x, ldx, n, P, np, k, out, ldo, last_width, prefetch_steps8);
   if (n < 6) {
     if (n == 1) return panels_few_rows<8>(x, ldx, n, P, np, k, out, ldo, last_width);
     if (n <= 3) return panels_few_rows<4>(x, ldx, n, P, np, k, out, ldo, last_width);
@@ -242,9 +370,12 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
   }
 }
 #else
+// Cached or streamed alike: a few rows take several panels at once, more rows take turns.
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width, bool /*cached*/) noexcept {
-  panels_rows8(x, ldx, n, P, np, k, out, ldo, last_width);
+                        float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+  if (n < 6)
+    return panels_few_rows8<4>(x, ldx, n, P, np, k, out, ldo, last_width, cached ? 0 : stream_prefetch_steps8());
+  panels_many_rows8(x, ldx, n, P, np, k, out, ldo, last_width, cached);
 }
 #endif
 
