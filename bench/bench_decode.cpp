@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Decoding throughput (tokens/s) of the base alone and base + one adapter, at batch 1 and 16, on
 // stories260K and on random-weight models of the stories15M and stories110M shapes (built in
-// memory). Also measures this machine's memory read bandwidth, and for the 110M shape reports
-// the weight bytes streamed per second as a fraction of it (batch-1 decoding is memory-bound).
+// memory). Also measures this machine's memory read bandwidth and multiply-add throughput, and for
+// the 110M shape reports the weight bytes streamed per second at batch 1 as a fraction of the
+// bandwidth (memory-bound) and the FLOP/s at batch 16 as a fraction of the FMA peak (compute-bound).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -84,6 +86,41 @@ void BM_memory_read_bandwidth(benchmark::State& state) {
   state.counters["GB/s"] = bandwidth / 1e9;
 }
 
+// Multiply-add throughput in FLOP/s on `threads` threads at once: ten independent 8-lane FMA chains
+// per thread (more than the latency x throughput of any current x86 core), 0.2 s. Batch-16
+// decoding of the 110M shape is bound by it; on this project's 2-vCPU VMs two threads have
+// measured anywhere from 1.0x (the host ran both vCPUs on one core's two hyperthreads) to 2.0x
+// one thread, changing from minute to minute.
+double fma_throughput(int threads) {
+  constexpr long iterations = 20'000'000;
+  const std::size_t count = std::size_t(threads);
+  std::vector<float> sink(count, 0.0f);
+  std::atomic<std::size_t> ran{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  ipa::run_team(threads, [&](const ipa::team& t) noexcept {  // every thread at once
+    ran += 1;
+    ipa::detail::v8f acc[10];
+    for (int j = 0; j < 10; ++j) acc[j] = ipa::detail::broadcast8(float(j) + float(t.rank()));
+    const ipa::detail::v8f a = ipa::detail::broadcast8(0.999999f), b = ipa::detail::broadcast8(1e-7f);
+    for (long i = 0; i < iterations; ++i)
+      for (auto& v : acc) v = v * a + b;  // one FMA each (GCC's default -ffp-contract=fast)
+    ipa::detail::v8f total = {};
+    for (const auto& v : acc) total += v;
+    sink[t.rank()] = ipa::detail::tree_sum8(total);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  benchmark::DoNotOptimize(sink.data());
+  return 2.0 * 8 * 10 * double(iterations) * double(ran.load()) / seconds;
+}
+
+void BM_fma_throughput(benchmark::State& state) {
+  double one = 0, all = 0;
+  for (auto _ : state) one = fma_throughput(1), all = fma_throughput(ipa::max_threads());
+  state.counters["GFLOP/s_1_thread"] = one / 1e9;
+  state.counters["GFLOP/s_all_threads"] = all / 1e9;
+  state.counters["threads_speedup"] = all / one;
+}
+
 // args: shape, batch, adapters (0 or 1), new tokens per row
 void BM_decode(benchmark::State& state) {
   const auto s = static_cast<shape>(state.range(0));
@@ -116,6 +153,14 @@ void BM_decode(benchmark::State& state) {
     state.counters["bandwidth_GB/s"] = bandwidth / 1e9;
     state.counters["of_bandwidth"] = weight_bytes_per_s / bandwidth;
   }
+  if (s == stories110M && batch == 16 && !with_adapter) {
+    // two FLOPs per weight per token (the attention's are under 1% at these lengths)
+    const double flops_per_s = 2.0 * double(tokens) * double(base.weights().data().size()) / seconds;
+    const double peak = fma_throughput(ipa::max_threads());
+    state.counters["GFLOP/s"] = flops_per_s / 1e9;
+    state.counters["fma_peak_GFLOP/s"] = peak / 1e9;
+    state.counters["of_fma_peak"] = flops_per_s / peak;
+  }
   state.SetLabel(std::string(s == stories260K ? "stories260K" : s == stories15M ? "15M-shape" : "110M-shape") +
                  " B=" + std::to_string(batch) + (with_adapter ? " base+adapter" : " base"));
 }
@@ -123,6 +168,7 @@ void BM_decode(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_memory_read_bandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_fma_throughput)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_decode)
     ->ArgNames({"shape", "B", "adapter", "new"})
     ->Args({stories260K, 1, 0, 256})

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "ipa/core/huge_pages.hpp"
 #include "ipa/core/parallel.hpp"
 #include "ipa/core/vector_abi.hpp"
 
@@ -59,7 +60,7 @@ class packed_matrix {
 
  private:
   std::size_t m_ = 0, k_ = 0;
-  std::vector<float> data_;
+  std::vector<float, detail::huge_page_allocator<float>> data_;
 };
 
 namespace detail {
