@@ -52,8 +52,8 @@ const ipa::llama_model& model(shape s) {
 // threads, the best of 5 passes of each of two read patterns: one sequential stream per chunk,
 // and four interleaved streams per chunk (on AMD Zen 3 the four streams read 1.1x as fast as
 // one, and the decoder reads four panels at once: one stream alone would understate the
-// machine). This machine's bandwidth drifts by 20% within minutes (other tenants of the host),
-// so the 110M case measures it again right after decoding.
+// machine). This project's VM measured 25-48 GB/s within one session (other tenants of the
+// host), so the 110M case measures it again right after decoding.
 double memory_read_bandwidth() {
   constexpr std::size_t n = (std::size_t{2} << 30) / sizeof(float), chunks = 64, chunk = n / chunks;
   static const std::vector<float> buf(n, 1.0f);
@@ -87,7 +87,7 @@ void BM_memory_read_bandwidth(benchmark::State& state) {
 }
 
 // Multiply-add throughput in FLOP/s on `threads` threads at once: ten independent 8-lane FMA chains
-// per thread (more than the latency x throughput of any current x86 core), 0.2 s. Batch-16
+// per thread (more than the latency x throughput of any current x86 core), 3.2 GFLOP each. Batch-16
 // decoding of the 110M shape is bound by it; on this project's 2-vCPU VMs two threads have
 // measured anywhere from 1.0x (the host ran both vCPUs on one core's two hyperthreads) to 2.0x
 // one thread, changing from minute to minute.

@@ -75,9 +75,9 @@ inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
 inline constexpr std::size_t prefetch_steps8 = 128;
 
 // The same for a few rows of a streamed matrix, which is bound by the memory stream alone: none
-// on AMD, whose prefetchers keep up without help (Zen 3, batch 1, four panels at once: 1.05x
-// the bytes per second without the prefetches; 6+ rows, whose tiles compute longer per line,
-// still gain from them: 1.2x at batch 16).
+// on AMD, whose prefetchers keep up without help (Zen 3, batch 1, four panels at once: 1.04-1.09x
+// the bytes per second without the prefetches in five runs; 6+ rows, whose tiles compute longer
+// per line, still gain from them: 1.2x at batch 16).
 inline std::size_t stream_prefetch_steps8() noexcept {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   static const std::size_t steps = [] {
@@ -144,8 +144,8 @@ inline void store_tile8(const v8f (&acc)[NP][NR][2], float* out, std::size_t ldo
 
 // NR rows against panels [0, np), NP panels at a time (the rest fewer at a time). With one row
 // and one panel only two chains are in flight: too few to hide the FMA latency of a cached matrix,
-// or to keep enough of a streamed one's lines in flight. Four panels at once read 1.16x as many
-// bytes per second as one on 110M-shape matrices at batch 1 (AMD Zen 3, bench/RESULTS.md).
+// or to keep enough of a streamed one's lines in flight. Four panels at once read 29.6 GB/s where
+// one read 25.4 on 110M-shape matrices at batch 1 (AMD Zen 3, bench/RESULTS.md).
 template <int NP, int NR>
 inline void panels_tiles8(const float* x, std::size_t ldx, const float* P, std::size_t np, std::size_t k, float* out,
                           std::size_t ldo, std::size_t last_width, std::size_t prefetch) noexcept {
