@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // matmul built for this CPU (-march=native, as the benches build it: the 2-panel x 8-row AVX-512
 // tile where the CPU has it; otherwise the 8-wide tiles, several panels at once for a few rows and
-// 6-row tiles taking turns over 32-step blocks for more), against the plain reference and against
-// itself: every output is the same FMA chain whatever the batch size, so a row alone and inside
+// 6-row tiles taking turns over 32-step blocks for more, over row-major rows or rows packed
+// k-major by pack_rows), against the plain reference and against itself: every output is the same FMA chain whatever the batch size, so a row alone and inside
 // any batch gives the same bits. No Eigen in this program (g++ 12 + AVX-512 + Eigen + -Werror is
 // a known false-warning trap).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -47,11 +47,19 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
         REQUIRE(all[i * m + r] == acc);
       }
 #endif
-    // every batch size (every tail tile) gives each row the same bits
+    // every batch size (every tail tile) gives each row the same bits, also from rows packed by
+    // pack_rows (k-major groups of 18 for 6+ rows), over panel ranges split at an odd panel
+    std::vector<float> xp(n_max * k);
     for (std::size_t n = 1; n <= n_max; ++n) {
-      std::vector<float> part(n * m);
+      std::vector<float> part(n * m), from_packed(n * m, -1.0f);
       ipa::matmul(part.data(), m, x.data(), k, n, packed);
       for (std::size_t i = 0; i < n * m; ++i) REQUIRE(part[i] == all[i]);
+      ipa::pack_rows(x.data(), k, n, k, xp.data());
+      const std::size_t split = packed.panels() / 2 | 1;
+      ipa::matmul_packed_panels(from_packed.data(), m, xp.data(), n, packed, 0, std::min(split, packed.panels()));
+      ipa::matmul_packed_panels(from_packed.data(), m, xp.data(), n, packed, std::min(split, packed.panels()),
+                                packed.panels());
+      for (std::size_t i = 0; i < n * m; ++i) REQUIRE(from_packed[i] == all[i]);
     }
   }
 }

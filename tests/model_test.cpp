@@ -86,6 +86,36 @@ TEST_CASE("a team's stages see each other's writes, and its shares cover every i
   }
 }
 
+TEST_CASE("a team's chunks cover every item once, in every call, whichever thread takes them") {
+  for (const int threads : {1, 2, 3}) {
+    for (const std::size_t chunk : {std::size_t(1), std::size_t(4), std::size_t(50)}) {
+      constexpr std::size_t items = 37, calls = 300;
+      std::vector<std::atomic<int>> taken(items);
+      std::atomic<int> wrong{0}, bad_bounds{0};
+      ipa::run_team(threads, [&](const ipa::team& t) noexcept {
+        for (std::size_t call = 0; call < calls; ++call) {
+          // calls of different sizes, so that a miscounted ticket shows up as a missed or doubled chunk
+          const std::size_t n = items - call % 5;
+          t.for_each_chunk(n, chunk, [&](std::size_t first, std::size_t last) {
+            if (first % chunk != 0 || last > n || last <= first || (last != n && last - first != chunk)) ++bad_bounds;
+            for (std::size_t i = first; i < last; ++i) ++taken[i];
+          });
+          t.sync();
+          if (t.rank() == 0) {
+            for (std::size_t i = 0; i < items; ++i) {
+              wrong += taken[i] != (i < n ? 1 : 0);
+              taken[i] = 0;
+            }
+          }
+          t.sync();
+        }
+      });
+      CHECK(bad_bounds == 0);
+      CHECK(wrong == 0);
+    }
+  }
+}
+
 TEST_CASE("teams count as contended after repeated long barrier waits, not after one") {
   auto& stalls = ipa::detail::stalls();
   auto forget = [&] {

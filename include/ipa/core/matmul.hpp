@@ -90,17 +90,25 @@ inline std::size_t stream_prefetch_steps8() noexcept {
 #endif
 }
 
+template <int NP, int NR>
+inline void copy_acc8(const v8f (&from)[NP][NR][2], v8f (&to)[NP][NR][2]) noexcept {
+  for (int q = 0; q < NP; ++q)
+    for (int j = 0; j < NR; ++j) to[q][j][0] = from[q][j][0], to[q][j][1] = from[q][j][1];
+}
+
 // Steps [p0, p1) of the reduction for NR rows of x against NP consecutive panels (panel q at
 // P + 16kq), accumulated into acc (two 8-lane halves per panel and row): each output adds
 // x[j][p] * w[c][p] over p in order, one FMA chain per output, the same chain whatever NP, NR
-// or the blocking (batch invariance).
-template <int NP, int NR>
+// or the blocking (batch invariance). x[j][p] is at x[j * ldx + p], or with KMajor (rows packed
+// by pack_rows) at x[j + p * ldx].
+template <int NP, int NR, bool KMajor = false>
 inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::size_t k, std::size_t p0,
                          std::size_t p1, v8f (&acc_out)[NP][NR][2], std::size_t prefetch) noexcept {
   // a local copy: x and P may alias acc_out (float and vectors of float), so without it an
-  // out-of-line copy of this loop stores every accumulator every step
+  // out-of-line copy of this loop stores every accumulator every step. Copied vector by vector:
+  // GCC turns a memcpy of this size into a library call, 6% of a batch-16 decoding step.
   v8f acc[NP][NR][2];
-  std::memcpy(acc, acc_out, sizeof acc);
+  copy_acc8(acc_out, acc);
   for (std::size_t p = p0; p < p1; ++p) {
     v8f w[NP][2];
 #pragma GCC unroll 4
@@ -111,7 +119,7 @@ inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::s
     }
 #pragma GCC unroll 6
     for (int j = 0; j < NR; ++j) {
-      const v8f xb = broadcast8(x[j * ldx + p]);
+      const v8f xb = broadcast8(KMajor ? x[j + p * ldx] : x[j * ldx + p]);
 #pragma GCC unroll 4
       for (int q = 0; q < NP; ++q) {
         acc[q][j][0] += xb * w[q][0];
@@ -119,7 +127,7 @@ inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::s
       }
     }
   }
-  std::memcpy(acc_out, acc, sizeof acc);
+  copy_acc8(acc, acc_out);
 }
 
 // acc to out (row j of panel q at out + j * ldo + 16q); the last panel writes last_width columns.
@@ -184,6 +192,13 @@ inline void panels_few_rows8(const float* x, std::size_t ldx, std::size_t n, con
 // shape's matrices, AMD Zen 3, 2 threads). A cached matrix takes whole passes, without
 // prefetches (1.15x the turns on stories260K's). A tile of 6 rows is 12 accumulators, 2 weights
 // and a broadcast: 15 of the 16 AVX registers. The order of every FMA chain is unchanged.
+//
+// The prefetch runs 32 KiB ahead of a streamed matrix, and the rows come packed k-major
+// (pack_rows: all rows' x[.][p] in one line, one stream instead of one per row). Together
+// they ran the 110M shape's products 1.25-1.4x as fast at n = 16 as 8 KiB ahead over row-major
+// rows (AMD Zen 3, 2 threads, alternated in one process); either alone gained 1.05-1.13x.
+inline constexpr std::size_t many_rows_prefetch_steps8 = 512;
+
 template <int NR>
 struct tile_acc8 {
   v8f acc[1][NR][2] = {};
@@ -198,16 +213,16 @@ constexpr std::array<std::size_t, sizeof...(NR)> tile_first_rows() noexcept {
   return first;
 }
 
-template <int... NR>
+template <bool KMajor, int... NR>
 inline void panel_turns8(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out, std::size_t ldo,
                          std::size_t width, bool cached) noexcept {
-  const std::size_t block = cached ? k : 32, prefetch = cached ? 0 : prefetch_steps8;
+  const std::size_t block = cached ? k : 32, prefetch = cached ? 0 : many_rows_prefetch_steps8;
   constexpr std::array<std::size_t, sizeof...(NR)> first_row = tile_first_rows<NR...>();
   std::tuple<tile_acc8<NR>...> tiles;
   [&]<std::size_t... I>(std::index_sequence<I...>) {
     for (std::size_t p0 = 0; p0 < k; p0 += block) {
       const std::size_t p1 = std::min(k, p0 + block);
-      (panel_steps8<1, NR>(x + first_row[I] * ldx, ldx, P, k, p0, p1, std::get<I>(tiles).acc,
+      (panel_steps8<1, NR, KMajor>(x + first_row[I] * (KMajor ? 1 : ldx), ldx, P, k, p0, p1, std::get<I>(tiles).acc,
                            I == 0 ? prefetch : 0),
        ...);
     }
@@ -216,35 +231,50 @@ inline void panel_turns8(const float* x, std::size_t ldx, const float* P, std::s
 }
 
 // R rows (1 <= R <= 18) against one panel: 6-row tiles and one smaller tile, in turns.
-template <int R>
+template <bool KMajor, int R>
 inline void panel_rows_in_turns8(const float* x, std::size_t ldx, const float* P, std::size_t k, float* out,
                                  std::size_t ldo, std::size_t width, bool cached) noexcept {
-  if constexpr (R <= 6) panel_turns8<R>(x, ldx, P, k, out, ldo, width, cached);
-  else if constexpr (R <= 12) panel_turns8<6, R - 6>(x, ldx, P, k, out, ldo, width, cached);
-  else panel_turns8<6, 6, R - 12>(x, ldx, P, k, out, ldo, width, cached);
+  if constexpr (R <= 6) panel_turns8<KMajor, R>(x, ldx, P, k, out, ldo, width, cached);
+  else if constexpr (R <= 12) panel_turns8<KMajor, 6, R - 6>(x, ldx, P, k, out, ldo, width, cached);
+  else panel_turns8<KMajor, 6, 6, R - 12>(x, ldx, P, k, out, ldo, width, cached);
 }
 
-template <int... R>
+template <bool KMajor, int... R>
 inline void panel_rest_in_turns8(std::size_t rows, const float* x, std::size_t ldx, const float* P, std::size_t k,
                                  float* out, std::size_t ldo, std::size_t width, bool cached,
                                  std::integer_sequence<int, R...>) noexcept {
-  ((rows == std::size_t(R) + 1 ? panel_rows_in_turns8<R + 1>(x, ldx, P, k, out, ldo, width, cached) : void()), ...);
+  ((rows == std::size_t(R) + 1 ? panel_rows_in_turns8<KMajor, R + 1>(x, ldx, P, k, out, ldo, width, cached) : void()),
+   ...);
 }
 
-// n >= 6 rows against panels [0, np), one panel at a time: groups of 18 rows in turns, then the rest.
+// Rows are taken in groups of 18 by the many-row tiles.
+inline constexpr std::size_t row_group8 = 18;
+
+// n >= 6 rows against panels [0, np), one panel at a time: groups of 18 rows in turns, then the
+// rest. Row-major x (leading dimension ldx), or with KMajor packed by pack_rows (ldx unused).
+template <bool KMajor>
 inline void panels_many_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
                               std::size_t k, float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+  constexpr std::size_t G = row_group8;
   for (std::size_t q = 0; q < np; ++q) {
     const float* Pq = P + q * 16 * k;
     const std::size_t width = q + 1 == np ? last_width : 16;
     std::size_t i = 0;
-    for (; i + 18 <= n; i += 18)
-      panel_rows_in_turns8<18>(x + i * ldx, ldx, Pq, k, out + i * ldo + q * 16, ldo, width, cached);
+    // a packed group of R rows starts at x + i k, its steps R floats apart
+    for (; i + G <= n; i += G)
+      panel_rows_in_turns8<KMajor, G>(KMajor ? x + i * k : x + i * ldx, KMajor ? G : ldx, Pq, k,
+                                      out + i * ldo + q * 16, ldo, width, cached);
     if (i < n)
-      panel_rest_in_turns8(n - i, x + i * ldx, ldx, Pq, k, out + i * ldo + q * 16, ldo, width, cached,
-                           std::make_integer_sequence<int, 17>{});
+      panel_rest_in_turns8<KMajor>(n - i, KMajor ? x + i * k : x + i * ldx, KMajor ? n - i : ldx, Pq, k,
+                                   out + i * ldo + q * 16, ldo, width, cached,
+                                   std::make_integer_sequence<int, int(G) - 1>{});
   }
 }
+
+// Whether pack_rows lays n rows out k-major (the many-row tiles) rather than row-major.
+constexpr bool packs_k_major(std::size_t n) noexcept { return n >= 6; }
+#else
+constexpr bool packs_k_major(std::size_t) noexcept { return false; }
 #endif
 
 #if defined(__AVX512F__)
@@ -350,9 +380,11 @@ inline void panels_few_rows(const float* x, std::size_t ldx, std::size_t n, cons
     if (q < np) panels_few_rows<NP / 2>(x, ldx, n, P + q * 16 * k, np - q, k, out + q * 16, ldo, last_width);
 }
 
-// n rows against panels [0, np) starting at P; `cached`: the matrix fits in L2
+// n rows against panels [0, np) starting at P; `cached`: the matrix fits in L2. pack_rows keeps
+// rows row-major in this build, so k_major never holds.
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+                        float* out, std::size_t ldo, std::size_t last_width, bool cached,
+                        [[maybe_unused]] bool k_major = false) noexcept {
   // A few rows of a streamed matrix: two 8-wide chains per row and panel, one panel at a time,
   // the path measured at 90%+ of the memory bandwidth on the AVX-512 VM. A cached one is bound by
   // the FMA latency or the L2 instead, so it takes up to 8 / n panels at once for eight
@@ -372,14 +404,28 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
 }
 #else
 // Cached or streamed alike: a few rows take several panels at once, more rows take turns.
+// k_major: x was packed by pack_rows (a few rows stay row-major there, with ldx = k).
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+                        float* out, std::size_t ldo, std::size_t last_width, bool cached, bool k_major = false) noexcept {
   if (n < 6)
     return panels_few_rows8<4>(x, ldx, n, P, np, k, out, ldo, last_width, cached ? 0 : stream_prefetch_steps8());
-  panels_many_rows8(x, ldx, n, P, np, k, out, ldo, last_width, cached);
+  if (k_major) return panels_many_rows8<true>(x, ldx, n, P, np, k, out, ldo, last_width, cached);
+  panels_many_rows8<false>(x, ldx, n, P, np, k, out, ldo, last_width, cached);
 }
 #endif
 
+inline std::pair<std::size_t, std::size_t> product_panels(float* out, std::size_t ldo, const float* x, std::size_t ldx,
+                                                          std::size_t n, const packed_matrix& w, std::size_t p0,
+                                                          std::size_t p1, bool k_major) noexcept {
+  const std::size_t m = w.rows(), k = w.cols();
+  const bool cached = m * k * sizeof(float) <= (std::size_t{256} << 10);
+  if (p0 < p1) {
+    const std::size_t last_width = std::min(packed_matrix::panel, m - (p1 - 1) * packed_matrix::panel);
+    panels_rows(x, ldx, n, w.panel_data(p0), p1 - p0, k, out + p0 * packed_matrix::panel, ldo, last_width, cached,
+                k_major);
+  }
+  return {std::min(m, p0 * packed_matrix::panel), std::min(m, p1 * packed_matrix::panel)};
+}
 }  // namespace detail
 
 /// Output columns [16 p0, min(16 p1, m)) of out(n, m) = x(n, k) * w(m, k)^T: panels [p0, p1) of
@@ -387,14 +433,34 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
 inline std::pair<std::size_t, std::size_t> matmul_panels(float* out, std::size_t ldo, const float* x, std::size_t ldx,
                                                          std::size_t n, const packed_matrix& w, std::size_t p0,
                                                          std::size_t p1) noexcept {
-  const std::size_t m = w.rows(), k = w.cols();
-  const bool cached = m * k * sizeof(float) <= (std::size_t{256} << 10);
-  if (p0 < p1) {
-    const std::size_t last_width = std::min(packed_matrix::panel, m - (p1 - 1) * packed_matrix::panel);
-    detail::panels_rows(x, ldx, n, w.panel_data(p0), p1 - p0, k, out + p0 * packed_matrix::panel, ldo, last_width,
-                        cached);
+  return detail::product_panels(out, ldo, x, ldx, n, w, p0, p1, false);
+}
+
+/// Writes the rows x(n, k) (row-major, leading dimension ldx) to out (n * k floats) as the
+/// product's tiles read them, for matmul_packed_panels: a product whose threads each take many
+/// panels packs its rows once instead of every tile striding over them. With six or more rows
+/// (and 8-wide kernels) groups of 18 rows, each k-major (group g of R rows holds x[18g + j][p]
+/// at 18gk + pR + j); otherwise row-major. The values are unchanged: the same bits.
+inline void pack_rows(const float* x, std::size_t ldx, std::size_t n, std::size_t k, float* out) noexcept {
+  if (!detail::packs_k_major(n)) {
+    for (std::size_t i = 0; i < n; ++i) std::copy_n(x + i * ldx, k, out + i * k);
+    return;
   }
-  return {std::min(m, p0 * packed_matrix::panel), std::min(m, p1 * packed_matrix::panel)};
+#if !defined(__AVX512F__)
+  for (std::size_t i = 0; i < n; i += detail::row_group8) {
+    const std::size_t rows = std::min(detail::row_group8, n - i);
+    float* group = out + i * k;
+    for (std::size_t p = 0; p < k; ++p)  // the writes in order: one stream out, one per row in
+      for (std::size_t j = 0; j < rows; ++j) group[p * rows + j] = x[(i + j) * ldx + p];
+  }
+#endif
+}
+
+/// matmul_panels over rows packed by pack_rows (xp holds n rows of w.cols()).
+inline std::pair<std::size_t, std::size_t> matmul_packed_panels(float* out, std::size_t ldo, const float* xp,
+                                                                std::size_t n, const packed_matrix& w, std::size_t p0,
+                                                                std::size_t p1) noexcept {
+  return detail::product_panels(out, ldo, xp, w.cols(), n, w, p0, p1, detail::packs_k_major(n));
 }
 
 /// out(n, m) = x(n, k) * w(m, k)^T with w packed; out and x row-major (leading dims ldo, ldx).

@@ -139,27 +139,59 @@ inline int team_threads(std::size_t bytes) noexcept {
   return int(std::clamp<std::size_t>(bytes >> 18, 1, std::size_t(max_threads())));
 }
 
+namespace detail {
+// What the threads of one team share: the barrier, and the tickets for_each_chunk hands out.
+struct team_shared {
+  explicit team_shared(unsigned size) noexcept : barrier(size) {}
+  spin_barrier barrier;
+  alignas(64) std::atomic<std::size_t> tickets{0};
+};
+}  // namespace detail
+
 /// The threads of one parallel region, kept together through a chain of dependent stages: one
 /// fork per forward pass instead of one per product. A stage splits its work with share(), the
 /// same way every call, so each thread keeps touching the same weights and they stay in its
-/// core's cache. Stages are separated by sync(), a barrier of the whole team.
+/// core's cache; or with for_each_chunk(), which hands chunks to whichever thread is free. Stages
+/// are separated by sync(), a barrier of the whole team.
 class team {
  public:
-  team(std::size_t rank, std::size_t size, detail::spin_barrier* barrier) noexcept
-      : rank_(rank), size_(size), barrier_(barrier) {}
+  team(std::size_t rank, std::size_t size, detail::team_shared* shared) noexcept
+      : rank_(rank), size_(size), shared_(shared) {}
   std::size_t rank() const noexcept { return rank_; }
   std::size_t size() const noexcept { return size_; }
   /// This thread's contiguous share [first, second) of n items.
   std::pair<std::size_t, std::size_t> share(std::size_t n) const noexcept {
     return {n * rank_ / size_, n * (rank_ + 1) / size_};
   }
+  /// Calls body(first, last) for chunks [c * chunk, (c + 1) * chunk) of n items, each chunk on
+  /// whichever thread asks first: a thread its host slows down takes fewer chunks instead of
+  /// keeping the others waiting at the next barrier. The chunks never depend on the threads, so
+  /// neither do the results. Every thread of the team calls it with the same n and chunk, and
+  /// the team syncs before its next call.
+  template <class Body>
+  void for_each_chunk(std::size_t n, std::size_t chunk, Body&& body) const noexcept {
+    chunk = std::max<std::size_t>(chunk, 1);
+    const std::size_t chunks = (n + chunk - 1) / chunk;
+    if (size_ == 1) {
+      for (std::size_t c = 0; c < chunks; ++c) body(c * chunk, std::min(n, (c + 1) * chunk));
+      return;
+    }
+    for (;;) {
+      const std::size_t c = shared_->tickets.fetch_add(1, std::memory_order_relaxed) - tickets_seen_;
+      if (c >= chunks) break;
+      body(c * chunk, std::min(n, (c + 1) * chunk));
+    }
+    // every thread drew exactly one ticket past the last chunk, and all drew before the sync
+    tickets_seen_ += chunks + size_;
+  }
   void sync() const noexcept {
-    if (size_ > 1) barrier_->wait();
+    if (size_ > 1) shared_->barrier.wait();
   }
 
  private:
   std::size_t rank_, size_;
-  detail::spin_barrier* barrier_;
+  detail::team_shared* shared_;
+  mutable std::size_t tickets_seen_ = 0;  // tickets drawn by the team's earlier for_each_chunk calls
 };
 
 /// Runs body(team) on `threads` threads at once (1, or already inside a parallel region: on the
@@ -170,13 +202,13 @@ void run_team(int threads, Body&& body) noexcept {
 #if defined(_OPENMP)
   if (threads > 1 && !omp_in_parallel()) {
     // OpenMP may give fewer threads than asked for: the barrier is sized once they are known
-    std::atomic<detail::spin_barrier*> barrier{nullptr};
-    std::optional<detail::spin_barrier> storage;
+    std::atomic<detail::team_shared*> shared{nullptr};
+    std::optional<detail::team_shared> storage;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp single
-      barrier.store(&storage.emplace(unsigned(omp_get_num_threads())));
-      body(team(std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads()), barrier.load()));
+      shared.store(&storage.emplace(unsigned(omp_get_num_threads())));
+      body(team(std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads()), shared.load()));
     }
     return;
   }

@@ -28,7 +28,7 @@ namespace ipa {
 /// Decoding state of a batch: the KV caches and scratch space that is grown once and then
 /// reused (no allocation per token).
 struct llama_state : kv_cache_state {
-  std::vector<float> x, xb, qkv, att, proj, h13, hb, logits_x;
+  std::vector<float> x, xb, qkv, att, proj, h13, hb, logits_x, packed_rows;
 };
 
 /// A Llama-architecture transformer over llama_weights.
@@ -79,9 +79,9 @@ class llama_model {
     grow(s, n, logit_items.size(), std::size_t(threads));
     for (std::size_t i = 0; i < n; ++i)
       std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, s.x.data() + i * d);
-    // One team for the whole pass: each thread computes the same panels of every product each
-    // step, so a small model's weights stay split over the cores' caches (stories260K's 1 MB
-    // does not fit one core's L2), and a barrier between stages costs less than a fork.
+    // One team for the whole pass: a barrier between stages costs less than a fork, and a small
+    // model's threads compute the same panels of every product each step, so its weights stay
+    // split over the cores' caches (stories260K's 1 MB does not fit one core's L2).
     run_team(threads, [&](const team& t) noexcept { layers(t, s, rows, n, logit_items, logits); });
     for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = s.pos[i] + 1;
   }
@@ -109,7 +109,7 @@ class llama_model {
   int team_size(std::size_t n) const noexcept { return team_threads(n * packed_floats_ * sizeof(float)); }
 
   // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
-  // input and SwiGLU activations).
+  // input, SwiGLU activations and rows packed for the products).
   void grow(llama_state& s, std::size_t n, std::size_t m, std::size_t threads) const {
     const llama_config& c = w_.config();
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
@@ -124,6 +124,7 @@ class llama_model {
     at_least(s.h13, n * 2 * hd);
     at_least(s.hb, threads * n * hd);
     at_least(s.logits_x, threads * m * d);
+    at_least(s.packed_rows, threads * std::max(n, m) * std::max(d, hd));
     at_least(s.scores, n * c.n_heads * std::size_t(s.capacity));
   }
 
@@ -136,50 +137,71 @@ class llama_model {
     float* x = s.x.data();
     float* xb = s.xb.data() + t.rank() * n * d;  // this thread's
     float* hb = s.hb.data() + t.rank() * n * hd;
+    float* xp = s.packed_rows.data() + t.rank() * std::max(n, logit_items.size()) * std::max(d, hd);
     for (int l = 0; l < c.n_layers; ++l) {
       const layer_kernels& lk = layers_[l];
       // attention block: Q|K|V in one product; then per (token, kv head): RoPE, append K/V to
       // the cache, attend with the kv head's query heads
       rmsnorm(xb, x, w_.attention_norm(l), n, d);
-      share_matmul(t, s.qkv.data(), qkv_w, xb, d, n, lk.qkv);
+      team_matmul(t, s.qkv.data(), qkv_w, xb, d, n, lk.qkv, xp);
       t.sync();
       attention_stage(t, s, l, rows, n);
       t.sync();
-      add_product(t, x, s.att.data(), d, n, lk.wo, s.proj.data());
+      add_product(t, x, s.att.data(), d, n, lk.wo, xp, s.proj.data());
       t.sync();
       // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
       rmsnorm(xb, x, w_.ffn_norm(l), n, d);
-      share_matmul(t, s.h13.data(), 2 * hd, xb, d, n, lk.w13);
+      team_matmul(t, s.h13.data(), 2 * hd, xb, d, n, lk.w13, xp);
       t.sync();
       for (std::size_t i = 0; i < n; ++i) {  // every thread needs all of it for its w2 panels
         const float* h = s.h13.data() + i * 2 * hd;
         silu_mul({h, hd}, {h + hd, hd}, {hb + i * hd, hd});
       }
-      add_product(t, x, hb, hd, n, lk.w2, s.proj.data());
+      add_product(t, x, hb, hd, n, lk.w2, xp, s.proj.data());
       t.sync();
     }
     const std::size_t m = logit_items.size();
     float* lx = s.logits_x.data() + t.rank() * m * d;
     for (std::size_t j = 0; j < m; ++j) rmsnorm(lx + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
-    share_matmul(t, logits.data(), c.vocab_size, lx, d, m, classifier_);
+    team_matmul(t, logits.data(), c.vocab_size, lx, d, m, classifier_, xp);
   }
 
-  // This thread's panels of out(n, m) = in * w^T (pairs of panels, for the two-panel tiles);
-  // returns the output columns it wrote.
-  static std::pair<std::size_t, std::size_t> share_matmul(const team& t, float* out, std::size_t ldo, const float* in,
-                                                          std::size_t ldi, std::size_t n,
-                                                          const packed_matrix& w) noexcept {
-    const auto [first, last] = t.share((w.panels() + 1) / 2);
-    return matmul_panels(out, ldo, in, ldi, n, w, std::min(w.panels(), 2 * first), std::min(w.panels(), 2 * last));
+  // out(n, m) = in * w^T by team t, then done(c0, c1) on the columns [c0, c1) each piece wrote,
+  // on the thread that wrote them. Each thread first packs all n input rows into its own xp
+  // (pack_rows: once per product, not once per tile). A model that fits the cores' caches
+  // splits every product the same way each pass (pairs of panels, for the two-panel tiles), so
+  // each core keeps its share of the weights; a larger one streams them from memory anyway, and
+  // hands out chunks of four panels to whichever thread is free (the host runs the two vCPUs at
+  // different speeds from moment to moment: with even shares one waited at each barrier).
+  template <class Done>
+  void team_matmul(const team& t, float* out, std::size_t ldo, const float* in, std::size_t ldi, std::size_t n,
+                   const packed_matrix& w, float* xp, Done&& done) const noexcept {
+    pack_rows(in, ldi, n, w.cols(), xp);
+    const std::size_t panels = w.panels();
+    if (!streamed_) {
+      const auto [first, last] = t.share((panels + 1) / 2);
+      const auto [c0, c1] = matmul_packed_panels(out, ldo, xp, n, w, std::min(panels, 2 * first), std::min(panels, 2 * last));
+      done(c0, c1);
+      return;
+    }
+    t.for_each_chunk(panels, 4, [&](std::size_t p0, std::size_t p1) {
+      const auto [c0, c1] = matmul_packed_panels(out, ldo, xp, n, w, p0, p1);
+      done(c0, c1);
+    });
+  }
+  void team_matmul(const team& t, float* out, std::size_t ldo, const float* in, std::size_t ldi, std::size_t n,
+                   const packed_matrix& w, float* xp) const noexcept {
+    team_matmul(t, out, ldo, in, ldi, n, w, xp, [](std::size_t, std::size_t) {});
   }
 
   // x += in * w^T (x is n x d): each thread adds the columns it computed.
-  static void add_product(const team& t, float* x, const float* in, std::size_t ldi, std::size_t n,
-                          const packed_matrix& w, float* scratch) noexcept {
+  void add_product(const team& t, float* x, const float* in, std::size_t ldi, std::size_t n, const packed_matrix& w,
+                   float* xp, float* scratch) const noexcept {
     const std::size_t d = w.rows();
-    const auto [c0, c1] = share_matmul(t, scratch, d, in, ldi, n, w);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = c0; j < c1; ++j) x[i * d + j] += scratch[i * d + j];
+    team_matmul(t, scratch, d, in, ldi, n, w, xp, [&](std::size_t c0, std::size_t c1) {
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = c0; j < c1; ++j) x[i * d + j] += scratch[i * d + j];
+    });
   }
 
   // Each thread takes a share of the kv heads for every token: it appends its heads' keys and
@@ -271,6 +293,7 @@ class llama_model {
     packed_floats_ = classifier_.rows() * d;
     for (const layer_kernels& k : layers_)
       for (const packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) packed_floats_ += m->rows() * m->cols();
+    streamed_ = packed_floats_ * sizeof(float) > streamed_bytes;
   }
 
   llama_weights w_;
@@ -278,6 +301,10 @@ class llama_model {
   std::vector<layer_kernels> layers_;
   packed_matrix classifier_;
   std::size_t packed_floats_ = 0;  // weights read per token
+  // Over this many bytes of weights a model no longer fits the private caches of a few cores
+  // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
+  static constexpr std::size_t streamed_bytes = std::size_t{8} << 20;
+  bool streamed_ = false;
   std::vector<float> rope_cos_, rope_sin_;
 };
 
