@@ -15,6 +15,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ipa/ipa.hpp>
@@ -121,23 +122,43 @@ void BM_fma_throughput(benchmark::State& state) {
   state.counters["threads_speedup"] = all / one;
 }
 
-// One greedy decode of `new_tokens` per row from BOS: generated tokens per second.
+// Greedy decoding of `new_tokens` per row from BOS, the base alone or with itself as the adapter.
+class greedy_decode {
+ public:
+  greedy_decode(const ipa::llama_model& base, std::size_t batch, bool with_adapter, std::size_t new_tokens)
+      : adapters_(with_adapter ? 1 : 0, ipa::with_alpha(base, 1.0f)),
+        decoder_(base, adapters_),
+        prompts_(batch, std::vector<ipa::token_id>{1}) {
+    cfg_.max_new_tokens = new_tokens;
+  }
+  /// One generate call: the tokens generated over all rows.
+  std::size_t operator()() {
+    const auto r = decoder_.generate(prompts_, cfg_, pick_, rng_);
+    benchmark::DoNotOptimize(r.response_ids.data());
+    std::size_t tokens = 0;
+    for (std::size_t b = 0; b < prompts_.size(); ++b) tokens += r.response_length(b);
+    return tokens;
+  }
+
+ private:
+  std::vector<ipa::weighted<ipa::llama_model>> adapters_;
+  ipa::ipa_decoder<ipa::llama_model, ipa::llama_model> decoder_;
+  ipa::prompt_list prompts_;
+  ipa::generation_config cfg_;
+  ipa::sampler<ipa::greedy> pick_{ipa::greedy{}};
+  ipa::xoshiro256 rng_{1};
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// One greedy decode: generated tokens per second.
 double decode_tokens_per_s(const ipa::llama_model& base, std::size_t batch, bool with_adapter, std::size_t new_tokens) {
-  std::vector<ipa::weighted<ipa::llama_model>> adapters;
-  if (with_adapter) adapters.push_back(ipa::with_alpha(base, 1.0f));  // the same model as adapter
-  const ipa::ipa_decoder decoder(base, adapters);
-  const ipa::prompt_list prompts(batch, std::vector<ipa::token_id>{1});
-  ipa::generation_config cfg;
-  cfg.max_new_tokens = new_tokens;
-  ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-  ipa::xoshiro256 rng(1);
+  greedy_decode decode(base, batch, with_adapter, new_tokens);
   const auto start = std::chrono::steady_clock::now();
-  const auto r = decoder.generate(prompts, cfg, pick, rng);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  benchmark::DoNotOptimize(r.response_ids.data());
-  std::size_t tokens = 0;
-  for (std::size_t b = 0; b < batch; ++b) tokens += r.response_length(b);
-  return double(tokens) / seconds;
+  const std::size_t tokens = decode();
+  return double(tokens) / seconds_since(start);
 }
 
 // args: shape, batch, adapters (0 or 1), new tokens per row
@@ -145,24 +166,12 @@ void BM_decode(benchmark::State& state) {
   const auto s = static_cast<shape>(state.range(0));
   const auto batch = static_cast<std::size_t>(state.range(1));
   const bool with_adapter = state.range(2) != 0;
-  const auto new_tokens = static_cast<std::size_t>(state.range(3));
   const ipa::llama_model& base = model(s);
-  std::vector<ipa::weighted<ipa::llama_model>> adapters;
-  if (with_adapter) adapters.push_back(ipa::with_alpha(base, 1.0f));  // the same model as adapter
-  const ipa::ipa_decoder decoder(base, adapters);
-  ipa::prompt_list prompts(batch, std::vector<ipa::token_id>{1});
-  ipa::generation_config cfg;
-  cfg.max_new_tokens = new_tokens;
-  ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-  ipa::xoshiro256 rng(1);
+  greedy_decode decode(base, batch, with_adapter, static_cast<std::size_t>(state.range(3)));
   std::size_t tokens = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (auto _ : state) {
-    const auto r = decoder.generate(prompts, cfg, pick, rng);
-    for (std::size_t b = 0; b < batch; ++b) tokens += r.response_length(b);
-    benchmark::DoNotOptimize(r.response_ids.data());
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (auto _ : state) tokens += decode();
+  const double seconds = seconds_since(start);
   state.counters["tokens/s"] = benchmark::Counter(double(tokens), benchmark::Counter::kIsRate);
   if (s == stories110M && batch == 1 && !with_adapter) {
     // every weight is read once per token (the classifier is the embedding table)
@@ -209,6 +218,18 @@ struct round_ratios {
   }
 };
 
+// a() and b() back to back, the order flipping from call to call (so neither side always runs on
+// the warmer or the cooler machine); returns {a(), b()}.
+template <class A, class B>
+std::pair<double, double> alternately(bool& b_first, A&& a, B&& b) {
+  double first = 0, second = 0;
+  if (b_first) second = b();
+  first = a();
+  if (!b_first) second = b();
+  b_first = !b_first;
+  return {first, second};
+}
+
 // 110M shape at batch 1: the weight bytes read per second over the read bandwidth measured just
 // before and just after the decode (the higher of the two: the stricter yardstick).
 void BM_rounds_110M_B1_of_bandwidth(benchmark::State& state) {
@@ -231,11 +252,8 @@ void BM_rounds_110M_B16_over_B1(benchmark::State& state) {
   round_ratios r;
   bool batch_first = false;
   for (auto _ : state) {
-    double one = 0, sixteen = 0;
-    if (batch_first) sixteen = decode_tokens_per_s(base, 16, false, 32);
-    one = decode_tokens_per_s(base, 1, false, 32);
-    if (!batch_first) sixteen = decode_tokens_per_s(base, 16, false, 32);
-    batch_first = !batch_first;
+    const auto [one, sixteen] = alternately(batch_first, [&] { return decode_tokens_per_s(base, 1, false, 32); },
+                                            [&] { return decode_tokens_per_s(base, 16, false, 32); });
     r.add(sixteen, one);
   }
   r.report(state, "B16_over_B1", 1.0, "B16_tokens/s");
@@ -248,11 +266,8 @@ void BM_rounds_260K_adapter_cost(benchmark::State& state) {
   round_ratios r;
   bool adapter_first = false;
   for (auto _ : state) {
-    double alone = 0, fused = 0;
-    if (adapter_first) fused = decode_tokens_per_s(base, 1, true, 256);
-    alone = decode_tokens_per_s(base, 1, false, 256);
-    if (!adapter_first) fused = decode_tokens_per_s(base, 1, true, 256);
-    adapter_first = !adapter_first;
+    const auto [alone, fused] = alternately(adapter_first, [&] { return decode_tokens_per_s(base, 1, false, 256); },
+                                            [&] { return decode_tokens_per_s(base, 1, true, 256); });
     r.add(alone, fused);  // (1 / fused) / (1 / alone): the time ratio
   }
   r.report(state, "adapter_time_ratio", 1.0, "B1_base_tokens/s");

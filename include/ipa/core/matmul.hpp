@@ -106,7 +106,8 @@ inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::s
                          std::size_t p1, v8f (&acc_out)[NP][NR][2], std::size_t prefetch) noexcept {
   // a local copy: x and P may alias acc_out (float and vectors of float), so without it an
   // out-of-line copy of this loop stores every accumulator every step. Copied vector by vector:
-  // GCC turns a memcpy of this size into a library call, 6% of a batch-16 decoding step.
+  // where GCC left this function out of line it made a memcpy of this size a library call (6%
+  // of a batch-16 decoding step in that build's profile).
   v8f acc[NP][NR][2];
   copy_acc8(acc_out, acc);
   for (std::size_t p = p0; p < p1; ++p) {
@@ -184,6 +185,19 @@ inline void panels_few_rows8(const float* x, std::size_t ldx, std::size_t n, con
   }
 }
 
+// The 8-wide many-row tiles take rows in groups of 18.
+inline constexpr std::size_t row_group8 = 18;
+
+// Whether pack_rows lays n rows out k-major, as the 8-wide many-row tiles read them (the AVX-512
+// tiles read row-major rows).
+constexpr bool packs_k_major([[maybe_unused]] std::size_t n) noexcept {
+#if defined(__AVX512F__)
+  return false;
+#else
+  return n >= 6;
+#endif
+}
+
 #if !defined(__AVX512F__)
 // Tiles of NR... rows of x (consecutive, in this order) against one panel. For a streamed matrix
 // they take turns over blocks of 32 steps: each block is read from memory by the first tile
@@ -195,8 +209,8 @@ inline void panels_few_rows8(const float* x, std::size_t ldx, std::size_t n, con
 //
 // The prefetch runs 32 KiB ahead of a streamed matrix, and the rows come packed k-major
 // (pack_rows: all rows' x[.][p] in one line, one stream instead of one per row). Together
-// they ran the 110M shape's products 1.25-1.4x as fast at n = 16 as 8 KiB ahead over row-major
-// rows (AMD Zen 3, 2 threads, alternated in one process); either alone gained 1.05-1.13x.
+// they ran the 110M shape's products 1.25-1.28x as fast at n = 16 as 8 KiB ahead over row-major
+// rows (medians; AMD Zen 3, 2 threads, alternated in one process); either alone 1.05-1.13x.
 inline constexpr std::size_t many_rows_prefetch_steps8 = 512;
 
 template <int NR>
@@ -247,9 +261,6 @@ inline void panel_rest_in_turns8(std::size_t rows, const float* x, std::size_t l
    ...);
 }
 
-// Rows are taken in groups of 18 by the many-row tiles.
-inline constexpr std::size_t row_group8 = 18;
-
 // n >= 6 rows against panels [0, np), one panel at a time: groups of 18 rows in turns, then the
 // rest. Row-major x (leading dimension ldx), or with KMajor packed by pack_rows (ldx unused).
 template <bool KMajor>
@@ -270,11 +281,6 @@ inline void panels_many_rows8(const float* x, std::size_t ldx, std::size_t n, co
                                    std::make_integer_sequence<int, int(G) - 1>{});
   }
 }
-
-// Whether pack_rows lays n rows out k-major (the many-row tiles) rather than row-major.
-constexpr bool packs_k_major(std::size_t n) noexcept { return n >= 6; }
-#else
-constexpr bool packs_k_major(std::size_t) noexcept { return false; }
 #endif
 
 #if defined(__AVX512F__)
@@ -446,14 +452,13 @@ inline void pack_rows(const float* x, std::size_t ldx, std::size_t n, std::size_
     for (std::size_t i = 0; i < n; ++i) std::copy_n(x + i * ldx, k, out + i * k);
     return;
   }
-#if !defined(__AVX512F__)
-  for (std::size_t i = 0; i < n; i += detail::row_group8) {
-    const std::size_t rows = std::min(detail::row_group8, n - i);
+  constexpr std::size_t G = detail::row_group8;
+  for (std::size_t i = 0; i < n; i += G) {
+    const std::size_t rows = std::min(G, n - i);
     float* group = out + i * k;
     for (std::size_t p = 0; p < k; ++p)  // the writes in order: one stream out, one per row in
       for (std::size_t j = 0; j < rows; ++j) group[p * rows + j] = x[(i + j) * ldx + p];
   }
-#endif
 }
 
 /// matmul_panels over rows packed by pack_rows (xp holds n rows of w.cols()).

@@ -178,7 +178,7 @@ class llama_model {
                    const packed_matrix& w, float* xp, Done&& done) const noexcept {
     pack_rows(in, ldi, n, w.cols(), xp);
     const std::size_t panels = w.panels();
-    if (!streamed_) {
+    if (!streamed()) {
       const auto [first, last] = t.share((panels + 1) / 2);
       const auto [c0, c1] = matmul_packed_panels(out, ldo, xp, n, w, std::min(panels, 2 * first), std::min(panels, 2 * last));
       done(c0, c1);
@@ -293,7 +293,6 @@ class llama_model {
     packed_floats_ = classifier_.rows() * d;
     for (const layer_kernels& k : layers_)
       for (const packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) packed_floats_ += m->rows() * m->cols();
-    streamed_ = packed_floats_ * sizeof(float) > streamed_bytes;
   }
 
   llama_weights w_;
@@ -301,10 +300,9 @@ class llama_model {
   std::vector<layer_kernels> layers_;
   packed_matrix classifier_;
   std::size_t packed_floats_ = 0;  // weights read per token
-  // Over this many bytes of weights a model no longer fits the private caches of a few cores
+  // Over 8 MiB of weights a model no longer fits the private caches of a few cores
   // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
-  static constexpr std::size_t streamed_bytes = std::size_t{8} << 20;
-  bool streamed_ = false;
+  bool streamed() const noexcept { return packed_floats_ * sizeof(float) > (std::size_t{8} << 20); }
   std::vector<float> rope_cos_, rope_sin_;
 };
 
