@@ -90,6 +90,27 @@ inline std::size_t stream_prefetch_steps8() noexcept {
 #endif
 }
 
+// out[v * ldo + u] = in[u * ldi + v] for u, v < 8: three rounds of shuffles (pairs, quads, halves).
+inline void transpose8x8(const float* in, std::size_t ldi, float* out, std::size_t ldo) noexcept {
+  v8f r[8], t[8], s[8];
+  for (std::size_t u = 0; u < 8; ++u) r[u] = load8(in + u * ldi);
+  for (int u = 0; u < 8; u += 2) {  // t[u], t[u+1]: rows u and u+1 interleaved (low and high pairs of each half)
+    t[u] = __builtin_shufflevector(r[u], r[u + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[u + 1] = __builtin_shufflevector(r[u], r[u + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int u = 0; u < 8; u += 4)  // s[u + c]: columns c and c + 4 of rows u .. u + 3
+    for (int h = 0; h < 2; ++h) {
+      s[u + 2 * h] = __builtin_shufflevector(t[u + h], t[u + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      s[u + 2 * h + 1] = __builtin_shufflevector(t[u + h], t[u + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int c = 0; c < 4; ++c) {  // column c from rows 0 .. 3 and 4 .. 7
+    const v8f lo = __builtin_shufflevector(s[c], s[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const v8f hi = __builtin_shufflevector(s[c], s[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    std::memcpy(out + std::size_t(c) * ldo, &lo, sizeof lo);
+    std::memcpy(out + std::size_t(c + 4) * ldo, &hi, sizeof hi);
+  }
+}
+
 template <int NP, int NR>
 inline void copy_acc8(const v8f (&from)[NP][NR][2], v8f (&to)[NP][NR][2]) noexcept {
   for (int q = 0; q < NP; ++q)
@@ -112,16 +133,16 @@ inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::s
   copy_acc8(acc_out, acc);
   for (std::size_t p = p0; p < p1; ++p) {
     v8f w[NP][2];
-#pragma GCC unroll 4
+    IPA_UNROLL(4)
     for (int q = 0; q < NP; ++q) {
       if (prefetch) __builtin_prefetch(P + q * 16 * k + (p + prefetch) * 16);
       w[q][0] = load8(P + q * 16 * k + p * 16);
       w[q][1] = load8(P + q * 16 * k + p * 16 + 8);
     }
-#pragma GCC unroll 6
+    IPA_UNROLL(6)
     for (int j = 0; j < NR; ++j) {
       const v8f xb = broadcast8(KMajor ? x[j + p * ldx] : x[j * ldx + p]);
-#pragma GCC unroll 4
+      IPA_UNROLL(4)
       for (int q = 0; q < NP; ++q) {
         acc[q][j][0] += xb * w[q][0];
         acc[q][j][1] += xb * w[q][1];
@@ -303,15 +324,15 @@ inline void panel_group_steps(const float* x, std::size_t ldx, const float* P, s
                               std::size_t p1, v16f (&acc)[NP][NR], std::size_t prefetch) noexcept {
   for (std::size_t p = p0; p < p1; ++p) {
     v16f w[NP];
-#pragma GCC unroll 8
+    IPA_UNROLL(8)
     for (int q = 0; q < NP; ++q) {
       if (prefetch) __builtin_prefetch(P + q * 16 * k + (p + prefetch) * 16);
       std::memcpy(&w[q], P + q * 16 * k + p * 16, sizeof(v16f));
     }
-#pragma GCC unroll 16
+    IPA_UNROLL(16)
     for (int j = 0; j < NR; ++j) {
       const float xv = x[j * ldx + p];
-#pragma GCC unroll 8
+      IPA_UNROLL(8)
       for (int q = 0; q < NP; ++q) acc[q][j] += xv * w[q];
     }
   }
@@ -454,10 +475,15 @@ inline void pack_rows(const float* x, std::size_t ldx, std::size_t n, std::size_
   }
   constexpr std::size_t G = detail::row_group8;
   for (std::size_t i = 0; i < n; i += G) {
-    const std::size_t rows = std::min(G, n - i);
+    const std::size_t rows = std::min(G, n - i), rows8 = rows / 8 * 8, k8 = k / 8 * 8;
+    const float* xi = x + i * ldx;
     float* group = out + i * k;
-    for (std::size_t p = 0; p < k; ++p)  // the writes in order: one stream out, one per row in
-      for (std::size_t j = 0; j < rows; ++j) group[p * rows + j] = x[(i + j) * ldx + p];
+    // 8 x 8 blocks through registers (16 x 2048 floats: the element loop took ~15 us, a
+    // per-thread serial step before each product), then the last rows and steps one by one
+    for (std::size_t p = 0; p < k8; p += 8)
+      for (std::size_t j = 0; j < rows8; j += 8) detail::transpose8x8(xi + j * ldx + p, ldx, group + p * rows + j, rows);
+    for (std::size_t p = 0; p < k; ++p)
+      for (std::size_t j = p < k8 ? rows8 : 0; j < rows; ++j) group[p * rows + j] = xi[j * ldx + p];
   }
 }
 

@@ -79,7 +79,7 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
   for (; t + 8 <= positions; t += 8)
     for (int g = 0; g < H; ++g) {
       v8f prod[8];
-#pragma GCC unroll 8
+      IPA_UNROLL(8)
       for (std::size_t u = 0; u < 8; ++u) prod[u] = products(g, t + u);
       const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
       std::memcpy(sc + g * sc_stride + t, &dots, sizeof dots);
