@@ -3,9 +3,12 @@
 // processors, and the decoder on the real model (greedy golden, alone and inside a batch).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -119,6 +122,28 @@ TEST_CASE("sparse base: both tail policies by hand") {
     CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{9, 0}, lps, ipa::tail_policy::uniform, row), ipa::shape_error);
     CHECK_THROWS_AS(ipa::densify_top_k(ids, std::vector<float>{0.5f, -1.f}, ipa::tail_policy::uniform, row), ipa::config_error);
   }
+}
+
+TEST_CASE("argmax: the eight-lane scan agrees with the plain loop (ties, NaN, -inf, every tail)") {
+  std::mt19937 gen(5);
+  std::uniform_int_distribution<int> pick(0, 9);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (std::size_t n = 1; n <= 80; ++n)
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<float> x(n);
+      for (float& v : x) {  // few distinct values: ties everywhere; some NaN, +-inf, signed zeros
+        const int c = pick(gen);
+        v = c == 0 ? nan : c == 1 ? -inf : c == 2 ? inf * float(trial % 7 == 0) : c == 3 ? -0.0f : float(c % 3);
+      }
+      if (trial % 5 == 0) std::fill(x.begin(), x.end(), -inf);
+      if (trial % 11 == 0) x[0] = nan;
+      REQUIRE(ipa::argmax(x) == ipa::argmax_reference(x));
+    }
+  std::vector<float> row(32000, 0.0f);
+  row[31999] = 1.0f;
+  CHECK(ipa::argmax(row) == 31999);
+  row[7] = 1.0f;
+  CHECK(ipa::argmax(row) == 7);
 }
 
 TEST_CASE("transforms by hand-computed tables") {

@@ -146,6 +146,12 @@ struct min_p {
   }
 };
 
+/// A sampled token and its log-probability under the distribution it was drawn from.
+struct sampled_token {
+  token_id token = 0;
+  float log_prob = 0.0f;
+};
+
 /// The most likely token (lowest id on ties). Its distribution is a point mass: log-prob 0.
 struct greedy {
   template <class Rng>
@@ -154,6 +160,11 @@ struct greedy {
   }
   float log_prob(std::span<const float> logits, token_id token) const noexcept {
     return static_cast<std::size_t>(token) == argmax(logits) ? 0.0f : detail::neg_inf;
+  }
+  /// select and log_prob of the token selected, in one pass over the row (sampler uses it).
+  template <class Rng>
+  sampled_token draw(std::span<const float> logits, Rng& rng) const noexcept {
+    return {select(logits, rng), 0.0f};
   }
 };
 
@@ -183,12 +194,6 @@ struct categorical {
   }
 };
 
-/// A sampled token and its log-probability under the distribution it was drawn from.
-struct sampled_token {
-  token_id token = 0;
-  float log_prob = 0.0f;
-};
-
 /// Transforms then exactly one selector, fixed at compile time: sampler<top_k, top_p, categorical>.
 template <class... Stages>
 class sampler {
@@ -214,8 +219,11 @@ class sampler {
   sampled_token operator()(std::span<float> logits, Rng& rng) {
     apply_transforms(logits, std::make_index_sequence<n_transforms>{});
     auto& select = std::get<n_transforms>(stages_);
-    const token_id t = select.select(std::span<const float>(logits), rng);
-    return {t, static_cast<float>(select.log_prob(std::span<const float>(logits), t))};
+    const std::span<const float> row(logits);
+    // a selector may draw and score in one pass (optional: greedy's second argmax is a pass over V)
+    if constexpr (requires { { select.draw(row, rng) } -> std::same_as<sampled_token>; }) return select.draw(row, rng);
+    const token_id t = select.select(row, rng);
+    return {t, static_cast<float>(select.log_prob(row, t))};
   }
 
   template <std::size_t I>
