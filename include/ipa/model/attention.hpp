@@ -63,11 +63,10 @@ inline void softmax_scores(float* sc, std::size_t positions) noexcept {
 /// H query heads (1 or 2) that share one kv head, head_size a multiple of 8, in one pass over
 /// the keys and one over the values: head g's query at q + g * hs, scores at sc + g * sc_stride,
 /// output at out + g * hs. Keys and values at k0/v0 + t * stride. Each head's arithmetic is the
-/// same as alone (H = 1). prefetch_values: request the values' lines during the pass over the keys.
+/// same as alone (H = 1).
 template <int H>
 inline void wide_heads(const float* q, const float* k0, const float* v0, std::size_t stride, std::size_t hs,
-                       std::size_t positions, float scale, float* sc, std::size_t sc_stride, float* out,
-                       bool prefetch_values) noexcept {
+                       std::size_t positions, float scale, float* sc, std::size_t sc_stride, float* out) noexcept {
   auto products = [&](int g, std::size_t t) {  // q_g * k_t, 8 lanes (summed over the head's chunks)
     const float *k = k0 + t * stride, *qg = q + g * hs;
     v8f acc = load8(qg) * load8(k);
@@ -76,16 +75,8 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
   };
   // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
   // same order, as tree_sum8 on one position)
-  // prefetch_values: the values of these positions are requested while the keys are read (a
-  // cache larger than the L2 is in memory: the value pass below then waits for each line)
-  auto request_values = [&](std::size_t first, std::size_t last) {
-    if (prefetch_values)
-      for (std::size_t u = first; u < last; ++u)
-        for (std::size_t j = 0; j < hs; j += 16) __builtin_prefetch(v0 + u * stride + j);
-  };
   std::size_t t = 0;
-  for (; t + 8 <= positions; t += 8) {
-    request_values(t, t + 8);
+  for (; t + 8 <= positions; t += 8)
     for (int g = 0; g < H; ++g) {
       v8f prod[8];
       IPA_UNROLL(8)
@@ -93,8 +84,6 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
       const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
       std::memcpy(sc + g * sc_stride + t, &dots, sizeof dots);
     }
-  }
-  request_values(t, positions);
   for (; t < positions; ++t)
     for (int g = 0; g < H; ++g) sc[g * sc_stride + t] = tree_sum8(products(g, t)) * scale;
   for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);
@@ -122,17 +111,13 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
 /// over t < positions (key t at k0 + t * stride, value t at v0 + t * stride), softmax, output
 /// head g at out + g * hs = sum_t p_t v_t. Scores of head g at sc + g * sc_stride (scratch).
 inline void attend_heads(const float* q, std::size_t heads, const float* k0, const float* v0, std::size_t stride,
-                         std::size_t hs, std::size_t positions, float* sc, std::size_t sc_stride, float* out,
-                         bool prefetch_values = false) noexcept {
+                         std::size_t hs, std::size_t positions, float* sc, std::size_t sc_stride, float* out) noexcept {
   const float scale = 1.0f / std::sqrt(float(hs));
   if (hs % 8 == 0) {  // real models: 8 .. 128; pairs of heads share the passes over K and V
     std::size_t g = 0;
     for (; g + 2 <= heads; g += 2)
-      wide_heads<2>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs,
-                    prefetch_values);
-    if (g < heads)
-      wide_heads<1>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs,
-                    prefetch_values);
+      wide_heads<2>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
+    if (g < heads) wide_heads<1>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
     return;
   }
   for (std::size_t g = 0; g < heads; ++g) {
@@ -166,8 +151,7 @@ inline void cached_attention(const attention_shape& a, const float* qkv, const i
       [&](std::size_t task) {
         const std::size_t i = task / heads, h = task % heads, cache0 = s.offset(l, rows[i], h / group);
         attend_heads(qkv + i * w + h * hs, 1, s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
-                     std::size_t(pos[i]) + 1, s.scores.data() + task * capacity, capacity, att + i * d + h * hs,
-                     s.outgrows_l2());
+                     std::size_t(pos[i]) + 1, s.scores.data() + task * capacity, capacity, att + i * d + h * hs);
       },
       work >= (std::size_t{1} << 16));
 }

@@ -36,12 +36,6 @@ struct kv_cache_state {
     return ((l * std::size_t(batch) + std::size_t(row)) * kv_heads + h) * std::size_t(capacity) * head_size;
   }
 
-  /// Whether the keys and values outgrow a core's L2 (512 KiB on the machines measured): attention
-  /// then reads them from memory and asks for the values early (110M shape, batch 16, greedy
-  /// decoding: 1.04x, the median of five 11-round A/B runs, 0.93-1.07; stories260K at batch 1,
-  /// whose cache fits, lost 8% to the requests).
-  bool outgrows_l2() const noexcept { return 2 * key_cache.size() * sizeof(float) > (std::size_t{512} << 10); }
-
   /// Writes kv head h's key and value (head_size floats each) at position p of layer l, row `row`.
   void append_head(std::size_t l, int row, std::size_t h, int p, const float* key, const float* value) noexcept {
     const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;

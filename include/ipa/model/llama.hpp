@@ -245,7 +245,7 @@ class llama_model {
     for (std::size_t g = 0; g < attention_.group(); ++g) rope(q + g * hs, hs, p);
     detail::attend_heads(q, attention_.group(), s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
                          std::size_t(p) + 1, s.scores.data() + (i * attention_.heads + h0) * capacity, capacity,
-                         s.att.data() + i * d + h0 * hs, s.outgrows_l2());
+                         s.att.data() + i * d + h0 * hs);
   }
 
   // out = x * w / sqrt(mean(x^2) + eps), row by row
