@@ -30,6 +30,8 @@ concept LogitTransform = requires(T& t, std::span<float> logits) {
 
 /// Picks the next token from (transformed) logits; all randomness comes from the caller's
 /// generator. `log_prob` gives the log-probability of a token under the distribution it samples.
+/// A selector may also offer `draw(logits, rng) -> sampled_token`, both in one pass over the row
+/// (greedy does); `sampler` then calls that instead of select and log_prob.
 template <class S, class Rng = xoshiro256>
 concept TokenSelector = std::uniform_random_bit_generator<Rng> &&
                         requires(S& s, std::span<const float> logits, Rng& rng, token_id token) {
