@@ -245,32 +245,36 @@ void BM_rounds_110M_B1_of_bandwidth(benchmark::State& state) {
   r.report(state, "of_bandwidth", 1e-9, "weight_GB/s");
 }
 
-// 110M shape: tokens/s at batch 16 over batch 1, the two decodes back to back in each round
-// (their order alternates from round to round).
-void BM_rounds_110M_B16_over_B1(benchmark::State& state) {
-  const ipa::llama_model& base = model(stories110M);
+// Rounds of numerator() and denominator() back to back, their order flipping from round to
+// round: the per-round ratios numerator / denominator.
+template <class N, class D>
+round_ratios alternating_rounds(benchmark::State& state, N&& numerator, D&& denominator) {
   round_ratios r;
-  bool batch_first = false;
+  bool denominator_first = false;
   for (auto _ : state) {
-    const auto [one, sixteen] = alternately(batch_first, [&] { return decode_tokens_per_s(base, 1, false, 32); },
-                                            [&] { return decode_tokens_per_s(base, 16, false, 32); });
-    r.add(sixteen, one);
+    const auto [n, d] = alternately(denominator_first, numerator, denominator);
+    r.add(n, d);
   }
-  r.report(state, "B16_over_B1", 1.0, "B16_tokens/s");
+  return r;
 }
 
-// stories260K at batch 1: base + adapter (the same model) over the base alone, in time per token,
-// and the base's tokens/s.
+// 110M shape: tokens/s at batch 16 over batch 1.
+void BM_rounds_110M_B16_over_B1(benchmark::State& state) {
+  const ipa::llama_model& base = model(stories110M);
+  alternating_rounds(
+      state, [&] { return decode_tokens_per_s(base, 16, false, 32); },
+      [&] { return decode_tokens_per_s(base, 1, false, 32); })
+      .report(state, "B16_over_B1", 1.0, "B16_tokens/s");
+}
+
+// stories260K at batch 1: base + adapter (the same model) over the base alone, in time per token
+// (the base's tokens/s over the fused decode's), and the base's tokens/s.
 void BM_rounds_260K_adapter_cost(benchmark::State& state) {
   const ipa::llama_model& base = model(stories260K);
-  round_ratios r;
-  bool adapter_first = false;
-  for (auto _ : state) {
-    const auto [alone, fused] = alternately(adapter_first, [&] { return decode_tokens_per_s(base, 1, false, 256); },
-                                            [&] { return decode_tokens_per_s(base, 1, true, 256); });
-    r.add(alone, fused);  // (1 / fused) / (1 / alone): the time ratio
-  }
-  r.report(state, "adapter_time_ratio", 1.0, "B1_base_tokens/s");
+  alternating_rounds(
+      state, [&] { return decode_tokens_per_s(base, 1, false, 256); },
+      [&] { return decode_tokens_per_s(base, 1, true, 256); })
+      .report(state, "adapter_time_ratio", 1.0, "B1_base_tokens/s");
 }
 
 }  // namespace

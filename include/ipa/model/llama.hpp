@@ -108,6 +108,11 @@ class llama_model {
  private:
   int team_size(std::size_t n) const noexcept { return team_threads(n * packed_floats_ * sizeof(float)); }
 
+  // One thread's rows packed for a product (pack_rows): n tokens or m logit rows, of d or hd.
+  std::size_t packed_rows_floats(std::size_t n, std::size_t m) const noexcept {
+    return std::max(n, m) * std::max(std::size_t(w_.config().dim), std::size_t(w_.config().hidden_dim));
+  }
+
   // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
   // input, SwiGLU activations and rows packed for the products).
   void grow(llama_state& s, std::size_t n, std::size_t m, std::size_t threads) const {
@@ -124,7 +129,7 @@ class llama_model {
     at_least(s.h13, n * 2 * hd);
     at_least(s.hb, threads * n * hd);
     at_least(s.logits_x, threads * m * d);
-    at_least(s.packed_rows, threads * std::max(n, m) * std::max(d, hd));
+    at_least(s.packed_rows, threads * packed_rows_floats(n, m));
     at_least(s.scores, n * c.n_heads * std::size_t(s.capacity));
   }
 
@@ -137,7 +142,7 @@ class llama_model {
     float* x = s.x.data();
     float* xb = s.xb.data() + t.rank() * n * d;  // this thread's
     float* hb = s.hb.data() + t.rank() * n * hd;
-    float* xp = s.packed_rows.data() + t.rank() * std::max(n, logit_items.size()) * std::max(d, hd);
+    float* xp = s.packed_rows.data() + t.rank() * packed_rows_floats(n, logit_items.size());
     for (int l = 0; l < c.n_layers; ++l) {
       const layer_kernels& lk = layers_[l];
       // attention block: Q|K|V in one product; then per (token, kv head): RoPE, append K/V to
