@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -208,11 +209,14 @@ struct round_ratios {
     const std::size_t n = v.size();
     return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
   }
-  void report(benchmark::State& state, const std::string& name, double numerator_scale,
-              const std::string& numerator_name) const {
+  void report_ratios(benchmark::State& state, const std::string& name) const {
     state.counters[name] = median(ratios);
     state.counters[name + "_min"] = *std::min_element(ratios.begin(), ratios.end());
     state.counters[name + "_max"] = *std::max_element(ratios.begin(), ratios.end());
+  }
+  void report(benchmark::State& state, const std::string& name, double numerator_scale,
+              const std::string& numerator_name) const {
+    report_ratios(state, name);
     state.counters[numerator_name] = median(numerators) * numerator_scale;
     state.counters["rounds"] = double(ratios.size());
   }
@@ -243,6 +247,85 @@ void BM_rounds_110M_B1_of_bandwidth(benchmark::State& state) {
     r.add(tokens_per_s * bytes_per_token, std::max(before, after));
   }
   r.report(state, "of_bandwidth", 1e-9, "weight_GB/s");
+}
+
+// Where the batch-1 decode's bytes/s goes, on the 110M shape. One matrix of the model's size
+// (440 MB) in the decoder's 4-panel chunks, handed to the threads as the decoder hands them out,
+// is read eight passes at a time, summed (a plain read, four panels in lockstep as the kernel
+// reads them) and multiplied by one row (the decoder's batch-1 product kernel); with them, in
+// rotating order each round, a decode of 32 tokens and this bench's bandwidth yardstick
+// (memory_read_bandwidth: the best of ten 2 GiB passes). Medians of the per-round ratios:
+// kernel over read, decode over kernel and read over yardstick multiply to the decode's share of
+// the bandwidth; best_kernel_over_yardstick is the kernel's fastest pass over the yardstick.
+void BM_rounds_110M_B1_where_bandwidth_goes(benchmark::State& state) {
+  const ipa::llama_model& base = model(stories110M);
+  const std::size_t bytes_per_token = base.weights().data().size() * sizeof(float), k = 768;
+  static const ipa::packed_matrix w = [&] {
+    std::vector<float> rows(bytes_per_token / sizeof(float) / k / 64 * 64 * k);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = float(i % 251) * 1e-3f;
+    return ipa::packed_matrix(rows.data(), k, rows.size() / k, k);
+  }();
+  const std::size_t panels = w.panels(), chunk = 4;  // the decoder's chunk of a streamed matrix
+  const double bytes = double(panels) * ipa::packed_matrix::panel * k * sizeof(float);
+  std::vector<float> x(k, 0.5f), out(w.rows()), sums(panels);
+  auto one_pass = [&](bool multiply) {
+    ipa::run_team(ipa::max_threads(), [&](const ipa::team& t) noexcept {
+      t.for_each_chunk(panels, chunk, [&](std::size_t p0, std::size_t p1) {
+        if (multiply) {
+          ipa::matmul_packed_panels(out.data(), w.rows(), x.data(), 1, w, p0, p1);
+          return;
+        }
+        const std::size_t len = ipa::packed_matrix::panel * k;  // one panel, contiguous
+        ipa::detail::v8f acc[4][2] = {};
+        for (std::size_t i = 0; i < len; i += 16)
+          for (std::size_t q = 0; q < p1 - p0; ++q) {
+            acc[q][0] += ipa::detail::load8(w.panel_data(p0 + q) + i);
+            acc[q][1] += ipa::detail::load8(w.panel_data(p0 + q) + i + 8);
+          }
+        ipa::detail::v8f total = {};
+        for (const auto& a : acc) total += a[0] + a[1];
+        sums[p0] = ipa::detail::tree_sum8(total);
+      });
+    });
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::DoNotOptimize(out.data());
+  };
+  struct rate {
+    double mean = 0, best = 0;  // GB/s
+  };
+  auto passes = [&](bool multiply) {
+    rate r;
+    double seconds = 0;
+    for (int pass = 0; pass < 8; ++pass) {
+      const auto start = std::chrono::steady_clock::now();
+      one_pass(multiply);
+      const double s = seconds_since(start);
+      seconds += s;
+      r.best = std::max(r.best, bytes / s / 1e9);
+    }
+    r.mean = 8 * bytes / seconds / 1e9;
+    return r;
+  };
+  rate read, kernel;
+  double decode = 0, yardstick = 0;
+  std::function<void()> parts[4] = {
+      [&] { read = passes(false); }, [&] { kernel = passes(true); },
+      [&] { decode = decode_tokens_per_s(base, 1, false, 32) * double(bytes_per_token) / 1e9; },
+      [&] { yardstick = memory_read_bandwidth() / 1e9; }};
+  round_ratios kernel_over_read, decode_over_kernel, read_over_yardstick, best_kernel_over_yardstick;
+  std::size_t round = 0;
+  for (auto _ : state) {
+    for (std::size_t i = 0; i < 4; ++i) parts[(round + i) % 4]();
+    ++round;
+    kernel_over_read.add(kernel.mean, read.mean);
+    decode_over_kernel.add(decode, kernel.mean);
+    read_over_yardstick.add(read.mean, yardstick);
+    best_kernel_over_yardstick.add(kernel.best, yardstick);
+  }
+  kernel_over_read.report(state, "kernel_over_read", 1.0, "kernel_GB/s");
+  decode_over_kernel.report_ratios(state, "decode_over_kernel");
+  read_over_yardstick.report_ratios(state, "read_over_yardstick");
+  best_kernel_over_yardstick.report_ratios(state, "best_kernel_over_yardstick");
 }
 
 // Rounds of numerator() and denominator() back to back, their order flipping from round to
@@ -298,5 +381,6 @@ BENCHMARK(BM_decode)
 BENCHMARK(BM_rounds_260K_adapter_cost)->Iterations(41)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_rounds_110M_B1_of_bandwidth)->Iterations(7)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_rounds_110M_B16_over_B1)->Iterations(7)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_rounds_110M_B1_where_bandwidth_goes)->Iterations(7)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();
