@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+// The decoder's products alone, by where their weights live: n packed rows (16: the batch-16
+// step's tiles; 6: one tile; 1: batch 1) against a packed matrix with k = 768 sized for L2
+// (384 KiB a thread, just over the size the library treats as cached, so it takes the streamed
+// path the 110M shape takes), L3 (4.5 MiB) or memory (216 MiB), each thread on its own matrix,
+// on one thread or all. Reports GFLOP/s and their fraction of the same threads' FMA peak measured
+// just before and after, and for one row the weight bytes read per second: how far the batch-16 tiles are
+// from the peak at each level, and whether threads scale.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ipa/core/matmul.hpp>
+#include <ipa/core/parallel.hpp>
+
+#include "measure.hpp"
+
+namespace {
+
+enum level { l2, l3, memory };
+constexpr std::size_t k = 768;
+
+// One thread's matrix (rows x k, packed) and its packed input rows and output.
+struct thread_product {
+  ipa::packed_matrix w;
+  std::vector<float> xp, out;
+};
+
+ipa::packed_matrix random_matrix(std::size_t rows, unsigned salt) {
+  std::vector<float> w(rows * k);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float((i * 7 + salt) % 251) * 1e-3f - 0.125f;
+  return ipa::packed_matrix(w.data(), k, rows, k);
+}
+
+// The matrices of every thread for a level, built once (the memory level holds 216 MiB a thread).
+std::vector<ipa::packed_matrix>& matrices(level l) {
+  static std::map<level, std::vector<ipa::packed_matrix>> cache;
+  auto& m = cache[l];
+  if (m.empty()) {
+    const std::size_t bytes = l == l2 ? std::size_t{384} << 10 : l == l3 ? std::size_t{4608} << 10 : std::size_t{216} << 20;
+    for (int t = 0; t < ipa::max_threads(); ++t) m.push_back(random_matrix(bytes / (k * sizeof(float)), unsigned(t)));
+  }
+  return m;
+}
+
+// args: rows n, level, threads (1 or all)
+void BM_product(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  const auto where = static_cast<level>(state.range(1));
+  const int threads = state.range(2) == 1 ? 1 : ipa::max_threads();
+  const auto& w = matrices(where);
+  const std::size_t m = w[0].rows();
+  std::vector<std::vector<float>> xp(w.size(), std::vector<float>(n * k)), out(w.size(), std::vector<float>(n * m));
+  std::vector<float> x(n * k);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) * 1e-2f - 0.5f;
+  for (auto& p : xp) ipa::pack_rows(x.data(), k, n, k, p.data());
+  // products per thread per iteration: ~0.4 GFLOP, so an iteration is tens of milliseconds
+  const std::size_t reps = std::max<std::size_t>(1, std::size_t(4e8 / (2.0 * double(n * m * k))));
+  const double peak_before = ipa_bench::fma_throughput(threads);
+  const auto start = std::chrono::steady_clock::now();
+  for (auto _ : state)
+    ipa::run_team(threads, [&](const ipa::team& t) noexcept {
+      const std::size_t i = t.rank();
+      for (std::size_t r = 0; r < reps; ++r) ipa::matmul_packed_panels(out[i].data(), m, xp[i].data(), n, w[i], 0, w[i].panels());
+    });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  benchmark::DoNotOptimize(out.data());
+  const double products = double(state.iterations()) * double(reps) * threads;
+  const double flops_per_s = products * 2.0 * double(n * m * k) / seconds;
+  state.counters["GFLOP/s"] = flops_per_s / 1e9;
+  // the higher of the peaks measured just before and just after: the stricter yardstick
+  state.counters["of_fma_peak"] = flops_per_s / std::max(peak_before, ipa_bench::fma_throughput(threads));
+  if (n == 1) state.counters["weight_GB/s"] = products * double(w[0].panels() * ipa::packed_matrix::panel * k * sizeof(float)) / seconds / 1e9;
+  state.SetLabel(std::string(where == l2 ? "L2" : where == l3 ? "L3" : "memory") + ", " + std::to_string(n) + " rows, " +
+                 std::to_string(threads) + (threads == 1 ? " thread" : " threads"));
+}
+
+}  // namespace
+
+BENCHMARK(BM_product)
+    ->ArgNames({"rows", "level", "threads"})
+    ->ArgsProduct({{16, 6, 1}, {l2, l3, memory}, {1, 0}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
+    ->UseRealTime();
+
+BENCHMARK_MAIN();
