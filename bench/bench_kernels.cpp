@@ -25,12 +25,6 @@ namespace {
 enum level { l2, l3, memory };
 constexpr std::size_t k = 768;
 
-// One thread's matrix (rows x k, packed) and its packed input rows and output.
-struct thread_product {
-  ipa::packed_matrix w;
-  std::vector<float> xp, out;
-};
-
 ipa::packed_matrix random_matrix(std::size_t rows, unsigned salt) {
   std::vector<float> w(rows * k);
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = float((i * 7 + salt) % 251) * 1e-3f - 0.125f;

@@ -56,12 +56,14 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
       ipa::matmul(part.data(), m, x.data(), k, n, packed);
       for (std::size_t i = 0; i < n * m; ++i) REQUIRE(part[i] == all[i]);
       ipa::pack_rows(x.data(), k, n, k, xp.data());
-      if (n >= 6)  // the layout itself: group g of R rows holds x[18g + j][p] at 18gk + pR + j
+      if (ipa::detail::packs_k_major(n))  // the layout itself: group g of R rows holds x[18g + j][p] at 18gk + pR + j
         for (std::size_t g = 0; g * 18 < n; ++g) {
           const std::size_t rows = std::min<std::size_t>(18, n - g * 18);
           for (std::size_t p = 0; p < k; ++p)
             for (std::size_t j = 0; j < rows; ++j) REQUIRE(xp[g * 18 * k + p * rows + j] == x[(g * 18 + j) * k + p]);
         }
+      else  // row-major: a copy (a few rows, or the AVX-512 tiles)
+        for (std::size_t i = 0; i < n * k; ++i) REQUIRE(xp[i] == x[i]);
       const std::size_t split = packed.panels() / 2 | 1;
       ipa::matmul_packed_panels(from_packed.data(), m, xp.data(), n, packed, 0, std::min(split, packed.panels()));
       ipa::matmul_packed_panels(from_packed.data(), m, xp.data(), n, packed, std::min(split, packed.panels()),
