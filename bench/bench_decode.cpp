@@ -3,7 +3,8 @@
 // stories260K and on random-weight models of the stories15M and stories110M shapes (built in
 // memory). Also measures this machine's memory read bandwidth and multiply-add throughput, and for
 // the 110M shape reports the weight bytes streamed per second at batch 1 as a fraction of the
-// bandwidth (memory-bound) and the FLOP/s at batch 16 as a fraction of the FMA peak (compute-bound).
+// bandwidth (memory-bound; beside it the same fraction for llama2.c's plain row-major products over
+// the same weights) and the FLOP/s at batch 16 as a fraction of the FMA peak (compute-bound).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -178,19 +179,59 @@ std::pair<double, double> alternately(bool& b_first, A&& a, B&& b) {
   return {first, second};
 }
 
+// The reference point for the batch-1 share of the bandwidth: the products of a decoding step done
+// as llama2.c's run.c does them, over the same row-major weights. Each output is one dot product
+// of a weight row (one vector accumulator: what GCC makes of run.c's loop under -Ofast), each
+// matrix's rows split evenly over the threads, the threads meeting after each matrix (run.c's
+// `omp parallel for` per product). Activations stay fixed: only the weight reads are timed.
+// Returns the weight bytes read per second.
+double plain_gemv_bytes_per_s(const ipa::llama_weights& w, std::size_t tokens) {
+  const ipa::llama_config& c = w.config();
+  const std::size_t d = std::size_t(c.dim), kv = std::size_t(c.kv_dim()), hd = std::size_t(c.hidden_dim),
+                    vocab = std::size_t(c.vocab_size), layers = std::size_t(c.n_layers);
+  std::vector<float> x(std::max(d, hd), 0.01f), out(std::max(vocab, hd));
+  auto gemv = [&](const ipa::team& t, const float* m, std::size_t rows, std::size_t cols) {
+    const auto [first, last] = t.share(rows);
+    for (std::size_t r = first; r < last; ++r) {
+      ipa::detail::v8f acc = {};
+      for (std::size_t j = 0; j < cols; j += 8) acc += ipa::detail::load8(m + r * cols + j) * ipa::detail::load8(&x[j]);
+      out[r] = ipa::detail::tree_sum8(acc);
+    }
+    t.sync();
+  };
+  const double bytes = double(layers * (2 * d * d + 2 * kv * d + 3 * hd * d) + vocab * d) * sizeof(float);
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t token = 0; token < tokens; ++token)
+    ipa::run_team(ipa::max_threads(), [&](const ipa::team& t) noexcept {
+      for (int l = 0; l < c.n_layers; ++l) {
+        gemv(t, w.wq(l), d, d), gemv(t, w.wk(l), kv, d), gemv(t, w.wv(l), kv, d), gemv(t, w.wo(l), d, d);
+        gemv(t, w.w1(l), hd, d), gemv(t, w.w3(l), hd, d), gemv(t, w.w2(l), d, hd);
+      }
+      gemv(t, w.classifier(), vocab, d);
+    });
+  benchmark::DoNotOptimize(out.data());
+  return bytes * double(tokens) / seconds_since(start);
+}
+
 // 110M shape at batch 1: the weight bytes read per second over the read bandwidth measured just
-// before and just after the decode (the higher of the two: the stricter yardstick).
+// before and just after the decode (the higher of the two: the stricter yardstick); beside it,
+// in the same rounds and over the same yardstick, the plain row-major products above.
 void BM_rounds_110M_B1_of_bandwidth(benchmark::State& state) {
   const ipa::llama_model& base = model(stories110M);
   const double bytes_per_token = double(base.weights().data().size()) * sizeof(float);
-  round_ratios r;
+  round_ratios decoder, plain;
+  bool plain_first = false;
   for (auto _ : state) {
     const double before = memory_read_bandwidth();
-    const double tokens_per_s = decode_tokens_per_s(base, 1, false, 32);
+    const auto [decode_bytes_per_s, plain_bytes_per_s] = alternately(
+        plain_first, [&] { return decode_tokens_per_s(base, 1, false, 32) * bytes_per_token; },
+        [&] { return plain_gemv_bytes_per_s(base.weights(), 32); });
     const double after = memory_read_bandwidth();
-    r.add(tokens_per_s * bytes_per_token, std::max(before, after));
+    decoder.add(decode_bytes_per_s, std::max(before, after));
+    plain.add(plain_bytes_per_s, std::max(before, after));
   }
-  r.report(state, "of_bandwidth", 1e-9, "weight_GB/s");
+  decoder.report(state, "of_bandwidth", 1e-9, "weight_GB/s");
+  plain.report_ratios(state, "plain_gemv_of_bandwidth");
 }
 
 // Where the batch-1 decode's bytes/s goes, on the 110M shape. One matrix of the model's size
