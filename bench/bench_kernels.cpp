@@ -5,7 +5,8 @@
 // path the 110M shape takes), L3 (4.5 MiB) or memory (216 MiB), each thread on its own matrix,
 // on one thread or all. Reports GFLOP/s and their fraction of the same threads' FMA peak measured
 // just before and after, and for one row the weight bytes read per second: how far the batch-16 tiles are
-// from the peak at each level, and whether threads scale.
+// from the peak at each level, and whether threads scale. First, the same tiles with everything in
+// L1, against the FMA peak in alternating rounds: the most of the peak they can keep on this host.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -74,8 +75,51 @@ void BM_product(benchmark::State& state) {
                  std::to_string(threads) + (threads == 1 ? " thread" : " threads"));
 }
 
+// The best case of the same tiles: one panel and its rows in L1 (k = 192: 12 KiB of weights and at
+// most 12 KiB of rows), so nothing waits on L2 or memory, in rounds alternating with the FMA peak
+// loop on the same threads. The peak loop holds no loads and runs at the same rate minute after
+// minute on this project's VM; a loop that also loads from L1 does not, so the per-round ratio
+// (median, lowest, highest) is how much of the peak any tile can keep here, before streaming.
+void BM_l1_tile_of_fma_peak(benchmark::State& state) {
+  constexpr std::size_t k1 = 192, m = ipa::packed_matrix::panel;
+  const auto n = static_cast<std::size_t>(state.range(0));
+  const int threads = state.range(1) == 1 ? 1 : ipa::max_threads();
+  std::vector<float> w(m * k1), x(n * k1);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(i % 251) * 1e-3f - 0.125f;
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) * 1e-2f - 0.5f;
+  const ipa::packed_matrix panel(w.data(), k1, m, k1);
+  // each thread's output padded by a cache line: calls of a microsecond would otherwise bounce a
+  // line shared by two threads' outputs between the cores
+  std::vector<std::vector<float>> xp(std::size_t(threads), std::vector<float>(n * k1)),
+      out(std::size_t(threads), std::vector<float>(n * m + 16));
+  for (auto& p : xp) ipa::pack_rows(x.data(), k1, n, k1, p.data());
+  const std::size_t reps = std::size_t(3e8 / (2.0 * double(n * m * k1)));  // ~0.3 GFLOP a thread
+  std::vector<double> ratios;
+  for (auto _ : state) {
+    const double peak = ipa_bench::fma_throughput(threads);
+    const auto start = std::chrono::steady_clock::now();
+    ipa::run_team(threads, [&](const ipa::team& t) noexcept {
+      const std::size_t i = t.rank();
+      for (std::size_t r = 0; r < reps; ++r) ipa::matmul_packed_panels(out[i].data(), m, xp[i].data(), n, panel, 0, 1);
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    benchmark::DoNotOptimize(out.data());
+    ratios.push_back(double(reps) * threads * 2.0 * double(n * m * k1) / seconds / peak);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  state.counters["of_fma_peak"] = ratios[ratios.size() / 2];
+  state.counters["of_fma_peak_min"] = ratios.front();
+  state.counters["of_fma_peak_max"] = ratios.back();
+  state.SetLabel("L1, " + std::to_string(n) + " rows, " + std::to_string(threads) + (threads == 1 ? " thread" : " threads"));
+}
+
 }  // namespace
 
+BENCHMARK(BM_l1_tile_of_fma_peak)
+    ->ArgNames({"rows", "threads"})
+    ->ArgsProduct({{16, 6}, {1, 0}})
+    ->Iterations(15)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_product)
     ->ArgNames({"rows", "level", "threads"})
     ->ArgsProduct({{16, 6, 1}, {l2, l3, memory}, {1, 0}})
