@@ -48,8 +48,7 @@ const ipa::llama_model& model(shape s) {
     const std::string path = std::string(dir ? dir : IPA_BENCH_MODEL_DIR) + "/stories260K.bin";
     if (s == stories260K && std::filesystem::exists(path))
       m = std::make_unique<ipa::llama_model>(ipa::load_llama2c(path));
-    else
-      m = std::make_unique<ipa::llama_model>(ipa::llama_weights::random(config_of(s), 1234));
+    else m = std::make_unique<ipa::llama_model>(ipa::llama_weights::random(config_of(s), 1234));
   }
   return *m;
 }
@@ -135,7 +134,9 @@ void BM_decode(benchmark::State& state) {
     state.counters["fma_peak_GFLOP/s"] = peak / 1e9;
     state.counters["of_fma_peak"] = flops_per_s / peak;
   }
-  state.SetLabel(std::string(s == stories260K ? "stories260K" : s == stories15M ? "15M-shape" : "110M-shape") +
+  state.SetLabel(std::string(s == stories260K  ? "stories260K"
+                             : s == stories15M ? "15M-shape"
+                                               : "110M-shape") +
                  " B=" + std::to_string(batch) + (with_adapter ? " base+adapter" : " base"));
 }
 

@@ -37,7 +37,9 @@ std::vector<ipa::packed_matrix>& matrices(level l) {
   static std::map<level, std::vector<ipa::packed_matrix>> cache;
   auto& m = cache[l];
   if (m.empty()) {
-    const std::size_t bytes = l == l2 ? std::size_t{384} << 10 : l == l3 ? std::size_t{4608} << 10 : std::size_t{216} << 20;
+    const std::size_t bytes = l == l2   ? std::size_t{384} << 10
+                              : l == l3 ? std::size_t{4608} << 10
+                                        : std::size_t{216} << 20;
     for (int t = 0; t < ipa::max_threads(); ++t) m.push_back(random_matrix(bytes / (k * sizeof(float)), unsigned(t)));
   }
   return m;
@@ -61,7 +63,8 @@ void BM_product(benchmark::State& state) {
   for (auto _ : state)
     ipa::run_team(threads, [&](const ipa::team& t) noexcept {
       const std::size_t i = t.rank();
-      for (std::size_t r = 0; r < reps; ++r) ipa::matmul_packed_panels(out[i].data(), m, xp[i].data(), n, w[i], 0, w[i].panels());
+      for (std::size_t r = 0; r < reps; ++r)
+        ipa::matmul_packed_panels(out[i].data(), m, xp[i].data(), n, w[i], 0, w[i].panels());
     });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   benchmark::DoNotOptimize(out.data());
@@ -70,9 +73,14 @@ void BM_product(benchmark::State& state) {
   state.counters["GFLOP/s"] = flops_per_s / 1e9;
   // the higher of the peaks measured just before and just after: the stricter yardstick
   state.counters["of_fma_peak"] = flops_per_s / std::max(peak_before, ipa_bench::fma_throughput(threads));
-  if (n == 1) state.counters["weight_GB/s"] = products * double(w[0].panels() * ipa::packed_matrix::panel * k * sizeof(float)) / seconds / 1e9;
-  state.SetLabel(std::string(where == l2 ? "L2" : where == l3 ? "L3" : "memory") + ", " + std::to_string(n) + " rows, " +
-                 std::to_string(threads) + (threads == 1 ? " thread" : " threads"));
+  if (n == 1)
+    state.counters["weight_GB/s"] =
+        products * double(w[0].panels() * ipa::packed_matrix::panel * k * sizeof(float)) / seconds / 1e9;
+  state.SetLabel(std::string(where == l2   ? "L2"
+                             : where == l3 ? "L3"
+                                           : "memory") +
+                 ", " + std::to_string(n) + " rows, " + std::to_string(threads) +
+                 (threads == 1 ? " thread" : " threads"));
 }
 
 // The best case of the same tiles: one panel and its rows in L1 (k = 192: 12 KiB of weights and at
@@ -110,7 +118,8 @@ void BM_l1_tile_of_fma_peak(benchmark::State& state) {
   state.counters["of_fma_peak"] = ratios[ratios.size() / 2];
   state.counters["of_fma_peak_min"] = ratios.front();
   state.counters["of_fma_peak_max"] = ratios.back();
-  state.SetLabel("L1, " + std::to_string(n) + " rows, " + std::to_string(threads) + (threads == 1 ? " thread" : " threads"));
+  state.SetLabel("L1, " + std::to_string(n) + " rows, " + std::to_string(threads) +
+                 (threads == 1 ? " thread" : " threads"));
 }
 
 }  // namespace

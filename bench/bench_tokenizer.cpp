@@ -32,7 +32,8 @@ const std::string& english_text() {
     const ipa::prompt_list prompts(64, tok.encode("Once upon a time"));
     while (out.size() < (1u << 20)) {
       const auto r = decoder.generate(prompts, g, sampler, rng);
-      for (std::size_t b = 0; b < prompts.size(); ++b) out += "Once upon a time" + tok.decode(r.response(b), prompts[b].back()) + "\n";
+      for (std::size_t b = 0; b < prompts.size(); ++b)
+        out += "Once upon a time" + tok.decode(r.response(b), prompts[b].back()) + "\n";
     }
     out.resize(1u << 20);
     return out;

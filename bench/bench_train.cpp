@@ -15,7 +15,7 @@ namespace {
 ipa::llama_config shape_of(int s) {
   ipa::llama_config c;
   if (s == 0) c = {288, 768, 6, 6, 6, 32000, 256};  // stories15M
-  else c = {256, 688, 4, 8, 8, 50257, 1024};          // GPT-2-small-like: layers 4, dim 256, vocab 50257
+  else c = {256, 688, 4, 8, 8, 50257, 1024};        // GPT-2-small-like: layers 4, dim 256, vocab 50257
   c.shared_classifier = true;
   return c;
 }

@@ -44,7 +44,8 @@ inline double memory_read_bandwidth() {
     return double(n * sizeof(float)) / seconds;
   };
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) best = std::max({best, pass.template operator()<1>(), pass.template operator()<4>()});
+  for (int rep = 0; rep < 5; ++rep)
+    best = std::max({best, pass.template operator()<1>(), pass.template operator()<4>()});
   return best;
 }
 

@@ -24,6 +24,6 @@ int main(int argc, char** argv) {
 
   std::cout << "Once upon a time" << tok.decode(r.response(0), prompt.back()) << "\n";
   for (std::size_t t = 0; t < 5; ++t)  // what a trainer reads: behaviour vs tailored log-probs
-    std::cout << "token " << r.response_ids(0, t) << ": log pi_sampled " << r.log_probs(0, t)
-              << ", log pi_tailored " << r.tailored_log_probs(0, t) << "\n";
+    std::cout << "token " << r.response_ids(0, t) << ": log pi_sampled " << r.log_probs(0, t) << ", log pi_tailored "
+              << r.tailored_log_probs(0, t) << "\n";
 }

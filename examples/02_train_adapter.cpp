@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   cfg.stop_tokens = {ipa::llama2c_tokenizer::bos_id};  // llama2.c stories end with BOS
   ipa::prompt_list prompts = {tok.encode("Once upon a time"), tok.encode("One day, Tom went outside."),
                               tok.encode("Lily had a red ball.")};
-  ipa::rl_trainer trainer(&base, adapter, tok, ipa::keyword_coverage({std::vector<std::string>{"dog", "dogs"}}), prompts, cfg);
+  ipa::rl_trainer trainer(&base, adapter, tok, ipa::keyword_coverage({std::vector<std::string>{"dog", "dogs"}}),
+                          prompts, cfg);
 
   for (std::size_t s = 0; s < steps; ++s) {
     const ipa::step_metrics m = trainer.step();

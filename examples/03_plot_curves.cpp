@@ -66,13 +66,15 @@ int print_table(const std::string& path) {
     std::sort(v.begin(), v.end());
     return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
   };
-  std::printf("| task | method | seeds | held-out reward, mean (min..max) | base perplexity, median | distinct-2 | length |\n");
+  std::printf(
+      "| task | method | seeds | held-out reward, mean (min..max) | base perplexity, median | distinct-2 | length |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   for (const auto& [key, c] : rows)
     std::printf("| %s | %zu | %.3f (%.3f..%.3f) | %.2f | %.3f | %.0f |\n", key.c_str(), c.reward.size(), mean(c.reward),
-                *std::min_element(c.reward.begin(), c.reward.end()), *std::max_element(c.reward.begin(), c.reward.end()),
-                median(c.ppl), mean(c.d2), mean(c.len));
-  std::printf("\nPer seed (reward / base perplexity / distinct-2 / length):\n\n| task | method | seed 1 | seed 2 | seed 3 |\n");
+                *std::min_element(c.reward.begin(), c.reward.end()),
+                *std::max_element(c.reward.begin(), c.reward.end()), median(c.ppl), mean(c.d2), mean(c.len));
+  std::printf(
+      "\nPer seed (reward / base perplexity / distinct-2 / length):\n\n| task | method | seed 1 | seed 2 | seed 3 |\n");
   std::printf("| --- | --- | --- | --- | --- |\n");
   for (const auto& [key, c] : rows) {
     std::printf("| %s |", key.c_str());

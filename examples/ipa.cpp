@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -70,10 +70,8 @@ int tokenize(args& a) {
     ids = (ipa_cli::is_gguf(tok_path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(tok_path))
                                       : ipa::gpt2_tokenizer::load(tok_path))
               .encode(*text);
-  else if (ipa_cli::is_gguf(tok_path))
-    ids = ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text);
-  else
-    ids = ipa::llama2c_tokenizer::load(tok_path).encode(*text);
+  else if (ipa_cli::is_gguf(tok_path)) ids = ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text);
+  else ids = ipa::llama2c_tokenizer::load(tok_path).encode(*text);
   for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
   std::printf("\n");
   return 0;
@@ -119,7 +117,8 @@ int generate(args& a) {
   }
   if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");
   cfg.repetition_penalty = repetition;
-  if (!(temperature >= 0.0f)) throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
+  if (!(temperature >= 0.0f))
+    throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
 
   const ipa::any_model base = ipa_cli::load_any_model(base_path);
   const ipa_cli::any_tokenizer tok(base_path, tok_path, base.vocab_size());
@@ -153,7 +152,8 @@ int generate(args& a) {
       j["prompt_ids"] = ids[b];
       j["ids"] = response;
       std::vector<float> lp, tlp;
-      for (std::size_t t = 0; t < response.size(); ++t) lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
+      for (std::size_t t = 0; t < response.size(); ++t)
+        lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
       j["logprobs"] = lp;
       j["tailored_logprobs"] = tlp;
       j["finish_reason"] = ipa::to_string(r.finish[b]);

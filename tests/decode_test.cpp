@@ -35,7 +35,8 @@ struct table_policy {
       std::copy(table[s.last[b]].begin(), table[s.last[b]].end(), logits.begin() + b * vocab_size());
     }
   }
-  void step(state_type& s, std::span<const int> rows, std::span<const ipa::token_id> tokens, std::span<float> logits) const {
+  void step(state_type& s, std::span<const int> rows, std::span<const ipa::token_id> tokens,
+            std::span<float> logits) const {
     for (std::size_t i = 0; i < rows.size(); ++i) {
       s.last[rows[i]] = tokens[i];
       std::copy(table[tokens[i]].begin(), table[tokens[i]].end(), logits.begin() + i * vocab_size());
@@ -118,9 +119,12 @@ TEST_CASE("sparse base: both tail policies by hand") {
     for (int v : {1, 3, 4}) CHECK(row[v] == doctest::Approx(0.1 / 3).epsilon(1e-5));
   }
   SUBCASE("garbage is rejected") {
-    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{0, 0}, lps, ipa::tail_policy::uniform, row), ipa::shape_error);
-    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{9, 0}, lps, ipa::tail_policy::uniform, row), ipa::shape_error);
-    CHECK_THROWS_AS(ipa::densify_top_k(ids, std::vector<float>{0.5f, -1.f}, ipa::tail_policy::uniform, row), ipa::config_error);
+    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{0, 0}, lps, ipa::tail_policy::uniform, row),
+                    ipa::shape_error);
+    CHECK_THROWS_AS(ipa::densify_top_k(std::vector<ipa::token_id>{9, 0}, lps, ipa::tail_policy::uniform, row),
+                    ipa::shape_error);
+    CHECK_THROWS_AS(ipa::densify_top_k(ids, std::vector<float>{0.5f, -1.f}, ipa::tail_policy::uniform, row),
+                    ipa::config_error);
   }
 }
 
@@ -330,8 +334,8 @@ TEST_CASE("stories260K: greedy golden text alone and inside a batch of ragged pr
   }
   SUBCASE("a prompt longer than the context is a clear error") {
     const ipa::prompt_list too_long = {std::vector<ipa::token_id>(600, 300)};
-    CHECK_THROWS_WITH_AS(decoder.generate(too_long, cfg, g, rng),
-                         doctest::Contains("context holds 512"), ipa::shape_error);
+    CHECK_THROWS_WITH_AS(decoder.generate(too_long, cfg, g, rng), doctest::Contains("context holds 512"),
+                         ipa::shape_error);
   }
   SUBCASE("a sparse top-k view of the model gives the same greedy text (restricting keeps the argmax)") {
     const ipa::top_k_view<ipa::llama_model> api(model, 5);
@@ -497,7 +501,8 @@ TEST_CASE("vocabularies compared by token table: identical, appended, padded, di
   CHECK(table.size() == 512);
   CHECK(ipa::map_vocabularies(table, 512, table, 512).is_identity());
   // llama.cpp's GGUF of the same model spells BOS/EOS as SentencePiece does: the same table
-  const auto gguf = ipa::table_of(ipa::load_gguf_tokenizer(ipa::gguf_file::load(ipa_test::model_dir() + "/stories260K.gguf")));
+  const auto gguf =
+      ipa::table_of(ipa::load_gguf_tokenizer(ipa::gguf_file::load(ipa_test::model_dir() + "/stories260K.gguf")));
   CHECK(gguf == table);
   CHECK(table[1] == "<s>");
   table.push_back("<ctrl>");
@@ -513,8 +518,8 @@ TEST_CASE("vocab_mapped: an adapter with another vocabulary, seen with the base'
     row[std::size_t(last)] = 1.0f, row[4] = 9.0f;
     adapter.table.push_back(row);
   }
-  const ipa::vocab_mapped<table_policy> mapped(adapter, ipa::map_vocabularies({"a", "b", "c", "d"}, 4,
-                                                                              {"a", "b", "c", "d", "e"}, 5));
+  const ipa::vocab_mapped<table_policy> mapped(
+      adapter, ipa::map_vocabularies({"a", "b", "c", "d"}, 4, {"a", "b", "c", "d", "e"}, 5));
   static_assert(ipa::Policy<ipa::vocab_mapped<table_policy>>);
   CHECK(mapped.vocab_size() == 4);
   auto s = mapped.new_state(1, 8);
@@ -535,8 +540,8 @@ TEST_CASE("vocab_mapped: an adapter with another vocabulary, seen with the base'
   // the tailored policy never samples them, for positive and negative alpha
   table_policy base = uniform_rows({0.f, 0.f, 0.f, 0.f, 5.f, 5.f});
   // (the adapter's id 4 is now one of its own padding rows)
-  const ipa::vocab_mapped<table_policy> under(adapter, ipa::map_vocabularies({"a", "b", "c", "d", "z"}, 6,
-                                                                             {"a", "b", "c", "d"}, 5));
+  const ipa::vocab_mapped<table_policy> under(
+      adapter, ipa::map_vocabularies({"a", "b", "c", "d", "z"}, 6, {"a", "b", "c", "d"}, 5));
   for (const float alpha : {1.0f, -1.0f}) {
     const ipa::ipa_decoder<table_policy, ipa::vocab_mapped<table_policy>> d(base, {ipa::with_alpha(under, alpha)});
     ipa::sampler<ipa::categorical> pick{ipa::categorical{}};

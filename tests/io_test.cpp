@@ -14,10 +14,10 @@
 #include <ipa/core/rng.hpp>
 #include <ipa/io/gguf.hpp>
 #include <ipa/io/hf_llama.hpp>
-#include <ipa/io/safetensors.hpp>
 #include <ipa/io/llama2c.hpp>
-#include <ipa/model/llama.hpp>
 #include <ipa/io/npy.hpp>
+#include <ipa/io/safetensors.hpp>
+#include <ipa/model/llama.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
 #include "test_data.hpp"
@@ -54,7 +54,8 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     CHECK_THROWS_WITH_AS(ipa::load_llama2c("/nonexistent/model.bin"), doctest::Contains("cannot open"), ipa::io_error);
   }
   SUBCASE("truncated at several places") {
-    for (std::size_t size : {std::size_t(0), std::size_t(3), std::size_t(27), std::size_t(28), good.size() / 2, good.size() - 1}) {
+    for (std::size_t size :
+         {std::size_t(0), std::size_t(3), std::size_t(27), std::size_t(28), good.size() / 2, good.size() - 1}) {
       CAPTURE(size);
       temp_file f(std::vector<char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(size)), "trunc.bin");
       CHECK_THROWS_WITH_AS(ipa::load_llama2c(f.path), doctest::Contains("truncated"), ipa::io_error);
@@ -67,7 +68,8 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     CHECK_THROWS_WITH_AS(ipa::load_llama2c(f.path), doctest::Contains("oversized"), ipa::io_error);
   }
   SUBCASE("impossible headers") {
-    for (auto [field, value] : std::vector<std::pair<int, std::int32_t>>{{0, 0}, {0, -5}, {3, 7}, {4, 3}, {6, 0}, {1, 1 << 30}, {5, INT32_MIN}}) {
+    for (auto [field, value] : std::vector<std::pair<int, std::int32_t>>{
+             {0, 0}, {0, -5}, {3, 7}, {4, 3}, {6, 0}, {1, 1 << 30}, {5, INT32_MIN}}) {
       auto bytes = good;
       poke(bytes, 4 * std::size_t(field), value);
       temp_file f(bytes, "header.bin");
@@ -216,7 +218,6 @@ TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
 
 // ---- safetensors ----
 
-
 TEST_CASE("safetensors: round trip, and every malformed header is a clear error") {
   ipa::safetensors_writer w;
   const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
@@ -261,7 +262,8 @@ TEST_CASE("safetensors: round trip, and every malformed header is a clear error"
   CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 4)),
                        doctest::Contains("needs 8 bytes"), ipa::io_error);
   CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-                                           "y": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})", 8)),
+                                           "y": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})",
+                                       8)),
                        doctest::Contains("overlap"), ipa::io_error);
   CHECK_THROWS_WITH_AS(bad(with_header(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8)),
                        doctest::Contains("hole"), ipa::io_error);
@@ -270,7 +272,6 @@ TEST_CASE("safetensors: round trip, and every malformed header is a clear error"
 }
 
 // ---- writers: GGUF and Hugging Face folders, read back ----
-
 
 namespace {
 std::vector<float> logits_of(const ipa::llama_weights& w) {
@@ -295,7 +296,8 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   ipa::save_gguf_llama(gguf, w, &tok);
   const auto back = ipa::gguf_file::load(gguf);
   CHECK(logits_of(ipa::load_gguf_llama(back)) == expected);  // F32: identical bits
-  CHECK(ipa::load_gguf_tokenizer(back).encode("Once upon a time, Lily's dog") == tok.encode("Once upon a time, Lily's dog"));
+  CHECK(ipa::load_gguf_tokenizer(back).encode("Once upon a time, Lily's dog") ==
+        tok.encode("Once upon a time, Lily's dog"));
 
   ipa::save_gguf_llama(gguf, w, &tok, /*f16=*/true);
   const auto half = logits_of(ipa::load_gguf_llama(ipa::gguf_file::load(gguf)));
@@ -323,7 +325,7 @@ TEST_CASE("f16 conversion rounds to nearest even, both ways") {
   for (float v : {0.0f, 1.0f, -2.5f, 65504.0f, 0.000061035156f, 5.9604645e-8f, 3.14159f})
     CHECK(ipa::from_f16(ipa::to_f16(v)) == doctest::Approx(v).epsilon(1e-3));
   CHECK(ipa::to_f16(1.0f) == 0x3C00);
-  CHECK(ipa::to_f16(65520.0f) == 0x7C00);  // rounds past the largest half: inf
+  CHECK(ipa::to_f16(65520.0f) == 0x7C00);            // rounds past the largest half: inf
   CHECK(ipa::to_f16(1.0f + 1.0f / 2048) == 0x3C00);  // a tie goes to even
   CHECK(ipa::to_f16(1.0f + 3.0f / 2048) == 0x3C02);
   for (std::uint32_t h = 0; h < 0x7C00; ++h) REQUIRE(ipa::to_f16(ipa::from_f16(std::uint16_t(h))) == h);

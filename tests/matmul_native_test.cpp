@@ -2,9 +2,9 @@
 // matmul built for this CPU (-march=native, as the benches build it: the 2-panel x 8-row AVX-512
 // tile where the CPU has it; otherwise the 8-wide tiles, several panels at once for a few rows and
 // 6-row tiles taking turns over 32-step blocks for more, over row-major rows or rows packed
-// k-major by pack_rows), against the plain reference and against itself: every output is the same FMA chain whatever the batch size, so a row alone and inside
-// any batch gives the same bits. No Eigen in this program (g++ 12 + AVX-512 + Eigen + -Werror is
-// a known false-warning trap).
+// k-major by pack_rows), against the plain reference and against itself: every output is the same FMA chain whatever
+// the batch size, so a row alone and inside any batch gives the same bits. No Eigen in this program (g++ 12 + AVX-512 +
+// Eigen + -Werror is a known false-warning trap).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -37,7 +37,8 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
     std::vector<float> all(n_max * m), ref(n_max * m);
     ipa::matmul(all.data(), m, x.data(), k, n_max, packed);
     ipa::matmul_nt_reference(ref.data(), m, x.data(), k, n_max, w.data(), k, m, k);
-    for (std::size_t i = 0; i < all.size(); ++i) REQUIRE(std::fabs(all[i] - ref[i]) <= 1e-4f * (1.0f + std::fabs(ref[i])));
+    for (std::size_t i = 0; i < all.size(); ++i)
+      REQUIRE(std::fabs(all[i] - ref[i]) <= 1e-4f * (1.0f + std::fabs(ref[i])));
 #if defined(__FMA__) && defined(__OPTIMIZE__)
     // one fused multiply-add per term, in order: exactly this chain (GCC forms the FMAs when
     // optimising; an -O0 build multiplies and adds, which the reference check above covers)

@@ -28,9 +28,9 @@ TEST_CASE("ordered keyword coverage, whole words, inflections, binary") {
   ipa::keyword_coverage k({{"dog", "dogs"}, {"park"}, {"ball"}});
   CHECK(k.score_text("The dogs ran to the park with a ball.") == doctest::Approx(1.0));
   CHECK(k.score_text("A ball, then the park, then a dog.") == doctest::Approx(1.0 / 3));  // order matters
-  CHECK(k.score_text("The DOG went to the Park.") == doctest::Approx(2.0 / 3));             // any case
-  CHECK(k.score_text("hotdog parking") == doctest::Approx(0.0));                           // whole words only
-  CHECK(k.score_text("A park and a dog and a ball") == doctest::Approx(2.0 / 3));          // dog, ball after it
+  CHECK(k.score_text("The DOG went to the Park.") == doctest::Approx(2.0 / 3));           // any case
+  CHECK(k.score_text("hotdog parking") == doctest::Approx(0.0));                          // whole words only
+  CHECK(k.score_text("A park and a dog and a ball") == doctest::Approx(2.0 / 3));         // dog, ball after it
   ipa::keyword_coverage all({{"dog"}, {"park"}}, true);
   CHECK(all.score_text("dog park") == 1.0);
   CHECK(all.score_text("dog") == 0.0);
@@ -55,7 +55,8 @@ TEST_CASE("word avoidance, length, distinct-n and composites") {
   CHECK(score_texts(sum, {"a dog", "a sad dog", "nothing"}) == std::vector<double>{3, 1, 2});
   ipa::product_reward prod(ipa::avoid_words({"sad"}), ipa::keyword_coverage({{"dog"}}));
   CHECK(score_texts(prod, {"a dog", "a sad dog"}) == std::vector<double>{1, 0});
-  ipa::clipped_reward<ipa::weighted_sum<ipa::avoid_words>> clip{ipa::weighted_sum(std::pair{5.0, ipa::avoid_words({"x"})}), 0, 2};
+  ipa::clipped_reward<ipa::weighted_sum<ipa::avoid_words>> clip{
+      ipa::weighted_sum(std::pair{5.0, ipa::avoid_words({"x"})}), 0, 2};
   CHECK(score_texts(clip, {"y"}) == std::vector<double>{2});
   ipa::normalised_reward<ipa::avoid_words> norm{ipa::avoid_words({"x"})};
   const auto n = score_texts(norm, {"x", "y"});
@@ -73,9 +74,11 @@ TEST_CASE("reward spec: weighted terms, and clear errors") {
   r.score(views, s);
   CHECK(s[0] == doctest::Approx(1 + 0.5 * 1 + 1));
   CHECK_THROWS_WITH_AS(ipa::spec_reward::parse(""), doctest::Contains("empty"), ipa::config_error);
-  CHECK_THROWS_WITH_AS(ipa::spec_reward::parse("happy:1"), doctest::Contains("unknown reward 'happy'"), ipa::config_error);
+  CHECK_THROWS_WITH_AS(ipa::spec_reward::parse("happy:1"), doctest::Contains("unknown reward 'happy'"),
+                       ipa::config_error);
   CHECK_THROWS_WITH_AS(ipa::spec_reward::parse("length:abc"), doctest::Contains("not a number"), ipa::config_error);
-  CHECK_THROWS_WITH_AS(ipa::spec_reward::parse("x*avoid:a"), doctest::Contains("'x' is not a number"), ipa::config_error);
+  CHECK_THROWS_WITH_AS(ipa::spec_reward::parse("x*avoid:a"), doctest::Contains("'x' is not a number"),
+                       ipa::config_error);
   CHECK_THROWS_AS(ipa::spec_reward::parse("avoid:"), ipa::config_error);
   CHECK_THROWS_AS(ipa::spec_reward::parse("avoid:a +"), ipa::config_error);
   CHECK_THROWS_AS(ipa::spec_reward::parse("distinct:0"), ipa::config_error);

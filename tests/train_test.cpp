@@ -85,8 +85,8 @@ ipa::llama_weights tiny_weights(std::uint64_t seed, int extra_tokens = 0) {
 struct fusion_case {
   std::vector<ipa::token_id> tokens;  // (B, T)
   std::size_t B = 2, T = 6;
-  std::vector<float> base;             // (B*T, V)
-  std::vector<double> advantage;       // per row
+  std::vector<float> base;        // (B*T, V)
+  std::vector<double> advantage;  // per row
   double alpha = 0.7, kl_coef = 0.3, entropy_coef = 0.1;
 
   double loss(ipa::trainable_llama<double>& m, bool with_grad) const {

@@ -19,8 +19,8 @@
 
 #include <ipa/decode/decoder.hpp>
 #include <ipa/io/hf_gpt2.hpp>
-#include <ipa/model/gpt2.hpp>
 #include <ipa/io/llama2c.hpp>
+#include <ipa/model/gpt2.hpp>
 #include <ipa/reward/reward.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 #include <ipa/train/checkpoint.hpp>
@@ -121,8 +121,8 @@ TEST_CASE("a zero-output adapter leaves the tailored policy exactly equal to the
   ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
   ipa::xoshiro256 rng(1);
   const auto alone = ipa::ipa_decoder<ipa::llama_model>(f.base).generate(f.prompts, g, pick, rng);
-  const auto tailored = ipa::ipa_decoder<ipa::llama_model>(f.base, {ipa::with_alpha(adapter, 2.0f)})
-                            .generate(f.prompts, g, pick, rng);
+  const auto tailored =
+      ipa::ipa_decoder<ipa::llama_model>(f.base, {ipa::with_alpha(adapter, 2.0f)}).generate(f.prompts, g, pick, rng);
   CHECK(alone.response_ids == tailored.response_ids);
   CHECK(alone.tailored_log_probs == tailored.tailored_log_probs);
 }

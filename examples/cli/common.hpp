@@ -14,21 +14,21 @@
 #include <vector>
 
 #include <ipa/core/error.hpp>
+#include <ipa/decode/decoder.hpp>
+#include <ipa/decode/vocab_mapped.hpp>
 #include <ipa/io/binary_reader.hpp>
 #include <ipa/io/gguf.hpp>
 #include <ipa/io/gguf_gpt2.hpp>
 #include <ipa/io/hf_gpt2.hpp>
 #include <ipa/io/hf_llama.hpp>
+#include <ipa/io/llama2c.hpp>
 #include <ipa/model/any_model.hpp>
-#include <ipa/text/gpt2_tokenizer.hpp>
-#include <ipa/decode/decoder.hpp>
-#include <ipa/decode/vocab_mapped.hpp>
-#include <ipa/text/vocabulary.hpp>
 #include <ipa/model/llama.hpp>
+#include <ipa/text/gpt2_tokenizer.hpp>
+#include <ipa/text/llama2c_tokenizer.hpp>
+#include <ipa/text/vocabulary.hpp>
 #include <ipa/train/checkpoint.hpp>
 #include <ipa/train/trainer.hpp>
-#include <ipa/io/llama2c.hpp>
-#include <ipa/text/llama2c_tokenizer.hpp>
 
 namespace ipa_cli {
 
@@ -63,8 +63,8 @@ T parse_number(const std::string& flag, const std::string& text) {
     if (used != text.size()) throw std::invalid_argument(text);
     return v;
   } catch (const std::exception&) {
-    throw usage_error(flag + " expects " + (std::is_unsigned_v<T> ? "a whole number >= 0" : "a number") +
-                      ", found '" + text + "'");
+    throw usage_error(flag + " expects " + (std::is_unsigned_v<T> ? "a whole number >= 0" : "a number") + ", found '" +
+                      text + "'");
   }
 }
 
@@ -124,7 +124,7 @@ inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, cons
 inline std::string architecture_of(const std::string& path) {
   if (std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") && !is_adapter_folder(path))
     return ipa::detail::read_json(path + "/config.json").value("model_type", std::string("llama")) == "gpt2" ? "gpt2"
-                                                                                                           : "llama";
+                                                                                                             : "llama";
   if (is_gguf(path)) return ipa::gguf_architecture(ipa::gguf_file::load(path)) == "gpt2" ? "gpt2" : "llama";
   return "llama";
 }
@@ -144,18 +144,19 @@ inline bool has_gpt2_tokenizer(const std::string& path) {
   namespace fs = std::filesystem;
   if (is_gguf(path)) {
     const auto f = ipa::gguf_file::load(path);
-    return f.has("tokenizer.ggml.model") &&
-           f.value("tokenizer.ggml.model").as_string("tokenizer.ggml.model") == "gpt2";
+    return f.has("tokenizer.ggml.model") && f.value("tokenizer.ggml.model").as_string("tokenizer.ggml.model") == "gpt2";
   }
   if (fs::is_directory(path))
     return (fs::exists(path + "/encoder.json") && fs::exists(path + "/vocab.bpe")) ||
-           (fs::exists(path + "/vocab.json") && fs::exists(path + "/merges.txt")) || fs::exists(path + "/tokenizer.json");
+           (fs::exists(path + "/vocab.json") && fs::exists(path + "/merges.txt")) ||
+           fs::exists(path + "/tokenizer.json");
   return path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0 && fs::exists(path);
 }
 
 /// The GPT-2 tokenizer at `path` (see has_gpt2_tokenizer); its size must equal `vocab`.
 inline ipa::gpt2_tokenizer load_gpt2_tokenizer(const std::string& path, std::size_t vocab) {
-  auto tok = is_gguf(path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(path)) : ipa::gpt2_tokenizer::load(path);
+  auto tok =
+      is_gguf(path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(path)) : ipa::gpt2_tokenizer::load(path);
   if (tok.vocab_size() != vocab)
     throw ipa::shape_error(path + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, the model " +
                            std::to_string(vocab));
@@ -174,7 +175,8 @@ class any_tokenizer {
     const std::string from = tok_path.empty() ? model_path : tok_path;
     if (has_gpt2_tokenizer(from)) gpt2_.emplace(load_gpt2_tokenizer(from, vocab));
     else if (tok_path.empty() && architecture_of(model_path) == "gpt2")
-      throw ipa::io_error(model_path + ": no GPT-2 tokenizer with the model (vocab.json + merges.txt, tokenizer.json "
+      throw ipa::io_error(model_path +
+                          ": no GPT-2 tokenizer with the model (vocab.json + merges.txt, tokenizer.json "
                           "or a GGUF's); pass --tokenizer");
     else llama_.emplace(load_tokenizer(model_path, tok_path, vocab));
   }
@@ -187,7 +189,8 @@ class any_tokenizer {
     if (llama_) return llama_->encode(text);
     auto ids = gpt2_->encode(text);
     if (ids.empty()) {
-      if (gpt2_->eot_id() < 0) throw ipa::config_error("an empty prompt needs <|endoftext|>, which this vocabulary lacks");
+      if (gpt2_->eot_id() < 0)
+        throw ipa::config_error("an empty prompt needs <|endoftext|>, which this vocabulary lacks");
       ids.push_back(gpt2_->eot_id());
     }
     return ids;
@@ -246,7 +249,8 @@ inline std::optional<ipa::token_table> stored_token_table(const std::string& pat
     if (is_adapter_folder(path) || !has_gpt2_tokenizer(path)) return std::nullopt;
     return ipa::table_of(ipa::gpt2_tokenizer::load(path));
   }
-  if (fs::exists(default_tokenizer(path))) return ipa::table_of(ipa::llama2c_tokenizer::load(default_tokenizer(path), vocab));
+  if (fs::exists(default_tokenizer(path)))
+    return ipa::table_of(ipa::llama2c_tokenizer::load(default_tokenizer(path), vocab));
   return std::nullopt;
 }
 
@@ -257,9 +261,9 @@ inline std::optional<ipa::token_table> stored_token_table(const std::string& pat
 /// tokenizer, so its size must match.
 struct loaded_adapters {
   std::vector<ipa::llama_model> models;
-  std::vector<ipa::vocab_mapped<ipa::llama_model>> mapped;      // point into models
+  std::vector<ipa::vocab_mapped<ipa::llama_model>> mapped;                  // point into models
   std::vector<ipa::weighted<ipa::vocab_mapped<ipa::llama_model>>> experts;  // point into mapped
-  std::vector<ipa::token_id> controls;                          // -1: none
+  std::vector<ipa::token_id> controls;                                      // -1: none
 
   loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas,
                   const ipa::token_table& base_table, std::size_t base_vocab) {
@@ -268,8 +272,7 @@ struct loaded_adapters {
     for (std::size_t i = 0; i < paths.size(); ++i) {
       ipa::saved_adapter saved;
       if (is_adapter_folder(paths[i])) saved = ipa::load_adapter(paths[i]);
-      else
-        saved.weights = load_model(paths[i]);
+      else saved.weights = load_model(paths[i]);
       models.emplace_back(std::move(saved.weights));
       const std::size_t vocab = models.back().vocab_size();
       ipa::vocab_map map = ipa::vocab_map::identity(base_vocab);
@@ -281,7 +284,8 @@ struct loaded_adapters {
         }
       } else if (vocab != base_vocab) {
         throw ipa::shape_error(paths[i] + ": the adapter predicts " + std::to_string(vocab) + " tokens, the base " +
-                               std::to_string(base_vocab) + "; they must share a vocabulary (or the adapter must "
+                               std::to_string(base_vocab) +
+                               "; they must share a vocabulary (or the adapter must "
                                "store its tokenizer, so that ipa can map the ids)");
       }
       if (!map.is_identity() && saved.control_token >= 0)

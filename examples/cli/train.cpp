@@ -84,11 +84,11 @@ struct train_options {
   std::vector<std::string> frozen;
   std::uint64_t seed = 1;
 
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo, decay,
-                                 steps, batch, samples_per_prompt, max_new_tokens, warmup, ppo_epochs, bins,
-                                 micro_batch, save_every, adapter_dim, adapter_layers, adapter_heads, lr, top_p,
-                                 kl_coef, kl_target, entropy_coef, clip, gamma, lambda, alpha, temperature, tune_base,
-                                 frozen, seed, quark_updates, pool)
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo, decay, steps,
+                                 batch, samples_per_prompt, max_new_tokens, warmup, ppo_epochs, bins, micro_batch,
+                                 save_every, adapter_dim, adapter_layers, adapter_heads, lr, top_p, kl_coef, kl_target,
+                                 entropy_coef, clip, gamma, lambda, alpha, temperature, tune_base, frozen, seed,
+                                 quark_updates, pool)
 };
 
 ipa::lr_decay parse_decay(const std::string& s) {
@@ -253,8 +253,10 @@ int train(args& a) {
       break;
     }
     const ipa::step_metrics m = trainer.step();
-    const nlohmann::json j = {{"step", m.step}, {"reward", m.reward_mean}, {"kl", m.kl}, {"entropy", m.entropy},
-                              {"loss", m.loss}, {"grad_norm", m.grad_norm}, {"lr", m.lr}, {"kl_coef", m.kl_coef},
+    const nlohmann::json j = {{"step", m.step},       {"reward", m.reward_mean},
+                              {"kl", m.kl},           {"entropy", m.entropy},
+                              {"loss", m.loss},       {"grad_norm", m.grad_norm},
+                              {"lr", m.lr},           {"kl_coef", m.kl_coef},
                               {"samples", m.samples}, {"response_tokens", m.response_tokens},
                               {"seconds", m.seconds}, {"tokens_per_second", m.tokens_per_second},
                               {"elapsed", elapsed()}};
@@ -330,7 +332,8 @@ int eval(args& a) {
   if (!policy_path.empty()) {
     if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
     policy.emplace(load_model(policy_path));
-    if (policy->vocab_size() != base.vocab_size()) throw ipa::shape_error("--policy: vocabulary differs from the base's");
+    if (policy->vocab_size() != base.vocab_size())
+      throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
   const ipa::ipa_decoder decoder(policy ? *policy : base, adapters.experts);
 
@@ -402,8 +405,11 @@ int eval(args& a) {
     }
   flush();
   const double ppl = std::exp(nll / double(std::max<std::size_t>(tokens, 1)));
-  const nlohmann::json out = {{"samples", n},          {"reward", reward_sum / double(n)}, {"base_perplexity", ppl},
-                              {"distinct_1", d1 / double(n)}, {"distinct_2", d2 / double(n)},
+  const nlohmann::json out = {{"samples", n},
+                              {"reward", reward_sum / double(n)},
+                              {"base_perplexity", ppl},
+                              {"distinct_1", d1 / double(n)},
+                              {"distinct_2", d2 / double(n)},
                               {"mean_length", length / double(n)}};
   if (json) std::cout << out.dump() << '\n';
   else
@@ -446,8 +452,7 @@ int convert(args& a) {
   const ipa::llama_weights w = load_model(model_path);
   if (to == "gguf" || to == "gguf-f16") {
     std::optional<ipa::llama2c_tokenizer> tok;
-    if (!tok_path.empty() || is_gguf(model_path) ||
-        std::filesystem::exists(default_tokenizer(model_path)))
+    if (!tok_path.empty() || is_gguf(model_path) || std::filesystem::exists(default_tokenizer(model_path)))
       tok = load_tokenizer(model_path, tok_path, std::size_t(w.config().vocab_size));
     ipa::save_gguf_llama(out, w, tok ? &*tok : nullptr, to == "gguf-f16");
   } else if (to == "hf") {

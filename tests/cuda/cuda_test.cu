@@ -50,7 +50,8 @@ TEST_CASE("fused kernel: the CPU twin's tokens and log-probs for B x V grids, 0-
             d_adapters.emplace_back(std::span<const float>(adapters.back()));
           }
           std::vector<float> alphas = {0.5f, -0.25f, 1.5f};
-          for (int i = 0; i < n_adapters; ++i) in.adapters[i] = d_adapters[std::size_t(i)].data(), in.alphas[i] = alphas[std::size_t(i)];
+          for (int i = 0; i < n_adapters; ++i)
+            in.adapters[i] = d_adapters[std::size_t(i)].data(), in.alphas[i] = alphas[std::size_t(i)];
           in.n_adapters = n_adapters;
           in.batch = B;
           in.vocab = V;

@@ -10,7 +10,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const ipa::safetensors_file f(std::string(reinterpret_cast<const char*>(data), size), "fuzz");
     for (const auto& [name, e] : f.tensors())
-      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64") (void)f.floats(name, e.elements());
+      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
+        (void)f.floats(name, e.elements());
   } catch (const ipa::error&) {
   }
   return 0;

@@ -16,6 +16,8 @@ static_assert(!ipa::Policy<not_a_policy>);
 static_assert(!ipa::Policy<half_policy>);
 static_assert(ipa::SparsePolicy<ipa::top_k_view<ipa::llama_model>>);
 static_assert(!ipa::SparsePolicy<ipa::llama_model>);
+static_assert(ipa::BasePolicy<ipa::llama_model> && ipa::BasePolicy<ipa::top_k_view<ipa::llama_model>>);
+static_assert(!ipa::BasePolicy<half_policy>);
 static_assert(!ipa::Policy<ipa::top_k_view<ipa::llama_model>>);
 
 static_assert(ipa::LogitTransform<ipa::temperature>);

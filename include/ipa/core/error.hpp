@@ -31,9 +31,8 @@ struct shape_error : error {
 #define IPA_ASSERT(cond, msg) ((void)0)
 #else
 /// Checks an internal invariant in debug builds; aborts with file:line (never for user input).
-#define IPA_ASSERT(cond, msg)                                                               \
-  ((cond) ? (void)0                                                                         \
-          : (std::fprintf(stderr, "%s:%d: ipa assertion failed: %s (%s)\n", __FILE__, __LINE__, \
-                          #cond, msg),                                                      \
+#define IPA_ASSERT(cond, msg)                                                                                \
+  ((cond) ? (void)0                                                                                          \
+          : (std::fprintf(stderr, "%s:%d: ipa assertion failed: %s (%s)\n", __FILE__, __LINE__, #cond, msg), \
              std::abort()))
 #endif

@@ -78,7 +78,8 @@ inline double sum_exp(std::span<const float> x, float shift) noexcept {
     std::memcpy(&v, x.data() + i, sizeof v);
     acc += detail::exp8(v - detail::splat(shift));
   }
-  double sum = ((double(acc[0]) + acc[4]) + (double(acc[1]) + acc[5])) + ((double(acc[2]) + acc[6]) + (double(acc[3]) + acc[7]));
+  double sum =
+      ((double(acc[0]) + acc[4]) + (double(acc[1]) + acc[5])) + ((double(acc[2]) + acc[6]) + (double(acc[3]) + acc[7]));
   for (std::size_t i = n8; i < x.size(); ++i) sum += std::exp(double(x[i]) - shift);
   return sum;
 }
@@ -92,7 +93,8 @@ inline double sum_of(std::span<const float> x) noexcept {
     std::memcpy(&v, x.data() + i, sizeof v);
     acc += v;
   }
-  double sum = ((double(acc[0]) + acc[4]) + (double(acc[1]) + acc[5])) + ((double(acc[2]) + acc[6]) + (double(acc[3]) + acc[7]));
+  double sum =
+      ((double(acc[0]) + acc[4]) + (double(acc[1]) + acc[5])) + ((double(acc[2]) + acc[6]) + (double(acc[3]) + acc[7]));
   for (std::size_t i = n8; i < x.size(); ++i) sum += x[i];
   return sum;
 }

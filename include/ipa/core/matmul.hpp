@@ -3,9 +3,9 @@
 // element is one FMA chain computed the same way whatever the batch size, the tile it lands in
 // or the number of threads. So a prompt decodes to the same bits alone or inside a batch.
 #pragma once
-#include <cstddef>
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstring>
 #include <initializer_list>
 #include <tuple>
@@ -51,7 +51,8 @@ class packed_matrix {
     std::size_t r = 0;
     for (const block& b : blocks)
       for (std::size_t i = 0; i < b.m; ++i, ++r)
-        for (std::size_t j = 0; j < k_; ++j) data_[(r / panel) * panel * k_ + j * panel + r % panel] = b.w[i * b.ld + j];
+        for (std::size_t j = 0; j < k_; ++j)
+          data_[(r / panel) * panel * k_ + j * panel + r % panel] = b.w[i * b.ld + j];
   }
   std::size_t rows() const noexcept { return m_; }
   std::size_t cols() const noexcept { return k_; }
@@ -123,8 +124,8 @@ inline void copy_acc8(const v8f (&from)[NP][NR][2], v8f (&to)[NP][NR][2]) noexce
 // or the blocking (batch invariance). x[j][p] is at x[j * ldx + p], or with KMajor (rows packed
 // by pack_rows) at x[j + p * ldx].
 template <int NP, int NR, bool KMajor = false>
-inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::size_t k, std::size_t p0,
-                         std::size_t p1, v8f (&acc_out)[NP][NR][2], std::size_t prefetch) noexcept {
+inline void panel_steps8(const float* x, std::size_t ldx, const float* P, std::size_t k, std::size_t p0, std::size_t p1,
+                         v8f (&acc_out)[NP][NR][2], std::size_t prefetch) noexcept {
   // a local copy: x and P may alias acc_out (float and vectors of float), so without it an
   // out-of-line copy of this loop stores every accumulator every step. Copied vector by vector:
   // where GCC left this function out of line it made a memcpy of this size a library call (6%
@@ -254,15 +255,16 @@ inline void panel_turns8(const float* x, std::size_t ldx, const float* P, std::s
   const std::size_t block = cached ? k : 32, prefetch = cached ? 0 : many_rows_prefetch_steps8;
   constexpr std::array<std::size_t, sizeof...(NR)> first_row = tile_first_rows<NR...>();
   std::tuple<tile_acc8<NR>...> tiles;
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
+  const auto in_turns = [&]<std::size_t... I>(std::index_sequence<I...>) {
     for (std::size_t p0 = 0; p0 < k; p0 += block) {
       const std::size_t p1 = std::min(k, p0 + block);
       (panel_steps8<1, NR, KMajor>(x + first_row[I] * (KMajor ? 1 : ldx), ldx, P, k, p0, p1, std::get<I>(tiles).acc,
-                           I == 0 ? prefetch : 0),
+                                   I == 0 ? prefetch : 0),
        ...);
     }
     (store_tile8<1, NR>(std::get<I>(tiles).acc, out + first_row[I] * ldo, ldo, width), ...);
-  }(std::index_sequence_for<tile_acc8<NR>...>{});
+  };
+  in_turns(std::index_sequence_for<tile_acc8<NR>...>{});
 }
 
 // R rows (1 <= R <= 18) against one panel: 6-row tiles and one smaller tile, in turns.
@@ -286,7 +288,8 @@ inline void panel_rest_in_turns8(std::size_t rows, const float* x, std::size_t l
 // rest. Row-major x (leading dimension ldx), or with KMajor packed by pack_rows (ldx unused).
 template <bool KMajor>
 inline void panels_many_rows8(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np,
-                              std::size_t k, float* out, std::size_t ldo, std::size_t last_width, bool cached) noexcept {
+                              std::size_t k, float* out, std::size_t ldo, std::size_t last_width,
+                              bool cached) noexcept {
   constexpr std::size_t G = row_group8;
   for (std::size_t q = 0; q < np; ++q) {
     const float* Pq = P + q * 16 * k;
@@ -294,8 +297,8 @@ inline void panels_many_rows8(const float* x, std::size_t ldx, std::size_t n, co
     std::size_t i = 0;
     // a packed group of R rows starts at x + i k, its steps R floats apart
     for (; i + G <= n; i += G)
-      panel_rows_in_turns8<KMajor, G>(KMajor ? x + i * k : x + i * ldx, KMajor ? G : ldx, Pq, k,
-                                      out + i * ldo + q * 16, ldo, width, cached);
+      panel_rows_in_turns8<KMajor, G>(KMajor ? x + i * k : x + i * ldx, KMajor ? G : ldx, Pq, k, out + i * ldo + q * 16,
+                                      ldo, width, cached);
     if (i < n)
       panel_rest_in_turns8<KMajor>(n - i, KMajor ? x + i * k : x + i * ldx, KMajor ? n - i : ldx, Pq, k,
                                    out + i * ldo + q * 16, ldo, width, cached,
@@ -382,8 +385,8 @@ inline void panel_group_tail(std::size_t rows, const float* x, std::size_t ldx, 
 }
 
 template <int NP>
-inline void panel_group_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k,
-                             float* out, std::size_t ldo, std::size_t last_width) noexcept {
+inline void panel_group_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t k, float* out,
+                             std::size_t ldo, std::size_t last_width) noexcept {
   constexpr std::size_t NR = 8;
   std::size_t i = 0;
   for (; i + 2 * NR <= n; i += 2 * NR) panel_group_tile16<NP>(x + i * ldx, ldx, P, k, out + i * ldo, ldo, last_width);
@@ -433,7 +436,8 @@ inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const fl
 // Cached or streamed alike: a few rows take several panels at once, more rows take turns.
 // k_major: x was packed by pack_rows (a few rows stay row-major there, with ldx = k).
 inline void panels_rows(const float* x, std::size_t ldx, std::size_t n, const float* P, std::size_t np, std::size_t k,
-                        float* out, std::size_t ldo, std::size_t last_width, bool cached, bool k_major = false) noexcept {
+                        float* out, std::size_t ldo, std::size_t last_width, bool cached,
+                        bool k_major = false) noexcept {
   if (n < 6)
     return panels_few_rows8<4>(x, ldx, n, P, np, k, out, ldo, last_width, cached ? 0 : stream_prefetch_steps8());
   if (k_major) return panels_many_rows8<true>(x, ldx, n, P, np, k, out, ldo, last_width, cached);
@@ -481,7 +485,8 @@ inline void pack_rows(const float* x, std::size_t ldx, std::size_t n, std::size_
     // 8 x 8 blocks through registers (each thread packs before every product; 16 x 2048 floats
     // in cache: 11.4 us, the element loop 15.8), then the last rows and steps one by one
     for (std::size_t p = 0; p < k8; p += 8)
-      for (std::size_t j = 0; j < rows8; j += 8) detail::transpose8x8(xi + j * ldx + p, ldx, group + p * rows + j, rows);
+      for (std::size_t j = 0; j < rows8; j += 8)
+        detail::transpose8x8(xi + j * ldx + p, ldx, group + p * rows + j, rows);
     for (std::size_t p = 0; p < k; ++p)
       for (std::size_t j = p < k8 ? rows8 : 0; j < rows; ++j) group[p * rows + j] = xi[j * ldx + p];
   }
@@ -514,15 +519,14 @@ inline void matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx,
 }
 
 /// out(n, m) = x(n, k) * w(m, k)^T for a plain row-major w (packs it first; for one-off products).
-inline void matmul_nt(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
-                      const float* w, std::size_t ldw, std::size_t m, std::size_t k) {
+inline void matmul_nt(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n, const float* w,
+                      std::size_t ldw, std::size_t m, std::size_t k) {
   matmul(out, ldo, x, ldx, n, packed_matrix(w, ldw, m, k));
 }
 
 /// The plain reference for matmul_nt (double accumulation), for tests.
-inline void matmul_nt_reference(float* out, std::size_t ldo, const float* x, std::size_t ldx,
-                                std::size_t n, const float* w, std::size_t ldw, std::size_t m,
-                                std::size_t k) noexcept {
+inline void matmul_nt_reference(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
+                                const float* w, std::size_t ldw, std::size_t m, std::size_t k) noexcept {
   for (std::size_t i = 0; i < n; ++i)
     for (std::size_t r = 0; r < m; ++r) {
       double s = 0.0;

@@ -37,8 +37,8 @@ inline const char* cublas_name(cublasStatus_t s) noexcept {
 
 inline void check(cudaError_t e, const char* call, const char* file, int line) {
   if (e != cudaSuccess)
-    throw cuda_error(std::string(file) + ":" + std::to_string(line) + ": " + call + " failed: " +
-                     cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+    throw cuda_error(std::string(file) + ":" + std::to_string(line) + ": " + call + " failed: " + cudaGetErrorName(e) +
+                     " (" + cudaGetErrorString(e) + ")");
 }
 inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS)

@@ -74,9 +74,9 @@ __device__ inline float tailored_logit(const fusion_inputs& in, std::size_t at) 
 }
 
 template <int Threads>
-__global__ void __launch_bounds__(Threads) fuse_sample_kernel(fusion_inputs in, float inv_t, bool greedy,
-                                                              std::uint64_t seed, std::uint64_t step, int* tokens,
-                                                              float* log_probs, float* tailored_log_probs) {
+__global__ void __launch_bounds__(Threads)
+    fuse_sample_kernel(fusion_inputs in, float inv_t, bool greedy, std::uint64_t seed, std::uint64_t step, int* tokens,
+                       float* log_probs, float* tailored_log_probs) {
   const int row = blockIdx.x;
   const std::size_t row0 = std::size_t(row) * std::size_t(in.vocab);
   fusion_partial p{-INFINITY, 0.0f, -INFINITY, 0.0f, -INFINITY, 0x7fffffff};
@@ -84,7 +84,8 @@ __global__ void __launch_bounds__(Threads) fuse_sample_kernel(fusion_inputs in, 
     const float z = tailored_logit(in, row0 + std::size_t(v)), zt = __fmul_rn(z, inv_t);
     lse_merge(p.max_t, p.sum_t, zt, 1.0f);
     lse_merge(p.max_u, p.sum_u, z, 1.0f);
-    const float score = greedy ? z : __fmaf_rn(z, inv_t, counter_gumbel(seed, std::uint64_t(row), step, std::uint64_t(v)));
+    const float score =
+        greedy ? z : __fmaf_rn(z, inv_t, counter_gumbel(seed, std::uint64_t(row), step, std::uint64_t(v)));
     if (score > p.best) p.best = score, p.best_v = v;  // v grows per thread: first wins ties
   }
   // warp, then block
@@ -119,9 +120,8 @@ inline void fuse_sample(const fusion_inputs& in, const fused_sample_params& p, i
     throw config_error("cuda::fuse_sample: temperature must be finite and >= 0");
   const bool greedy = p.temperature == 0.0f;
   constexpr int threads = 512;
-  detail::fuse_sample_kernel<threads><<<in.batch, threads, 0, s>>>(in, greedy ? 1.0f : 1.0f / p.temperature, greedy,
-                                                                   p.seed, p.step, tokens, log_probs,
-                                                                   tailored_log_probs);
+  detail::fuse_sample_kernel<threads><<<in.batch, threads, 0, s>>>(
+      in, greedy ? 1.0f : 1.0f / p.temperature, greedy, p.seed, p.step, tokens, log_probs, tailored_log_probs);
   IPA_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -50,23 +50,23 @@ struct generation_config {
   std::vector<token_id> banned_tokens;  ///< never sampled
   float repetition_penalty = 1.0f;      ///< CTRL-style; 1 = off
   keep_base keep_base_logits = keep_base::none;
-  std::size_t keep_top_k = 20;          ///< with keep_base::top_k
+  std::size_t keep_top_k = 20;                               ///< with keep_base::top_k
   tail_policy sparse_tail = tail_policy::restrict_to_top_k;  ///< for SparsePolicy bases
 };
 
 /// The result of decoding a batch. Responses include the token that ended a row (EOS or a stop
 /// token); masks are 1 on real tokens, 0 on padding.
 struct rollout {
-  xt::xtensor<token_id, 2> prompt_ids;          ///< (B, P) base prompts, right-padded with 0
-  xt::xtensor<std::uint8_t, 2> prompt_mask;     ///< (B, P)
-  xt::xtensor<token_id, 2> response_ids;        ///< (B, T)
-  xt::xtensor<std::uint8_t, 2> response_mask;   ///< (B, T)
-  xt::xtensor<float, 2> log_probs;              ///< (B, T) under the distribution actually sampled
-  xt::xtensor<float, 2> tailored_log_probs;     ///< (B, T) under the untruncated tailored policy
-  std::vector<finish_reason> finish;            ///< (B)
-  xt::xtensor<float, 3> base_logits;            ///< (B, T, V) when keep_base::dense
-  xt::xtensor<token_id, 3> base_top_k_ids;      ///< (B, T, K) when keep_base::top_k
-  xt::xtensor<float, 3> base_top_k_log_probs;   ///< (B, T, K) when keep_base::top_k
+  xt::xtensor<token_id, 2> prompt_ids;         ///< (B, P) base prompts, right-padded with 0
+  xt::xtensor<std::uint8_t, 2> prompt_mask;    ///< (B, P)
+  xt::xtensor<token_id, 2> response_ids;       ///< (B, T)
+  xt::xtensor<std::uint8_t, 2> response_mask;  ///< (B, T)
+  xt::xtensor<float, 2> log_probs;             ///< (B, T) under the distribution actually sampled
+  xt::xtensor<float, 2> tailored_log_probs;    ///< (B, T) under the untruncated tailored policy
+  std::vector<finish_reason> finish;           ///< (B)
+  xt::xtensor<float, 3> base_logits;           ///< (B, T, V) when keep_base::dense
+  xt::xtensor<token_id, 3> base_top_k_ids;     ///< (B, T, K) when keep_base::top_k
+  xt::xtensor<float, 3> base_top_k_log_probs;  ///< (B, T, K) when keep_base::top_k
 
   std::size_t batch_size() const noexcept { return response_ids.shape()[0]; }
   std::size_t response_length(std::size_t b) const noexcept { return lengths_.at(b); }
@@ -96,8 +96,7 @@ weighted<P> with_alpha(const P& policy, float alpha) {
 
 /// Decodes base + adapters in lockstep. Base: a Policy (dense logits) or a SparsePolicy (top-k
 /// log-probs only); adapters: Policies of one type sharing the base's vocabulary.
-template <class Base, Policy Adapter = Base>
-  requires(Policy<Base> || SparsePolicy<Base>)
+template <BasePolicy Base, Policy Adapter = Base>
 class ipa_decoder {
  public:
   explicit ipa_decoder(const Base& base, std::vector<weighted<Adapter>> adapters = {})
@@ -119,8 +118,7 @@ class ipa_decoder {
   /// Decodes one continuation per prompt. `adapter_prompts[i]`, when given, is what adapter i
   /// reads instead of the base prompt (e.g. a control-code prefix + the prompt); the
   /// continuation is shared. Extra LogitProcessors run after the built-in ones.
-  template <class S, std::uniform_random_bit_generator Rng, LogitProcessor... Extra>
-    requires Sampler<S, Rng>
+  template <std::uniform_random_bit_generator Rng, Sampler<Rng> S, LogitProcessor... Extra>
   rollout generate(const prompt_list& prompts, const generation_config& cfg, S& sampler, Rng& rng,
                    const std::vector<prompt_list>& adapter_prompts = {}, Extra&... extra) const {
     const std::size_t B = prompts.size(), V = vocab_size(), A = adapters_.size();
@@ -178,7 +176,8 @@ class ipa_decoder {
     std::vector<std::vector<float>> adapter_logits(A, std::vector<float>(B * V));
     for (std::size_t i = 0; i < A; ++i) {
       const prompt_list& rows = adapter_prompts.empty() ? prompts : adapter_prompts[i];
-      adapter_states.push_back(adapters_[i].policy->new_state(int(B), capacity(rows, adapters_[i].policy->context_length())));
+      adapter_states.push_back(
+          adapters_[i].policy->new_state(int(B), capacity(rows, adapters_[i].policy->context_length())));
     }
     std::vector<float> base_logits, base_lp, tailored(B * V), work(V);
     std::vector<double> row_lse(B);
@@ -256,7 +255,8 @@ class ipa_decoder {
         out.tailored_log_probs(b, t) = static_cast<float>(row[s.token] - lse);
         out.lengths_[b] = t + 1;
 
-        const bool is_stop = std::find(cfg.stop_tokens.begin(), cfg.stop_tokens.end(), s.token) != cfg.stop_tokens.end();
+        const bool is_stop =
+            std::find(cfg.stop_tokens.begin(), cfg.stop_tokens.end(), s.token) != cfg.stop_tokens.end();
         if (s.token == cfg.eos_id) out.finish[b] = finish_reason::eos;
         else if (is_stop) out.finish[b] = finish_reason::stop_token;
         else if (t + 1 >= limit[b])

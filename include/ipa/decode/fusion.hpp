@@ -19,8 +19,7 @@ namespace ipa {
 
 /// Throws config_error unless alpha is finite (negative is fine: an anti-expert, as DExperts).
 inline void check_alpha(float alpha, const std::string& where = "alpha") {
-  if (!std::isfinite(alpha))
-    throw config_error(where + " must be a finite number, found " + std::to_string(alpha));
+  if (!std::isfinite(alpha)) throw config_error(where + " must be a finite number, found " + std::to_string(alpha));
 }
 
 /// tailored += alpha * adapter over the vocabulary. alpha == 0 leaves the row untouched (even
@@ -54,7 +53,8 @@ inline void densify_top_k(std::span<const token_id> ids, std::span<const float> 
                           std::span<float> out) {
   const std::size_t V = out.size(), k = ids.size();
   if (log_probs.size() != k)
-    throw shape_error("densify_top_k: " + std::to_string(k) + " ids but " + std::to_string(log_probs.size()) + " log-probs");
+    throw shape_error("densify_top_k: " + std::to_string(k) + " ids but " + std::to_string(log_probs.size()) +
+                      " log-probs");
   if (k == 0 || k > V)
     throw shape_error("densify_top_k: top-k of " + std::to_string(k) + " for a vocabulary of " + std::to_string(V));
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();

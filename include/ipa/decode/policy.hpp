@@ -17,8 +17,8 @@ using prompt_list = std::vector<std::vector<token_id>>;
 /// a decoding state for B rows of at most S positions; `prefill` feeds one prompt per row and
 /// writes (B x V) logits; `step` feeds one token to each listed row and writes (n x V) logits.
 template <class P>
-concept Policy = requires(const P& p, typename P::state_type& s, const prompt_list& prompts,
-                          std::span<const int> rows, std::span<const token_id> tokens, std::span<float> logits) {
+concept Policy = requires(const P& p, typename P::state_type& s, const prompt_list& prompts, std::span<const int> rows,
+                          std::span<const token_id> tokens, std::span<float> logits) {
   typename P::state_type;
   { p.vocab_size() } -> std::convertible_to<std::size_t>;
   { p.context_length() } -> std::convertible_to<std::size_t>;
@@ -31,8 +31,8 @@ concept Policy = requires(const P& p, typename P::state_type& s, const prompt_li
 /// do. Writes (n x top_k()) ids and log-probs, each row sorted by descending log-prob.
 template <class P>
 concept SparsePolicy = requires(const P& p, typename P::state_type& s, const prompt_list& prompts,
-                                std::span<const int> rows, std::span<const token_id> tokens,
-                                std::span<token_id> ids, std::span<float> log_probs) {
+                                std::span<const int> rows, std::span<const token_id> tokens, std::span<token_id> ids,
+                                std::span<float> log_probs) {
   typename P::state_type;
   { p.vocab_size() } -> std::convertible_to<std::size_t>;
   { p.context_length() } -> std::convertible_to<std::size_t>;
@@ -41,5 +41,9 @@ concept SparsePolicy = requires(const P& p, typename P::state_type& s, const pro
   p.prefill_top_k(s, prompts, ids, log_probs);
   p.step_top_k(s, rows, tokens, ids, log_probs);
 };
+
+/// What the decoder and the trainers take as the frozen base: dense logits or top-k only.
+template <class P>
+concept BasePolicy = Policy<P> || SparsePolicy<P>;
 
 }  // namespace ipa

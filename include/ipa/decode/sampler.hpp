@@ -33,11 +33,11 @@ concept LogitTransform = requires(T& t, std::span<float> logits) {
 /// A selector may also offer `draw(logits, rng) -> sampled_token`, both in one pass over the row
 /// (greedy does); `sampler` then calls that instead of select and log_prob.
 template <class S, class Rng = xoshiro256>
-concept TokenSelector = std::uniform_random_bit_generator<Rng> &&
-                        requires(S& s, std::span<const float> logits, Rng& rng, token_id token) {
-                          { s.select(logits, rng) } -> std::same_as<token_id>;
-                          { s.log_prob(logits, token) } -> std::convertible_to<float>;
-                        };
+concept TokenSelector = requires(S& s, std::span<const float> logits, Rng& rng, token_id token) {
+  requires std::uniform_random_bit_generator<Rng>;
+  { s.select(logits, rng) } -> std::same_as<token_id>;
+  { s.log_prob(logits, token) } -> std::convertible_to<float>;
+};
 
 namespace detail {
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
@@ -52,8 +52,8 @@ inline void order_by_logit(std::span<const float> logits, std::vector<int>& orde
   std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(count), order.end(), better);
 }
 // The k most likely ids of a dense row (ties: lower id) and their log-probs, into ids/log_probs.
-inline void top_k_log_probs(std::span<const float> logits, std::size_t k, std::vector<int>& order,
-                            token_id* ids, float* log_probs) {
+inline void top_k_log_probs(std::span<const float> logits, std::size_t k, std::vector<int>& order, token_id* ids,
+                            float* log_probs) {
   order_by_logit(logits, order, k);
   const double lse = log_sum_exp(logits);
   for (std::size_t j = 0; j < k; ++j) {
@@ -109,9 +109,8 @@ struct top_p {
     order_.clear();
     for (std::size_t v = 0; v < logits.size(); ++v)
       if (logits[v] >= cutoff) order_.push_back(int(v));
-    std::sort(order_.begin(), order_.end(), [&](int a, int b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
+    std::sort(order_.begin(), order_.end(),
+              [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
     double cum = 0.0;
     std::size_t keep = order_.size();
     for (std::size_t j = 0; j < order_.size(); ++j) {
@@ -153,6 +152,14 @@ struct sampled_token {
   token_id token = 0;
   float log_prob = 0.0f;
 };
+
+namespace detail {
+/// A selector that draws and scores in one pass over the row (`draw`, optional).
+template <class S, class Rng>
+concept DrawsInOnePass = requires(S& s, std::span<const float> row, Rng& rng) {
+  { s.draw(row, rng) } -> std::same_as<sampled_token>;
+};
+}  // namespace detail
 
 /// The most likely token (lowest id on ties). Its distribution is a point mass: log-prob 0.
 struct greedy {
@@ -223,13 +230,15 @@ class sampler {
     auto& select = std::get<n_transforms>(stages_);
     const std::span<const float> row(logits);
     // a selector may draw and score in one pass (optional: greedy's second argmax is a pass over V)
-    if constexpr (requires { { select.draw(row, rng) } -> std::same_as<sampled_token>; }) return select.draw(row, rng);
+    if constexpr (detail::DrawsInOnePass<decltype(select), Rng>) return select.draw(row, rng);
     const token_id t = select.select(row, rng);
     return {t, static_cast<float>(select.log_prob(row, t))};
   }
 
   template <std::size_t I>
-  auto& stage() noexcept { return std::get<I>(stages_); }
+  auto& stage() noexcept {
+    return std::get<I>(stages_);
+  }
 
  private:
   template <std::size_t... I>

@@ -32,9 +32,9 @@ class binary_reader {
   /// Throws unless `bytes` more bytes exist; `what` names the field for the message.
   void require(std::uint64_t bytes, const std::string& what) const {
     if (bytes > remaining())
-      throw io_error(path_ + ": truncated: " + what + " needs " + std::to_string(bytes) +
-                     " bytes at offset " + std::to_string(offset_) + ", but the file has only " +
-                     std::to_string(remaining()) + " left (file size " + std::to_string(size_) + ")");
+      throw io_error(path_ + ": truncated: " + what + " needs " + std::to_string(bytes) + " bytes at offset " +
+                     std::to_string(offset_) + ", but the file has only " + std::to_string(remaining()) +
+                     " left (file size " + std::to_string(size_) + ")");
   }
 
   /// Reads `bytes` raw bytes into dst.

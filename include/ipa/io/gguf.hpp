@@ -115,7 +115,8 @@ class gguf_file {
         if (t.dims[0] % 32 != 0) fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
         t.bytes = count / 32 * 34;
       } else {
-        fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) + "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
+        fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
+             "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
       }
       if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
       if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
@@ -190,8 +191,9 @@ class gguf_file {
   }
   std::string read_string(const std::string& what) {
     const auto n = read<std::uint64_t>(what + "'s length");
-    if (n > remaining()) fail("truncated: " + what + " claims " + std::to_string(n) + " bytes, " +
-                              std::to_string(remaining()) + " remain");
+    if (n > remaining())
+      fail("truncated: " + what + " claims " + std::to_string(n) + " bytes, " + std::to_string(remaining()) +
+           " remain");
     std::string s(bytes_.data() + at_, n);
     at_ += n;
     return s;
@@ -273,13 +275,15 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   c.hidden_dim = narrow(get("feed_forward_length"), "feed_forward_length");
   c.n_layers = narrow(get("block_count"), "block_count");
   c.n_heads = narrow(get("attention.head_count"), "attention.head_count");
-  c.n_kv_heads = f.has("llama.attention.head_count_kv") ? narrow(get("attention.head_count_kv"), "head_count_kv") : c.n_heads;
+  c.n_kv_heads =
+      f.has("llama.attention.head_count_kv") ? narrow(get("attention.head_count_kv"), "head_count_kv") : c.n_heads;
   c.seq_len = narrow(get("context_length"), "context_length");
   if (f.has("llama.attention.layer_norm_rms_epsilon"))
     c.norm_eps = float(f.value("llama.attention.layer_norm_rms_epsilon").as_double("layer_norm_rms_epsilon"));
   if (f.has("llama.rope.freq_base")) c.rope_theta = float(f.value("llama.rope.freq_base").as_double("rope.freq_base"));
   auto emb = f.tensors().find("token_embd.weight");
-  if (emb == f.tensors().end() || emb->second.dims.size() != 2) throw io_error(f.where() + ": no 2-D token_embd.weight");
+  if (emb == f.tensors().end() || emb->second.dims.size() != 2)
+    throw io_error(f.where() + ": no 2-D token_embd.weight");
   c.vocab_size = narrow(static_cast<long long>(emb->second.dims[1]), "the vocabulary size");
   c.shared_classifier = f.tensors().count("output.weight") == 0;
   detail::check_config_fits(f, c);
@@ -490,7 +494,8 @@ inline void save_gguf_llama(const std::string& path, const llama_weights& w, con
     std::vector<std::int32_t> types(V);  // 1 normal, 2 unknown, 3 control, 6 byte
     for (std::size_t i = 0; i < V; ++i) {
       const std::string& p = tok->piece(token_id(i));
-      for (char ch : p) pieces[i] += ch == ' ' ? std::string("\xE2\x96\x81") : std::string(1, ch);  // SentencePiece's space
+      for (char ch : p)
+        pieces[i] += ch == ' ' ? std::string("\xE2\x96\x81") : std::string(1, ch);  // SentencePiece's space
       scores[i] = tok->score(token_id(i));
       types[i] = i == 0 ? 2 : i < 3 ? 3 : (p.size() == 6 && p.rfind("<0x", 0) == 0) ? 6 : 1;
     }

@@ -20,12 +20,12 @@ namespace ipa {
 namespace detail {
 // gpt2_layout's per-layer tensors and their GGUF names (after "blk.N.")
 inline constexpr std::pair<const char*, const char*> gguf_gpt2_layer_names[] = {
-    {"ln_1.weight", "attn_norm.weight"},         {"ln_1.bias", "attn_norm.bias"},
-    {"attn.c_attn.weight", "attn_qkv.weight"},   {"attn.c_attn.bias", "attn_qkv.bias"},
+    {"ln_1.weight", "attn_norm.weight"},          {"ln_1.bias", "attn_norm.bias"},
+    {"attn.c_attn.weight", "attn_qkv.weight"},    {"attn.c_attn.bias", "attn_qkv.bias"},
     {"attn.c_proj.weight", "attn_output.weight"}, {"attn.c_proj.bias", "attn_output.bias"},
-    {"ln_2.weight", "ffn_norm.weight"},          {"ln_2.bias", "ffn_norm.bias"},
-    {"mlp.c_fc.weight", "ffn_up.weight"},        {"mlp.c_fc.bias", "ffn_up.bias"},
-    {"mlp.c_proj.weight", "ffn_down.weight"},    {"mlp.c_proj.bias", "ffn_down.bias"}};
+    {"ln_2.weight", "ffn_norm.weight"},           {"ln_2.bias", "ffn_norm.bias"},
+    {"mlp.c_fc.weight", "ffn_up.weight"},         {"mlp.c_fc.bias", "ffn_up.bias"},
+    {"mlp.c_proj.weight", "ffn_down.weight"},     {"mlp.c_proj.bias", "ffn_down.bias"}};
 }  // namespace detail
 
 /// The architecture a GGUF file declares (general.architecture).
@@ -39,7 +39,8 @@ inline gpt2_weights load_gguf_gpt2(const gguf_file& f) {
   if (arch != "gpt2") throw io_error(f.where() + ": architecture '" + arch + "' is not gpt2");
   auto get = [&](const std::string& key) {
     const long long v = f.value("gpt2." + key).as_int("gpt2." + key);
-    if (v <= 0 || v > (1 << 20)) throw io_error(f.where() + ": gpt2." + key + " = " + std::to_string(v) + " is impossible");
+    if (v <= 0 || v > (1 << 20))
+      throw io_error(f.where() + ": gpt2." + key + " = " + std::to_string(v) + " is impossible");
     return int(v);
   };
   gpt2_config c;
@@ -51,7 +52,8 @@ inline gpt2_weights load_gguf_gpt2(const gguf_file& f) {
   if (f.has("gpt2.attention.layer_norm_epsilon"))
     c.norm_eps = float(f.value("gpt2.attention.layer_norm_epsilon").as_double("layer_norm_epsilon"));
   auto emb = f.tensors().find("token_embd.weight");
-  if (emb == f.tensors().end() || emb->second.dims.size() != 2) throw io_error(f.where() + ": no 2-D token_embd.weight");
+  if (emb == f.tensors().end() || emb->second.dims.size() != 2)
+    throw io_error(f.where() + ": no 2-D token_embd.weight");
   if (emb->second.dims[1] == 0 || emb->second.dims[1] > (1u << 20))
     throw io_error(f.where() + ": token_embd.weight has an impossible vocabulary size");
   c.vocab_size = int(emb->second.dims[1]);
@@ -76,12 +78,14 @@ inline gpt2_weights load_gguf_gpt2(const gguf_file& f) {
   put("ln_f.weight", 0, "output_norm.weight");
   put("ln_f.bias", 0, "output_norm.bias");
   for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
-    for (const auto& [slot, name] : detail::gguf_gpt2_layer_names) put(slot, l, "blk." + std::to_string(l) + "." + name);
+    for (const auto& [slot, name] : detail::gguf_gpt2_layer_names)
+      put(slot, l, "blk." + std::to_string(l) + "." + name);
   if (f.tensors().count("output.weight")) {  // llama.cpp's converter writes the tied head out
     const auto head = f.floats("output.weight", std::uint64_t(c.vocab_size) * std::uint64_t(c.dim));
     const auto wte = w.tensor("wte");
     if (!std::equal(head.begin(), head.end(), wte.begin()))
-      throw io_error(f.where() + ": output.weight differs from token_embd.weight; an untied GPT-2 head is not supported");
+      throw io_error(f.where() +
+                     ": output.weight differs from token_embd.weight; an untied GPT-2 head is not supported");
   }
   return w;
 }

@@ -37,10 +37,10 @@ struct gpt2_hf_tensor {
   bool conv1d;
 };
 inline constexpr gpt2_hf_tensor gpt2_layer_tensors[] = {
-    {"ln_1.weight", false},        {"ln_1.bias", false},        {"attn.c_attn.weight", true},
-    {"attn.c_attn.bias", false},   {"attn.c_proj.weight", true}, {"attn.c_proj.bias", false},
-    {"ln_2.weight", false},        {"ln_2.bias", false},        {"mlp.c_fc.weight", true},
-    {"mlp.c_fc.bias", false},      {"mlp.c_proj.weight", true}, {"mlp.c_proj.bias", false}};
+    {"ln_1.weight", false},      {"ln_1.bias", false},         {"attn.c_attn.weight", true},
+    {"attn.c_attn.bias", false}, {"attn.c_proj.weight", true}, {"attn.c_proj.bias", false},
+    {"ln_2.weight", false},      {"ln_2.bias", false},         {"mlp.c_fc.weight", true},
+    {"mlp.c_fc.bias", false},    {"mlp.c_proj.weight", true},  {"mlp.c_proj.bias", false}};
 
 }  // namespace detail
 
@@ -61,8 +61,7 @@ inline gpt2_config gpt2_config_from_hf(const nlohmann::json& cfg, const std::str
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") c.gelu = gelu_kind::tanh;
     else if (act == "gelu") c.gelu = gelu_kind::erf;
     else throw io_error(where + ": activation_function '" + act + "' is not supported (gelu_new, gelu)");
-    if (!cfg.value("scale_attn_weights", true))
-      throw io_error(where + ": scale_attn_weights = false is not supported");
+    if (!cfg.value("scale_attn_weights", true)) throw io_error(where + ": scale_attn_weights = false is not supported");
     if (cfg.value("scale_attn_by_inverse_layer_idx", false))
       throw io_error(where + ": scale_attn_by_inverse_layer_idx = true is not supported");
     if (!cfg.value("tie_word_embeddings", true))
@@ -97,7 +96,8 @@ inline gpt2_weights load_hf_gpt2(const std::string& dir) {
     for (const auto& t : detail::gpt2_layer_tensors) {
       const tensor_slot& s = w.slot(t.name);
       const std::string name = prefix + "h." + std::to_string(l) + "." + t.name;
-      if (t.conv1d) put(detail::transposed(folder.floats(name, {s.cols, s.rows}), s.cols, s.rows), t.name, l * s.rows * s.cols);
+      if (t.conv1d)
+        put(detail::transposed(folder.floats(name, {s.cols, s.rows}), s.cols, s.rows), t.name, l * s.rows * s.cols);
       else put(folder.floats(name, {s.rows * s.cols}), t.name, l * s.rows * s.cols);
     }
   if (folder.contains("lm_head.weight")) {

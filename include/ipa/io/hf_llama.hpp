@@ -43,11 +43,15 @@ struct hf_name {
   const char* slot;
   const char* suffix;
 };
-inline constexpr hf_name hf_layer_names[] = {
-    {"wq", "self_attn.q_proj.weight"}, {"wk", "self_attn.k_proj.weight"},   {"wv", "self_attn.v_proj.weight"},
-    {"wo", "self_attn.o_proj.weight"}, {"w1", "mlp.gate_proj.weight"},      {"w2", "mlp.down_proj.weight"},
-    {"w3", "mlp.up_proj.weight"},      {"attention_norm", "input_layernorm.weight"},
-    {"ffn_norm", "post_attention_layernorm.weight"}};
+inline constexpr hf_name hf_layer_names[] = {{"wq", "self_attn.q_proj.weight"},
+                                             {"wk", "self_attn.k_proj.weight"},
+                                             {"wv", "self_attn.v_proj.weight"},
+                                             {"wo", "self_attn.o_proj.weight"},
+                                             {"w1", "mlp.gate_proj.weight"},
+                                             {"w2", "mlp.down_proj.weight"},
+                                             {"w3", "mlp.up_proj.weight"},
+                                             {"attention_norm", "input_layernorm.weight"},
+                                             {"ffn_norm", "post_attention_layernorm.weight"}};
 
 }  // namespace detail
 
@@ -71,7 +75,8 @@ inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
       std::vector<std::uint64_t> shape =
           s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols};
       if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk") {
-        keep.push_back(detail::permute_rows(part, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, true));
+        keep.push_back(
+            detail::permute_rows(part, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, true));
         st.add_f32(name, shape, keep.back());
       } else {
         st.add_f32(name, shape, part);
@@ -135,8 +140,9 @@ inline llama_weights load_hf_llama(const std::string& dir) {
   for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
     for (const auto& n : detail::hf_layer_names) {
       const tensor_slot& s = w.slot(n.slot);
-      auto v = folder.floats("model.layers." + std::to_string(l) + "." + n.suffix,
-                             s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols});
+      auto v =
+          folder.floats("model.layers." + std::to_string(l) + "." + n.suffix,
+                        s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols});
       if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk")
         v = detail::permute_rows(v, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, false);
       copy(v, n.slot, l * s.rows * s.cols);

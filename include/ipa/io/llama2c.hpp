@@ -20,7 +20,8 @@ inline llama_weights load_llama2c(const std::string& path) {
   std::int32_t h[7];
   in.read_bytes(h, sizeof h, "the 7 x int32 llama2.c header");
   if (static_cast<std::uint32_t>(h[0]) == 0x616b3432u)  // "ak42": llama2.c's version-1/2 export
-    throw io_error(path + ": llama2.c version-1/2 exports (magic \"ak42\") are not supported; "
+    throw io_error(path +
+                   ": llama2.c version-1/2 exports (magic \"ak42\") are not supported; "
                    "export with llama2.c's legacy format (export.py --version 0)");
   llama_config c;
   c.dim = h[0];
@@ -34,11 +35,10 @@ inline llama_weights load_llama2c(const std::string& path) {
   try {
     c.validate();
   } catch (const config_error& e) {
-    throw io_error(path + ": not a llama2.c checkpoint, its header is impossible: " + e.what() +
-                   " (header: dim=" + std::to_string(h[0]) + " hidden_dim=" + std::to_string(h[1]) +
-                   " n_layers=" + std::to_string(h[2]) + " n_heads=" + std::to_string(h[3]) +
-                   " n_kv_heads=" + std::to_string(h[4]) + " vocab_size=" + std::to_string(h[5]) +
-                   " seq_len=" + std::to_string(h[6]) + ")");
+    throw io_error(path + ": not a llama2.c checkpoint, its header is impossible: " + e.what() + " (header: dim=" +
+                   std::to_string(h[0]) + " hidden_dim=" + std::to_string(h[1]) + " n_layers=" + std::to_string(h[2]) +
+                   " n_heads=" + std::to_string(h[3]) + " n_kv_heads=" + std::to_string(h[4]) +
+                   " vocab_size=" + std::to_string(h[5]) + " seq_len=" + std::to_string(h[6]) + ")");
   }
   // Weights, then the unused RoPE tables freq_cis_real/imag (seq_len x head_size/2 each), then
   // the classifier when it is not shared.
@@ -46,10 +46,10 @@ inline llama_weights load_llama2c(const std::string& path) {
   const std::uint64_t expected = sizeof h + 4 * (c.parameter_count() + rope_floats);
   if (in.size() != expected)
     throw io_error(path + ": " + (in.size() < expected ? "truncated" : "oversized") +
-                   ": a llama2.c checkpoint with dim=" + std::to_string(c.dim) + ", n_layers=" +
-                   std::to_string(c.n_layers) + ", vocab_size=" + std::to_string(c.vocab_size) +
-                   (c.shared_classifier ? " (shared classifier)" : " (separate classifier)") +
-                   " has " + std::to_string(expected) + " bytes, this file has " + std::to_string(in.size()));
+                   ": a llama2.c checkpoint with dim=" + std::to_string(c.dim) +
+                   ", n_layers=" + std::to_string(c.n_layers) + ", vocab_size=" + std::to_string(c.vocab_size) +
+                   (c.shared_classifier ? " (shared classifier)" : " (separate classifier)") + " has " +
+                   std::to_string(expected) + " bytes, this file has " + std::to_string(in.size()));
 
   llama_weights w(c);
   auto data = w.data();

@@ -60,7 +60,8 @@ xt::xarray<T> load_npy(const std::string& path) {
   if (major == 1) header_len = in.read<std::uint16_t>("the .npy header length");
   else if (major == 2 || major == 3) header_len = in.read<std::uint32_t>("the .npy header length");
   else throw io_error(path + ": unsupported .npy version " + std::to_string(major) + " (expected 1, 2 or 3)");
-  if (header_len > 65536) throw io_error(path + ": .npy header of " + std::to_string(header_len) + " bytes is implausible");
+  if (header_len > 65536)
+    throw io_error(path + ": .npy header of " + std::to_string(header_len) + " bytes is implausible");
   std::string header(header_len, '\0');
   in.read_bytes(header.data(), header_len, "the .npy header");
 
@@ -82,7 +83,8 @@ xt::xarray<T> load_npy(const std::string& path) {
     } catch (const std::exception&) {
       throw io_error(path + ": bad .npy shape " + shape_text);
     }
-    if (dim != 0 && count > (std::uint64_t(1) << 40) / dim) throw io_error(path + ": .npy shape " + shape_text + " is too large");
+    if (dim != 0 && count > (std::uint64_t(1) << 40) / dim)
+      throw io_error(path + ": .npy shape " + shape_text + " is too large");
     count *= dim;
     shape.push_back(static_cast<std::size_t>(dim));
     p += used;
@@ -104,10 +106,19 @@ xt::xarray<T> load_npy(const std::string& path) {
   in.read_bytes(raw.data(), raw.size(), "the .npy data");
   for (std::size_t i = 0; i < count; ++i) {
     const char* src = raw.data() + i * item;
-    if (type == "<f4") { float v; std::memcpy(&v, src, 4); out.data()[i] = static_cast<T>(v); }
-    else if (type == "<f8") { double v; std::memcpy(&v, src, 8); out.data()[i] = static_cast<T>(v); }
-    else if (type == "<i4") { std::int32_t v; std::memcpy(&v, src, 4); out.data()[i] = static_cast<T>(v); }
-    else {
+    if (type == "<f4") {
+      float v;
+      std::memcpy(&v, src, 4);
+      out.data()[i] = static_cast<T>(v);
+    } else if (type == "<f8") {
+      double v;
+      std::memcpy(&v, src, 8);
+      out.data()[i] = static_cast<T>(v);
+    } else if (type == "<i4") {
+      std::int32_t v;
+      std::memcpy(&v, src, 4);
+      out.data()[i] = static_cast<T>(v);
+    } else {
       std::int64_t v;
       std::memcpy(&v, src, 8);
       if constexpr (std::is_integral_v<T> && sizeof(T) < 8)
@@ -124,9 +135,13 @@ template <class E>
 void save_npy(const std::string& path, const E& array) {
   using T = std::decay_t<typename E::value_type>;
   std::string shape = "(";
-  for (std::size_t i = 0; i < array.dimension(); ++i) shape += std::to_string(array.shape()[i]) + (array.dimension() == 1 ? ",)" : i + 1 < array.dimension() ? ", " : ")");
+  for (std::size_t i = 0; i < array.dimension(); ++i)
+    shape += std::to_string(array.shape()[i]) + (array.dimension() == 1      ? ",)"
+                                                 : i + 1 < array.dimension() ? ", "
+                                                                             : ")");
   if (array.dimension() == 0) shape += ")";
-  std::string header = std::string("{'descr': '") + detail::npy_descr<T>() + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  std::string header =
+      std::string("{'descr': '") + detail::npy_descr<T>() + "', 'fortran_order': False, 'shape': " + shape + ", }";
   const std::size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header += '\n';

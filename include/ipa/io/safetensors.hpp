@@ -49,12 +49,12 @@ inline std::uint16_t to_f16(float f) noexcept {
   std::memcpy(&u, &f, sizeof u);
   const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
   const std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);       // NaN
-  if (abs >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);      // rounds past 65504: inf
-  if (abs < 0x38800000u) {                                           // subnormal half (or zero)
-    if (abs < 0x33000000u) return sign;                              // below half the smallest
+  if (abs > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);   // NaN
+  if (abs >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);  // rounds past 65504: inf
+  if (abs < 0x38800000u) {                                       // subnormal half (or zero)
+    if (abs < 0x33000000u) return sign;                          // below half the smallest
     const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    const int shift = 126 - int(abs >> 23);                          // 14 + (113 - exp)
+    const int shift = 126 - int(abs >> 23);  // 14 + (113 - exp)
     std::uint32_t h = mant >> shift;
     const std::uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
     if (rest > half || (rest == half && (h & 1u))) ++h;
@@ -62,7 +62,7 @@ inline std::uint16_t to_f16(float f) noexcept {
   }
   std::uint32_t h = ((abs >> 23) - 112) << 10 | ((abs >> 13) & 0x3ffu);
   const std::uint32_t rest = abs & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;          // may carry into the exponent: fine
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: fine
   return std::uint16_t(sign | h);
 }
 
@@ -77,7 +77,7 @@ inline std::string shape_text(const std::vector<std::uint64_t>& s) {
 
 /// One tensor's entry in a safetensors header.
 struct safetensors_entry {
-  std::string dtype;                 ///< "F32", "F16", "BF16", "I32", ...
+  std::string dtype;  ///< "F32", "F16", "BF16", "I32", ...
   std::vector<std::uint64_t> shape;
   std::uint64_t begin = 0, end = 0;  ///< byte offsets inside the data section
   std::uint64_t elements() const noexcept {
@@ -219,7 +219,9 @@ class safetensors_file {
   }
 
  private:
-  [[noreturn]] void fail(const std::string& why) const { throw io_error(where_ + ": not a valid safetensors file: " + why); }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw io_error(where_ + ": not a valid safetensors file: " + why);
+  }
   void check_count(const std::string& name, const safetensors_entry& e, std::uint64_t expected) const {
     if (expected != std::uint64_t(-1) && e.elements() != expected)
       throw io_error(where_ + ": tensor '" + name + "' has " + std::to_string(e.elements()) + " elements, expected " +
@@ -238,7 +240,8 @@ inline constexpr std::uint64_t any_size = std::uint64_t(-1);
 class safetensors_writer {
  public:
   template <class T>
-  void add(const std::string& name, std::string_view dtype, std::vector<std::uint64_t> shape, std::span<const T> values) {
+  void add(const std::string& name, std::string_view dtype, std::vector<std::uint64_t> shape,
+           std::span<const T> values) {
     if (safetensors_dtype_size(dtype) != sizeof(T))
       throw config_error("safetensors_writer: dtype " + std::string(dtype) + " does not match the element size");
     std::uint64_t n = 1;
@@ -246,10 +249,12 @@ class safetensors_writer {
     if (n != values.size())
       throw shape_error("safetensors_writer: tensor '" + name + "' has " + std::to_string(values.size()) +
                         " values for its shape of " + std::to_string(n));
-    if (name == "__metadata__" || index_.count(name)) throw config_error("safetensors_writer: duplicate or reserved name '" + name + "'");
+    if (name == "__metadata__" || index_.count(name))
+      throw config_error("safetensors_writer: duplicate or reserved name '" + name + "'");
     const std::uint64_t begin = data_.size();
     data_.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
-    index_[name] = {{"dtype", std::string(dtype)}, {"shape", shape}, {"data_offsets", {begin, std::uint64_t(data_.size())}}};
+    index_[name] = {
+        {"dtype", std::string(dtype)}, {"shape", shape}, {"data_offsets", {begin, std::uint64_t(data_.size())}}};
   }
   void add_f32(const std::string& name, std::vector<std::uint64_t> shape, std::span<const float> v) {
     add<float>(name, "F32", std::move(shape), v);

@@ -24,13 +24,16 @@ inline float tree_sum8(v8f v) noexcept { return ((v[0] + v[1]) + (v[2] + v[3])) 
 /// transpose as they go.
 inline v8f tree_sum8x8(const v8f (&a)[8]) noexcept {
   auto pairs = [](v8f x, v8f y) {  // [x0+x1, y0+y1, x2+x3, y2+y3, ...]
-    return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) + __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
+    return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
   };
   auto quads = [](v8f x, v8f y) {
-    return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
   };
   const v8f c0 = quads(pairs(a[0], a[1]), pairs(a[2], a[3])), c1 = quads(pairs(a[4], a[5]), pairs(a[6], a[7]));
-  return __builtin_shufflevector(c0, c1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(c0, c1, 4, 5, 6, 7, 12, 13, 14, 15);
+  return __builtin_shufflevector(c0, c1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(c0, c1, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
 /// Head layout of one attention layer.
@@ -117,7 +120,8 @@ inline void attend_heads(const float* q, std::size_t heads, const float* k0, con
     std::size_t g = 0;
     for (; g + 2 <= heads; g += 2)
       wide_heads<2>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
-    if (g < heads) wide_heads<1>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
+    if (g < heads)
+      wide_heads<1>(q + g * hs, k0, v0, stride, hs, positions, scale, sc + g * sc_stride, sc_stride, out + g * hs);
     return;
   }
   for (std::size_t g = 0; g < heads; ++g) {
@@ -159,8 +163,7 @@ inline void cached_attention(const attention_shape& a, const float* qkv, const i
 /// Training forward over B sequences of Tn positions: qkv is (B*Tn, row_width); probs
 /// (B, heads, Tn, Tn) keeps the causal triangle for backward; att receives (B*Tn, q_width).
 template <class T>
-void causal_attention_forward(const attention_shape& a, std::size_t B, std::size_t Tn, const T* qkv, T* probs,
-                              T* att) {
+void causal_attention_forward(const attention_shape& a, std::size_t B, std::size_t Tn, const T* qkv, T* probs, T* att) {
   const std::size_t d = a.q_width(), kv = a.kv_width(), hs = a.head_size, H = a.heads, group = a.group(),
                     w = a.row_width();
   const T scale = T(1) / std::sqrt(T(hs));
@@ -194,8 +197,8 @@ void causal_attention_forward(const attention_shape& a, std::size_t B, std::size
 /// `group` query heads, so one task per (sequence, kv head) owns its dK/dV rows and no two
 /// threads write the same row.
 template <class T>
-void causal_attention_backward(const attention_shape& a, std::size_t B, std::size_t Tn, const T* qkv,
-                               const T* probs, const T* datt, T* dqkv) {
+void causal_attention_backward(const attention_shape& a, std::size_t B, std::size_t Tn, const T* qkv, const T* probs,
+                               const T* datt, T* dqkv) {
   const std::size_t d = a.q_width(), kv = a.kv_width(), hs = a.head_size, H = a.heads, KH = a.kv_heads,
                     group = a.group(), w = a.row_width();
   const T scale = T(1) / std::sqrt(T(hs));

@@ -9,11 +9,11 @@
 
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/types.hpp"
+#include "ipa/decode/policy.hpp"
 #include "ipa/model/attention.hpp"
 #include "ipa/model/gpt2_weights.hpp"
 #include "ipa/model/kv_cache.hpp"
 #include "ipa/model/layers.hpp"
-#include "ipa/decode/policy.hpp"
 
 namespace ipa {
 
@@ -65,7 +65,8 @@ class gpt2_model {
     const float *wte = w_.tensor("wte").data(), *wpe = w_.tensor("wpe").data();
     float* x = s.x.data();
     for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) x[i * d + j] = wte[std::size_t(tokens[i]) * d + j] + wpe[std::size_t(pos[i]) * d + j];
+      for (std::size_t j = 0; j < d; ++j)
+        x[i * d + j] = wte[std::size_t(tokens[i]) * d + j] + wpe[std::size_t(pos[i]) * d + j];
 
     for (int l = 0; l < c.n_layers; ++l) {
       const layer_kernels& lk = layers_[std::size_t(l)];

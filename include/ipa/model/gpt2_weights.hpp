@@ -22,12 +22,12 @@ enum class gelu_kind { tanh, erf };
 /// Hyper-parameters of a GPT-2-architecture transformer (LayerNorm, learned positions, GELU,
 /// fused QKV with biases, tied output).
 struct gpt2_config {
-  int dim = 0;          ///< n_embd
-  int hidden_dim = 0;   ///< n_inner (4 * dim by default)
+  int dim = 0;         ///< n_embd
+  int hidden_dim = 0;  ///< n_inner (4 * dim by default)
   int n_layers = 0;
   int n_heads = 0;
   int vocab_size = 0;
-  int seq_len = 0;      ///< n_positions: rows of the position embedding
+  int seq_len = 0;  ///< n_positions: rows of the position embedding
   float norm_eps = 1e-5f;
   gelu_kind gelu = gelu_kind::tanh;
 

@@ -18,7 +18,7 @@ namespace ipa {
 /// KV caches of a batch and each row's length; scratch grows once and is reused.
 struct kv_cache_state {
   int batch = 0;
-  int capacity = 0;         ///< S: positions per row
+  int capacity = 0;  ///< S: positions per row
   std::size_t kv_heads = 0, head_size = 0;
   std::vector<int> length;  ///< tokens already in each row's cache
   std::vector<float> key_cache, value_cache;
@@ -45,8 +45,7 @@ struct kv_cache_state {
 
   /// Writes position p's keys and values (kv_heads * head_size floats each) into layer l, row `row`.
   void append(std::size_t l, int row, int p, const float* keys, const float* values) noexcept {
-    for (std::size_t h = 0; h < kv_heads; ++h)
-      append_head(l, row, h, p, keys + h * head_size, values + h * head_size);
+    for (std::size_t h = 0; h < kv_heads; ++h) append_head(l, row, h, p, keys + h * head_size, values + h * head_size);
   }
 };
 
@@ -55,7 +54,8 @@ namespace detail {
 /// Sizes a fresh state; `who` names the model in messages.
 inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int context, int layers, std::size_t kv_heads,
                           std::size_t head_size, const char* who) {
-  if (batch <= 0) throw config_error(std::string(who) + "::new_state: batch must be >= 1, found " + std::to_string(batch));
+  if (batch <= 0)
+    throw config_error(std::string(who) + "::new_state: batch must be >= 1, found " + std::to_string(batch));
   if (capacity <= 0) capacity = context;
   if (capacity > context)
     throw shape_error(std::string(who) + "::new_state: capacity " + std::to_string(capacity) +

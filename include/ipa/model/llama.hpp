@@ -62,8 +62,8 @@ class llama_model {
   llama_state new_state(int batch, int capacity = 0) const {
     const llama_config& c = w_.config();
     llama_state s;
-    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_kv_heads), std::size_t(c.head_size()),
-                          "llama_model");
+    detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_kv_heads),
+                          std::size_t(c.head_size()), "llama_model");
     return s;
   }
 
@@ -185,7 +185,8 @@ class llama_model {
     const std::size_t panels = w.panels();
     if (!streamed()) {
       const auto [first, last] = t.share((panels + 1) / 2);
-      const auto [c0, c1] = matmul_packed_panels(out, ldo, xp, n, w, std::min(panels, 2 * first), std::min(panels, 2 * last));
+      const auto [c0, c1] =
+          matmul_packed_panels(out, ldo, xp, n, w, std::min(panels, 2 * first), std::min(panels, 2 * last));
       done(c0, c1);
       return;
     }

@@ -17,11 +17,11 @@ namespace ipa {
 
 /// Hyper-parameters of a Llama-architecture transformer (RMSNorm, RoPE, GQA, SwiGLU).
 struct llama_config {
-  int dim = 0;             ///< model width
-  int hidden_dim = 0;      ///< SwiGLU inner width
+  int dim = 0;         ///< model width
+  int hidden_dim = 0;  ///< SwiGLU inner width
   int n_layers = 0;
-  int n_heads = 0;         ///< query heads
-  int n_kv_heads = 0;      ///< key/value heads (grouped-query attention when < n_heads)
+  int n_heads = 0;     ///< query heads
+  int n_kv_heads = 0;  ///< key/value heads (grouped-query attention when < n_heads)
   int vocab_size = 0;
   int seq_len = 0;         ///< context length: the KV cache holds at most this many positions
   int extra_tokens = 0;    ///< input-only ids [vocab_size, vocab_size + extra_tokens) the model reads but
@@ -53,10 +53,9 @@ struct llama_config {
     if (dim % n_heads != 0)
       fail("dim (" + std::to_string(dim) + ") must be a multiple of n_heads (" + std::to_string(n_heads) + ")");
     if (n_heads % n_kv_heads != 0)
-      fail("n_heads (" + std::to_string(n_heads) + ") must be a multiple of n_kv_heads (" +
-           std::to_string(n_kv_heads) + ")");
-    if (head_size() % 2 != 0)
-      fail("head size dim/n_heads must be even for RoPE, found " + std::to_string(head_size()));
+      fail("n_heads (" + std::to_string(n_heads) + ") must be a multiple of n_kv_heads (" + std::to_string(n_kv_heads) +
+           ")");
+    if (head_size() % 2 != 0) fail("head size dim/n_heads must be even for RoPE, found " + std::to_string(head_size()));
     if (extra_tokens < 0 || extra_tokens > limit) fail("extra_tokens must be in [0, " + std::to_string(limit) + "]");
     if (!(norm_eps > 0.0f) || !std::isfinite(norm_eps)) fail("norm_eps must be positive and finite");
     if (!(rope_theta > 0.0f) || !std::isfinite(rope_theta)) fail("rope_theta must be positive and finite");
@@ -168,9 +167,7 @@ class llama_weights : public detail::flat_weights<llama_config> {
   const float* w3(int l) const noexcept { return at(9, l); }
   const float* norm() const noexcept { return at(10, 0); }
   /// (V, d): the first V rows of tok_embeddings when shared (input-only rows are never predicted).
-  const float* classifier() const noexcept {
-    return config_.shared_classifier ? tok_embeddings() : at(11, 0);
-  }
+  const float* classifier() const noexcept { return config_.shared_classifier ? tok_embeddings() : at(11, 0); }
 
  private:
   const float* at(std::size_t slot, int layer) const noexcept {

@@ -31,8 +31,7 @@ namespace ipa {
 class process_reward {
  public:
   /// Starts `command` (run by /bin/sh -c). `timeout_seconds` bounds each batch's answer.
-  explicit process_reward(std::string command, double timeout_seconds = 60.0)
-      : state_(std::make_shared<child>()) {
+  explicit process_reward(std::string command, double timeout_seconds = 60.0) : state_(std::make_shared<child>()) {
     state_->command = std::move(command);
     state_->timeout = timeout_seconds;
     if (state_->command.empty()) throw config_error("process_reward: empty command");
@@ -45,7 +44,8 @@ class process_reward {
     child& c = *state_;
     std::string out;
     for (const sample_view& s : batch) {
-      nlohmann::json j = {{"prompt", std::string(s.prompt_text)}, {"response", std::string(s.response_text)},
+      nlohmann::json j = {{"prompt", std::string(s.prompt_text)},
+                          {"response", std::string(s.response_text)},
                           {"prompt_ids", std::vector<int>(s.prompt.begin(), s.prompt.end())},
                           {"response_ids", std::vector<int>(s.response.begin(), s.response.end())}};
       out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -82,7 +82,8 @@ class process_reward {
 
     void start() {
       int in[2], out[2];
-      if (pipe(in) != 0 || pipe(out) != 0) throw io_error("process_reward: pipe() failed: " + std::string(std::strerror(errno)));
+      if (pipe(in) != 0 || pipe(out) != 0)
+        throw io_error("process_reward: pipe() failed: " + std::string(std::strerror(errno)));
       pid = fork();
       if (pid < 0) throw io_error("process_reward: fork() failed: " + std::string(std::strerror(errno)));
       if (pid == 0) {
@@ -127,7 +128,8 @@ class process_reward {
     }
     void write_all(const std::string& data) {
       // a closed pipe must be an error here, not SIGPIPE killing the trainer
-      struct sigaction ignore {}, old {};
+      struct sigaction ignore {
+      }, old{};
       ignore.sa_handler = SIG_IGN;
       sigaction(SIGPIPE, &ignore, &old);
       std::size_t done = 0;
@@ -151,7 +153,8 @@ class process_reward {
           buffer.erase(0, nl + 1);
           return line;
         }
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0)
           throw io_error("process_reward: '" + command + "' gave no answer within " + std::to_string(timeout) + " s");
         pollfd p{from_child, POLLIN, 0};

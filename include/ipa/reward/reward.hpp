@@ -175,7 +175,8 @@ struct weighted_sum {
 
  private:
   template <class One>
-  static void add(double w, One& r, std::span<const sample_view> batch, std::vector<double>& part, std::span<double> out) {
+  static void add(double w, One& r, std::span<const sample_view> batch, std::vector<double>& part,
+                  std::span<double> out) {
     r.score(batch, part);
     for (std::size_t i = 0; i < out.size(); ++i) out[i] += w * part[i];
   }

@@ -125,7 +125,8 @@ class spec_reward {
     } catch (const config_error& e) {
       fail(spec, e.what());
     }
-    fail(spec, "unknown reward '" + std::string(name) + "'; expected avoid, keywords, keywords-all, length, distinct or cmd");
+    fail(spec,
+         "unknown reward '" + std::string(name) + "'; expected avoid, keywords, keywords-all, length, distinct or cmd");
   }
 
   std::vector<term> terms_;

@@ -63,8 +63,7 @@ inline bool in_ranges(std::span<const code_point_range> table, std::uint32_t cp)
 // Python's \s in `regex`: Unicode White_Space.
 inline bool is_white_space(std::uint32_t cp) noexcept {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 enum class char_class : std::uint8_t { letter, number, space, other };
@@ -119,13 +118,15 @@ class gpt2_tokenizer {
       if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
       const auto sp = line.find(' ');
-      if (sp == std::string_view::npos || sp == 0 || sp + 1 >= line.size() || line.find(' ', sp + 1) != std::string_view::npos)
+      if (sp == std::string_view::npos || sp == 0 || sp + 1 >= line.size() ||
+          line.find(' ', sp + 1) != std::string_view::npos)
         throw io_error(merges_txt + ": line " + std::to_string(line_no) + " is not 'A B': '" +
                        std::string(line.substr(0, 80)) + "'");
       merges.emplace_back(std::string(line.substr(0, sp)), std::string(line.substr(sp + 1)));
     }
     t.set_merges(merges, merges_txt);
-    if (t.bytes_to_id_.count("<|endoftext|>")) t.specials_.emplace_back("<|endoftext|>", t.bytes_to_id_["<|endoftext|>"]);
+    if (t.bytes_to_id_.count("<|endoftext|>"))
+      t.specials_.emplace_back("<|endoftext|>", t.bytes_to_id_["<|endoftext|>"]);
     return t;
   }
 
@@ -235,7 +236,8 @@ class gpt2_tokenizer {
     if (has("encoder.json") && has("vocab.bpe")) return from_files(path + "/encoder.json", path + "/vocab.bpe");
     if (has("vocab.json") && has("merges.txt")) return from_files(path + "/vocab.json", path + "/merges.txt");
     if (has("tokenizer.json")) return from_tokenizer_json(path + "/tokenizer.json");
-    throw io_error(path + ": no GPT-2 tokenizer here: expected encoder.json + vocab.bpe, vocab.json + merges.txt "
+    throw io_error(path +
+                   ": no GPT-2 tokenizer here: expected encoder.json + vocab.bpe, vocab.json + merges.txt "
                    "or tokenizer.json");
   }
 
@@ -243,7 +245,8 @@ class gpt2_tokenizer {
   /// The raw bytes of one token.
   const std::string& token_bytes(token_id id) const {
     if (id < 0 || std::size_t(id) >= id_to_bytes_.size())
-      throw shape_error("gpt2_tokenizer: id " + std::to_string(id) + " outside [0, " + std::to_string(vocab_size()) + ")");
+      throw shape_error("gpt2_tokenizer: id " + std::to_string(id) + " outside [0, " + std::to_string(vocab_size()) +
+                        ")");
     return id_to_bytes_[std::size_t(id)];
   }
   /// Forgets the per-piece cache (benchmarks of cold encoding; bounded memory otherwise).
@@ -366,7 +369,8 @@ class gpt2_tokenizer {
       const std::uint32_t cp = detail::next_code_point(key, i, len);
       auto it = inverse.find(cp);
       if (it == inverse.end())
-        throw io_error(where + ": token '" + key + "' holds a character outside GPT-2's byte alphabet; not a "
+        throw io_error(where + ": token '" + key +
+                       "' holds a character outside GPT-2's byte alphabet; not a "
                        "byte-level BPE vocabulary");
       out.push_back(static_cast<char>(it->second));
       i += len;
@@ -452,7 +456,8 @@ class gpt2_tokenizer {
       const cand c = heap.top();
       heap.pop();
       const int r = next[std::size_t(c.left)];
-      if (id[std::size_t(c.left)] != c.a || r < 0 || id[std::size_t(r)] != c.b || id[std::size_t(c.left)] < 0) continue;  // stale
+      if (id[std::size_t(c.left)] != c.a || r < 0 || id[std::size_t(r)] != c.b || id[std::size_t(c.left)] < 0)
+        continue;  // stale
       id[std::size_t(c.left)] = merges_.at(pair_key(c.a, c.b)).merged;
       id[std::size_t(r)] = -1;  // dead
       next[std::size_t(c.left)] = next[std::size_t(r)];
@@ -479,7 +484,6 @@ class gpt2_tokenizer {
   std::vector<std::pair<std::string, token_id>> specials_;
   mutable std::unordered_map<std::string, std::vector<token_id>> cache_;
   mutable std::mutex cache_mutex_;
-
 };
 
 }  // namespace ipa

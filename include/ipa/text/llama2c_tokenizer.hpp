@@ -41,8 +41,8 @@ class llama2c_tokenizer {
       const auto score = in.read<float>(what + "'s score");
       const auto len = in.read<std::int32_t>(what + "'s length");
       if (len < 0 || len > max_len)
-        throw io_error(path + ": corrupt tokenizer: " + what + " has length " + std::to_string(len) +
-                       ", expected 0.." + std::to_string(max_len) + " (max_token_length)");
+        throw io_error(path + ": corrupt tokenizer: " + what + " has length " + std::to_string(len) + ", expected 0.." +
+                       std::to_string(max_len) + " (max_token_length)");
       if (!std::isfinite(score)) throw io_error(path + ": corrupt tokenizer: " + what + " has a non-finite score");
       std::string piece(static_cast<std::size_t>(len), '\0');
       in.read_bytes(piece.data(), piece.size(), what + "'s bytes");
@@ -197,9 +197,7 @@ class llama2c_tokenizer {
 
  private:
   static bool is_hex(char c) noexcept { return std::isxdigit(static_cast<unsigned char>(c)) != 0; }
-  static int hex(char c) noexcept {
-    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
-  }
+  static int hex(char c) noexcept { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
   std::size_t check(token_id id) const {
     if (id < 0 || std::size_t(id) >= pieces_.size())
       throw shape_error("llama2c_tokenizer: token id " + std::to_string(id) + " outside [0, " +

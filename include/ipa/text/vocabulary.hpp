@@ -69,7 +69,8 @@ class vocab_map {
   /// The adapter's id of base id v, or -1.
   token_id adapter_id(token_id v) const {
     if (v < 0 || std::size_t(v) >= adapter_of_.size())
-      throw shape_error("vocab_map: base id " + std::to_string(v) + " outside [0, " + std::to_string(base_size()) + ")");
+      throw shape_error("vocab_map: base id " + std::to_string(v) + " outside [0, " + std::to_string(base_size()) +
+                        ")");
     return adapter_of_[std::size_t(v)];
   }
   /// The whole mapping, by base id (-1: unknown to the adapter).

@@ -38,8 +38,10 @@ struct running_mean_baseline {
 
 inline void check_groups(std::size_t n, std::size_t group, const char* who) {
   if (group < 2 || n % group != 0)
-    throw config_error(std::string(who) + ": needs groups of >= 2 samples per prompt and a batch that is a multiple "
-                       "of the group size; found " + std::to_string(n) + " rewards in groups of " + std::to_string(group));
+    throw config_error(std::string(who) +
+                       ": needs groups of >= 2 samples per prompt and a batch that is a multiple "
+                       "of the group size; found " +
+                       std::to_string(n) + " rewards in groups of " + std::to_string(group));
 }
 
 /// RLOO: rewards come in consecutive groups of k samples of the same prompt; each sample's
@@ -79,7 +81,8 @@ struct gae_result {
 };
 inline gae_result gae(std::span<const double> rewards, std::span<const double> values, double gamma, double lambda) {
   if (rewards.size() != values.size())
-    throw shape_error("gae: " + std::to_string(rewards.size()) + " rewards but " + std::to_string(values.size()) + " values");
+    throw shape_error("gae: " + std::to_string(rewards.size()) + " rewards but " + std::to_string(values.size()) +
+                      " values");
   const std::size_t T = rewards.size();
   gae_result r{std::vector<double>(T), std::vector<double>(T)};
   double next_adv = 0, next_value = 0;
@@ -134,7 +137,7 @@ inline int best_occupied_bin(std::span<const int> bins) {
 /// coef *= 1 + clip(observed / target - 1, -0.2, 0.2) * n / horizon (Ziegler et al. 2019).
 struct kl_controller {
   double coef = 0.05;
-  double target = 0;    ///< 0: fixed coefficient
+  double target = 0;  ///< 0: fixed coefficient
   double horizon = 10000;
 
   void update(double observed, std::size_t n_samples) noexcept {

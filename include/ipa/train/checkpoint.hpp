@@ -49,7 +49,8 @@ inline void add_weights(safetensors_writer& w, const llama_weights& m, const std
     const bool is_2d = s.rows > 1;
     for (std::size_t l = 0; l < s.layers; ++l) {
       const std::string name = prefix + stored_name(s, l);
-      std::vector<std::uint64_t> shape = is_2d ? std::vector<std::uint64_t>{s.rows, s.cols} : std::vector<std::uint64_t>{s.cols};
+      std::vector<std::uint64_t> shape =
+          is_2d ? std::vector<std::uint64_t>{s.rows, s.cols} : std::vector<std::uint64_t>{s.cols};
       w.add_f32(name, shape, all.subspan(l * s.rows * s.cols, s.rows * s.cols));
     }
   }
@@ -69,10 +70,12 @@ inline void read_weights(const safetensors_file& f, llama_weights& m, const std:
 }
 
 inline nlohmann::json config_json(const llama_config& c) {
-  return {{"architecture", "llama"}, {"dim", c.dim}, {"hidden_dim", c.hidden_dim}, {"n_layers", c.n_layers},
-          {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"vocab_size", c.vocab_size},
-          {"seq_len", c.seq_len}, {"extra_tokens", c.extra_tokens}, {"norm_eps", c.norm_eps},
-          {"rope_theta", c.rope_theta}, {"shared_classifier", c.shared_classifier}};
+  return {{"architecture", "llama"},        {"dim", c.dim},
+          {"hidden_dim", c.hidden_dim},     {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads},           {"n_kv_heads", c.n_kv_heads},
+          {"vocab_size", c.vocab_size},     {"seq_len", c.seq_len},
+          {"extra_tokens", c.extra_tokens}, {"norm_eps", c.norm_eps},
+          {"rope_theta", c.rope_theta},     {"shared_classifier", c.shared_classifier}};
 }
 
 inline llama_config config_from_json(const nlohmann::json& j, const std::string& where) {
@@ -141,16 +144,15 @@ inline saved_adapter load_adapter(const std::string& dir) {
   a.control_token = cfg.value("control_token", -1);
   if (!std::isfinite(a.alpha)) throw io_error(dir + "/config.json: alpha is not finite");
   if (a.control_token >= a.weights.config().input_vocab())
-    throw io_error(dir + "/config.json: control_token " + std::to_string(a.control_token) + " is outside the adapter's " +
-                   std::to_string(a.weights.config().input_vocab()) + " input ids");
+    throw io_error(dir + "/config.json: control_token " + std::to_string(a.control_token) +
+                   " is outside the adapter's " + std::to_string(a.weights.config().input_vocab()) + " input ids");
   return a;
 }
 
 /// Saves everything a run needs to continue exactly: adapter, optimizer moments, value head,
 /// RNG, baseline, KL coefficient, data order, Quark pool, PPO reference; `run` is the caller's
 /// description of the run (its options), stored in trainer.json. Returns the checkpoint folder.
-template <class R, class Tok, class Base>
-  requires(Policy<Base> || SparsePolicy<Base>)
+template <class R, class Tok, BasePolicy Base>
 std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>& t, const nlohmann::json& run = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(out_dir);
@@ -249,15 +251,15 @@ inline nlohmann::json checkpoint_run(const std::string& checkpoint_dir) {
 }
 
 /// Restores a trainer (built with the same configuration) from a checkpoint folder.
-template <class R, class Tok, class Base>
-  requires(Policy<Base> || SparsePolicy<Base>)
+template <class R, class Tok, BasePolicy Base>
 void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
   const nlohmann::json s = detail::read_json(dir + "/trainer.json");
   const saved_adapter a = load_adapter(dir + "/adapter");
   auto params = t.policy().parameters();
   if (a.weights.config().parameter_count() != params.size() || a.weights.data().size() != params.size())
-    throw io_error(dir + "/adapter: " + std::to_string(a.weights.data().size()) + " parameters, the trainer's adapter has " +
-                   std::to_string(params.size()) + "; resume with the options of the original run");
+    throw io_error(dir + "/adapter: " + std::to_string(a.weights.data().size()) +
+                   " parameters, the trainer's adapter has " + std::to_string(params.size()) +
+                   "; resume with the options of the original run");
   std::copy(a.weights.data().begin(), a.weights.data().end(), params.begin());
   const auto opt = safetensors_file::load(dir + "/optimizer.safetensors");
   auto put = [&](const char* name, std::span<float> dst) {
@@ -283,15 +285,19 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
   t.pool().entries.clear();
   std::size_t at = 0, lat = 0;
   for (std::size_t i = 0; i < rewards.size(); ++i) {
-    if (lens[2 * i] < 1 || lens[2 * i + 1] < 1 || at + std::size_t(lens[2 * i]) + std::size_t(lens[2 * i + 1]) > tokens.size() ||
+    if (lens[2 * i] < 1 || lens[2 * i + 1] < 1 ||
+        at + std::size_t(lens[2 * i]) + std::size_t(lens[2 * i + 1]) > tokens.size() ||
         lat + std::size_t(lens[2 * i + 1]) * V > logits.size())
       throw io_error(dir + "/pool.safetensors: entry " + std::to_string(i) + " runs past the stored arrays");
     quark_pool::entry e;
-    e.prompt.assign(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i])));
+    e.prompt.assign(tokens.begin() + std::ptrdiff_t(at),
+                    tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i])));
     at += std::size_t(lens[2 * i]);
-    e.response.assign(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i + 1])));
+    e.response.assign(tokens.begin() + std::ptrdiff_t(at),
+                      tokens.begin() + std::ptrdiff_t(at + std::size_t(lens[2 * i + 1])));
     at += std::size_t(lens[2 * i + 1]);
-    e.base_logits.assign(logits.begin() + std::ptrdiff_t(lat), logits.begin() + std::ptrdiff_t(lat + e.response.size() * V));
+    e.base_logits.assign(logits.begin() + std::ptrdiff_t(lat),
+                         logits.begin() + std::ptrdiff_t(lat + e.response.size() * V));
     lat += e.response.size() * V;
     e.reward = rewards[i];
     t.pool().entries.push_back(std::move(e));

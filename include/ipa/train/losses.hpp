@@ -28,8 +28,8 @@ template <class T>
 void tailored_log_softmax(std::span<const float> base, std::span<const T> adapter, double alpha, std::span<T> log_pi) {
   const std::size_t V = adapter.size();
   if (log_pi.size() != V || (!base.empty() && base.size() != V))
-    throw shape_error("tailored_log_softmax: rows of " + std::to_string(base.size()) + " (base), " +
-                      std::to_string(V) + " (adapter) and " + std::to_string(log_pi.size()) + " (output) values");
+    throw shape_error("tailored_log_softmax: rows of " + std::to_string(base.size()) + " (base), " + std::to_string(V) +
+                      " (adapter) and " + std::to_string(log_pi.size()) + " (output) values");
   if constexpr (std::is_same_v<T, float>) {  // float: one vectorisable pass, sums in double
     const float a = float(alpha);
     float max = -std::numeric_limits<float>::infinity();
@@ -108,7 +108,8 @@ double add_entropy_grad(std::span<const T> log_pi, double coef, std::span<T> dz)
 /// Mean next-token cross-entropy of logits (N, V) against targets (N; a negative target is
 /// ignored, like PyTorch's ignore_index); writes d loss / d logits. Returns the loss.
 template <class T>
-double cross_entropy(std::span<const T> logits, std::span<const token_id> targets, std::size_t V, std::span<T> dlogits) {
+double cross_entropy(std::span<const T> logits, std::span<const token_id> targets, std::size_t V,
+                     std::span<T> dlogits) {
   const std::size_t N = targets.size();
   if (logits.size() != N * V || dlogits.size() != N * V)
     throw shape_error("cross_entropy: logits/dlogits must hold targets x V = " + std::to_string(N * V) + " values");

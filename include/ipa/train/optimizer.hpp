@@ -80,7 +80,8 @@ struct adamw_config {
   void validate() const {
     auto in01 = [](double b) { return b >= 0 && b < 1; };
     if (!in01(beta1) || !in01(beta2))
-      throw config_error("adamw: betas must be in [0, 1), found " + std::to_string(beta1) + ", " + std::to_string(beta2));
+      throw config_error("adamw: betas must be in [0, 1), found " + std::to_string(beta1) + ", " +
+                         std::to_string(beta2));
     if (!(eps > 0)) throw config_error("adamw: eps must be > 0, found " + std::to_string(eps));
     if (!(weight_decay >= 0)) throw config_error("adamw: weight_decay must be >= 0");
   }
@@ -103,7 +104,8 @@ class adamw {
     // float math, like PyTorch's fp32 AdamW; chunks over the threads (each element is
     // independent, so the result does not depend on the thread count)
     const float b1 = float(config_.beta1), b2 = float(config_.beta2), eps = float(config_.eps);
-    const float c1 = float(1.0 - std::pow(config_.beta1, double(t_))), c2 = float(1.0 - std::pow(config_.beta2, double(t_)));
+    const float c1 = float(1.0 - std::pow(config_.beta1, double(t_))),
+                c2 = float(1.0 - std::pow(config_.beta2, double(t_)));
     const float step = float(lr), decay = float(lr * config_.weight_decay);
     constexpr std::size_t chunk = 1 << 14;
     parallel_for((params.size() + chunk - 1) / chunk, [&](std::size_t c) {

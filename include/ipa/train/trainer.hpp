@@ -49,8 +49,8 @@ inline const char* to_string(rl_algorithm a) noexcept {
   }
 }
 inline rl_algorithm parse_rl_algorithm(std::string_view s) {
-  for (rl_algorithm a : {rl_algorithm::quark, rl_algorithm::ppo, rl_algorithm::reinforce, rl_algorithm::rloo,
-                         rl_algorithm::grpo})
+  for (rl_algorithm a :
+       {rl_algorithm::quark, rl_algorithm::ppo, rl_algorithm::reinforce, rl_algorithm::rloo, rl_algorithm::grpo})
     if (s == to_string(a)) return a;
   throw config_error("unknown RL algorithm '" + std::string(s) + "'; expected quark, ppo, reinforce, rloo or grpo");
 }
@@ -79,18 +79,18 @@ struct rl_config {
   token_id eos_id = -1;
   std::vector<token_id> stop_tokens;  ///< llama2.c models end a story with BOS (1)
   float alpha = 1.0f;                 ///< the adapter's weight in the product of experts
-  bool tune_base = false;  ///< no base: the trained model is the whole policy (fine-tuning baseline)
+  bool tune_base = false;             ///< no base: the trained model is the whole policy (fine-tuning baseline)
   tail_policy sparse_tail = tail_policy::restrict_to_top_k;  ///< how a top-k base's rows are filled
 
   lr_schedule lr{1e-3, 0, 0, lr_decay::constant, 0.0};
   adamw_config adam{};
   double max_grad_norm = 1.0;
-  std::size_t micro_batch = 0;        ///< samples per forward/backward (gradient accumulation); 0: all
-  std::vector<std::string> frozen;    ///< tensors that do not train, e.g. {"tok_embeddings"}
+  std::size_t micro_batch = 0;      ///< samples per forward/backward (gradient accumulation); 0: all
+  std::vector<std::string> frozen;  ///< tensors that do not train, e.g. {"tok_embeddings"}
 
-  kl_controller kl{0.05, 0, 10000};   ///< weight of the KL to the base (Quark, REINFORCE family) or
-                                      ///< of the per-token KL penalty to the reference (PPO)
-  double baseline_decay = 0.9;        ///< REINFORCE's running mean
+  kl_controller kl{0.05, 0, 10000};  ///< weight of the KL to the base (Quark, REINFORCE family) or
+                                     ///< of the per-token KL penalty to the reference (PPO)
+  double baseline_decay = 0.9;       ///< REINFORCE's running mean
   // PPO
   std::size_t ppo_epochs = 4, ppo_minibatches = 2;
   double clip_eps = 0.2, value_clip = 0.2, vf_coef = 0.5, gamma = 1.0, lambda = 0.95;
@@ -99,8 +99,8 @@ struct rl_config {
   // Quark
   int quark_bins = 5;
   double entropy_coef = 0.06;
-  std::size_t pool_capacity = 4096;   ///< oldest samples are evicted beyond this; 0: unbounded
-  std::size_t quark_updates = 2;      ///< gradient steps on pool minibatches per rollout
+  std::size_t pool_capacity = 4096;  ///< oldest samples are evicted beyond this; 0: unbounded
+  std::size_t quark_updates = 2;     ///< gradient steps on pool minibatches per rollout
 
   std::uint64_t seed = 1;
 
@@ -167,8 +167,7 @@ struct quark_pool {
 /// SparsePolicy (a black box revealing top-k log-probs; the rollout densifies its rows with
 /// rl_config::sparse_tail). The base only ever runs inside the decoder.
 /// Tokenizer: anything with `decode(ids, prev) -> text` (llama2c_tokenizer).
-template <Reward R, class Tokenizer, class Base = llama_model>
-  requires(Policy<Base> || SparsePolicy<Base>)
+template <Reward R, class Tokenizer, BasePolicy Base = llama_model>
 class rl_trainer {
  public:
   /// `base` may be null only with cfg.tune_base. Prompts are token ids (with BOS).
@@ -378,7 +377,8 @@ class rl_trainer {
         throw shape_error("rl_trainer: a prompt + response of " + std::to_string(T + 1) +
                           " tokens exceeds the adapter's context " + std::to_string(model.config().seq_len));
       std::vector<token_id> tokens(nb * T, 0);
-      for (std::size_t j = 0; j < nb; ++j) std::copy(seqs[j].begin(), seqs[j].end(), tokens.begin() + std::ptrdiff_t(j * T));
+      for (std::size_t j = 0; j < nb; ++j)
+        std::copy(seqs[j].begin(), seqs[j].end(), tokens.begin() + std::ptrdiff_t(j * T));
       model.forward(tokens, nb, T);
       std::vector<float> dlogits, dhidden;
       if (grad) {
@@ -392,14 +392,22 @@ class rl_trainer {
         const std::size_t first = seqs[j].size() + 1 - s.response.size();  // position predicting response[0]
         for (std::size_t t = 0; t < s.response.size(); ++t) {
           const std::size_t row = j * T + first - 1 + t;
-          const std::span<const float> base_row =
-              s.base_logits.empty() ? std::span<const float>() : std::span<const float>(s.base_logits.data() + t * V, V);
+          const std::span<const float> base_row = s.base_logits.empty()
+                                                      ? std::span<const float>()
+                                                      : std::span<const float>(s.base_logits.data() + t * V, V);
           tailored_log_softmax<float>(base_row, model.logits().subspan(row * V, V), cfg_.tune_base ? 1.0 : cfg_.alpha,
                                       log_pi);
           if (!base_row.empty()) tailored_log_softmax<float>(base_row, zeros, 0.0, log_base);
           std::fill(dz.begin(), dz.end(), 0.0f);
-          position p{i, t, s.response[t], log_pi, base_row.empty() ? std::span<const float>() : log_base,
-                     model.final_hidden().subspan(row * d, d), dz, 0.0, 0.0};
+          position p{i,
+                     t,
+                     s.response[t],
+                     log_pi,
+                     base_row.empty() ? std::span<const float>() : log_base,
+                     model.final_hidden().subspan(row * d, d),
+                     dz,
+                     0.0,
+                     0.0};
           p.value = value_head_[d];
           for (std::size_t k = 0; k < d; ++k) p.value += double(value_head_[k]) * p.hidden[k];
           fn(p);
@@ -566,8 +574,8 @@ class rl_trainer {
         const double inv_n = 1.0 / double(token_count(samples, which));
         loss = 0;
         pass(policy_, samples, which, {}, true, [&](position& p) {
-          const ppo_token_loss pl = ppo_clip_loss(p.log_pi[std::size_t(p.token)], old_lp[p.sample][p.t],
-                                                  adv[p.sample][p.t], cfg_.clip_eps);
+          const ppo_token_loss pl =
+              ppo_clip_loss(p.log_pi[std::size_t(p.token)], old_lp[p.sample][p.t], adv[p.sample][p.t], cfg_.clip_eps);
           add_log_prob_grad<float>(p.log_pi, p.token, pl.dloss_dlogp * inv_n, p.dz);
           const value_token_loss vl =
               ppo_value_loss(p.value, values[p.sample][p.t], ret[p.sample][p.t], cfg_.value_clip);

@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 
+// generated tables, packed eight ranges a line: not reformatted
+// clang-format off
 namespace ipa::detail {
 
 struct code_point_range {
@@ -146,3 +148,4 @@ inline constexpr code_point_range unicode_numbers[] = {
 };
 
 }  // namespace ipa::detail
+// clang-format on
