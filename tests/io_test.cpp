@@ -68,8 +68,10 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     CHECK_THROWS_WITH_AS(ipa::load_llama2c(f.path), doctest::Contains("oversized"), ipa::io_error);
   }
   SUBCASE("impossible headers") {
-    for (auto [field, value] : std::vector<std::pair<int, std::int32_t>>{
+    for (const auto& field_value : std::vector<std::pair<int, std::int32_t>>{
              {0, 0}, {0, -5}, {3, 7}, {4, 3}, {6, 0}, {1, 1 << 30}, {5, INT32_MIN}}) {
+      const int field = field_value.first;  // not a structured binding: CAPTURE's lambda takes it
+      const std::int32_t value = field_value.second;
       auto bytes = good;
       poke(bytes, 4 * std::size_t(field), value);
       temp_file f(bytes, "header.bin");

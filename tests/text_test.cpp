@@ -102,7 +102,7 @@ TEST_CASE("GPT-2 BPE: special tokens only on request, invalid UTF-8 round-trips,
   if (!ipa_test::have(ipa_test::golden_dir() + "/gpt2_bpe/encoder.json")) return;
   CHECK(gpt2().encode("<|endoftext|>") == std::vector<ipa::token_id>{27, 91, 437, 1659, 5239, 91, 29});
   CHECK(gpt2().encode_with_special("a<|endoftext|>b") == std::vector<ipa::token_id>{64, 50256, 65});
-  const std::string junk = std::string("ok \xff\xfe\xc3 \xe2\x82 x\xf0\x9f", 14);
+  const std::string junk = std::string("ok \xff\xfe\xc3 \xe2\x82 x\xf0\x9f\0", 14);  // and a NUL
   CHECK(gpt2().decode(gpt2().encode(junk)) == junk);
   const std::string long_word(100000, 'a');  // one piece: the heap-based merge stays fast
   CHECK(gpt2().decode(gpt2().encode(long_word)) == long_word);
