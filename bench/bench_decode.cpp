@@ -26,6 +26,7 @@ namespace {
 
 using ipa_bench::fma_throughput;
 using ipa_bench::memory_read_bandwidth;
+using ipa_bench::round_ratios;
 
 enum shape { stories260K, stories15M, stories110M };
 
@@ -139,34 +140,6 @@ void BM_decode(benchmark::State& state) {
                                                : "110M-shape") +
                  " B=" + std::to_string(batch) + (with_adapter ? " base+adapter" : " base"));
 }
-
-// The targets of issue 2 compare two measurements. On a VM whose speed drifts 20-50% within
-// minutes, the two sides taken by separate benchmarks seconds apart carry the drift into the
-// ratio. These take both sides in alternating rounds, a few seconds each, and report the median
-// of the per-round ratios (and the lowest and highest round).
-struct round_ratios {
-  std::vector<double> ratios, numerators;
-  void add(double numerator, double denominator) {
-    numerators.push_back(numerator);
-    ratios.push_back(numerator / denominator);
-  }
-  static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  }
-  void report_ratios(benchmark::State& state, const std::string& name) const {
-    state.counters[name] = median(ratios);
-    state.counters[name + "_min"] = *std::min_element(ratios.begin(), ratios.end());
-    state.counters[name + "_max"] = *std::max_element(ratios.begin(), ratios.end());
-  }
-  void report(benchmark::State& state, const std::string& name, double numerator_scale,
-              const std::string& numerator_name) const {
-    report_ratios(state, name);
-    state.counters[numerator_name] = median(numerators) * numerator_scale;
-    state.counters["rounds"] = double(ratios.size());
-  }
-};
 
 // a() and b() back to back, the order flipping from call to call (so neither side always runs on
 // the warmer or the cooler machine); returns {a(), b()}.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // What this machine can do, measured now, for the benches' yardsticks: the memory read bandwidth
-// and the multiply-add throughput of the threads.
+// and the multiply-add throughput of the threads, and the rounds that set a measurement beside one.
 #pragma once
 #include <benchmark/benchmark.h>
 
@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include <ipa/core/matmul.hpp>
@@ -75,5 +76,33 @@ inline double fma_throughput(int threads) {
   benchmark::DoNotOptimize(sink.data());
   return 2.0 * 8 * 10 * double(iterations) * double(ran.load()) / seconds;
 }
+
+// The targets of issue 2 compare two measurements (bench_kernels: a tile's rate and the FMA
+// peak). On a VM whose speed drifts 20-50% within minutes, the two sides taken by separate
+// benchmarks seconds apart carry the drift into the ratio. These take both sides in alternating rounds, a few seconds
+// each, and report the median of the per-round ratios (and the lowest and highest round).
+struct round_ratios {
+  std::vector<double> ratios, numerators;
+  void add(double numerator, double denominator) {
+    numerators.push_back(numerator);
+    ratios.push_back(numerator / denominator);
+  }
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+  void report_ratios(benchmark::State& state, const std::string& name) const {
+    state.counters[name] = median(ratios);
+    state.counters[name + "_min"] = *std::min_element(ratios.begin(), ratios.end());
+    state.counters[name + "_max"] = *std::max_element(ratios.begin(), ratios.end());
+  }
+  void report(benchmark::State& state, const std::string& name, double numerator_scale,
+              const std::string& numerator_name) const {
+    report_ratios(state, name);
+    state.counters[numerator_name] = median(numerators) * numerator_scale;
+    state.counters["rounds"] = double(ratios.size());
+  }
+};
 
 }  // namespace ipa_bench

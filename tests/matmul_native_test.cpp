@@ -57,11 +57,12 @@ TEST_CASE("matmul (native build): reference, FMA chain, batch invariance") {
       ipa::matmul(part.data(), m, x.data(), k, n, packed);
       for (std::size_t i = 0; i < n * m; ++i) REQUIRE(part[i] == all[i]);
       ipa::pack_rows(x.data(), k, n, k, xp.data());
-      if (ipa::detail::packs_k_major(n))  // the layout itself: group g of R rows holds x[18g + j][p] at 18gk + pR + j
-        for (std::size_t g = 0; g * 18 < n; ++g) {
-          const std::size_t rows = std::min<std::size_t>(18, n - g * 18);
+      constexpr std::size_t G = ipa::detail::row_group8;  // 18
+      if (ipa::detail::packs_k_major(n))  // the layout itself: group g of R rows holds x[Gg + j][p] at Ggk + pR + j
+        for (std::size_t g = 0; g * G < n; ++g) {
+          const std::size_t rows = std::min(G, n - g * G);
           for (std::size_t p = 0; p < k; ++p)
-            for (std::size_t j = 0; j < rows; ++j) REQUIRE(xp[g * 18 * k + p * rows + j] == x[(g * 18 + j) * k + p]);
+            for (std::size_t j = 0; j < rows; ++j) REQUIRE(xp[g * G * k + p * rows + j] == x[(g * G + j) * k + p]);
         }
       else  // row-major: a copy (a few rows, or the AVX-512 tiles)
         for (std::size_t i = 0; i < n * k; ++i) REQUIRE(xp[i] == x[i]);
