@@ -186,14 +186,17 @@ class ipa_decoder {
     if constexpr (sparse) {
       base_ids.resize(B * base_->top_k());
       base_lp.resize(B * base_->top_k());
-      base_->prefill_top_k(base_state, prompts, base_ids, base_lp);
     } else {
       base_logits.resize(B * V);
-      base_->prefill(base_state, prompts, base_logits);
     }
+    // A base that answers later (a server) is asked first; the adapters run while it answers.
+    if constexpr (SplitSparsePolicy<Base>) base_->start_prefill_top_k(base_state, prompts);
+    else if constexpr (sparse) base_->prefill_top_k(base_state, prompts, base_ids, base_lp);
+    else base_->prefill(base_state, prompts, base_logits);
     for (std::size_t i = 0; i < A; ++i)
       adapters_[i].policy->prefill(adapter_states[i], adapter_prompts.empty() ? prompts : adapter_prompts[i],
                                    adapter_logits[i]);
+    if constexpr (SplitSparsePolicy<Base>) base_->finish_top_k(base_state, base_ids, base_lp);
 
     min_new_tokens min_new{cfg.min_new_tokens, cfg.stop_tokens};
     if (cfg.eos_id >= 0) min_new.stop_tokens.push_back(cfg.eos_id);
@@ -269,16 +272,19 @@ class ipa_decoder {
       if (next_active.empty()) break;
       active.swap(next_active);
       const std::size_t n = active.size();
-      if constexpr (sparse) {
-        const std::size_t k = base_->top_k();
+      std::size_t k = 0;
+      if constexpr (sparse) k = base_->top_k();
+      if constexpr (SplitSparsePolicy<Base>) base_->start_step_top_k(base_state, active, next_tokens);
+      else if constexpr (sparse)
         base_->step_top_k(base_state, active, next_tokens, std::span<token_id>(base_ids.data(), n * k),
                           std::span<float>(base_lp.data(), n * k));
-      } else {
-        base_->step(base_state, active, next_tokens, std::span<float>(base_logits.data(), n * V));
-      }
+      else base_->step(base_state, active, next_tokens, std::span<float>(base_logits.data(), n * V));
       for (std::size_t i = 0; i < A; ++i)
         adapters_[i].policy->step(adapter_states[i], active, next_tokens,
                                   std::span<float>(adapter_logits[i].data(), n * V));
+      if constexpr (SplitSparsePolicy<Base>)
+        base_->finish_top_k(base_state, std::span<token_id>(base_ids.data(), n * k),
+                            std::span<float>(base_lp.data(), n * k));
     }
     return out;
   }

@@ -181,13 +181,18 @@ std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>
     ref.add_f32("parameters", {p.size()}, p);
     ref.save(tmp_dir + "/reference.safetensors");
   }
-  // Quark's pool: flat token arrays with per-entry lengths, bf16 base logits, rewards
+  // Quark's pool: flat token arrays with per-entry lengths, bf16 base logits (a sparse base:
+  // top-k ids and log-probs, K in base_top_k), rewards
   const quark_pool& pool = t.pool();
   {
-    std::vector<std::int32_t> lens, tokens;
+    std::vector<std::int32_t> lens, tokens, top_k_ids, top_k{0};
     std::vector<std::uint16_t> logits;
+    std::vector<float> top_k_lps;
     std::vector<double> rewards;
     for (const auto& e : pool.entries) {
+      if (!e.base_top_k_ids.empty()) top_k[0] = std::int32_t(e.base_top_k_ids.size() / e.response.size());
+      top_k_ids.insert(top_k_ids.end(), e.base_top_k_ids.begin(), e.base_top_k_ids.end());
+      top_k_lps.insert(top_k_lps.end(), e.base_top_k_log_probs.begin(), e.base_top_k_log_probs.end());
       lens.push_back(std::int32_t(e.prompt.size()));
       lens.push_back(std::int32_t(e.response.size()));
       tokens.insert(tokens.end(), e.prompt.begin(), e.prompt.end());
@@ -200,6 +205,9 @@ std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>
     ps.add<std::int32_t>("tokens", "I32", {tokens.size()}, tokens);
     ps.add<std::uint16_t>("base_logits", "BF16", {logits.size()}, logits);
     ps.add<double>("rewards", "F64", {rewards.size()}, rewards);
+    ps.add<std::int32_t>("base_top_k", "I32", {1}, top_k);
+    ps.add<std::int32_t>("base_top_k_ids", "I32", {top_k_ids.size()}, top_k_ids);
+    ps.add_f32("base_top_k_log_probs", {top_k_lps.size()}, top_k_lps);
     ps.save(tmp_dir + "/pool.safetensors");
   }
   nlohmann::json state;
@@ -280,14 +288,24 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
   const auto tokens = ps.raw<std::int32_t>("tokens", "I32", any_size);
   const auto logits = ps.raw<std::uint16_t>("base_logits", "BF16", any_size);
   const auto rewards = ps.raw<double>("rewards", "F64", any_size);
-  const std::size_t V = std::size_t(t.policy().config().vocab_size);
+  // a sparse base's pool holds K per position instead of V (checkpoints before 0.x hold no K: dense)
+  const std::size_t K =
+      ps.contains("base_top_k") ? std::size_t(std::max(0, ps.raw<std::int32_t>("base_top_k", "I32", 1)[0])) : 0;
+  const auto top_k_ids =
+      K ? ps.raw<std::int32_t>("base_top_k_ids", "I32", any_size) : std::vector<std::int32_t>();
+  const auto top_k_lps = K ? ps.raw<float>("base_top_k_log_probs", "F32", any_size) : std::vector<float>();
+  if (top_k_ids.size() != top_k_lps.size())
+    throw io_error(dir + "/pool.safetensors: " + std::to_string(top_k_ids.size()) + " top-k ids but " +
+                   std::to_string(top_k_lps.size()) + " log-probs");
+  const std::size_t V = K ? 0 : std::size_t(t.policy().config().vocab_size);
   if (lens.size() != 2 * rewards.size()) throw io_error(dir + "/pool.safetensors: lengths and rewards disagree");
   t.pool().entries.clear();
-  std::size_t at = 0, lat = 0;
+  std::size_t at = 0, lat = 0, lat_k = 0;
   for (std::size_t i = 0; i < rewards.size(); ++i) {
     if (lens[2 * i] < 1 || lens[2 * i + 1] < 1 ||
         at + std::size_t(lens[2 * i]) + std::size_t(lens[2 * i + 1]) > tokens.size() ||
-        lat + std::size_t(lens[2 * i + 1]) * V > logits.size())
+        lat + std::size_t(lens[2 * i + 1]) * V > logits.size() ||
+        lat_k + std::size_t(lens[2 * i + 1]) * K > top_k_ids.size())
       throw io_error(dir + "/pool.safetensors: entry " + std::to_string(i) + " runs past the stored arrays");
     quark_pool::entry e;
     e.prompt.assign(tokens.begin() + std::ptrdiff_t(at),
@@ -299,6 +317,11 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     e.base_logits.assign(logits.begin() + std::ptrdiff_t(lat),
                          logits.begin() + std::ptrdiff_t(lat + e.response.size() * V));
     lat += e.response.size() * V;
+    e.base_top_k_ids.assign(top_k_ids.begin() + std::ptrdiff_t(lat_k),
+                            top_k_ids.begin() + std::ptrdiff_t(lat_k + e.response.size() * K));
+    e.base_top_k_log_probs.assign(top_k_lps.begin() + std::ptrdiff_t(lat_k),
+                                  top_k_lps.begin() + std::ptrdiff_t(lat_k + e.response.size() * K));
+    lat_k += e.response.size() * K;
     e.reward = rewards[i];
     t.pool().entries.push_back(std::move(e));
   }

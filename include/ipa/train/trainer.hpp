@@ -131,25 +131,34 @@ struct step_metrics {
   double seconds = 0, tokens_per_second = 0;
 };
 
-/// One finished sample as the trainer keeps it.
+/// One finished sample as the trainer keeps it. The base at each response position is kept as
+/// dense logits (a local base) or as its top-k (a SparsePolicy base: O(K) per position, whatever
+/// the vocabulary); neither when there is no base.
 struct rl_sample {
   std::vector<token_id> prompt, response;  ///< base prompt (with BOS) and response ids
-  std::vector<float> base_logits;          ///< (R, V) the base at each response position; empty: no base
+  std::vector<float> base_logits;          ///< (R, V) dense base logits, or empty
+  std::vector<token_id> base_top_k_ids;    ///< (R, K) a sparse base's top-k ids, or empty
+  std::vector<float> base_top_k_log_probs; ///< (R, K) and their log-probs
   double reward = 0;
+
+  bool has_base() const noexcept { return !base_logits.empty() || !base_top_k_ids.empty(); }
 };
 
-/// Quark's data pool: every sample seen, with its base logits stored as bf16.
+/// Quark's data pool: every sample seen, with its dense base logits stored as bf16 (a sparse
+/// base's top-k as they came).
 struct quark_pool {
   struct entry {
     std::vector<token_id> prompt, response;
     std::vector<std::uint16_t> base_logits;  ///< (R, V) bf16
     double reward = 0;
+    std::vector<token_id> base_top_k_ids;     ///< (R, K)
+    std::vector<float> base_top_k_log_probs;  ///< (R, K)
   };
   std::deque<entry> entries;
   std::size_t capacity = 0;  ///< 0: unbounded
 
   void add(const rl_sample& s) {
-    entry e{s.prompt, s.response, {}, s.reward};
+    entry e{s.prompt, s.response, {}, s.reward, s.base_top_k_ids, s.base_top_k_log_probs};
     e.base_logits.resize(s.base_logits.size());
     std::transform(s.base_logits.begin(), s.base_logits.end(), e.base_logits.begin(), to_bf16);
     entries.push_back(std::move(e));
@@ -157,15 +166,18 @@ struct quark_pool {
   }
   rl_sample get(std::size_t i) const {
     const entry& e = entries.at(i);
-    rl_sample s{e.prompt, e.response, std::vector<float>(e.base_logits.size()), e.reward};
+    rl_sample s{e.prompt, e.response, std::vector<float>(e.base_logits.size()), e.base_top_k_ids,
+                e.base_top_k_log_probs, e.reward};
     std::transform(e.base_logits.begin(), e.base_logits.end(), s.base_logits.begin(), from_bf16);
     return s;
   }
 };
 
 /// Trains an adapter (a Llama model) against a Reward, with a frozen Base: a Policy, or a
-/// SparsePolicy (a black box revealing top-k log-probs; the rollout densifies its rows with
-/// rl_config::sparse_tail). The base only ever runs inside the decoder.
+/// SparsePolicy (a black box revealing top-k log-probs, e.g. remote_base). The rollout keeps a
+/// dense base's logits and a sparse base's top-k; the update fills a sparse row's tail with
+/// rl_config::sparse_tail, as decoding did, so behaviour and trained policy share one support.
+/// The base only ever runs inside the decoder.
 /// Tokenizer: anything with `decode(ids, prev) -> text` (llama2c_tokenizer).
 template <Reward R, class Tokenizer, BasePolicy Base = llama_model>
 class rl_trainer {
@@ -229,7 +241,8 @@ class rl_trainer {
     g.max_new_tokens = cfg_.max_new_tokens;
     g.eos_id = cfg_.eos_id;
     g.stop_tokens = cfg_.stop_tokens;
-    g.keep_base_logits = cfg_.tune_base ? keep_base::none : keep_base::dense;
+    g.keep_base_logits = cfg_.tune_base ? keep_base::none : sparse_base ? keep_base::top_k : keep_base::dense;
+    if constexpr (sparse_base) g.keep_top_k = base_->top_k();
     g.sparse_tail = cfg_.sparse_tail;
     auto sampler = make_standard_sampler(cfg_.temperature, cfg_.top_k, cfg_.top_p);
     rollout r;
@@ -325,7 +338,13 @@ class rl_trainer {
       rl_sample& s = samples[i];
       s.prompt = prompts[i];
       s.response = r.response(i);
-      if (!cfg_.tune_base) {
+      if (!cfg_.tune_base && sparse_base) {
+        const std::size_t K = r.base_top_k_ids.shape()[2];
+        const token_id* ids = &r.base_top_k_ids(i, 0, 0);
+        const float* lps = &r.base_top_k_log_probs(i, 0, 0);
+        s.base_top_k_ids.assign(ids, ids + s.response.size() * K);
+        s.base_top_k_log_probs.assign(lps, lps + s.response.size() * K);
+      } else if (!cfg_.tune_base) {
         const float* rows = &r.base_logits(i, 0, 0);
         s.base_logits.assign(rows, rows + s.response.size() * V);
       }
@@ -361,7 +380,7 @@ class rl_trainer {
             const std::vector<int>& bins, bool grad, Fn&& fn) {
     const std::size_t V = std::size_t(model.config().vocab_size), d = std::size_t(model.config().dim);
     const std::size_t micro = cfg_.micro_batch ? cfg_.micro_batch : which.size();
-    std::vector<float> log_pi(V), log_base(V), dz(V), zeros(V, 0.0f);
+    std::vector<float> log_pi(V), log_base(V), dz(V), zeros(V, 0.0f), sparse_row(V);
     for (std::size_t at = 0; at < which.size(); at += micro) {
       const std::size_t nb = std::min(micro, which.size() - at);
       std::vector<std::vector<token_id>> seqs(nb);
@@ -392,9 +411,7 @@ class rl_trainer {
         const std::size_t first = seqs[j].size() + 1 - s.response.size();  // position predicting response[0]
         for (std::size_t t = 0; t < s.response.size(); ++t) {
           const std::size_t row = j * T + first - 1 + t;
-          const std::span<const float> base_row = s.base_logits.empty()
-                                                      ? std::span<const float>()
-                                                      : std::span<const float>(s.base_logits.data() + t * V, V);
+          const std::span<const float> base_row = base_row_of(s, t, sparse_row);
           tailored_log_softmax<float>(base_row, model.logits().subspan(row * V, V), cfg_.tune_base ? 1.0 : cfg_.alpha,
                                       log_pi);
           if (!base_row.empty()) tailored_log_softmax<float>(base_row, zeros, 0.0, log_base);
@@ -591,6 +608,20 @@ class rl_trainer {
     m.kl = cfg_.tune_base ? kl_ref_tokens : kl_exact;
     m.entropy = ent;
     cfg_.kl.update(kl_seq_mean, n);
+  }
+
+  static constexpr bool sparse_base = !Policy<Base>;
+
+  // The base at response position t as a dense row: the stored logits, or the stored top-k
+  // with the tail filled as decoding filled it; empty without a base.
+  std::span<const float> base_row_of(const rl_sample& s, std::size_t t, std::vector<float>& sparse_row) const {
+    const std::size_t V = sparse_row.size();
+    if (!s.base_logits.empty()) return std::span<const float>(s.base_logits.data() + t * V, V);
+    if (s.base_top_k_ids.empty()) return {};
+    const std::size_t K = s.base_top_k_ids.size() / s.response.size();
+    densify_top_k(std::span<const token_id>(s.base_top_k_ids.data() + t * K, K),
+                  std::span<const float>(s.base_top_k_log_probs.data() + t * K, K), cfg_.sparse_tail, sparse_row);
+    return sparse_row;
   }
 
   rl_config cfg_;

@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: MIT
+// The remote base against the real llama.cpp llama-server serving stories260K.gguf: its top-k
+// equals ipa's own top_k_view of the same GGUF, decoding and training through it match the local
+// base, the update never calls the server, a server that restarts mid-rollout is survived, and
+// every malformed reply or dead server ends in a clear ipa::remote_error, never a hang.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ipa/decode/decoder.hpp>
+#include <ipa/io/gguf.hpp>
+#include <ipa/model/llama.hpp>
+#include <ipa/remote/remote_base.hpp>
+#include <ipa/reward/reward.hpp>
+#include <ipa/text/llama2c_tokenizer.hpp>
+#include <ipa/text/vocabulary.hpp>
+#include <ipa/train/trainer.hpp>
+
+#include "support/llama_server.hpp"
+#include "test_data.hpp"
+
+namespace {
+
+std::string server_binary() { return ipa_test::peers_dir(IPA_TEST_PEERS_DIR) + "/llama.cpp/bin/llama-server"; }
+std::string gguf_path() { return ipa_test::model_dir() + "/stories260K.gguf"; }
+
+// The server and the GGUF it serves, or a visible skip (a failure under CI=true).
+bool have_server() { return ipa_test::have(server_binary()) && ipa_test::have(gguf_path()); }
+
+// 8 slots of 128 tokens: stories260K's trained context, one slot per row of a batch of 8.
+std::unique_ptr<ipa_test::llama_server> start_server(int slots = 8) {
+  return std::make_unique<ipa_test::llama_server>(server_binary(), gguf_path(), slots, 128 * slots);
+}
+
+struct local_fixture {
+  ipa::llama_model base{ipa::load_gguf_llama(ipa::gguf_file::load(gguf_path()))};
+  ipa::llama2c_tokenizer tok = ipa::load_gguf_tokenizer(ipa::gguf_file::load(gguf_path()));
+  ipa::prompt_list prompts(std::size_t n) const {
+    const char* texts[] = {"Once upon a time",
+                           "Tom had a ball.",
+                           "One day, Lily went to the park with her mom and saw a big dog",
+                           "The sun",
+                           "Sam and Mia liked to play",
+                           "There was a little bird who could not fly. It was sad.",
+                           "Ben",
+                           "A cat sat on the mat and looked at the"};
+    ipa::prompt_list out;
+    for (std::size_t i = 0; i < n; ++i) out.push_back(tok.encode(texts[i % 8]));
+    return out;
+  }
+};
+
+ipa::remote_options options_for(const std::string& url, std::size_t k = 20) {
+  ipa::remote_options o;
+  o.urls = {url};
+  o.top_k = k;
+  o.request_timeout_ms = 5000;
+  o.give_up_after_s = 20;
+  return o;
+}
+
+// Top-k rows agree: the same log-probs within tol at every rank, the same id unless two ranks
+// tie within tol (then either order is right).
+void check_same_top_k(std::span<const ipa::token_id> ids_a, std::span<const float> lps_a,
+                      std::span<const ipa::token_id> ids_b, std::span<const float> lps_b, double tol) {
+  for (std::size_t j = 0; j < ids_a.size(); ++j) {
+    CAPTURE(j);
+    REQUIRE(std::abs(lps_a[j] - lps_b[j]) <= tol);
+    if (ids_a[j] != ids_b[j]) {
+      const auto it = std::find(ids_b.begin(), ids_b.end(), ids_a[j]);
+      const bool tied = it != ids_b.end() && std::abs(lps_b[std::size_t(it - ids_b.begin())] - lps_a[j]) <= 2 * tol;
+      CHECK(tied);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("remote base: every position of a 100-token rollout equals the local GGUF's top_k_view within 1e-4") {
+  if (!have_server()) return;
+  const auto server = start_server();
+  const local_fixture f;
+  const auto table = ipa::table_of(f.tok);
+  const ipa::remote_base remote(options_for(server->url()), f.base.vocab_size(), &table);
+  REQUIRE(remote.servers().size() == 1);
+  CHECK(remote.servers()[0].vocab == 512);
+  CHECK(remote.servers()[0].slots == 8);
+  CHECK(remote.context_length() == 128);
+  const ipa::top_k_view local(f.base, 20);
+
+  for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
+    CAPTURE(B);
+    // the rows' continuations: greedy from the local model, 100 tokens each (capped by context)
+    const ipa::prompt_list prompts = f.prompts(B);
+    ipa::generation_config g;
+    g.max_new_tokens = 100;
+    ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
+    ipa::xoshiro256 rng(1);
+    const ipa::rollout r = ipa::ipa_decoder<ipa::llama_model>(f.base).generate(prompts, g, pick, rng);
+
+    auto rs = remote.new_state(int(B), 128);
+    auto ls = local.new_state(int(B), 128);
+    const std::size_t k = 20;
+    std::vector<ipa::token_id> rid(B * k), lid(B * k);
+    std::vector<float> rlp(B * k), llp(B * k);
+    std::size_t positions = 0;
+    auto compare = [&](std::size_t n) {
+      for (std::size_t j = 0; j < n; ++j, ++positions)
+        check_same_top_k({rid.data() + j * k, k}, {rlp.data() + j * k, k}, {lid.data() + j * k, k},
+                         {llp.data() + j * k, k}, 1e-4);
+    };
+    remote.prefill_top_k(rs, prompts, rid, rlp);
+    local.prefill_top_k(ls, prompts, lid, llp);
+    compare(B);
+    for (std::size_t t = 0;; ++t) {  // feed response token t to every row that has a next one
+      std::vector<int> rows;
+      std::vector<ipa::token_id> next;
+      for (std::size_t b = 0; b < B; ++b)
+        if (t + 1 < r.response_length(b)) rows.push_back(int(b)), next.push_back(r.response_ids(b, t));
+      if (rows.empty()) break;
+      remote.step_top_k(rs, rows, next, rid, rlp);
+      local.step_top_k(ls, rows, next, lid, llp);
+      compare(rows.size());
+    }
+    std::size_t expected = 0;
+    for (std::size_t b = 0; b < B; ++b) expected += r.response_length(b);
+    CHECK(positions == expected);
+    CHECK(r.response_length(0) == 100);
+  }
+}
+
+TEST_CASE("remote base: a sampled rollout with an adapter gives the local top_k_view's tokens and log-probs") {
+  if (!have_server()) return;
+  const auto server = start_server();
+  const local_fixture f;
+  const ipa::remote_base remote(options_for(server->url()), f.base.vocab_size());
+  const ipa::top_k_view local(f.base, 20);
+  // an adapter that moves the distribution: the base itself, weighted 0.5
+  const ipa::llama_model adapter(ipa::load_gguf_llama(ipa::gguf_file::load(gguf_path())));
+  ipa::generation_config g;
+  g.max_new_tokens = 60;
+  g.stop_tokens = {1};
+  g.eos_id = 2;
+  g.keep_base_logits = ipa::keep_base::top_k;
+  const ipa::prompt_list prompts = f.prompts(8);
+  auto sampler = ipa::make_standard_sampler(1.0f, 0, 0.95);
+  ipa::xoshiro256 rng_remote(11), rng_local(11);
+  const std::size_t sent_before = remote.requests_sent();
+  const ipa::rollout a = ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(remote, {ipa::with_alpha(adapter, 0.5f)})
+                             .generate(prompts, g, sampler, rng_remote);
+  const ipa::rollout b = ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model>(
+                             local, {ipa::with_alpha(adapter, 0.5f)})
+                             .generate(prompts, g, sampler, rng_local);
+  CHECK(a.response_ids == b.response_ids);
+  std::size_t tokens = 0;
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    REQUIRE(a.response_length(r) == b.response_length(r));
+    tokens += a.response_length(r);
+    for (std::size_t t = 0; t < a.response_length(r); ++t) {
+      CHECK(std::abs(a.log_probs(r, t) - b.log_probs(r, t)) <= 1e-4);
+      CHECK(std::abs(a.tailored_log_probs(r, t) - b.tailored_log_probs(r, t)) <= 1e-4);
+    }
+  }
+  // one request per row and generated token, minus the last of each row; finished rows stop asking
+  CHECK(remote.requests_sent() - sent_before == tokens);
+}
+
+TEST_CASE("remote base: training queries the server only in rollouts and matches the local top_k_view") {
+  if (!have_server()) return;
+  const auto server = start_server();
+  const local_fixture f;
+  const ipa::remote_base remote(options_for(server->url()), f.base.vocab_size());
+  const ipa::top_k_view local(f.base, 20);
+  ipa::llama_config c = f.base.weights().config();
+  c.dim = 32, c.hidden_dim = 64, c.n_layers = 1, c.n_heads = 4, c.n_kv_heads = 2;
+  const ipa::llama_weights adapter = ipa::llama_weights::zero_output_adapter(c, 7);
+  for (auto algo : {ipa::rl_algorithm::rloo, ipa::rl_algorithm::ppo, ipa::rl_algorithm::quark}) {
+    CAPTURE(ipa::to_string(algo));
+    ipa::rl_config cfg;
+    cfg.algorithm = algo;
+    cfg.prompts_per_step = 2;
+    cfg.samples_per_prompt = algo == ipa::rl_algorithm::rloo ? 2 : 1;
+    cfg.max_new_tokens = 16;
+    cfg.stop_tokens = {1};
+    cfg.eos_id = 2;
+    cfg.lr.peak = 3e-3;
+    cfg.seed = 3;
+    ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::remote_base> through_server(
+        &remote, adapter, f.tok, ipa::avoid_words({"sad", "dog"}), f.prompts(4), cfg);
+    ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::top_k_view<ipa::llama_model>> on_local(
+        &local, adapter, f.tok, ipa::avoid_words({"sad", "dog"}), f.prompts(4), cfg);
+    for (int step = 0; step < 3; ++step) {
+      CAPTURE(step);
+      const auto samples = through_server.rollout_and_score();
+      for (const auto& s : samples) {
+        CHECK(s.base_logits.empty());  // O(K) per position, never V
+        CHECK(s.base_top_k_ids.size() == s.response.size() * 20);
+      }
+      const std::size_t sent = remote.requests_sent();
+      ipa::step_metrics m_remote, m_local;
+      through_server.update(samples, m_remote);
+      CHECK(remote.requests_sent() == sent);  // the update never contacts the server
+      const auto local_samples = on_local.rollout_and_score();
+      on_local.update(local_samples, m_local);
+      CHECK(m_remote.reward_mean == m_local.reward_mean);
+      CHECK(m_remote.response_tokens == m_local.response_tokens);
+      CHECK(m_remote.kl == doctest::Approx(m_local.kl).epsilon(1e-3).scale(1e-4));
+      CHECK(m_remote.loss == doctest::Approx(m_local.loss).epsilon(1e-3).scale(1e-4));
+    }
+  }
+}
+
+namespace {
+
+// Kills the server at one decoding step and starts it again `down` later, from another thread.
+struct crash_at_step {
+  ipa_test::llama_server* server;
+  std::size_t at;
+  std::chrono::milliseconds down;
+  bool restart = true;
+  std::shared_ptr<std::thread> restarter;
+  void apply(std::span<float>, const ipa::sequence_view& seq) {
+    if (seq.generated.size() != at || restarter) return;
+    server->stop(SIGKILL);
+    if (restart)
+      restarter = std::make_shared<std::thread>([s = server, d = down] {
+        std::this_thread::sleep_for(d);
+        s->start();
+      });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("remote base: a server killed mid-rollout and restarted a second later; the text equals an unbroken run's") {
+  if (!have_server()) return;
+  const auto server = start_server(4);
+  const local_fixture f;
+  ipa::remote_options o = options_for(server->url());
+  const ipa::remote_base remote(o, f.base.vocab_size());
+  ipa::generation_config g;
+  g.max_new_tokens = 40;
+  const ipa::prompt_list prompts = f.prompts(4);
+  auto sampler = ipa::make_standard_sampler(0.8f);
+  const ipa::ipa_decoder<ipa::remote_base, ipa::llama_model> decoder(remote);
+  ipa::xoshiro256 rng1(5), rng2(5);
+  const ipa::rollout unbroken = decoder.generate(prompts, g, sampler, rng1);
+  crash_at_step crash{server.get(), 10, std::chrono::milliseconds(1000), true, nullptr};
+  const auto start = std::chrono::steady_clock::now();
+  const ipa::rollout broken = decoder.generate(prompts, g, sampler, rng2, {}, crash);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  REQUIRE(crash.restarter);
+  crash.restarter->join();
+  CHECK(seconds >= 1.0);  // it did wait for the server
+  CHECK(broken.response_ids == unbroken.response_ids);
+}
+
+TEST_CASE("remote base: a server that never comes back ends the call with a clear error within give_up_after_s") {
+  if (!have_server()) return;
+  const auto server = start_server(4);
+  const local_fixture f;
+  ipa::remote_options o = options_for(server->url());
+  o.give_up_after_s = 1.5;
+  const ipa::remote_base remote(o, f.base.vocab_size());
+  ipa::generation_config g;
+  g.max_new_tokens = 40;
+  auto sampler = ipa::make_standard_sampler(1.0f);
+  ipa::xoshiro256 rng(1);
+  crash_at_step crash{server.get(), 5, std::chrono::milliseconds(0), false, nullptr};
+  const auto start = std::chrono::steady_clock::now();
+  const ipa::ipa_decoder<ipa::remote_base, ipa::llama_model> decoder(remote);
+  CHECK_THROWS_WITH_AS(decoder.generate(f.prompts(2), g, sampler, rng, {}, crash),
+                       doctest::Contains("no usable answer"), ipa::remote_error);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(seconds < 5.0);
+  // and connecting to nothing at all
+  o.urls = {"http://127.0.0.1:" + std::to_string(ipa_test::free_port())};
+  CHECK_THROWS_WITH_AS(ipa::remote_base(o, 512), doctest::Contains("cannot connect"), ipa::remote_error);
+}
+
+TEST_CASE("remote base: a vocabulary or token table that differs from the server's is a config_error naming both") {
+  if (!have_server()) return;
+  const auto server = start_server(2);
+  const local_fixture f;
+  CHECK_THROWS_WITH_AS(ipa::remote_base(options_for(server->url()), 513),
+                       doctest::Contains("serves a vocabulary of 512 tokens, the adapter's tokenizer has 513"),
+                       ipa::config_error);
+  ipa::token_table table = ipa::table_of(f.tok);
+  table[300] = "zzz";
+  CHECK_THROWS_WITH_AS(ipa::remote_base(options_for(server->url()), 512, &table),
+                       doctest::Contains("differ at id 300"), ipa::config_error);
+  // ids outside the vocabulary never reach the server
+  const ipa::remote_base remote(options_for(server->url()), 512);
+  auto s = remote.new_state(1, 8);
+  std::vector<ipa::token_id> ids(20);
+  std::vector<float> lps(20);
+  CHECK_THROWS_WITH_AS(remote.prefill_top_k(s, {{1, 600}}, ids, lps), doctest::Contains("token id 600"),
+                       ipa::config_error);
+}
+
+TEST_CASE("remote base: the OpenAI /v1/completions protocol, against llama-server's own /v1") {
+  if (!have_server()) return;
+  const auto server = start_server(2);
+  const local_fixture f;
+  const ipa::remote_base v1(options_for(server->url() + "/v1"), 512);
+  REQUIRE(v1.servers()[0].protocol == ipa::remote_protocol::openai);
+  const ipa::top_k_view local(f.base, 20);
+  auto rs = v1.new_state(2, 64);
+  auto ls = local.new_state(2, 64);
+  std::vector<ipa::token_id> rid(40), lid(40);
+  std::vector<float> rlp(40), llp(40);
+  const ipa::prompt_list prompts = f.prompts(2);
+  v1.prefill_top_k(rs, prompts, rid, rlp);
+  local.prefill_top_k(ls, prompts, lid, llp);
+  for (int t = 0; t < 10; ++t) {
+    for (std::size_t j = 0; j < 2; ++j)
+      check_same_top_k({rid.data() + j * 20, 20}, {rlp.data() + j * 20, 20}, {lid.data() + j * 20, 20},
+                       {llp.data() + j * 20, 20}, 1e-4);
+    const std::vector<int> rows = {0, 1};
+    const std::vector<ipa::token_id> next = {lid[0], lid[20]};
+    v1.step_top_k(rs, rows, next, rid, rlp);
+    local.step_top_k(ls, rows, next, lid, llp);
+  }
+}
+
+namespace {
+
+// A valid llama-server /completion reply with k entries (ids 10, 11, ...).
+std::string good_reply(std::size_t k) {
+  nlohmann::json top = nlohmann::json::array();
+  for (std::size_t i = 0; i < k; ++i) top.push_back({{"id", 10 + i}, {"logprob", -0.5 - double(i)}});
+  return nlohmann::json{{"completion_probabilities", {{{"id", 2}, {"logprob", -9.0}, {"top_logprobs", top}}}},
+                        {"truncated", false}}
+      .dump();
+}
+
+// Runs one prefill against a responder that answers /completion with `reply`.
+void prefill_against(const ipa_test::canned_responder::reply& reply, double give_up_after_s = 1.0,
+                     long timeout_ms = 5000) {
+  ipa_test::canned_responder responder([&](const std::string& path, const std::string&) {
+    if (path == "/v1/models") return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
+    if (path == "/props")
+      return ipa_test::canned_responder::reply{200, R"({"total_slots":2,"default_generation_settings":{"n_ctx":128}})"};
+    return reply;
+  });
+  ipa::remote_options o = options_for(responder.url(), 4);
+  o.give_up_after_s = give_up_after_s;
+  o.request_timeout_ms = timeout_ms;
+  const ipa::remote_base remote(o, 512);
+  auto s = remote.new_state(2, 8);
+  std::vector<ipa::token_id> ids(8);
+  std::vector<float> lps(8);
+  remote.prefill_top_k(s, {{1, 403}, {1, 407}}, ids, lps);
+  CHECK(ids[0] == 10);
+  CHECK(lps[3] == -3.5f);
+}
+
+}  // namespace
+
+TEST_CASE("remote base: every malformed reply is a clear remote_error, transient ones are retried, none hangs") {
+  using reply = ipa_test::canned_responder::reply;
+  prefill_against(reply{200, good_reply(4)});  // the responder itself works
+  prefill_against(reply{200, good_reply(6)});  // more than K: the K best are kept
+  const struct {
+    const char* name;
+    reply r;
+    const char* message;
+  } cases[] = {
+      {"empty body", {200, ""}, "not JSON: (an empty body)"},
+      {"not JSON", {200, "<html>oops</html>"}, "not JSON: '<html>"},
+      {"truncated JSON", {200, good_reply(4).substr(0, 60)}, "not JSON"},
+      {"NaN", {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":NaN}]}]})"}, "not JSON"},
+      {"a JSON list", {200, "[1,2]"}, "not a JSON object"},
+      {"null log-prob",
+       {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":null}]}]})"},
+       "top_logprobs[0].logprob is null, expected a number"},
+      {"positive log-prob",
+       {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":0.7}]}]})"},
+       "expected a log-probability <= 0"},
+      {"id outside the vocabulary",
+       {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":900,"logprob":-1}]}]})"},
+       "is 900, outside the vocabulary [0, 512)"},
+      {"id missing", {200, R"({"completion_probabilities":[{"top_logprobs":[{"logprob":-1}]}]})"}, "has no top_logprobs[0].id"},
+      {"fewer than K",
+       {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":-1},{"id":4,"logprob":-2}]}]})"},
+       "holds 2 top log-probs, expected 4"},
+      {"repeated id",
+       {200,
+        R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":-1},{"id":3,"logprob":-2},{"id":5,"logprob":-3},{"id":6,"logprob":-4}]}]})"},
+       "token id 3 appears twice"},
+      {"truncated prompt", {200, R"({"truncated":true,"completion_probabilities":[]})"}, "truncated the prompt"},
+      {"missing probabilities (retried, then given up)", {200, R"({"truncated":false})"}, "no usable answer"},
+      {"HTTP 400", {400, R"({"error":{"message":"bad"}})"}, "answered HTTP 400"},
+      {"HTTP 500 that persists", {500, R"({"error":{"message":"boom"}})"}, "HTTP 500"},
+      {"HTTP 503 that persists", {503, ""}, "HTTP 503"},
+      {"a reply slower than the timeout", {200, good_reply(4), 1500}, "Timeout"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH_AS(prefill_against(c.r, 1.0, 300), doctest::Contains(c.message), ipa::remote_error);
+    CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 8.0);
+  }
+}
+
+TEST_CASE("remote protocols: request bodies and the vLLM reply form") {
+  const std::vector<ipa::token_id> prompt = {1, 403, 407};
+  ipa::top_k_request r;
+  r.k = 5;
+  r.slot = 3;
+  r.server_pick = 2;
+  const auto native = nlohmann::json::parse(ipa::top_k_request_body(ipa::remote_protocol::llama_cpp, prompt, r));
+  CHECK(native["prompt"] == nlohmann::json(prompt));
+  CHECK(native["n_predict"] == 1);
+  CHECK(native["n_probs"] == 5);
+  CHECK(native["id_slot"] == 3);
+  CHECK(native["logit_bias"][0][0] == 2);
+  r = {};
+  r.k = 3;
+  r.model = "m";
+  const auto oai = nlohmann::json::parse(ipa::top_k_request_body(ipa::remote_protocol::openai, prompt, r));
+  CHECK(oai["max_tokens"] == 1);
+  CHECK(oai["logprobs"] == 3);
+  CHECK(oai["return_tokens_as_token_ids"] == true);
+  CHECK(!oai.contains("id_slot"));
+  // vLLM: a map keyed "token_id:<id>", the sampled token added (k + 1 entries), -9999 floors
+  const std::string vllm =
+      R"({"choices":[{"logprobs":{"top_logprobs":[{"token_id:7":-0.1,"token_id:9":-2.5,"token_id:4":-9999.0,"token_id:8":-1.0}]}}]})";
+  std::vector<ipa::token_id> ids(3);
+  std::vector<float> lps(3);
+  ipa::parse_top_k_reply(ipa::remote_protocol::openai, vllm, 3, 512, ids, lps);
+  CHECK(ids == std::vector<ipa::token_id>{7, 8, 9});
+  CHECK(lps[2] == -2.5f);
+  CHECK_THROWS_WITH_AS(ipa::parse_top_k_reply(ipa::remote_protocol::openai,
+                                              R"({"choices":[{"logprobs":{"top_logprobs":[{" the":-0.1}]}}]})", 1, 512,
+                                              ids, lps),
+                       doctest::Contains("--return-tokens-as-token-ids"), ipa::remote_error);
+}
