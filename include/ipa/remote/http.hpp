@@ -41,6 +41,7 @@ struct http_options {
   long timeout_ms = 30000;         ///< a whole exchange, connecting included
   long connect_timeout_ms = 2000;  ///< the TCP connect alone
   bool reuse_connections = false;  ///< keep-alive; off by default: see remote_base.hpp for why
+  long max_host_connections = 4;   ///< at once per server, the rest queue (0: no limit)
   std::size_t max_reply_bytes = std::size_t{64} << 20;
 };
 
@@ -53,6 +54,9 @@ class http_batch_client {
     if (global != CURLE_OK) throw remote_error(std::string("libcurl: ") + curl_easy_strerror(global));
     multi_ = curl_multi_init();
     if (!multi_) throw remote_error("libcurl: curl_multi_init failed");
+    // llama-server listens with a backlog of 5: more connects at once lose SYNs, which TCP
+    // sends again only after a second
+    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, options_.max_host_connections);
     worker_ = std::thread([this] { run(); });
   }
   ~http_batch_client() {
