@@ -38,7 +38,7 @@ constexpr const char* usage = R"(usage:
   ipa convert  --model MODEL --to gguf|gguf-f16|hf --out PATH [--tokenizer TOK]
   ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
 
-MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture;
+MODEL is an http:// URL of an inference server (see below), a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture;
 F32, F16, Q8_0) or a Hugging Face Llama or GPT-2 folder (config.json + safetensors); TOK its
 tokenizer (default: the GGUF's own, else the tokenizer.bin next to MODEL, else the HF folder's
 vocab.json + merges.txt / tokenizer.json). `ipa train`/`eval` take Llama models. ADAPTER is a
@@ -51,6 +51,7 @@ greedily. Prompts decode together as one batch; each continuation is printed as 
 run.c prints it, or as one JSON object per line with --json (prompt, text, prompt_ids, ids,
 logprobs, tailored_logprobs, finish_reason). `ipa train --help` and `ipa eval --help` list
 their options.
+
 )";
 
 int tokenize(args& a) {
@@ -87,8 +88,10 @@ int generate(args& a) {
   long long top_k = 0, seed = 42;
   double top_p = 1.0, min_p = 0.0;
   bool json = false;
+  ipa_cli::remote_flags remote;
   while (!a.done()) {
     const std::string f = a.flag();
+    if (remote.take(f, a)) continue;
     if (f == "--base") base_path = a.value(f);
     else if (f == "--tokenizer") tok_path = a.value(f);
     else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(NAN);
@@ -120,49 +123,65 @@ int generate(args& a) {
   if (!(temperature >= 0.0f))
     throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
 
+  // decodes with a base (local or remote) and its tokenizer, prints the continuations
+  auto decode = [&](const auto& decoder, const ipa_cli::any_tokenizer& tok, const ipa_cli::loaded_adapters& adapters) {
+    ipa::prompt_list ids;
+    for (const auto& p : prompts) ids.push_back(tok.encode_prompt(p));
+    const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(ids);
+    tok.set_stops(cfg);
+
+    ipa::xoshiro256 rng(static_cast<std::uint64_t>(seed));
+    // Validate sampling parameters even when greedy ignores them.
+    auto sampler = ipa::make_standard_sampler(temperature > 0 ? temperature : 1.0f, top_k, top_p, min_p);
+    ipa::rollout r;
+    if (temperature == 0.0f) {
+      ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
+      r = decoder.generate(ids, cfg, pick, rng, adapter_prompts);
+    } else {
+      r = decoder.generate(ids, cfg, sampler, rng, adapter_prompts);
+    }
+
+    for (std::size_t b = 0; b < ids.size(); ++b) {
+      std::vector<ipa::token_id> response = r.response(b);
+      const bool ended_by_token =
+          r.finish[b] == ipa::finish_reason::eos || r.finish[b] == ipa::finish_reason::stop_token;
+      std::vector<ipa::token_id> shown(response.begin(), response.end() - (ended_by_token ? 1 : 0));
+      if (json) {
+        nlohmann::json j;
+        j["prompt"] = prompts[b];
+        j["text"] = tok.text(ids[b].back(), shown);
+        j["prompt_ids"] = ids[b];
+        j["ids"] = response;
+        std::vector<float> lp, tlp;
+        for (std::size_t t = 0; t < response.size(); ++t)
+          lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
+        j["logprobs"] = lp;
+        j["tailored_logprobs"] = tlp;
+        j["finish_reason"] = ipa::to_string(r.finish[b]);
+        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+      } else {
+        std::cout << tok.shown(ids[b], shown) << '\n';
+      }
+    }
+    return 0;
+  };
+
+  if (ipa_cli::is_url(base_path)) {
+    ipa_cli::require_remote_build(base_path);
+#if IPA_CLI_REMOTE
+    if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
+    const ipa::remote_base base = ipa_cli::connect_remote(base_path, remote);
+    const ipa_cli::any_tokenizer tok(tok_path, tok_path, base.vocab_size());
+    base.check_tokens(tok.table());
+    const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());
+    return decode(ipa::ipa_decoder<ipa::remote_base, ipa::vocab_mapped<ipa::llama_model>>(base, adapters.experts), tok,
+                  adapters);
+#endif
+  }
   const ipa::any_model base = ipa_cli::load_any_model(base_path);
   const ipa_cli::any_tokenizer tok(base_path, tok_path, base.vocab_size());
   const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());
-  const ipa::ipa_decoder decoder(base, adapters.experts);
-
-  ipa::prompt_list ids;
-  for (const auto& p : prompts) ids.push_back(tok.encode_prompt(p));
-  const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(ids);
-  tok.set_stops(cfg);
-
-  ipa::xoshiro256 rng(static_cast<std::uint64_t>(seed));
-  // Validate sampling parameters even when greedy ignores them.
-  auto sampler = ipa::make_standard_sampler(temperature > 0 ? temperature : 1.0f, top_k, top_p, min_p);
-  ipa::rollout r;
-  if (temperature == 0.0f) {
-    ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-    r = decoder.generate(ids, cfg, pick, rng, adapter_prompts);
-  } else {
-    r = decoder.generate(ids, cfg, sampler, rng, adapter_prompts);
-  }
-
-  for (std::size_t b = 0; b < ids.size(); ++b) {
-    std::vector<ipa::token_id> response = r.response(b);
-    const bool ended_by_token = r.finish[b] == ipa::finish_reason::eos || r.finish[b] == ipa::finish_reason::stop_token;
-    std::vector<ipa::token_id> shown(response.begin(), response.end() - (ended_by_token ? 1 : 0));
-    if (json) {
-      nlohmann::json j;
-      j["prompt"] = prompts[b];
-      j["text"] = tok.text(ids[b].back(), shown);
-      j["prompt_ids"] = ids[b];
-      j["ids"] = response;
-      std::vector<float> lp, tlp;
-      for (std::size_t t = 0; t < response.size(); ++t)
-        lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
-      j["logprobs"] = lp;
-      j["tailored_logprobs"] = tlp;
-      j["finish_reason"] = ipa::to_string(r.finish[b]);
-      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
-    } else {
-      std::cout << tok.shown(ids[b], shown) << '\n';
-    }
-  }
-  return 0;
+  return decode(ipa::ipa_decoder(base, adapters.experts), tok, adapters);
 }
 
 }  // namespace
@@ -174,7 +193,7 @@ int main(int argc, char** argv) {
     if (a.done()) throw usage_error("missing command");
     const std::string cmd = a.flag();
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-      std::cout << usage;
+      std::cout << usage << ipa_cli::remote_usage;
       return 0;
     }
     if (cmd == "generate") return generate(a);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -156,9 +157,9 @@ TEST_CASE("remote base: a sampled rollout with an adapter gives the local top_k_
   const std::size_t sent_before = remote.requests_sent();
   const ipa::rollout a = ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(remote, {ipa::with_alpha(adapter, 0.5f)})
                              .generate(prompts, g, sampler, rng_remote);
-  const ipa::rollout b = ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model>(
-                             local, {ipa::with_alpha(adapter, 0.5f)})
-                             .generate(prompts, g, sampler, rng_local);
+  const ipa::rollout b =
+      ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model>(local, {ipa::with_alpha(adapter, 0.5f)})
+          .generate(prompts, g, sampler, rng_local);
   CHECK(a.response_ids == b.response_ids);
   std::size_t tokens = 0;
   for (std::size_t r = 0; r < prompts.size(); ++r) {
@@ -297,8 +298,8 @@ TEST_CASE("remote base: a vocabulary or token table that differs from the server
                        ipa::config_error);
   ipa::token_table table = ipa::table_of(f.tok);
   table[300] = "zzz";
-  CHECK_THROWS_WITH_AS(ipa::remote_base(options_for(server->url()), 512, &table),
-                       doctest::Contains("differ at id 300"), ipa::config_error);
+  CHECK_THROWS_WITH_AS(ipa::remote_base(options_for(server->url()), 512, &table), doctest::Contains("differ at id 300"),
+                       ipa::config_error);
   // ids outside the vocabulary never reach the server
   const ipa::remote_base remote(options_for(server->url()), 512);
   auto s = remote.new_state(1, 8);
@@ -348,7 +349,8 @@ std::string good_reply(std::size_t k) {
 void prefill_against(const ipa_test::canned_responder::reply& reply, double give_up_after_s = 1.0,
                      long timeout_ms = 5000) {
   ipa_test::canned_responder responder([&](const std::string& path, const std::string&) {
-    if (path == "/v1/models") return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
+    if (path == "/v1/models")
+      return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
     if (path == "/props")
       return ipa_test::canned_responder::reply{200, R"({"total_slots":2,"default_generation_settings":{"n_ctx":128}})"};
     return reply;
@@ -390,7 +392,9 @@ TEST_CASE("remote base: every malformed reply is a clear remote_error, transient
       {"id outside the vocabulary",
        {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":900,"logprob":-1}]}]})"},
        "is 900, outside the vocabulary [0, 512)"},
-      {"id missing", {200, R"({"completion_probabilities":[{"top_logprobs":[{"logprob":-1}]}]})"}, "has no top_logprobs[0].id"},
+      {"id missing",
+       {200, R"({"completion_probabilities":[{"top_logprobs":[{"logprob":-1}]}]})"},
+       "has no top_logprobs[0].id"},
       {"fewer than K",
        {200, R"({"completion_probabilities":[{"top_logprobs":[{"id":3,"logprob":-1},{"id":4,"logprob":-2}]}]})"},
        "holds 2 top log-probs, expected 4"},
@@ -441,8 +445,63 @@ TEST_CASE("remote protocols: request bodies and the vLLM reply form") {
   ipa::parse_top_k_reply(ipa::remote_protocol::openai, vllm, 3, 512, ids, lps);
   CHECK(ids == std::vector<ipa::token_id>{7, 8, 9});
   CHECK(lps[2] == -2.5f);
-  CHECK_THROWS_WITH_AS(ipa::parse_top_k_reply(ipa::remote_protocol::openai,
-                                              R"({"choices":[{"logprobs":{"top_logprobs":[{" the":-0.1}]}}]})", 1, 512,
-                                              ids, lps),
-                       doctest::Contains("--return-tokens-as-token-ids"), ipa::remote_error);
+  CHECK_THROWS_WITH_AS(
+      ipa::parse_top_k_reply(ipa::remote_protocol::openai,
+                             R"({"choices":[{"logprobs":{"top_logprobs":[{" the":-0.1}]}}]})", 1, 512, ids, lps),
+      doctest::Contains("--return-tokens-as-token-ids"), ipa::remote_error);
 }
+
+#ifdef IPA_TEST_CLI
+namespace {
+
+// Runs a command, returns its stdout (stderr goes to the test's output) and exit status.
+std::pair<std::string, int> run_command(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  REQUIRE(p);
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {out, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+}
+
+}  // namespace
+
+TEST_CASE("ipa generate --base http://...: greedy text equals the local GGUF's; ipa train runs and resumes") {
+  if (!have_server()) return;
+  const auto server = start_server(4);
+  const std::string ipa = IPA_TEST_CLI, models = ipa_test::model_dir();
+  const std::string common = " --temperature 0 --max-new-tokens 100 --prompt 'Once upon a time' --prompt 'Tom had'";
+  const auto remote =
+      run_command(ipa + " generate --base " + server->url() + " --tokenizer " + models + "/tok512.bin" + common);
+  const auto local = run_command(ipa + " generate --base " + models + "/stories260K.gguf" + common);
+  REQUIRE(remote.second == 0);
+  REQUIRE(local.second == 0);
+  CHECK(remote.first.size() > 200);
+  CHECK(remote.first == local.first);
+  // a URL without --tokenizer, a bad --base-top-k: usage errors
+  CHECK(run_command(ipa + " generate --base " + server->url() + " --prompt x 2>/dev/null").second == 2);
+  CHECK(run_command(ipa + " generate --base " + server->url() + " --tokenizer " + models +
+                    "/tok512.bin --base-top-k 0 --prompt x 2>/dev/null")
+            .second == 2);
+
+  const std::string out =
+      (std::filesystem::temp_directory_path() / ("ipa_remote_train_" + std::to_string(::getpid()))).string();
+  std::filesystem::remove_all(out);
+  const std::string train =
+      ipa + " train --base " + server->url() + " --tokenizer " + models + "/tok512.bin --reward avoid:sad --prompts " +
+      IPA_TEST_DATA_DIR +
+      "/story_openings_heldout.txt --algo rloo --batch 4 --max-new-tokens 24 --save-every 2 --out " + out;
+  REQUIRE(run_command(train + " --steps 2 2>/dev/null").second == 0);
+  REQUIRE(run_command(ipa + " train --out " + out + " --resume --steps 3 2>/dev/null").second == 0);
+  std::ifstream metrics(out + "/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  CHECK(lines == 3);
+  const auto tailored = run_command(ipa + " generate --base " + server->url() + " --tokenizer " + models +
+                                    "/tok512.bin --adapter " + out + "/adapter --max-new-tokens 20 --prompt 'Once'");
+  CHECK(tailored.second == 0);
+  CHECK(tailored.first.rfind("Once", 0) == 0);
+  std::filesystem::remove_all(out);
+}
+#endif

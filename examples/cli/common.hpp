@@ -29,6 +29,9 @@
 #include <ipa/text/vocabulary.hpp>
 #include <ipa/train/checkpoint.hpp>
 #include <ipa/train/trainer.hpp>
+#if IPA_CLI_REMOTE
+#include <ipa/remote/remote_base.hpp>
+#endif
 
 namespace ipa_cli {
 
@@ -308,6 +311,65 @@ struct loaded_adapters {
     return out;
   }
 };
+
+/// True when --base names a server (http:// or https://) rather than a file.
+inline bool is_url(const std::string& base) { return base.rfind("http://", 0) == 0 || base.rfind("https://", 0) == 0; }
+
+/// The --base-* options of a base behind a server.
+struct remote_flags {
+  std::string protocol;  // "", "llama" or "openai"
+  std::size_t top_k = 20;
+  double give_up_after_s = 60;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(remote_flags, protocol, top_k, give_up_after_s)
+
+  /// Takes flag f (and its value) when it is one of ours.
+  bool take(const std::string& f, args& a) {
+    if (f == "--base-protocol") protocol = a.value(f);
+    else if (f == "--base-top-k") top_k = parse_number<std::size_t>(f, a.value(f));
+    else if (f == "--base-give-up-after") give_up_after_s = parse_number<double>(f, a.value(f));
+    else return false;
+    return true;
+  }
+};
+
+constexpr const char* remote_usage =
+    R"(A base behind an inference server: --base http://HOST:PORT (llama.cpp's llama-server, native
+/completion) or http://HOST:PORT/v1 (an OpenAI-compatible /v1/completions: vLLM started with
+--return-tokens-as-token-ids, llama-server's /v1); several servers as URL1,URL2 (rows are spread
+over them). --tokenizer names the base's tokenizer (required). --base-top-k K (20) log-probs per
+step, --base-protocol llama|openai (default: from the URL), --base-give-up-after S (60): a server
+that gives no usable answer for S seconds ends the run (train: --resume continues it).
+)";
+
+#if IPA_CLI_REMOTE
+/// Connects to the server(s) named by `urls` (comma-separated).
+inline ipa::remote_base connect_remote(const std::string& urls, const remote_flags& f) {
+  ipa::remote_options o;
+  for (std::size_t at = 0; at <= urls.size();) {
+    const std::size_t comma = std::min(urls.find(',', at), urls.size());
+    if (comma > at) o.urls.push_back(urls.substr(at, comma - at));
+    at = comma + 1;
+  }
+  if (f.protocol == "llama") o.protocol = ipa::remote_protocol::llama_cpp;
+  else if (f.protocol == "openai") o.protocol = ipa::remote_protocol::openai;
+  else if (!f.protocol.empty())
+    throw usage_error("--base-protocol must be llama or openai, found '" + f.protocol + "'");
+  if (f.top_k == 0) throw usage_error("--base-top-k must be >= 1");
+  if (!(f.give_up_after_s > 0)) throw usage_error("--base-give-up-after must be > 0 seconds");
+  o.top_k = f.top_k;
+  o.give_up_after_s = f.give_up_after_s;
+  return ipa::remote_base(std::move(o));
+}
+#endif
+
+/// Fails clearly when this CLI was built without the remote base.
+inline void require_remote_build([[maybe_unused]] const std::string& base) {
+#if !IPA_CLI_REMOTE
+  throw ipa::config_error("--base " + base +
+                          ": this ipa was built without the remote base (libcurl's development files, Debian "
+                          "libcurl4-openssl-dev, were missing at configure time)");
+#endif
+}
 
 int train(args& a);
 int convert(args& a);

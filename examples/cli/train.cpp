@@ -83,12 +83,15 @@ struct train_options {
   bool tune_base = false;
   std::vector<std::string> frozen;
   std::uint64_t seed = 1;
+  remote_flags remote;  // a --base URL's settings
 
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo, decay, steps,
-                                 batch, samples_per_prompt, max_new_tokens, warmup, ppo_epochs, bins, micro_batch,
-                                 save_every, adapter_dim, adapter_layers, adapter_heads, lr, top_p, kl_coef, kl_target,
-                                 entropy_coef, clip, gamma, lambda, alpha, temperature, tune_base, frozen, seed,
-                                 quark_updates, pool)
+  // (with defaults: a checkpoint written before an option existed still resumes)
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo,
+                                              decay, steps, batch, samples_per_prompt, max_new_tokens, warmup,
+                                              ppo_epochs, bins, micro_batch, save_every, adapter_dim, adapter_layers,
+                                              adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
+                                              lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
+                                              remote)
 };
 
 ipa::lr_decay parse_decay(const std::string& s) {
@@ -128,15 +131,20 @@ ipa::rl_config make_config(const train_options& o) {
   return c;
 }
 
-ipa::llama_weights initial_adapter(const train_options& o, const ipa::llama_weights& base) {
+// The adapter a run starts from. `base` is null for a remote base: then `base_config` holds only
+// what the server told (vocabulary, context) and ipa's defaults.
+ipa::llama_weights initial_adapter(const train_options& o, const ipa::llama_weights* base,
+                                   const ipa::llama_config& base_config) {
+  if (!base && (o.tune_base || o.adapter_init == "base"))
+    throw usage_error("--tune-base and --adapter-init base copy the base's weights; a --base URL has none here");
   if (o.tune_base) {
     if (o.adapter_init != "zero" && o.adapter_init != "base")
       throw usage_error("--tune-base trains a copy of the base; --adapter-init must be base (or left out)");
-    return base;
+    return *base;
   }
-  if (o.adapter_init == "base") return base;
+  if (o.adapter_init == "base") return *base;
   if (o.adapter_init == "zero") {
-    ipa::llama_config c = base.config();
+    ipa::llama_config c = base_config;
     c.dim = o.adapter_dim;
     c.n_layers = o.adapter_layers;
     c.n_heads = o.adapter_heads;
@@ -166,9 +174,10 @@ int train(args& a) {
   while (!a.done()) {
     const std::string f = a.flag();
     if (f == "--help" || f == "-h") {
-      std::cout << train_usage;
+      std::cout << train_usage << '\n' << remote_usage;
       return 0;
     }
+    if (o.remote.take(f, a)) continue;
     if (f == "--base") o.base = a.value(f);
     else if (f == "--tokenizer") o.tokenizer = a.value(f);
     else if (f == "--reward") o.reward = a.value(f);
@@ -221,68 +230,90 @@ int train(args& a) {
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE");
   if (max_minutes && !(*max_minutes > 0)) throw usage_error("--max-minutes must be > 0");
+  auto reward = ipa::spec_reward::parse(o.reward);
 
+  // the loop, whatever the base
+  auto run_training = [&](auto& trainer) {
+    if (resume) {
+      ipa::load_checkpoint(checkpoint, trainer);
+      std::cerr << "resumed from " << checkpoint << " at step " << trainer.steps_done() << "\n";
+    } else {
+      std::filesystem::create_directories(o.out);
+      if (!ipa::latest_checkpoint(o.out).empty())
+        throw ipa::io_error(o.out + " already holds a run; pass --resume to continue it or choose another --out");
+      std::ofstream(o.out + "/metrics.jsonl", std::ios::trunc);
+    }
+    const nlohmann::json run = o;
+    std::ofstream metrics(o.out + "/metrics.jsonl", std::ios::app);
+    const bool tty = isatty(2);
+    const auto start = std::chrono::steady_clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    const std::size_t first = trainer.steps_done();
+    bool stopped_by_clock = false;
+    std::size_t saved_step = std::size_t(-1);  // the step of the newest checkpoint this process wrote
+    while (trainer.steps_done() < o.steps) {
+      if (max_minutes && elapsed() >= *max_minutes * 60) {
+        stopped_by_clock = true;
+        break;
+      }
+      const ipa::step_metrics m = trainer.step();
+      const nlohmann::json j = {{"step", m.step},       {"reward", m.reward_mean},
+                                {"kl", m.kl},           {"entropy", m.entropy},
+                                {"loss", m.loss},       {"grad_norm", m.grad_norm},
+                                {"lr", m.lr},           {"kl_coef", m.kl_coef},
+                                {"samples", m.samples}, {"response_tokens", m.response_tokens},
+                                {"seconds", m.seconds}, {"tokens_per_second", m.tokens_per_second},
+                                {"elapsed", elapsed()}};
+      metrics << j.dump() << '\n' << std::flush;
+      const std::size_t done = trainer.steps_done() - first, left = o.steps - trainer.steps_done();
+      const double eta = elapsed() / double(done) * double(left);
+      char line[256];
+      std::snprintf(line, sizeof line, "step %zu/%zu  reward %.3f  kl %.4f  tok/s %.0f  ETA %s", trainer.steps_done(),
+                    o.steps, m.reward_mean, m.kl, m.tokens_per_second, clock(eta).c_str());
+      if (tty) {
+        const int width = 20, filled = int(width * double(trainer.steps_done()) / double(o.steps));
+        std::fprintf(stderr, "\r[%s%s] %s   ", std::string(std::size_t(filled), '#').c_str(),
+                     std::string(std::size_t(width - filled), '-').c_str(), line);
+      } else if (trainer.steps_done() % 10 == 0 || trainer.steps_done() == o.steps) {
+        std::fprintf(stderr, "%s\n", line);
+      }
+      if (o.save_every && trainer.steps_done() % o.save_every == 0) {
+        ipa::save_checkpoint(o.out, trainer, run);
+        saved_step = trainer.steps_done();
+      }
+    }
+    if (tty) std::fprintf(stderr, "\n");
+    if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
+    std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
+              << " (adapter: " << o.out << "/adapter)\n";
+    return 0;
+  };
+
+  if (is_url(o.base)) {
+    require_remote_build(o.base);
+#if IPA_CLI_REMOTE
+    if (o.tokenizer.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
+    const ipa::remote_base base = connect_remote(o.base, o.remote);
+    const auto tok = load_tokenizer(o.tokenizer, o.tokenizer, base.vocab_size());
+    base.check_tokens(ipa::table_of(tok));
+    ipa::prompt_list prompts;
+    for (const auto& line : read_lines(o.prompts)) prompts.push_back(tok.encode(line));
+    ipa::llama_config served;  // what an adapter needs of the base: its vocabulary and context
+    served.vocab_size = int(base.vocab_size());
+    served.seq_len = int(std::min<std::size_t>(base.context_length(), 1 << 16));
+    ipa::rl_trainer<ipa::spec_reward, ipa::llama2c_tokenizer, ipa::remote_base> trainer(
+        &base, initial_adapter(o, nullptr, served), tok, std::move(reward), prompts, make_config(o));
+    return run_training(trainer);
+#endif
+  }
   const ipa::llama_weights base_weights = load_model(o.base);
   const ipa::llama_model base(base_weights);
   const auto tok = load_tokenizer(o.base, o.tokenizer, base.vocab_size());
   ipa::prompt_list prompts;
   for (const auto& line : read_lines(o.prompts)) prompts.push_back(tok.encode(line));
-  auto reward = ipa::spec_reward::parse(o.reward);
-  ipa::rl_trainer trainer(o.tune_base ? nullptr : &base, initial_adapter(o, base_weights), tok, std::move(reward),
-                          prompts, make_config(o));
-  if (resume) {
-    ipa::load_checkpoint(checkpoint, trainer);
-    std::cerr << "resumed from " << checkpoint << " at step " << trainer.steps_done() << "\n";
-  } else {
-    std::filesystem::create_directories(o.out);
-    if (!ipa::latest_checkpoint(o.out).empty())
-      throw ipa::io_error(o.out + " already holds a run; pass --resume to continue it or choose another --out");
-    std::ofstream(o.out + "/metrics.jsonl", std::ios::trunc);
-  }
-  const nlohmann::json run = o;
-  std::ofstream metrics(o.out + "/metrics.jsonl", std::ios::app);
-  const bool tty = isatty(2);
-  const auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  const std::size_t first = trainer.steps_done();
-  bool stopped_by_clock = false;
-  std::size_t saved_step = std::size_t(-1);  // the step of the newest checkpoint this process wrote
-  while (trainer.steps_done() < o.steps) {
-    if (max_minutes && elapsed() >= *max_minutes * 60) {
-      stopped_by_clock = true;
-      break;
-    }
-    const ipa::step_metrics m = trainer.step();
-    const nlohmann::json j = {{"step", m.step},       {"reward", m.reward_mean},
-                              {"kl", m.kl},           {"entropy", m.entropy},
-                              {"loss", m.loss},       {"grad_norm", m.grad_norm},
-                              {"lr", m.lr},           {"kl_coef", m.kl_coef},
-                              {"samples", m.samples}, {"response_tokens", m.response_tokens},
-                              {"seconds", m.seconds}, {"tokens_per_second", m.tokens_per_second},
-                              {"elapsed", elapsed()}};
-    metrics << j.dump() << '\n' << std::flush;
-    const std::size_t done = trainer.steps_done() - first, left = o.steps - trainer.steps_done();
-    const double eta = elapsed() / double(done) * double(left);
-    char line[256];
-    std::snprintf(line, sizeof line, "step %zu/%zu  reward %.3f  kl %.4f  tok/s %.0f  ETA %s", trainer.steps_done(),
-                  o.steps, m.reward_mean, m.kl, m.tokens_per_second, clock(eta).c_str());
-    if (tty) {
-      const int width = 20, filled = int(width * double(trainer.steps_done()) / double(o.steps));
-      std::fprintf(stderr, "\r[%s%s] %s   ", std::string(std::size_t(filled), '#').c_str(),
-                   std::string(std::size_t(width - filled), '-').c_str(), line);
-    } else if (trainer.steps_done() % 10 == 0 || trainer.steps_done() == o.steps) {
-      std::fprintf(stderr, "%s\n", line);
-    }
-    if (o.save_every && trainer.steps_done() % o.save_every == 0) {
-      ipa::save_checkpoint(o.out, trainer, run);
-      saved_step = trainer.steps_done();
-    }
-  }
-  if (tty) std::fprintf(stderr, "\n");
-  if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
-  std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
-            << " (adapter: " << o.out << "/adapter)\n";
-  return 0;
+  ipa::rl_trainer trainer(o.tune_base ? nullptr : &base, initial_adapter(o, &base_weights, base_weights.config()), tok,
+                          std::move(reward), prompts, make_config(o));
+  return run_training(trainer);
 }
 
 int eval(args& a) {

@@ -47,7 +47,10 @@ inline int free_port() {
 class llama_server {
  public:
   llama_server(std::string binary, std::string model, int slots, int context, int port = 0)
-      : binary_(std::move(binary)), model_(std::move(model)), slots_(slots), context_(context),
+      : binary_(std::move(binary)),
+        model_(std::move(model)),
+        slots_(slots),
+        context_(context),
         port_(port ? port : free_port()) {
     start();
   }

@@ -45,10 +45,9 @@ concept SparsePolicy = requires(const P& p, typename P::state_type& s, const pro
 /// A SparsePolicy that can send a step and collect its answer later (a base behind a server):
 /// the decoder runs the adapters in between. `finish_top_k` writes the rows started last.
 template <class P>
-concept SplitSparsePolicy = SparsePolicy<P> && requires(const P& p, typename P::state_type& s,
-                                                        const prompt_list& prompts, std::span<const int> rows,
-                                                        std::span<const token_id> tokens, std::span<token_id> ids,
-                                                        std::span<float> log_probs) {
+concept SplitSparsePolicy = SparsePolicy<P> &&
+    requires(const P& p, typename P::state_type& s, const prompt_list& prompts, std::span<const int> rows,
+             std::span<const token_id> tokens, std::span<token_id> ids, std::span<float> log_probs) {
   p.start_prefill_top_k(s, prompts);
   p.start_step_top_k(s, rows, tokens);
   p.finish_top_k(s, ids, log_probs);

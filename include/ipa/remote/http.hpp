@@ -173,9 +173,9 @@ class http_batch_client {
     if (code == CURLE_OK) {
       curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &t->response.status);
     } else {
-      t->response.transport_error = t->too_large ? "the reply is larger than " +
-                                                       std::to_string(options_.max_reply_bytes) + " bytes"
-                                                 : std::string(curl_easy_strerror(code));
+      t->response.transport_error =
+          t->too_large ? "the reply is larger than " + std::to_string(options_.max_reply_bytes) + " bytes"
+                       : std::string(curl_easy_strerror(code));
       t->response.body.clear();
     }
     std::lock_guard lock(mutex_);

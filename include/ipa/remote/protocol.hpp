@@ -39,9 +39,9 @@ inline const char* to_string(remote_protocol p) noexcept {
 /// What a request asks beyond the prompt.
 struct top_k_request {
   std::size_t k = 20;
-  int slot = -1;            ///< llama-server's id_slot (the row's prompt cache); -1: the server picks
+  int slot = -1;              ///< llama-server's id_slot (the row's prompt cache); -1: the server picks
   token_id server_pick = -1;  ///< llama-server: make it sample this token (see below); -1: off
-  std::string model;        ///< OpenAI's "model" field; empty: left out
+  std::string model;          ///< OpenAI's "model" field; empty: left out
 };
 
 /// The JSON body asking for the top-k log-probs after `prompt` (ids, sent as they are: the server
@@ -104,7 +104,8 @@ inline token_id checked_id(const nlohmann::json& v, std::size_t vocab, const std
   if (!v.is_number_integer()) throw bad_reply(where + " is " + v.dump() + ", expected an integer token id");
   const long long id = v.get<long long>();
   if (id < 0 || std::size_t(id) >= vocab)
-    throw bad_reply(where + " is " + std::to_string(id) + ", outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    throw bad_reply(where + " is " + std::to_string(id) + ", outside the vocabulary [0, " + std::to_string(vocab) +
+                    ")");
   return token_id(id);
 }
 
@@ -178,7 +179,8 @@ inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, s
     ids[i] = entries[i].second;
     log_probs[i] = entries[i].first;
     for (std::size_t before = 0; before < i; ++before)
-      if (ids[before] == ids[i]) throw bad_reply("token id " + std::to_string(ids[i]) + " appears twice in the top log-probs");
+      if (ids[before] == ids[i])
+        throw bad_reply("token id " + std::to_string(ids[i]) + " appears twice in the top log-probs");
   }
 }
 

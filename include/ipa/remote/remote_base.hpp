@@ -18,8 +18,8 @@
 #pragma once
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cstddef>
+#include <cstdio>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -64,7 +64,7 @@ inline bool is_valid_utf8(std::string_view s) {
 
 /// How to reach the base and how patient to be.
 struct remote_options {
-  std::vector<std::string> urls;  ///< http://HOST:PORT, one per server; rows are spread over them
+  std::vector<std::string> urls;            ///< http://HOST:PORT, one per server; rows are spread over them
   std::optional<remote_protocol> protocol;  ///< unset: openai for a URL ending in /v1, else llama_cpp
   std::size_t top_k = 20;                   ///< K log-probs per row and step
   long request_timeout_ms = 30000;          ///< one request, connecting included
@@ -76,7 +76,7 @@ struct remote_options {
 
 /// One server as found on connecting.
 struct remote_server {
-  std::string url;            ///< http://HOST:PORT, no trailing slash
+  std::string url;  ///< http://HOST:PORT, no trailing slash
   remote_protocol protocol;
   std::string model;          ///< the model it serves (/v1/models)
   std::size_t vocab = 0;      ///< 0: the server does not say
@@ -94,14 +94,13 @@ class remote_base {
   };
 
   /// Connects to every server (waiting up to give_up_after_s for one still loading) and checks
-  /// its vocabulary against `vocab` (the adapter's tokenizer) and, when `table` is given and the
-  /// server detokenizes, the text of its tokens. Throws config_error on a mismatch.
-  remote_base(remote_options options, std::size_t vocab, const token_table* table = nullptr)
+  /// its vocabulary size against `vocab` (the adapter's tokenizer; 0: take the first server's)
+  /// and, when `table` is given, the text of its tokens (check_tokens). Throws config_error on a
+  /// mismatch, remote_error when a server cannot be reached.
+  remote_base(remote_options options, std::size_t vocab = 0, const token_table* table = nullptr)
       : options_(std::move(options)), vocab_(vocab) {
     if (options_.urls.empty()) throw config_error("remote_base: no server URL");
-    if (options_.top_k == 0 || options_.top_k > vocab_)
-      throw config_error("remote_base: top_k must be in [1, " + std::to_string(vocab_) + "], found " +
-                         std::to_string(options_.top_k));
+    if (options_.top_k == 0) throw config_error("remote_base: top_k must be >= 1");
     if (!(options_.give_up_after_s > 0) || options_.request_timeout_ms <= 0)
       throw config_error("remote_base: the request timeout and give_up_after_s must be > 0");
     http_options h;
@@ -110,14 +109,29 @@ class remote_base {
     h.reuse_connections = options_.reuse_connections;
     client_ = std::make_unique<http_batch_client>(h);
     for (const std::string& url : options_.urls) servers_.push_back(connect(url));
+    if (vocab_ == 0) vocab_ = servers_[0].vocab;
+    if (vocab_ == 0)
+      throw config_error("remote_base: " + servers_[0].url +
+                         " does not report its vocabulary size; pass it (the size of the adapter's tokenizer)");
     for (const remote_server& s : servers_) {
       if (s.vocab && s.vocab != vocab_)
-        throw config_error(s.url + " serves a vocabulary of " + std::to_string(s.vocab) +
-                           " tokens, the adapter's tokenizer has " + std::to_string(vocab_) +
+        throw config_error(s.url + " serves a vocabulary of " + std::to_string(s.vocab) + " tokens, " +
+                           (vocab ? "the adapter's tokenizer has " : servers_[0].url + " ") + std::to_string(vocab_) +
                            "; base and adapter must share a tokenizer");
-      if (table && s.slots) check_token_table(s, *table);
       if (s.context) context_ = std::min(context_, s.context);
     }
+    if (options_.top_k > vocab_)
+      throw config_error("remote_base: top_k must be in [1, " + std::to_string(vocab_) + "], found " +
+                         std::to_string(options_.top_k));
+    if (table) check_tokens(*table);
+  }
+
+  /// Compares the servers' token texts with a tokenizer's table (llama-server's /detokenize; a
+  /// server that cannot detokenize is trusted on its size alone). Throws config_error naming the
+  /// first id that differs.
+  void check_tokens(const token_table& table) const {
+    for (const remote_server& s : servers_)
+      if (s.slots) check_token_table(s, table);
   }
 
   std::size_t vocab_size() const noexcept { return vocab_; }
@@ -197,13 +211,11 @@ class remote_base {
         }
       }
       if (failed.empty()) break;
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - first_failure).count();
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - first_failure).count();
       if (waited >= options_.give_up_after_s)
-        throw remote_error("remote base: no usable answer for row " + std::to_string(s.pending[failed[0]]) +
-                           " after " + std::to_string(attempt + 1) + " tries in " + format_seconds(waited) +
-                           " (give_up_after_s " + format_seconds(options_.give_up_after_s) + "); last: " +
-                           last_problem);
+        throw remote_error("remote base: no usable answer for row " + std::to_string(s.pending[failed[0]]) + " after " +
+                           std::to_string(attempt + 1) + " tries in " + format_seconds(waited) + " (give_up_after_s " +
+                           format_seconds(options_.give_up_after_s) + "); last: " + last_problem);
       std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 25 << std::min(attempt, 6))));
       retry_ = failed;
       std::vector<http_request> again;

@@ -291,8 +291,7 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
   // a sparse base's pool holds K per position instead of V (checkpoints before 0.x hold no K: dense)
   const std::size_t K =
       ps.contains("base_top_k") ? std::size_t(std::max(0, ps.raw<std::int32_t>("base_top_k", "I32", 1)[0])) : 0;
-  const auto top_k_ids =
-      K ? ps.raw<std::int32_t>("base_top_k_ids", "I32", any_size) : std::vector<std::int32_t>();
+  const auto top_k_ids = K ? ps.raw<std::int32_t>("base_top_k_ids", "I32", any_size) : std::vector<std::int32_t>();
   const auto top_k_lps = K ? ps.raw<float>("base_top_k_log_probs", "F32", any_size) : std::vector<float>();
   if (top_k_ids.size() != top_k_lps.size())
     throw io_error(dir + "/pool.safetensors: " + std::to_string(top_k_ids.size()) + " top-k ids but " +

@@ -135,10 +135,10 @@ struct step_metrics {
 /// dense logits (a local base) or as its top-k (a SparsePolicy base: O(K) per position, whatever
 /// the vocabulary); neither when there is no base.
 struct rl_sample {
-  std::vector<token_id> prompt, response;  ///< base prompt (with BOS) and response ids
-  std::vector<float> base_logits;          ///< (R, V) dense base logits, or empty
-  std::vector<token_id> base_top_k_ids;    ///< (R, K) a sparse base's top-k ids, or empty
-  std::vector<float> base_top_k_log_probs; ///< (R, K) and their log-probs
+  std::vector<token_id> prompt, response;   ///< base prompt (with BOS) and response ids
+  std::vector<float> base_logits;           ///< (R, V) dense base logits, or empty
+  std::vector<token_id> base_top_k_ids;     ///< (R, K) a sparse base's top-k ids, or empty
+  std::vector<float> base_top_k_log_probs;  ///< (R, K) and their log-probs
   double reward = 0;
 
   bool has_base() const noexcept { return !base_logits.empty() || !base_top_k_ids.empty(); }
@@ -166,8 +166,9 @@ struct quark_pool {
   }
   rl_sample get(std::size_t i) const {
     const entry& e = entries.at(i);
-    rl_sample s{e.prompt, e.response, std::vector<float>(e.base_logits.size()), e.base_top_k_ids,
-                e.base_top_k_log_probs, e.reward};
+    rl_sample s{
+        e.prompt, e.response, std::vector<float>(e.base_logits.size()), e.base_top_k_ids, e.base_top_k_log_probs,
+        e.reward};
     std::transform(e.base_logits.begin(), e.base_logits.end(), s.base_logits.begin(), from_bf16);
     return s;
   }
