@@ -94,7 +94,7 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
   REQUIRE(remote.servers().size() == 1);
   CHECK(remote.servers()[0].vocab == 512);
   CHECK(remote.servers()[0].slots == 8);
-  CHECK(remote.context_length() == 128);
+  CHECK(remote.context_length() == 127);  // a slot of 128, room for the sampled token
   const ipa::top_k_view local(f.base, 20);
 
   for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
@@ -502,6 +502,14 @@ TEST_CASE("ipa generate --base http://...: greedy text equals the local GGUF's; 
                                     "/tok512.bin --adapter " + out + "/adapter --max-new-tokens 20 --prompt 'Once'");
   CHECK(tailored.second == 0);
   CHECK(tailored.first.rfind("Once", 0) == 0);
+  const auto eval =
+      run_command(ipa + " eval --base " + server->url() + " --tokenizer " + models + "/tok512.bin --adapter " + out +
+                  "/adapter --reward avoid:sad --samples 1 --max-new-tokens 20 --json --prompts " + IPA_TEST_DATA_DIR +
+                  "/story_openings_heldout.txt");
+  REQUIRE(eval.second == 0);
+  const auto summary = nlohmann::json::parse(eval.first);
+  CHECK(summary["samples"] == 20);
+  CHECK(summary["base_perplexity"].get<double>() > 1.0);
   std::filesystem::remove_all(out);
 }
 #endif

@@ -325,12 +325,14 @@ int eval(args& a) {
   double top_p = 1.0;
   std::uint64_t seed = 1;
   bool json = false;
+  remote_flags remote;
   while (!a.done()) {
     const std::string f = a.flag();
     if (f == "--help" || f == "-h") {
-      std::cout << eval_usage;
+      std::cout << eval_usage << '\n' << remote_usage;
       return 0;
     }
+    if (remote.take(f, a)) continue;
     if (f == "--base") base_path = a.value(f);
     else if (f == "--tokenizer") tok_path = a.value(f);
     else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(NAN);
@@ -355,9 +357,105 @@ int eval(args& a) {
   if (base_path.empty() || spec.empty() || prompts_file.empty())
     throw usage_error("eval needs --base MODEL, --reward SPEC and --prompts FILE");
   if (samples == 0) throw usage_error("--samples must be >= 1");
+  auto reward = ipa::spec_reward::parse(spec);
+
+  // Samples with `decoder`; base_nll(prompt, response, rollout, row, nll, tokens) adds the base's
+  // negative log-likelihood of a continuation.
+  auto evaluate = [&](const auto& decoder, const ipa::llama2c_tokenizer& tok, const loaded_adapters& adapters,
+                      ipa::keep_base keep, std::size_t cached_rows, auto&& base_nll) {
+    ipa::generation_config g;
+    g.keep_base_logits = keep;
+    g.max_new_tokens = max_new;
+    g.eos_id = ipa::llama2c_tokenizer::eos_id;
+    g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
+    // --ban-words: each word, lower case and capitalised, as the tokenizer spells it mid-sentence
+    // (with its leading space), banned as a token sequence (Hugging Face's bad_words_ids)
+    ipa::ban_sequences banned;
+    for (std::string w : banned_words) {
+      for (int variant = 0; variant < 2; ++variant) {
+        if (variant == 1) w[0] = char(std::toupper(static_cast<unsigned char>(w[0])));
+        banned.sequences.push_back(tok.encode(w, false, false));
+      }
+    }
+    auto sampler = ipa::make_standard_sampler(temperature, 0, top_p);
+    ipa::xoshiro256 rng(seed);
+
+    const auto lines = read_lines(prompts_file);
+    double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
+    std::size_t n = 0, tokens = 0;
+    // rows per decoder call: 64, or as many as a server keeps prompt caches for
+    const std::size_t chunk = std::clamp<std::size_t>(cached_rows, 1, 64);
+    ipa::prompt_list batch;
+    auto flush = [&] {
+      if (batch.empty()) return;
+      const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(batch);
+      const ipa::rollout r = decoder.generate(batch, g, sampler, rng, adapter_prompts, banned);
+      std::vector<std::string> ptext(batch.size()), rtext(batch.size());
+      std::vector<std::vector<ipa::token_id>> resp(batch.size());
+      std::vector<ipa::sample_view> views(batch.size());
+      for (std::size_t b = 0; b < batch.size(); ++b) {
+        resp[b] = r.response(b);
+        ptext[b] = tok.decode(batch[b]);
+        rtext[b] = tok.decode(resp[b], batch[b].back());
+        base_nll(batch[b], resp[b], r, b, nll, tokens);
+        d1 += ipa::distinct_n(rtext[b], 1);
+        d2 += ipa::distinct_n(rtext[b], 2);
+        length += double(resp[b].size());
+      }
+      for (std::size_t b = 0; b < batch.size(); ++b) views[b] = {batch[b], resp[b], ptext[b], rtext[b]};
+      std::vector<double> scores(batch.size());
+      reward.score(views, scores);
+      for (double s : scores) reward_sum += s;
+      n += batch.size();
+      batch.clear();
+    };
+    for (const auto& line : lines)
+      for (std::size_t k = 0; k < samples; ++k) {
+        batch.push_back(tok.encode(line + suffix));
+        if (batch.size() == chunk) flush();
+      }
+    flush();
+    const double ppl = std::exp(nll / double(std::max<std::size_t>(tokens, 1)));
+    const nlohmann::json out = {{"samples", n},
+                                {"reward", reward_sum / double(n)},
+                                {"base_perplexity", ppl},
+                                {"distinct_1", d1 / double(n)},
+                                {"distinct_2", d2 / double(n)},
+                                {"mean_length", length / double(n)}};
+    if (json) std::cout << out.dump() << '\n';
+    else
+      std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n", n,
+                  reward_sum / double(n), ppl, d1 / double(n), d2 / double(n), length / double(n));
+    return 0;
+  };
+
+  if (is_url(base_path)) {
+    require_remote_build(base_path);
+#if IPA_CLI_REMOTE
+    if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
+    if (!policy_path.empty()) throw usage_error("--policy samples from a local model; it needs a local --base");
+    const ipa::remote_base base = connect_remote(base_path, remote);
+    const auto tok = load_tokenizer(tok_path, tok_path, base.vocab_size());
+    base.check_tokens(ipa::table_of(tok));
+    const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
+    // the base's perplexity from the top-k it revealed while decoding; a token outside them gets
+    // the leftover mass spread evenly (the server shows nothing more)
+    const std::size_t V = base.vocab_size(), K = base.top_k();
+    return evaluate(ipa::ipa_decoder<ipa::remote_base, ipa::vocab_mapped<ipa::llama_model>>(base, adapters.experts),
+                    tok, adapters, ipa::keep_base::top_k, base.cached_rows() ? base.cached_rows() : 64,
+                    [&](const auto&, const std::vector<ipa::token_id>& resp, const ipa::rollout& r, std::size_t b,
+                        double& nll, std::size_t& tokens) {
+                      std::vector<float> row(V);
+                      for (std::size_t t = 0; t < resp.size(); ++t, ++tokens) {
+                        ipa::densify_top_k({&r.base_top_k_ids(b, t, 0), K}, {&r.base_top_k_log_probs(b, t, 0), K},
+                                           ipa::tail_policy::uniform, row);
+                        nll -= row[std::size_t(resp[t])];
+                      }
+                    });
+#endif
+  }
   const ipa::llama_model base(load_model(base_path));
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
-  auto reward = ipa::spec_reward::parse(spec);
   const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;
   if (!policy_path.empty()) {
@@ -366,92 +464,29 @@ int eval(args& a) {
     if (policy->vocab_size() != base.vocab_size())
       throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
-  const ipa::ipa_decoder decoder(policy ? *policy : base, adapters.experts);
-
-  ipa::generation_config g;
-  g.max_new_tokens = max_new;
-  g.eos_id = ipa::llama2c_tokenizer::eos_id;
-  g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
-  // --ban-words: each word, lower case and capitalised, as the tokenizer spells it mid-sentence
-  // (with its leading space), banned as a token sequence (Hugging Face's bad_words_ids)
-  ipa::ban_sequences banned;
-  for (std::string w : banned_words) {
-    for (int variant = 0; variant < 2; ++variant) {
-      if (variant == 1) w[0] = char(std::toupper(static_cast<unsigned char>(w[0])));
-      banned.sequences.push_back(tok.encode(w, false, false));
+  // the base's perplexity of the continuation: run the (original) base over prompt + response
+  const std::size_t V = base.vocab_size();
+  auto base_nll = [&](const std::vector<ipa::token_id>& prompt, const std::vector<ipa::token_id>& resp,
+                      const ipa::rollout&, std::size_t, double& nll, std::size_t& tokens) {
+    std::vector<ipa::token_id> seq = prompt;
+    seq.insert(seq.end(), resp.begin(), resp.end());
+    seq.pop_back();
+    if (resp.empty() || seq.size() > base.context_length()) return;
+    auto state = base.new_state(1, int(seq.size()));
+    std::vector<int> rows(seq.size(), 0);
+    std::vector<std::size_t> items(resp.size());
+    for (std::size_t t = 0; t < items.size(); ++t) items[t] = prompt.size() - 1 + t;
+    std::vector<float> logits(items.size() * V);
+    base.forward(state, rows, seq, items, logits);
+    for (std::size_t t = 0; t < resp.size(); ++t) {
+      const std::span<const float> row(logits.data() + t * V, V);
+      nll -= row[std::size_t(resp[t])] - ipa::log_sum_exp(row);
+      ++tokens;
     }
-  }
-  auto sampler = ipa::make_standard_sampler(temperature, 0, top_p);
-  ipa::xoshiro256 rng(seed);
-
-  const auto lines = read_lines(prompts_file);
-  double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
-  std::size_t n = 0, tokens = 0;
-  constexpr std::size_t chunk = 64;  // rows per decoder call
-  ipa::prompt_list batch;
-  auto flush = [&] {
-    if (batch.empty()) return;
-    const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(batch);
-    const ipa::rollout r = decoder.generate(batch, g, sampler, rng, adapter_prompts, banned);
-    std::vector<std::string> ptext(batch.size()), rtext(batch.size());
-    std::vector<std::vector<ipa::token_id>> resp(batch.size());
-    std::vector<ipa::sample_view> views(batch.size());
-    const std::size_t V = base.vocab_size();
-    for (std::size_t b = 0; b < batch.size(); ++b) {
-      resp[b] = r.response(b);
-      ptext[b] = tok.decode(batch[b]);
-      rtext[b] = tok.decode(resp[b], batch[b].back());
-      // the base's perplexity of the continuation: run the (original) base over prompt + response
-      std::vector<ipa::token_id> seq = batch[b];
-      seq.insert(seq.end(), resp[b].begin(), resp[b].end());
-      seq.pop_back();
-      if (!resp[b].empty() && seq.size() <= base.context_length()) {
-        auto state = base.new_state(1, int(seq.size()));
-        std::vector<int> rows(seq.size(), 0);
-        std::vector<std::size_t> items(resp[b].size());
-        for (std::size_t t = 0; t < items.size(); ++t) items[t] = batch[b].size() - 1 + t;
-        std::vector<float> logits(items.size() * V);
-        base.forward(state, rows, seq, items, logits);
-        for (std::size_t t = 0; t < resp[b].size(); ++t) {
-          const std::span<const float> row(logits.data() + t * V, V);
-          nll -= row[std::size_t(resp[b][t])] - ipa::log_sum_exp(row);
-          ++tokens;
-        }
-      }
-      d1 += ipa::distinct_n(rtext[b], 1);
-      d2 += ipa::distinct_n(rtext[b], 2);
-      length += double(resp[b].size());
-    }
-    for (std::size_t b = 0; b < batch.size(); ++b) views[b] = {batch[b], resp[b], ptext[b], rtext[b]};
-    std::vector<double> scores(batch.size());
-    reward.score(views, scores);
-    for (double s : scores) reward_sum += s;
-    n += batch.size();
-    batch.clear();
   };
-  for (const auto& line : lines)
-    for (std::size_t k = 0; k < samples; ++k) {
-      batch.push_back(tok.encode(line + suffix));
-      if (batch.size() == chunk) flush();
-    }
-  flush();
-  const double ppl = std::exp(nll / double(std::max<std::size_t>(tokens, 1)));
-  const nlohmann::json out = {{"samples", n},
-                              {"reward", reward_sum / double(n)},
-                              {"base_perplexity", ppl},
-                              {"distinct_1", d1 / double(n)},
-                              {"distinct_2", d2 / double(n)},
-                              {"mean_length", length / double(n)}};
-  if (json) std::cout << out.dump() << '\n';
-  else
-    std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n", n,
-                reward_sum / double(n), ppl, d1 / double(n), d2 / double(n), length / double(n));
-  return 0;
+  return evaluate(ipa::ipa_decoder(policy ? *policy : base, adapters.experts), tok, adapters, ipa::keep_base::none, 64,
+                  base_nll);
 }
-
-}  // namespace ipa_cli
-
-namespace ipa_cli {
 
 int convert(args& a) {
   std::string model_path, tok_path, to, out;

@@ -118,7 +118,8 @@ class remote_base {
         throw config_error(s.url + " serves a vocabulary of " + std::to_string(s.vocab) + " tokens, " +
                            (vocab ? "the adapter's tokenizer has " : servers_[0].url + " ") + std::to_string(vocab_) +
                            "; base and adapter must share a tokenizer");
-      if (s.context) context_ = std::min(context_, s.context);
+      // llama-server wants room for the token it samples: a prompt may fill a slot but one
+      if (s.context) context_ = std::min(context_, s.slots ? s.context - 1 : s.context);
     }
     if (options_.top_k > vocab_)
       throw config_error("remote_base: top_k must be in [1, " + std::to_string(vocab_) + "], found " +
@@ -138,6 +139,16 @@ class remote_base {
   std::size_t context_length() const noexcept { return context_; }
   std::size_t top_k() const noexcept { return options_.top_k; }
   const std::vector<remote_server>& servers() const noexcept { return servers_; }
+  /// Rows that keep their own prompt cache: the servers' slots in all (0: the servers don't say).
+  /// More rows than this still decode right, but share slots and recompute their prompts.
+  std::size_t cached_rows() const noexcept {
+    std::size_t n = 0;
+    for (const auto& s : servers_) {
+      if (s.slots == 0) return 0;
+      n += std::size_t(s.slots);
+    }
+    return n;
+  }
   /// HTTP requests sent so far (retries included), connecting excluded.
   std::size_t requests_sent() const noexcept { return requests_; }
 
