@@ -309,6 +309,29 @@ TEST_CASE("remote base: a vocabulary or token table that differs from the server
                        ipa::config_error);
 }
 
+TEST_CASE("remote base: rows spread over two servers give the single-server answers") {
+  if (!have_server()) return;
+  const auto a = start_server(2), b = start_server(2);
+  const local_fixture f;
+  ipa::remote_options o = options_for(a->url() + "," + b->url());
+  o.urls = {a->url(), b->url()};
+  const ipa::remote_base two(o, 512);
+  REQUIRE(two.servers().size() == 2);
+  CHECK(two.cached_rows() == 4);
+  const ipa::top_k_view local(f.base, 20);
+  ipa::generation_config g;
+  g.max_new_tokens = 30;
+  g.keep_base_logits = ipa::keep_base::top_k;
+  auto sampler = ipa::make_standard_sampler(1.0f);
+  ipa::xoshiro256 rng_remote(3), rng_local(3);
+  const ipa::prompt_list prompts = f.prompts(4);
+  const auto r = ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(two).generate(prompts, g, sampler, rng_remote);
+  const auto l = ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model>(local).generate(
+      prompts, g, sampler, rng_local);
+  CHECK(r.response_ids == l.response_ids);
+  CHECK(xt::amax(xt::abs(r.base_top_k_log_probs - l.base_top_k_log_probs))() <= 1e-4);
+}
+
 TEST_CASE("remote base: the OpenAI /v1/completions protocol, against llama-server's own /v1") {
   if (!have_server()) return;
   const auto server = start_server(2);
@@ -488,16 +511,28 @@ TEST_CASE("ipa generate --base http://...: greedy text equals the local GGUF's; 
   const std::string out =
       (std::filesystem::temp_directory_path() / ("ipa_remote_train_" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(out);
-  const std::string train =
-      ipa + " train --base " + server->url() + " --tokenizer " + models + "/tok512.bin --reward avoid:sad --prompts " +
-      IPA_TEST_DATA_DIR +
-      "/story_openings_heldout.txt --algo rloo --batch 4 --max-new-tokens 24 --save-every 2 --out " + out;
+  const std::string train = ipa + " train --base " + server->url() + " --tokenizer " + models +
+                            "/tok512.bin --reward avoid:sad --prompts " + IPA_TEST_DATA_DIR +
+                            "/story_openings_heldout.txt --algo rloo --batch 4 --max-new-tokens 24 --save-every 2 "
+                            "--base-give-up-after 3 --out " +
+                            out;
   REQUIRE(run_command(train + " --steps 2 2>/dev/null").second == 0);
   REQUIRE(run_command(ipa + " train --out " + out + " --resume --steps 3 2>/dev/null").second == 0);
   std::ifstream metrics(out + "/metrics.jsonl");
   int lines = 0;
   for (std::string line; std::getline(metrics, line);) ++lines;
   CHECK(lines == 3);
+  metrics.close();
+  // the server goes away mid-run: train ends with a clear error within --base-give-up-after; once
+  // the server is back, --resume continues from the last checkpoint
+  server->stop(SIGKILL);
+  const auto start = std::chrono::steady_clock::now();
+  const auto died = run_command(ipa + " train --out " + out + " --resume --steps 5 2>&1");
+  CHECK(died.second == 1);
+  CHECK(died.first.find("cannot connect") != std::string::npos);
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 30);
+  server->start();
+  REQUIRE(run_command(ipa + " train --out " + out + " --resume --steps 4 2>/dev/null").second == 0);
   const auto tailored = run_command(ipa + " generate --base " + server->url() + " --tokenizer " + models +
                                     "/tok512.bin --adapter " + out + "/adapter --max-new-tokens 20 --prompt 'Once'");
   CHECK(tailored.second == 0);

@@ -46,12 +46,13 @@ inline int free_port() {
 /// llama-server on 127.0.0.1; the process ends with the object.
 class llama_server {
  public:
-  llama_server(std::string binary, std::string model, int slots, int context, int port = 0)
+  llama_server(std::string binary, std::string model, int slots, int context, int port = 0, int threads = 1)
       : binary_(std::move(binary)),
         model_(std::move(model)),
         slots_(slots),
         context_(context),
-        port_(port ? port : free_port()) {
+        port_(port ? port : free_port()),
+        threads_(threads) {
     start();
   }
   ~llama_server() { stop(SIGTERM); }
@@ -64,14 +65,15 @@ class llama_server {
 
   /// Starts the server and waits until /health says ok (throws after 30 s).
   void start() {
-    const std::string port = std::to_string(port_), np = std::to_string(slots_), ctx = std::to_string(context_);
+    const std::string port = std::to_string(port_), np = std::to_string(slots_), ctx = std::to_string(context_),
+                      threads = std::to_string(threads_);
     pid_ = ::fork();
     if (pid_ == 0) {
       const int null = ::open("/dev/null", O_WRONLY);
       ::dup2(null, 1);
       ::dup2(null, 2);
       ::execl(binary_.c_str(), binary_.c_str(), "-m", model_.c_str(), "--host", "127.0.0.1", "--port", port.c_str(),
-              "-np", np.c_str(), "-c", ctx.c_str(), "-t", "1", "--threads-http", np.c_str(),
+              "-np", np.c_str(), "-c", ctx.c_str(), "-t", threads.c_str(), "--threads-http", np.c_str(),
               // an F32 KV cache: the default F16 one moves stories260K's log-probs by ~1e-3
               "-ctk", "f32", "-ctv", "f32", static_cast<char*>(nullptr));
       ::_exit(127);
@@ -105,7 +107,7 @@ class llama_server {
 
  private:
   std::string binary_, model_;
-  int slots_, context_, port_;
+  int slots_, context_, port_, threads_;
   pid_t pid_ = -1;
 };
 

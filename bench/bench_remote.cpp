@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: MIT
+// A base behind llama.cpp's llama-server (../shared/peers), decoded by ipa one token per request
+// (remote_base), against the same server generating the same number of tokens on its own (one
+// request per row, n_predict N): for stories260K.gguf and for a 110M-shape GGUF with random
+// weights that the bench writes (llama2.c's stories110M shape: dim 768, 12 layers, vocab 32000),
+// at B = 1 and B = 8 rows (8 slots), with and without the default adapter (2 layers, dim 64).
+// Both sides run greedy from the same one-token prompt; every number is tokens per second of
+// wall time over all rows, and `ratio` is ipa's over the server's, measured in the same round.
+//   ./build/bench/bench_remote                 (~2 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <ipa/decode/decoder.hpp>
+#include <ipa/io/gguf.hpp>
+#include <ipa/model/llama.hpp>
+#include <ipa/remote/remote_base.hpp>
+#include <ipa/text/llama2c_tokenizer.hpp>
+
+#include "support/llama_server.hpp"
+
+namespace {
+
+enum model_kind { stories260K, random110M };
+
+std::string model_dir() {
+  const char* dir = std::getenv("IPA_MODEL_DIR");
+  return dir && *dir ? dir : IPA_BENCH_MODEL_DIR;
+}
+
+// The 110M-shape GGUF (F32, random weights, a made-up 32000-token vocabulary), written once.
+std::string random_110M_gguf() {
+  const std::string path = (std::filesystem::temp_directory_path() / "ipa_bench_remote_110M.gguf").string();
+  if (std::filesystem::exists(path)) return path;
+  ipa::llama_config c;
+  c = {768, 2048, 12, 12, 12, 32000, 1024};
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    pieces.push_back(hex);
+  }
+  while (pieces.size() < 32000) pieces.push_back(" t" + std::to_string(pieces.size()));
+  const auto tok = ipa::llama2c_tokenizer::from_pieces(pieces, std::vector<float>(pieces.size(), 0.0f), "bench");
+  ipa::save_gguf_llama(path + ".tmp", ipa::llama_weights::random(c, 1234), &tok);
+  std::filesystem::rename(path + ".tmp", path);
+  return path;
+}
+
+// One server per model, 8 slots of 256 tokens, started on first use and kept for the process.
+ipa_test::llama_server& server(model_kind m) {
+  static std::map<model_kind, std::unique_ptr<ipa_test::llama_server>> servers;
+  auto& s = servers[m];
+  if (!s) {
+    const std::string bin = ipa_test::peers_dir(IPA_BENCH_PEERS_DIR) + "/llama.cpp/bin/llama-server";
+    const std::string gguf = m == stories260K ? model_dir() + "/stories260K.gguf" : random_110M_gguf();
+    s = std::make_unique<ipa_test::llama_server>(bin, gguf, 8, 8 * 256, 0, m == stories260K ? 1 : 2);
+  }
+  return *s;
+}
+
+// The server alone: B concurrent requests (one per slot) generating N tokens each.
+double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N) {
+  ipa::http_batch_client client({60000, 2000, false, 8});
+  std::vector<ipa::http_request> batch;
+  for (std::size_t b = 0; b < B; ++b)
+    batch.push_back({s.url() + "/completion", nlohmann::json{{"prompt", {1}},
+                                                             {"n_predict", N},
+                                                             {"ignore_eos", true},
+                                                             {"cache_prompt", false},
+                                                             {"samplers", {"top_k"}},
+                                                             {"top_k", 1},
+                                                             {"id_slot", b}}
+                                                  .dump()});
+  const auto start = std::chrono::steady_clock::now();
+  const auto replies = client.run(std::move(batch));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& r : replies) {
+    const auto j = nlohmann::json::parse(r.body, nullptr, false);
+    if (r.status != 200 || j.is_discarded() || j.value("tokens_predicted", 0) != int(N))
+      throw ipa::remote_error("server alone: unexpected reply " + r.body.substr(0, 200));
+  }
+  return seconds;
+}
+
+// ipa through the server: B rows, N greedy tokens, with or without the default adapter.
+double ipa_seconds(const ipa::remote_base& base, const ipa::llama_model* adapter, std::size_t B, std::size_t N) {
+  std::vector<ipa::weighted<ipa::llama_model>> experts;
+  if (adapter) experts.push_back(ipa::with_alpha(*adapter, 1.0f));
+  const ipa::ipa_decoder<ipa::remote_base, ipa::llama_model> decoder(base, experts);
+  ipa::generation_config g;
+  g.max_new_tokens = N;
+  ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
+  ipa::xoshiro256 rng(1);
+  const auto start = std::chrono::steady_clock::now();
+  const ipa::rollout r = decoder.generate(ipa::prompt_list(B, {1}), g, pick, rng);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (std::size_t b = 0; b < B; ++b)
+    if (r.response_length(b) != N) throw ipa::remote_error("ipa: a row stopped early");
+  return seconds;
+}
+
+// args: model, rows, tokens per row, with the default adapter (0/1), keep-alive (0/1)
+void BM_remote_decode(benchmark::State& state) {
+  const auto m = model_kind(state.range(0));
+  const std::size_t B = std::size_t(state.range(1)), N = std::size_t(state.range(2));
+  const bool with_adapter = state.range(3) != 0, keep_alive = state.range(4) != 0;
+  ipa_test::llama_server& s = server(m);
+  ipa::remote_options o;
+  o.urls = {s.url()};
+  o.reuse_connections = keep_alive;
+  const ipa::remote_base base(o);
+  std::unique_ptr<ipa::llama_model> adapter;
+  if (with_adapter) {
+    ipa::llama_config c{64, 172, 2, 8, 8, int(base.vocab_size()), 256};
+    adapter = std::make_unique<ipa::llama_model>(ipa::llama_weights::random(c, 7));  // the default adapter's shape
+  }
+  server_alone_seconds(s, B, 4);  // warm both paths
+  ipa_seconds(base, adapter.get(), B, 4);
+  std::vector<double> ratios, ipa_rates, server_rates, overheads;
+  for (auto _ : state) {
+    const double alone = server_alone_seconds(s, B, N);
+    const std::size_t sent = base.requests_sent();
+    const double through = ipa_seconds(base, adapter.get(), B, N);
+    const double steps = double(base.requests_sent() - sent) / double(B);
+    server_rates.push_back(double(B * N) / alone);
+    ipa_rates.push_back(double(B * N) / through);
+    ratios.push_back(alone / through);
+    overheads.push_back((through - alone) / steps * 1e3);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  state.counters["server_tok/s"] = median(server_rates);
+  state.counters["ipa_tok/s"] = median(ipa_rates);
+  state.counters["ratio"] = median(ratios);
+  state.counters["overhead_ms/step"] = median(overheads);
+  state.SetLabel(std::string(m == stories260K ? "stories260K" : "110M-shape") + " B=" + std::to_string(B) +
+                 (with_adapter ? " +adapter" : "") + (keep_alive ? " keep-alive" : ""));
+}
+
+}  // namespace
+
+BENCHMARK(BM_remote_decode)
+    ->Args({stories260K, 1, 100, 0, 0})
+    ->Args({stories260K, 8, 100, 0, 0})
+    ->Args({stories260K, 1, 20, 0, 1})
+    ->Args({random110M, 1, 32, 0, 0})
+    ->Args({random110M, 1, 32, 1, 0})
+    ->Args({random110M, 8, 32, 0, 0})
+    ->Args({random110M, 8, 32, 1, 0})
+    ->Iterations(5)
+    ->Unit(benchmark::kSecond);
+
+BENCHMARK_MAIN();
