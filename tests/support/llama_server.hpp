@@ -73,7 +73,7 @@ class llama_server {
       ::dup2(null, 1);
       ::dup2(null, 2);
       ::execl(binary_.c_str(), binary_.c_str(), "-m", model_.c_str(), "--host", "127.0.0.1", "--port", port.c_str(),
-              "-np", np.c_str(), "-c", ctx.c_str(), "-t", threads.c_str(), "--threads-http", np.c_str(),
+              "-np", np.c_str(), "-c", ctx.c_str(), "-t", threads.c_str(),
               // an F32 KV cache: the default F16 one moves stories260K's log-probs by ~1e-3
               "-ctk", "f32", "-ctv", "f32", static_cast<char*>(nullptr));
       ::_exit(127);

@@ -3,6 +3,7 @@
 // one background thread, so the caller (the adapters' step) computes while the answers are in
 // flight. Needs libcurl: link ipa::remote, never reached from <ipa/ipa.hpp>.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -13,6 +14,10 @@
 #include <vector>
 
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ipa/core/error.hpp"
 
@@ -40,8 +45,8 @@ struct http_response {
 struct http_options {
   long timeout_ms = 30000;         ///< a whole exchange, connecting included
   long connect_timeout_ms = 2000;  ///< the TCP connect alone
-  bool reuse_connections = false;  ///< keep-alive; off by default: see remote_base.hpp for why
-  long max_host_connections = 4;   ///< at once per server, the rest queue (0: no limit)
+  bool reuse_connections = true;   ///< keep-alive (see on_header for the stall it avoids)
+  long max_fresh_connections = 4;  ///< without keep-alive: at once per server, the rest queue
   std::size_t max_reply_bytes = std::size_t{64} << 20;
 };
 
@@ -54,9 +59,9 @@ class http_batch_client {
     if (global != CURLE_OK) throw remote_error(std::string("libcurl: ") + curl_easy_strerror(global));
     multi_ = curl_multi_init();
     if (!multi_) throw remote_error("libcurl: curl_multi_init failed");
-    // llama-server listens with a backlog of 5: more connects at once lose SYNs, which TCP
-    // sends again only after a second
-    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, options_.max_host_connections);
+    // llama-server listens with a backlog of 5: a burst of more connects loses SYNs, which TCP
+    // sends again only after a second. Kept-alive connections open once; fresh ones every request.
+    if (!options_.reuse_connections) host_limit_ = options_.max_fresh_connections;
     worker_ = std::thread([this] { run(); });
   }
   ~http_batch_client() {
@@ -67,6 +72,7 @@ class http_batch_client {
     curl_multi_wakeup(multi_);
     worker_.join();
     for (auto& t : transfers_) {
+      if (t.easy) curl_multi_remove_handle(multi_, t.easy);  // a batch abandoned in flight
       if (t.easy) curl_easy_cleanup(t.easy);
       curl_slist_free_all(t.headers);
     }
@@ -76,6 +82,13 @@ class http_batch_client {
   http_batch_client& operator=(const http_batch_client&) = delete;
 
   const http_options& options() const noexcept { return options_; }
+
+  /// At most n connections per server at once (0: no limit); the rest of a batch queues. A
+  /// llama-server HTTP thread serves one kept-alive connection at a time (it has --parallel + 2).
+  void limit_host_connections(long n) {
+    std::lock_guard lock(mutex_);
+    host_limit_ = n;
+  }
 
   /// Starts a batch. A batch still in flight (its caller threw before wait()) is finished and
   /// dropped first.
@@ -115,6 +128,8 @@ class http_batch_client {
 
  private:
   struct transfer {
+    http_batch_client* owner = nullptr;
+    bool head_seen = false;
     CURL* easy = nullptr;
     curl_slist* headers = nullptr;
     http_request request;
@@ -122,6 +137,31 @@ class http_batch_client {
     std::size_t limit = 0;
     bool too_large = false;
   };
+
+  // A kept-alive connection to llama-server stalls ~40 ms a reply: the server writes the head and
+  // the body in two sends with Nagle on, so the body waits for the ACK of the head, which the
+  // client delays (a fresh connection starts in quick-ACK mode, a reused one does not). When the
+  // head arrives, TCP_QUICKACK sends the pending ACK at once (Linux). libcurl does not say which
+  // socket a transfer reads, so every open one is told (a few, and harmless where nothing waits).
+  static curl_socket_t on_open(void* user, curlsocktype, curl_sockaddr* a) {
+    const curl_socket_t fd = ::socket(a->family, a->socktype, a->protocol);
+    if (fd != CURL_SOCKET_BAD) static_cast<http_batch_client*>(user)->sockets_.push_back(fd);
+    return fd;
+  }
+  static int on_close(void* user, curl_socket_t fd) {
+    auto& v = static_cast<http_batch_client*>(user)->sockets_;
+    v.erase(std::remove(v.begin(), v.end(), fd), v.end());
+    return ::close(fd);
+  }
+  static std::size_t on_header(char*, std::size_t size, std::size_t count, void* user) {
+    auto* t = static_cast<transfer*>(user);
+    if (!t->head_seen) {
+      t->head_seen = true;
+      const int one = 1;
+      for (curl_socket_t fd : t->owner->sockets_) ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
+    return size * count;
+  }
 
   static std::size_t on_data(char* data, std::size_t size, std::size_t count, void* user) {
     auto* t = static_cast<transfer*>(user);
@@ -144,6 +184,8 @@ class http_batch_client {
     }
     t.limit = options_.max_reply_bytes;
     t.too_large = false;
+    t.owner = this;
+    t.head_seen = false;
     CURL* e = t.easy;
     curl_easy_setopt(e, CURLOPT_URL, t.request.url.c_str());
     if (!t.request.body.empty()) {
@@ -156,6 +198,12 @@ class http_batch_client {
     curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &http_batch_client::on_open);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &http_batch_client::on_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &http_batch_client::on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_PROXY, "");  // a server named by the user, never an environment proxy
@@ -189,6 +237,8 @@ class http_batch_client {
         if (stopping_) return;
         if (new_batch_) {
           new_batch_ = false;
+          if (host_limit_ >= 0) curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, host_limit_);
+          host_limit_ = -1;
           for (std::size_t i = 0; i < size_; ++i) add(transfers_[i]);
           if (size_ == 0) done_.notify_all();
         }
@@ -205,10 +255,12 @@ class http_batch_client {
   http_options options_;
   CURLM* multi_ = nullptr;
   std::vector<transfer> transfers_;
+  std::vector<curl_socket_t> sockets_;  // open connections (touched by the worker thread only)
   std::mutex mutex_;
   std::condition_variable done_;
   std::size_t size_ = 0, remaining_ = 0;
   bool in_flight_ = false, new_batch_ = false, stopping_ = false;
+  long host_limit_ = -1;  // to apply before the next batch (the multi handle is the worker's)
   std::thread worker_;
 };
 
