@@ -114,6 +114,18 @@ inline const nlohmann::json& field(const nlohmann::json& j, const char* key, con
   return j[key];
 }
 
+// llama-server's list of {id, logprob} under `where`top_logprobs (both of its endpoints).
+inline void read_id_entries(const nlohmann::json& parent, const std::string& where, std::size_t vocab,
+                            std::vector<std::pair<float, token_id>>& entries) {
+  const auto& top = field(parent, "top_logprobs", where);
+  if (!top.is_array()) throw bad_reply(where + "top_logprobs is not a list");
+  for (std::size_t i = 0; i < top.size(); ++i) {
+    const std::string at = "top_logprobs[" + std::to_string(i) + "]";
+    entries.emplace_back(checked_log_prob(field(top[i], "logprob", at + "."), at + ".logprob"),
+                         checked_id(field(top[i], "id", at + "."), vocab, at + ".id"));
+  }
+}
+
 }  // namespace detail
 
 /// Parses a reply into the k most likely (id, log-prob) pairs, sorted by descending log-prob.
@@ -131,13 +143,7 @@ inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, s
       throw bad_reply("the reply has no completion_probabilities: " + detail::excerpt(body), true);
     const auto& cp = j["completion_probabilities"];
     if (!cp.is_array() || cp.empty()) throw bad_reply("completion_probabilities is empty or not a list");
-    const auto& top = detail::field(cp[0], "top_logprobs", "completion_probabilities[0].");
-    if (!top.is_array()) throw bad_reply("completion_probabilities[0].top_logprobs is not a list");
-    for (std::size_t i = 0; i < top.size(); ++i) {
-      const std::string at = "top_logprobs[" + std::to_string(i) + "]";
-      entries.emplace_back(detail::checked_log_prob(detail::field(top[i], "logprob", at + "."), at + ".logprob"),
-                           detail::checked_id(detail::field(top[i], "id", at + "."), vocab, at + ".id"));
-    }
+    detail::read_id_entries(cp[0], "completion_probabilities[0].", vocab, entries);
   } else {
     const auto& choices = detail::field(j, "choices", "");
     if (!choices.is_array() || choices.empty()) throw bad_reply("choices is empty or not a list");
@@ -146,13 +152,7 @@ inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, s
     if (lp.contains("content")) {  // llama-server's /v1: entries with ids
       const auto& content = lp["content"];
       if (!content.is_array() || content.empty()) throw bad_reply("choices[0].logprobs.content is empty");
-      const auto& top = detail::field(content[0], "top_logprobs", "choices[0].logprobs.content[0].");
-      if (!top.is_array()) throw bad_reply("choices[0].logprobs.content[0].top_logprobs is not a list");
-      for (std::size_t i = 0; i < top.size(); ++i) {
-        const std::string at = "top_logprobs[" + std::to_string(i) + "]";
-        entries.emplace_back(detail::checked_log_prob(detail::field(top[i], "logprob", at + "."), at + ".logprob"),
-                             detail::checked_id(detail::field(top[i], "id", at + "."), vocab, at + ".id"));
-      }
+      detail::read_id_entries(content[0], "choices[0].logprobs.content[0].", vocab, entries);
     } else {  // vLLM / OpenAI legacy: one {token: logprob} map per generated token
       const auto& tops = detail::field(lp, "top_logprobs", "choices[0].logprobs.");
       if (!tops.is_array() || tops.empty() || !tops[0].is_object())
