@@ -169,8 +169,7 @@ int generate(args& a) {
   if (ipa_cli::is_url(base_path)) {
     ipa_cli::require_remote_build(base_path);
 #if IPA_CLI_REMOTE
-    if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
-    const ipa::remote_base base = ipa_cli::connect_remote(base_path, remote);
+    const ipa::remote_base base = ipa_cli::connect_remote(base_path, tok_path, remote);
     const ipa_cli::any_tokenizer tok(tok_path, tok_path, base.vocab_size());
     base.check_tokens(tok.table());
     const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());

@@ -342,8 +342,9 @@ that gives no usable answer for S seconds ends the run (train: --resume continue
 )";
 
 #if IPA_CLI_REMOTE
-/// Connects to the server(s) named by `urls` (comma-separated).
-inline ipa::remote_base connect_remote(const std::string& urls, const remote_flags& f) {
+/// Connects to the server(s) named by `urls` (comma-separated), whose tokenizer is `tok_path`.
+inline ipa::remote_base connect_remote(const std::string& urls, const std::string& tok_path, const remote_flags& f) {
+  if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
   ipa::remote_options o;
   for (std::size_t at = 0; at <= urls.size();) {
     const std::size_t comma = std::min(urls.find(',', at), urls.size());

@@ -292,8 +292,7 @@ int train(args& a) {
   if (is_url(o.base)) {
     require_remote_build(o.base);
 #if IPA_CLI_REMOTE
-    if (o.tokenizer.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
-    const ipa::remote_base base = connect_remote(o.base, o.remote);
+    const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote);
     const auto tok = load_tokenizer(o.tokenizer, o.tokenizer, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
     ipa::prompt_list prompts;
@@ -432,9 +431,8 @@ int eval(args& a) {
   if (is_url(base_path)) {
     require_remote_build(base_path);
 #if IPA_CLI_REMOTE
-    if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
     if (!policy_path.empty()) throw usage_error("--policy samples from a local model; it needs a local --base");
-    const ipa::remote_base base = connect_remote(base_path, remote);
+    const ipa::remote_base base = connect_remote(base_path, tok_path, remote);
     const auto tok = load_tokenizer(tok_path, tok_path, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
     const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
@@ -445,11 +443,12 @@ int eval(args& a) {
                     tok, adapters, ipa::keep_base::top_k, base.cached_rows() ? base.cached_rows() : 64,
                     [&](const auto&, const std::vector<ipa::token_id>& resp, const ipa::rollout& r, std::size_t b,
                         double& nll, std::size_t& tokens) {
-                      std::vector<float> row(V);
                       for (std::size_t t = 0; t < resp.size(); ++t, ++tokens) {
-                        ipa::densify_top_k({&r.base_top_k_ids(b, t, 0), K}, {&r.base_top_k_log_probs(b, t, 0), K},
-                                           ipa::tail_policy::uniform, row);
-                        nll -= row[std::size_t(resp[t])];
+                        const std::span<const ipa::token_id> ids(&r.base_top_k_ids(b, t, 0), K);
+                        const std::span<const float> lps(&r.base_top_k_log_probs(b, t, 0), K);
+                        const auto at = std::find(ids.begin(), ids.end(), resp[t]);
+                        nll -= at != ids.end() ? lps[std::size_t(at - ids.begin())]
+                                               : ipa::tail_log_prob(lps, V, ipa::tail_policy::uniform);
                       }
                     });
 #endif

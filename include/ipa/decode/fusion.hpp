@@ -46,6 +46,17 @@ enum class tail_policy {
   uniform,            ///< the missing mass 1 - sum(top-k probs) spread evenly over the others
 };
 
+/// The log-prob a top-k base row leaves to each of the V - k ids it did not reveal: -inf when
+/// restricting to the top-k, else the missing mass 1 - sum(top-k probs) spread evenly.
+inline float tail_log_prob(std::span<const float> log_probs, std::size_t V, tail_policy policy) {
+  const std::size_t k = log_probs.size();
+  if (policy == tail_policy::restrict_to_top_k || k >= V) return -std::numeric_limits<float>::infinity();
+  double mass = 0.0;
+  for (float lp : log_probs) mass += std::exp(double(lp));
+  if (mass >= 1.0) return -std::numeric_limits<float>::infinity();
+  return static_cast<float>(std::log((1.0 - mass) / double(V - k)));
+}
+
 /// Writes a dense base row (V log-probs) from top-k (id, log-prob) pairs under `policy`.
 /// Throws shape_error for ids outside the vocabulary or repeated, io-style garbage (NaN,
 /// log-probs > 0) as config_error.
@@ -57,19 +68,14 @@ inline void densify_top_k(std::span<const token_id> ids, std::span<const float> 
                       " log-probs");
   if (k == 0 || k > V)
     throw shape_error("densify_top_k: top-k of " + std::to_string(k) + " for a vocabulary of " + std::to_string(V));
-  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-  double mass = 0.0;
   for (std::size_t j = 0; j < k; ++j) {
     if (ids[j] < 0 || std::size_t(ids[j]) >= V)
       throw shape_error("densify_top_k: id " + std::to_string(ids[j]) + " outside [0, " + std::to_string(V) + ")");
     if (std::isnan(log_probs[j]) || log_probs[j] > 1e-4f)
       throw config_error("densify_top_k: log-prob " + std::to_string(log_probs[j]) + " of id " +
                          std::to_string(ids[j]) + " is not a log-probability (expected <= 0)");
-    mass += std::exp(double(log_probs[j]));
   }
-  float tail = neg_inf;
-  if (policy == tail_policy::uniform && k < V && mass < 1.0)
-    tail = static_cast<float>(std::log((1.0 - mass) / double(V - k)));
+  const float tail = tail_log_prob(log_probs, V, policy);
   std::vector<token_id> sorted(ids.begin(), ids.end());
   std::sort(sorted.begin(), sorted.end());
   if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())

@@ -81,8 +81,6 @@ class http_batch_client {
   http_batch_client(const http_batch_client&) = delete;
   http_batch_client& operator=(const http_batch_client&) = delete;
 
-  const http_options& options() const noexcept { return options_; }
-
   /// At most n connections per server at once (0: no limit); the rest of a batch queues. A
   /// llama-server HTTP thread serves one kept-alive connection at a time (it has --parallel + 2).
   void limit_host_connections(long n) {
@@ -134,7 +132,6 @@ class http_batch_client {
     curl_slist* headers = nullptr;
     http_request request;
     http_response response;
-    std::size_t limit = 0;
     bool too_large = false;
   };
 
@@ -166,7 +163,7 @@ class http_batch_client {
   static std::size_t on_data(char* data, std::size_t size, std::size_t count, void* user) {
     auto* t = static_cast<transfer*>(user);
     const std::size_t n = size * count;
-    if (t->response.body.size() + n > t->limit) {
+    if (t->response.body.size() + n > t->owner->options_.max_reply_bytes) {
       t->too_large = true;
       return 0;  // aborts the transfer
     }
@@ -182,7 +179,6 @@ class http_batch_client {
     } else {
       curl_easy_reset(t.easy);
     }
-    t.limit = options_.max_reply_bytes;
     t.too_large = false;
     t.owner = this;
     t.head_seen = false;

@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <span>
 #include <string>
@@ -43,13 +44,6 @@
 namespace ipa {
 
 namespace detail {
-// A token as a server's /detokenize shows it: SentencePiece byte pieces <0xHH> as the byte.
-inline std::string token_text(const std::string& piece) {
-  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); };
-  if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>' && hex(piece[3]) && hex(piece[4]))
-    return std::string(1, char(std::stoi(piece.substr(3, 2), nullptr, 16)));
-  return piece;
-}
 // Well-formed UTF-8 (no check of overlong forms: only whether a server could show it as is).
 inline bool is_valid_utf8(std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
@@ -215,13 +209,14 @@ class remote_base {
       throw shape_error("remote_base: room for " + std::to_string(std::min(ids.size(), lps.size())) +
                         " top-k entries, " + std::to_string(n * k) + " needed");
     std::vector<http_response> replies = client_->wait();
-    std::vector<std::size_t> failed;
+    std::vector<std::size_t> asked(n), failed;  // replies[i] answers pending row asked[i]
+    std::iota(asked.begin(), asked.end(), std::size_t{0});
     std::string last_problem;
     const auto first_failure = std::chrono::steady_clock::now();
     for (int attempt = 0;; ++attempt) {
       failed.clear();
       for (std::size_t i = 0; i < replies.size(); ++i) {
-        const std::size_t j = attempt == 0 ? i : retry_[i];
+        const std::size_t j = asked[i];
         const std::size_t row = std::size_t(s.pending[j]);
         const remote_server& server = server_of(row);
         if (auto problem = read_reply(server, replies[i], std::span<token_id>(ids.data() + j * k, k),
@@ -236,12 +231,12 @@ class remote_base {
         throw remote_error("remote base: no usable answer for row " + std::to_string(s.pending[failed[0]]) + " after " +
                            std::to_string(attempt + 1) + " tries in " + format_seconds(waited) + " (give_up_after_s " +
                            format_seconds(options_.give_up_after_s) + "); last: " + last_problem);
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 25 << std::min(attempt, 6))));
-      retry_ = failed;
+      back_off(attempt);
+      asked.swap(failed);
       std::vector<http_request> again;
-      for (std::size_t j : failed) again.push_back(request_for(s, std::size_t(s.pending[j])));
-      requests_ += again.size();
-      replies = client_->run(std::move(again));
+      for (std::size_t j : asked) again.push_back(request_for(s, std::size_t(s.pending[j])));
+      ask(std::move(again));
+      replies = client_->wait();
     }
     s.pending.clear();
   }
@@ -251,6 +246,17 @@ class remote_base {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f s", s);
     return buf;
+  }
+
+  // 25 ms, doubling to a second: a restarting server is found within a second of coming back
+  static void back_off(int attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 25 << std::min(attempt, 6))));
+  }
+
+  // Starts a batch of requests, counted in requests_sent().
+  void ask(std::vector<http_request> batch) const {
+    requests_ += batch.size();
+    client_->start(std::move(batch));
   }
 
   const remote_server& server_of(std::size_t row) const { return servers_[row % servers_.size()]; }
@@ -280,8 +286,7 @@ class remote_base {
     std::vector<http_request> batch;
     batch.reserve(s.pending.size());
     for (int row : s.pending) batch.push_back(request_for(s, std::size_t(row)));
-    requests_ += batch.size();
-    client_->start(std::move(batch));
+    ask(std::move(batch));
   }
 
   // Fills ids/lps from a reply; returns what went wrong when asking again may help.
@@ -312,7 +317,7 @@ class remote_base {
         throw remote_error(url + ": " +
                            (r.completed() ? "still loading (HTTP 503)" : "cannot connect (" + r.transport_error + ")") +
                            " after " + format_seconds(waited) + "; is the server running?");
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 25 << std::min(attempt, 6))));
+      back_off(attempt);
     }
   }
 
@@ -384,7 +389,7 @@ class remote_base {
         batch.push_back({s.url + "/detokenize", nlohmann::json{{"tokens", {ids[i]}}}.dump()});
       const std::vector<http_response> replies = client_->run(std::move(batch));
       for (std::size_t i = at; i < end; ++i) {
-        const std::string local = detail::token_text(table[ids[i]]);
+        const std::string local = llama2c_tokenizer::piece_bytes(table[ids[i]]);  // as /detokenize shows it
         if (!detail::is_valid_utf8(local)) continue;  // the server shows a partial byte as U+FFFD
         const http_response& r = replies[i - at];
         if (!r.completed()) throw remote_error(s.url + "/detokenize: no answer (" + r.transport_error + ")");
@@ -405,7 +410,6 @@ class remote_base {
   std::vector<remote_server> servers_;
   std::unique_ptr<http_batch_client> client_;
   mutable std::size_t requests_ = 0;
-  mutable std::vector<std::size_t> retry_;  // pending index of each retried request
 };
 
 static_assert(SparsePolicy<remote_base>);

@@ -166,6 +166,11 @@ class llama2c_tokenizer {
   std::string decode_piece(token_id prev, token_id id) const {
     std::string_view p = pieces_.at(check(id));
     if (prev == bos_id && !p.empty() && p[0] == ' ') p.remove_prefix(1);
+    return piece_bytes(p);
+  }
+
+  /// The bytes a stored piece stands for: a <0xHH> byte piece as that byte, others as they are.
+  static std::string piece_bytes(std::string_view p) {
     if (p.size() == 6 && p.substr(0, 3) == "<0x" && p[5] == '>' && is_hex(p[3]) && is_hex(p[4]))
       return std::string(1, static_cast<char>(hex(p[3]) * 16 + hex(p[4])));
     return std::string(p);
