@@ -1,208 +1,338 @@
 // SPDX-License-Identifier: MIT
-// The `ipa` command line: `ipa generate` decodes a base (+ adapters) on prompts, `ipa tokenize`
-// prints token ids. Run `ipa --help` for the options.
-#include <algorithm>
+// The `ipa` command line: generate, train, eval, convert and tokenize. This file only reads the
+// command line (CLI11) into the structs of cli/options.hpp; cli/*.cpp run them. `ipa --help`,
+// `ipa COMMAND --help` and `ipa --version` say the rest.
+#include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <optional>
+#include <limits>
 #include <string>
-#include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include <CLI/CLI.hpp>
 
-#include <ipa/ipa.hpp>
-#include <ipa/text/gpt2_tokenizer.hpp>
+#include <ipa/version.hpp>
 
-#include "cli/common.hpp"
+#include "cli/options.hpp"
 
 namespace {
 
-using ipa_cli::args;
-using ipa_cli::parse_number;
 using ipa_cli::usage_error;
 
-constexpr const char* usage = R"(usage:
-  ipa generate --base MODEL [--tokenizer TOK] [--adapter ADAPTER [--alpha X]]...
-               (--prompt TEXT)... | --prompts-file FILE
-               [--max-new-tokens N] [--min-new-tokens N] [--temperature T] [--top-k K]
-               [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]
-  ipa train    --base MODEL --reward SPEC --prompts FILE --out DIR [--algo ALGO]
-               [--steps N] [--max-minutes X] [--adapter-init zero|base|ADAPTER] [--resume] ...
-  ipa eval     --base MODEL --reward SPEC --prompts FILE [--adapter ADAPTER [--alpha X]]...
-               [--samples K] ...
-  ipa convert  --model MODEL --to gguf|gguf-f16|hf --out PATH [--tokenizer TOK]
-  ipa tokenize --tokenizer TOK --text TEXT     (TOK: tokenizer.bin, or a GPT-2 BPE folder / tokenizer.json)
+constexpr double inf = std::numeric_limits<double>::infinity();
+constexpr double float_max = std::numeric_limits<float>::max();
 
-MODEL is an http:// URL of an inference server (see below), a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture;
-F32, F16, Q8_0) or a Hugging Face Llama or GPT-2 folder (config.json + safetensors); TOK its
-tokenizer (default: the GGUF's own, else the tokenizer.bin next to MODEL, else the HF folder's
-vocab.json + merges.txt / tokenizer.json). `ipa train`/`eval` take Llama models. ADAPTER is a
-Llama model in any of those formats or a folder written by `ipa train` (OUT/adapter: its alpha
-and control token come from its config.json). An adapter that stores a tokenizer (GGUF, a
-tokenizer.bin beside it) is checked against the base's token table; tables that differ only by
-appended tokens or padding are mapped, and ids the adapter lacks are banned. Each --alpha
-weights the --adapter before it (negative makes an anti-expert). --temperature 0 decodes
-greedily. Prompts decode together as one batch; each continuation is printed as llama2.c's
-run.c prints it, or as one JSON object per line with --json (prompt, text, prompt_ids, ids,
-logprobs, tailored_logprobs, finish_reason). `ipa train --help` and `ipa eval --help` list
-their options.
-
-)";
-
-int tokenize(args& a) {
-  std::string tok_path;
-  std::optional<std::string> text;
-  while (!a.done()) {
-    const std::string f = a.flag();
-    if (f == "--tokenizer") tok_path = a.value(f);
-    else if (f == "--text") text = a.value(f);
-    else throw usage_error("unknown option for tokenize: " + f);
-  }
-  if (tok_path.empty() || !text) throw usage_error("tokenize needs --tokenizer and --text");
-  // GPT-2's byte-level BPE (a folder of its files, a tokenizer.json, a GGUF holding one) adds
-  // no BOS; a llama2.c tokenizer.bin or a SentencePiece GGUF puts BOS first.
-  std::vector<ipa::token_id> ids;
-  if (ipa_cli::has_gpt2_tokenizer(tok_path))
-    ids = (ipa_cli::is_gguf(tok_path) ? ipa::load_gguf_gpt2_tokenizer(ipa::gguf_file::load(tok_path))
-                                      : ipa::gpt2_tokenizer::load(tok_path))
-              .encode(*text);
-  else if (ipa_cli::is_gguf(tok_path)) ids = ipa::load_gguf_tokenizer(ipa::gguf_file::load(tok_path)).encode(*text);
-  else ids = ipa::llama2c_tokenizer::load(tok_path).encode(*text);
-  for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
-  std::printf("\n");
-  return 0;
+std::string shown(double x) {
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
 }
 
-int generate(args& a) {
-  std::string base_path, tok_path, prompts_file;
-  std::vector<std::string> prompts, adapter_paths;
+/// A finite number in [lo, hi], or in (lo, hi] when `above_lo`. Every number goes through here:
+/// CLI11 2.1's own Range lets NaN through, and it reads a float that overflows as inf.
+CLI::Validator number_in(double lo, double hi, bool above_lo = false) {
+  const std::string range = (above_lo ? "(" : "[") + shown(lo) + ", " + shown(hi) + (std::isinf(hi) ? ")" : "]");
+  return CLI::Validator(
+      [lo, hi, above_lo, range](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = text.empty() ? NAN : std::strtod(text.c_str(), &end);  // underflow to 0 is fine
+        if (text.empty() || end != text.c_str() + text.size()) return "expects a number, found '" + text + "'";
+        if (!std::isfinite(v) || v < lo || v > hi || (above_lo && v == lo))
+          return "expects a finite number in " + range + ", found '" + text + "'";
+        return {};
+      },
+      "in " + range);
+}
+
+/// A finite number in (0, hi].
+CLI::Validator positive_up_to(double hi) { return number_in(0, hi, true); }
+
+/// A whole number in [lo, hi]. (CLI11 2.1 reads "-1" into an unsigned option as 2^64 - 1.)
+CLI::Validator whole_in(std::uint64_t lo, std::uint64_t hi = std::numeric_limits<std::uint64_t>::max()) {
+  const std::string range = hi == std::numeric_limits<std::uint64_t>::max()
+                                ? ">= " + std::to_string(lo)
+                                : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        std::uint64_t v = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (ec != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
+          return "expects a whole number " + range + ", found '" + text + "'";
+        return {};
+      },
+      lo == 0 && hi == std::numeric_limits<std::uint64_t>::max() ? "" : range);
+}
+
+constexpr std::uint64_t int_max = std::numeric_limits<int>::max();
+
+/// The alpha of each --adapter: the --alpha that follows it on the command line, else NaN
+/// ("the adapter folder's own, else 1").
+std::vector<float> pair_alphas(const CLI::App& sub, const CLI::Option* adapter, const CLI::Option* alpha,
+                               const std::vector<float>& alpha_values) {
   std::vector<float> alphas;
-  ipa::generation_config cfg;
-  cfg.max_new_tokens = 256;
-  float temperature = 1.0f, repetition = 1.0f;
-  long long top_k = 0, seed = 42;
-  double top_p = 1.0, min_p = 0.0;
-  bool json = false;
-  ipa_cli::remote_flags remote;
-  while (!a.done()) {
-    const std::string f = a.flag();
-    if (remote.take(f, a)) continue;
-    if (f == "--base") base_path = a.value(f);
-    else if (f == "--tokenizer") tok_path = a.value(f);
-    else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(NAN);
-    else if (f == "--alpha") {
-      if (alphas.empty()) throw usage_error("--alpha must follow the --adapter it weights");
-      alphas.back() = parse_number<float>(f, a.value(f));
-      ipa::check_alpha(alphas.back(), "--alpha");
-    } else if (f == "--prompt") prompts.push_back(a.value(f));
-    else if (f == "--prompts-file") prompts_file = a.value(f);
-    else if (f == "--max-new-tokens") cfg.max_new_tokens = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--min-new-tokens") cfg.min_new_tokens = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--temperature") temperature = parse_number<float>(f, a.value(f));
-    else if (f == "--top-k") top_k = parse_number<long long>(f, a.value(f));
-    else if (f == "--top-p") top_p = parse_number<double>(f, a.value(f));
-    else if (f == "--min-p") min_p = parse_number<double>(f, a.value(f));
-    else if (f == "--repetition-penalty") repetition = parse_number<float>(f, a.value(f));
-    else if (f == "--seed") seed = parse_number<long long>(f, a.value(f));
-    else if (f == "--json") json = true;
-    else throw usage_error("unknown option for generate: " + f);
-  }
-  if (base_path.empty()) throw usage_error("generate needs --base MODEL");
-  if (!prompts_file.empty()) {
-    std::ifstream in(prompts_file);
-    if (!in) throw ipa::io_error(prompts_file + ": cannot open prompts file");
-    for (std::string line; std::getline(in, line);) prompts.push_back(line);
-  }
-  if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");
-  cfg.repetition_penalty = repetition;
-  if (!(temperature >= 0.0f))
-    throw ipa::config_error("--temperature must be >= 0, found " + std::to_string(temperature));
-
-  // decodes with a base (local or remote) and its tokenizer, prints the continuations
-  auto decode = [&](const auto& decoder, const ipa_cli::any_tokenizer& tok, const ipa_cli::loaded_adapters& adapters) {
-    ipa::prompt_list ids;
-    for (const auto& p : prompts) ids.push_back(tok.encode_prompt(p));
-    const std::vector<ipa::prompt_list> adapter_prompts = adapters.prompts_for(ids);
-    tok.set_stops(cfg);
-
-    ipa::xoshiro256 rng(static_cast<std::uint64_t>(seed));
-    // Validate sampling parameters even when greedy ignores them.
-    auto sampler = ipa::make_standard_sampler(temperature > 0 ? temperature : 1.0f, top_k, top_p, min_p);
-    ipa::rollout r;
-    if (temperature == 0.0f) {
-      ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-      r = decoder.generate(ids, cfg, pick, rng, adapter_prompts);
-    } else {
-      r = decoder.generate(ids, cfg, sampler, rng, adapter_prompts);
+  std::size_t next = 0;
+  bool weighted = false;  // the last --adapter already has its --alpha
+  for (const CLI::Option* o : sub.parse_order()) {
+    if (o == adapter) {
+      alphas.push_back(NAN);
+      weighted = false;
+    } else if (o == alpha) {
+      if (alphas.empty() || weighted) throw usage_error("--alpha must follow the --adapter it weights");
+      alphas.back() = alpha_values.at(next++);
+      weighted = true;
     }
-
-    for (std::size_t b = 0; b < ids.size(); ++b) {
-      std::vector<ipa::token_id> response = r.response(b);
-      const bool ended_by_token =
-          r.finish[b] == ipa::finish_reason::eos || r.finish[b] == ipa::finish_reason::stop_token;
-      std::vector<ipa::token_id> shown(response.begin(), response.end() - (ended_by_token ? 1 : 0));
-      if (json) {
-        nlohmann::json j;
-        j["prompt"] = prompts[b];
-        j["text"] = tok.text(ids[b].back(), shown);
-        j["prompt_ids"] = ids[b];
-        j["ids"] = response;
-        std::vector<float> lp, tlp;
-        for (std::size_t t = 0; t < response.size(); ++t)
-          lp.push_back(r.log_probs(b, t)), tlp.push_back(r.tailored_log_probs(b, t));
-        j["logprobs"] = lp;
-        j["tailored_logprobs"] = tlp;
-        j["finish_reason"] = ipa::to_string(r.finish[b]);
-        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
-      } else {
-        std::cout << tok.shown(ids[b], shown) << '\n';
-      }
-    }
-    return 0;
-  };
-
-  if (ipa_cli::is_url(base_path)) {
-    ipa_cli::require_remote_build(base_path);
-#if IPA_CLI_REMOTE
-    const ipa::remote_base base = ipa_cli::connect_remote(base_path, tok_path, remote);
-    const ipa_cli::any_tokenizer tok(tok_path, tok_path, base.vocab_size());
-    base.check_tokens(tok.table());
-    const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());
-    return decode(ipa::ipa_decoder<ipa::remote_base, ipa::vocab_mapped<ipa::llama_model>>(base, adapters.experts), tok,
-                  adapters);
-#endif
   }
-  const ipa::any_model base = ipa_cli::load_any_model(base_path);
-  const ipa_cli::any_tokenizer tok(base_path, tok_path, base.vocab_size());
-  const ipa_cli::loaded_adapters adapters(adapter_paths, alphas, tok.table(), base.vocab_size());
-  return decode(ipa::ipa_decoder(base, adapters.experts), tok, adapters);
+  return alphas;
+}
+
+void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
+  const char* group = "Base behind a server (--base http://HOST:PORT[/v1][,URL2...])";
+  sub.add_option("--base-top-k", r.top_k, "log-probs the server returns per step")
+      ->check(whole_in(1, 1 << 20))
+      ->group(group);
+  sub.add_option("--base-protocol", r.protocol,
+                 "llama (native /completion) or openai (/v1/completions); default: from the URL")
+      ->check(CLI::IsMember({"llama", "openai"}))
+      ->group(group);
+  sub.add_option("--base-give-up-after", r.give_up_after_s,
+                 "seconds without a usable answer before the run ends (train: --resume continues it)")
+      ->check(positive_up_to(1e9))
+      ->group(group);
+}
+
+constexpr const char* model_formats =
+    R"(MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture; F32, F16,
+Q8_0), a Hugging Face Llama or GPT-2 folder (config.json + safetensors), or the http:// URL of an inference
+server: llama.cpp's llama-server (http://HOST:PORT, native /completion) or an OpenAI-compatible
+/v1/completions (http://HOST:PORT/v1: vLLM with --return-tokens-as-token-ids, llama-server's /v1); several
+servers as URL1,URL2 (rows are spread over them; --tokenizer is then required). TOK is a tokenizer.bin, a
+GGUF, or a GPT-2 BPE folder / tokenizer.json; by default the GGUF's own, else the tokenizer.bin next to
+MODEL, else the HF folder's vocabulary files. ADAPTER is a Llama model in any of those formats or a folder
+written by `ipa train` (OUT/adapter: its alpha and control token come from its config.json). An adapter that
+stores a tokenizer is checked against the base's token table; tables that differ only by appended tokens or
+padding are mapped, and ids the adapter lacks are banned. A negative --alpha makes an anti-expert.)";
+
+constexpr const char* reward_spec =
+    R"(Reward SPEC: TERM ('+' TERM)*, TERM = [W '*'] NAME ':' ARGS with avoid:w1,w2  keywords:k1,k2|k2s
+keywords-all:...  length:N  distinct:N  cmd:COMMAND.)";
+
+void add_tokenize(CLI::App& app, ipa_cli::tokenize_options& o) {
+  CLI::App* sub = app.add_subcommand("tokenize", "Print the token ids of a text");
+  sub->add_option("--tokenizer", o.tokenizer, "TOK: tokenizer.bin, a GGUF, or a GPT-2 BPE folder / tokenizer.json")
+      ->required();
+  sub->add_option("--text", o.text, "the text")->required();
+}
+
+void add_generate(CLI::App& app, ipa_cli::generate_options& o, std::vector<float>& alpha_values, CLI::Option*& adapter,
+                  CLI::Option*& alpha) {
+  CLI::App* sub = app.add_subcommand("generate", "Decode a base model (+ adapters) on prompts");
+  sub->add_option("--base", o.base, "MODEL: the base model (see below)")->required();
+  sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer (see below)");
+  adapter = sub->add_option("--adapter", o.adapters.paths, "ADAPTER: an adapter model (repeatable)")
+                ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+                ->allow_extra_args(false);
+  alpha = sub->add_option("--alpha", alpha_values, "weight of the --adapter before it (default: its folder's, else 1)")
+              ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+              ->allow_extra_args(false)
+              ->check(number_in(-1e6, 1e6));
+  sub->add_option("--prompt", o.prompts, "a prompt (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
+  sub->add_option("--prompts-file", o.prompts_file, "FILE: one prompt per line (an empty line: an empty prompt)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate at most")->check(whole_in(0, 1 << 24));
+  sub->add_option("--min-new-tokens", o.min_new_tokens, "no end of text before this many")->check(whole_in(0, 1 << 24));
+  sub->add_option("--temperature", o.temperature, "0 decodes greedily")->check(number_in(0, float_max));
+  sub->add_option("--top-k", o.top_k, "keep the K likeliest tokens (0: all)")->check(whole_in(0, int_max));
+  sub->add_option("--top-p", o.top_p, "nucleus sampling: the smallest set with this mass")->check(positive_up_to(1));
+  sub->add_option("--min-p", o.min_p, "drop tokens below P times the likeliest's probability")->check(number_in(0, 1));
+  sub->add_option("--repetition-penalty", o.repetition_penalty, "CTRL's penalty on tokens already present")
+      ->check(positive_up_to(float_max));
+  sub->add_option("--seed", o.seed, "sampling seed")->check(whole_in(0));
+  sub->add_option("--batch", o.batch, "prompts decoded together (a base behind a server: at most its slots)")
+      ->check(whole_in(1, 1 << 16));
+  sub->add_flag("--json", o.json,
+                "one JSON object per line (prompt, text, prompt_ids, ids, logprobs, tailored_logprobs, finish_reason)");
+  add_remote_options(*sub, o.remote);
+  sub->footer(std::string("\n") + model_formats +
+              "\n\nPrompts decode in batches of --batch; each continuation is printed as llama2.c's run.c prints it "
+              "(or as JSON), batch by batch, with progress on stderr when there is more than one batch.");
+}
+
+void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CLI::Option*& max_minutes,
+               double& minutes) {
+  ipa_cli::train_options& o = r.options;
+  CLI::App* sub = app.add_subcommand("train", "Train an adapter against a reward (checkpoints, exact --resume)");
+  sub->add_option("--base", o.base, "MODEL: the frozen base (Llama architecture, or a URL)");
+  sub->add_option("--tokenizer", o.tokenizer, "TOK: default: the GGUF's own, else tokenizer.bin next to MODEL");
+  sub->add_option("--reward", o.reward, "SPEC: what to maximise (see below)");
+  sub->add_option("--prompts", o.prompts, "FILE: training prompts, one per line")->check(CLI::ExistingFile);
+  sub->add_option("--out", o.out, "DIR: where the run lives (metrics.jsonl, checkpoint-N/, adapter/)")->required();
+  sub->add_flag("--resume", r.resume, "continue the run saved in DIR (its stored options win, except --steps)");
+  sub->add_option("--algo", o.algo, "rloo (the most sample-efficient here), quark (the paper's), ppo, reinforce, grpo")
+      ->check(CLI::IsMember({"rloo", "quark", "ppo", "reinforce", "grpo"}));
+  steps =
+      sub->add_option("--steps", o.steps, "RL iterations in all (with --resume: up to N in all)")->check(whole_in(0));
+  max_minutes = sub->add_option("--max-minutes", minutes, "stop cleanly (and save) after this many minutes")
+                    ->check(positive_up_to(1e9))
+                    ->default_str("none");
+  sub->add_option("--adapter-init", o.adapter_init,
+                  "zero (a fresh adapter whose tailored policy starts equal to the base), base (a copy of the "
+                  "base), or an adapter folder / model file");
+  const char* shape = "Shape of a zero adapter";
+  sub->add_option("--adapter-dim", o.adapter_dim, "model width")->check(whole_in(1, 1 << 16))->group(shape);
+  sub->add_option("--adapter-layers", o.adapter_layers, "layers")->check(whole_in(1, 1024))->group(shape);
+  sub->add_option("--adapter-heads", o.adapter_heads, "attention heads")->check(whole_in(1, 1024))->group(shape);
+  sub->add_flag("--tune-base", o.tune_base, "no fusion: fine-tune a copy of the base itself (the costly baseline)");
+  sub->add_option("--alpha", o.alpha, "adapter weight")->check(number_in(-1e6, 1e6));
+  sub->add_option("--lr", o.lr, "peak learning rate")->check(number_in(0, 1e3));
+  sub->add_option("--warmup", o.warmup, "linear warm-up steps")->check(whole_in(0));
+  sub->add_option("--decay", o.decay, "learning-rate decay after the warm-up")
+      ->check(CLI::IsMember({"constant", "linear", "cosine"}));
+  sub->add_option("--batch", o.batch, "prompts per step")->check(whole_in(1, 1 << 20));
+  sub->add_option("--samples-per-prompt", o.samples_per_prompt, "samples per prompt (0: rloo/grpo 4, else 1)")
+      ->check(whole_in(0, 1 << 20));
+  sub->add_option("--max-new-tokens", o.max_new_tokens, "response length at most")->check(whole_in(1, 1 << 24));
+  sub->add_option("--temperature", o.temperature, "sampling temperature of the rollouts")
+      ->check(positive_up_to(float_max));
+  sub->add_option("--top-p", o.top_p, "nucleus sampling of the rollouts")->check(positive_up_to(1));
+  sub->add_option("--kl-coef", o.kl_coef, "KL(pi || base) weight")->check(number_in(0, 1e6));
+  sub->add_option("--kl-target", o.kl_target, "a target KL makes the weight adaptive (0: fixed)")
+      ->check(number_in(0, 1e6));
+  sub->add_option("--entropy-coef", o.entropy_coef, "Quark's entropy bonus")->check(number_in(0, 1e6));
+  sub->add_option("--bins", o.bins, "Quark's reward quantiles")->check(whole_in(1, 1024));
+  sub->add_option("--quark-updates", o.quark_updates, "Quark's gradient steps on the pool per rollout")
+      ->check(whole_in(1, 1 << 20));
+  sub->add_option("--pool", o.pool, "Quark's pool: samples kept")->check(whole_in(1));
+  sub->add_option("--ppo-epochs", o.ppo_epochs, "PPO's passes over a rollout")->check(whole_in(1, 1 << 20));
+  sub->add_option("--clip", o.clip, "PPO's clipping epsilon")->check(number_in(0, 1e3));
+  sub->add_option("--gamma", o.gamma, "discount")->check(number_in(0, 1));
+  sub->add_option("--lambda", o.lambda,
+                  "GAE lambda (1: the end-of-text reward reaches every token; 0.95 starves early tokens)")
+      ->check(number_in(0, 1));
+  sub->add_option("--freeze", o.frozen, "keep a tensor fixed (repeatable), e.g. tok_embeddings")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
+  sub->add_option("--micro-batch", o.micro_batch, "samples per forward/backward (0: all; gradient accumulation)")
+      ->check(whole_in(0, 1 << 20));
+  sub->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only at the end)")->check(whole_in(0));
+  sub->add_option("--seed", o.seed, "seed of the run")->check(whole_in(0));
+  add_remote_options(*sub, o.remote);
+  sub->footer(std::string("\nWrites DIR/metrics.jsonl (one JSON line per step), DIR/checkpoint-N/ and DIR/adapter (for "
+                          "`ipa generate --adapter DIR/adapter`). --base, --reward and --prompts are required unless "
+                          "--resume.\n") +
+              reward_spec);
+}
+
+void add_eval(CLI::App& app, ipa_cli::eval_options& o, std::vector<float>& alpha_values, CLI::Option*& adapter,
+              CLI::Option*& alpha) {
+  CLI::App* sub = app.add_subcommand("eval", "Mean reward, base perplexity and distinct-1/2 of sampled continuations");
+  sub->add_option("--base", o.base, "MODEL: the base (Llama architecture, or a URL)")->required();
+  sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer");
+  sub->add_option("--reward", o.reward, "SPEC: the reward (see below)")->required();
+  sub->add_option("--prompts", o.prompts, "FILE: prompts, one per line")->required()->check(CLI::ExistingFile);
+  adapter = sub->add_option("--adapter", o.adapters.paths, "ADAPTER: an adapter (repeatable)")
+                ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+                ->allow_extra_args(false);
+  alpha = sub->add_option("--alpha", alpha_values, "weight of the --adapter before it")
+              ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+              ->allow_extra_args(false)
+              ->check(number_in(-1e6, 1e6));
+  sub->add_option("--samples", o.samples, "samples per prompt")->check(whole_in(1, 1 << 20));
+  sub->add_option("--max-new-tokens", o.max_new_tokens, "tokens per continuation at most")->check(whole_in(1, 1 << 24));
+  sub->add_option("--temperature", o.temperature, "sampling temperature")->check(positive_up_to(float_max));
+  sub->add_option("--top-p", o.top_p, "nucleus sampling")->check(positive_up_to(1));
+  sub->add_option("--seed", o.seed, "sampling seed")->check(whole_in(0));
+  sub->add_option("--policy", o.policy,
+                  "MODEL: sample from this model alone instead of the base (+ adapters), e.g. OUT/adapter of "
+                  "`ipa train --tune-base`; perplexity is still the base's")
+      ->excludes(adapter);
+  sub->add_option("--ban-words", o.banned_words,
+                  "w1,w2: ban the words at decoding time (' word' and ' Word' as token sequences, as Hugging "
+                  "Face's bad_words_ids): the decoding-time baseline")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
+  sub->add_option("--prompt-suffix", o.prompt_suffix, "TEXT: appended to every prompt");
+  sub->add_flag("--json", o.json, "print the summary as one JSON object");
+  add_remote_options(*sub, o.remote);
+  sub->footer(std::string("\n") + reward_spec);
+}
+
+void add_convert(CLI::App& app, ipa_cli::convert_options& o) {
+  CLI::App* sub = app.add_subcommand("convert", "Write a model as GGUF (F32 or F16) or as a Hugging Face folder");
+  sub->add_option("--model", o.model, "MODEL: a model file or folder")->required();
+  sub->add_option("--to", o.to, "gguf, gguf-f16 or hf")->required()->check(CLI::IsMember({"gguf", "gguf-f16", "hf"}));
+  sub->add_option("--out", o.out, "PATH: the file (GGUF) or folder (hf) to write")->required();
+  sub->add_option("--tokenizer", o.tokenizer, "TOK: stored in a GGUF (default: the model's own, if any)");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  args a;
-  for (int i = 1; i < argc; ++i) a.items.emplace_back(argv[i]);
+  CLI::App app("ipa " IPA_VERSION_STRING
+               ": Inference-Time Policy Adapters (Lu et al. 2023). A frozen base model is decoded in "
+               "lockstep with small adapters (logits added, weighted by alpha); the adapters are trained with RL.",
+               "ipa");
+  app.set_version_flag("--version", "ipa " IPA_VERSION_STRING);
+  app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();  // --help shows each option's default
+  // an option given twice: the last one wins (repeatable ones, like --prompt, take every value)
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+
+  ipa_cli::tokenize_options tokenize;
+  ipa_cli::generate_options generate;
+  ipa_cli::train_request train;
+  ipa_cli::eval_options eval;
+  ipa_cli::convert_options convert;
+  std::vector<float> generate_alphas, eval_alphas;
+  CLI::Option *generate_adapter = nullptr, *generate_alpha = nullptr, *eval_adapter = nullptr, *eval_alpha = nullptr;
+  CLI::Option *steps = nullptr, *max_minutes = nullptr;
+  double minutes = 0;
+  add_generate(app, generate, generate_alphas, generate_adapter, generate_alpha);
+  add_train(app, train, steps, max_minutes, minutes);
+  add_eval(app, eval, eval_alphas, eval_adapter, eval_alpha);
+  add_convert(app, convert);
+  add_tokenize(app, tokenize);
+
+  const std::string command = argc > 1 ? argv[1] : "";
+  const std::string help = app.get_subcommands([&](CLI::App* s) { return s->get_name() == command; }).empty()
+                               ? "ipa --help"
+                               : "ipa " + command + " --help";
   try {
-    if (a.done()) throw usage_error("missing command");
-    const std::string cmd = a.flag();
-    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-      std::cout << usage << ipa_cli::remote_usage;
-      return 0;
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+      return app.exit(CLI::CallForHelp());
+    } catch (const CLI::CallForAllHelp&) {
+      return app.exit(CLI::CallForAllHelp());
+    } catch (const CLI::CallForVersion& e) {
+      return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+      throw usage_error(e.what());
     }
-    if (cmd == "generate") return generate(a);
-    if (cmd == "tokenize") return tokenize(a);
-    if (cmd == "train") return ipa_cli::train(a);
-    if (cmd == "eval") return ipa_cli::eval(a);
-    if (cmd == "convert") return ipa_cli::convert(a);
-    throw usage_error("unknown command '" + cmd + "'");
+    const CLI::App* sub = app.get_subcommands().front();
+    const std::string name = sub->get_name();
+    if (name == "tokenize") return ipa_cli::tokenize(tokenize);
+    if (name == "generate") {
+      generate.adapters.alphas = pair_alphas(*sub, generate_adapter, generate_alpha, generate_alphas);
+      return ipa_cli::generate(generate);
+    }
+    if (name == "train") {
+      if (steps->count()) train.steps = train.options.steps;
+      if (max_minutes->count()) train.max_minutes = minutes;
+      return ipa_cli::train(train);
+    }
+    if (name == "eval") {
+      eval.adapters.alphas = pair_alphas(*sub, eval_adapter, eval_alpha, eval_alphas);
+      return ipa_cli::eval(eval);
+    }
+    return ipa_cli::convert(convert);
   } catch (const usage_error& e) {
-    std::cerr << "ipa: " << e.what() << "\n" << usage;
+    std::cerr << "ipa: " << e.what() << "\nRun '" << help << "' for the options.\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "ipa: error: " << e.what() << "\n";

@@ -45,13 +45,125 @@ if(rc OR NOT out STREQUAL "1 403 407 261 378\n")
   message(FATAL_ERROR "ipa tokenize printed '${out}'")
 endif()
 
-# bad parameters: a clear message and a non-zero exit
-foreach(bad "--top-p;0" "--top-p;1.5" "--alpha;1" "--temperature;-1" "--max-new-tokens;x")
-  execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" ${bad} ERROR_VARIABLE err RESULT_VARIABLE rc)
-  if(rc EQUAL 0 OR NOT err MATCHES "ipa:")
-    message(FATAL_ERROR "ipa generate ${bad} should fail with a message, got rc=${rc}: ${err}")
+# The parser: help for ipa and every subcommand, the version, and a bad value of each kind
+# (bad value -> "ipa: <option>: <what was expected>, found '<value>'" and exit status 2).
+execute_process(COMMAND ${IPA} --version OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(rc OR NOT out STREQUAL "ipa ${VERSION}\n")
+  message(FATAL_ERROR "ipa --version printed '${out}' (rc=${rc}), expected 'ipa ${VERSION}'")
+endif()
+execute_process(COMMAND ${IPA} --help OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+foreach(sub generate train eval convert tokenize)
+  if(rc OR NOT out MATCHES "\n  ${sub} ")
+    message(FATAL_ERROR "ipa --help (rc=${rc}) does not list ${sub}:\n${out}")
   endif()
 endforeach()
+foreach(case "generate;--max-new-tokens;--base-top-k;MODEL is" "train;--kl-coef;--resume;Reward SPEC"
+             "eval;--samples;--ban-words;Reward SPEC" "convert;--to;--out;gguf-f16" "tokenize;--text;--tokenizer;TOK")
+  list(GET case 0 sub)
+  list(SUBLIST case 1 -1 expected)
+  execute_process(COMMAND ${IPA} ${sub} --help OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "ipa ${sub} --help: rc=${rc}")
+  endif()
+  foreach(text ${expected})
+    string(FIND "${out}" "${text}" at)
+    if(at EQUAL -1)
+      message(FATAL_ERROR "ipa ${sub} --help does not mention ${text}:\n${out}")
+    endif()
+  endforeach()
+endforeach()
+execute_process(COMMAND ${IPA} ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "subcommand is required")
+  message(FATAL_ERROR "ipa alone: rc=${rc}: ${err}")
+endif()
+
+foreach(case  # option;value;what the message must say
+    "--max-new-tokens;x;--max-new-tokens: expects a whole number in \\[0, 16777216\\], found 'x'"
+    "--max-new-tokens;-1;--max-new-tokens: expects a whole number in .*, found '-1'"
+    "--max-new-tokens;1.5;--max-new-tokens: .*found '1.5'"
+    "--seed;18446744073709551616;--seed: expects a whole number >= 0, found '18446744073709551616'"
+    "--top-p;1.5;--top-p: expects a finite number in \\(0, 1\\], found '1.5'"
+    "--top-p;0;--top-p: expects a finite number in \\(0, 1\\], found '0'"
+    "--temperature;-1;--temperature: expects a finite number in \\[0, .*found '-1'"
+    "--temperature;nan;--temperature: expects a finite number"
+    "--temperature;1e39;--temperature: .*found '1e39'"
+    "--min-p;abc;--min-p: expects a number, found 'abc'"
+    "--alpha;1;--alpha must follow the --adapter it weights"
+    "--base-protocol;grpc;--base-protocol: grpc not in {llama,openai}"
+    "--prompts-file;/no/such/file;--prompts-file: File does not exist: /no/such/file"
+    "--no-such-option;1;The following arguments? w.* not expected: .*--no-such-option")
+  list(GET case 0 option)
+  list(GET case 1 value)
+  list(GET case 2 expected)
+  execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" ${option} ${value} ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 2 OR NOT err MATCHES "^ipa: ${expected}")
+    message(FATAL_ERROR "ipa generate ${option} ${value}: expected exit 2 and 'ipa: ${expected}', got rc=${rc}: ${err}")
+  endif()
+endforeach()
+foreach(case "generate;--prompt;x;--base is required" "convert;--model;m;--to is required"
+             "convert;--to;onnx;--to: onnx not in {gguf,gguf-f16,hf}" "train;--steps;5;--out is required"
+             "eval;--samples;0;--samples: expects a whole number in \\[1, ")
+  list(GET case 0 sub)
+  list(GET case 1 option)
+  list(GET case 2 value)
+  list(GET case 3 expected)
+  execute_process(COMMAND ${IPA} ${sub} ${option} ${value} ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 2 OR NOT err MATCHES "^ipa: ${expected}.*Run 'ipa ${sub} --help'")
+    message(FATAL_ERROR "ipa ${sub} ${option} ${value}: expected exit 2 and 'ipa: ${expected}', got rc=${rc}: ${err}")
+  endif()
+endforeach()
+# numbers at the edges of their types parse as numbers
+execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" --min-p 5e-324 --seed 18446744073709551615
+                        --max-new-tokens 4 OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(rc OR out STREQUAL "")
+  message(FATAL_ERROR "--min-p 5e-324 --seed 18446744073709551615 should run: rc=${rc}: ${err}")
+endif()
+
+# A prompts file: empty -> a clear error naming it; long -> decoded batch by batch with progress
+# on stderr, stdout clean, memory bounded, the same greedy text whatever the batch size.
+file(WRITE ${WORK}/empty.txt "")
+execute_process(COMMAND ${IPA} generate ${common} --prompts-file ${WORK}/empty.txt ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT err MATCHES "--prompts-file .*empty.txt: the file is empty")
+  message(FATAL_ERROR "an empty prompts file should fail clearly: rc=${rc}: ${err}")
+endif()
+file(WRITE ${WORK}/three.txt "Once upon a time\nTom\n\n")
+execute_process(COMMAND ${IPA} generate ${common} --prompts-file ${WORK}/three.txt --batch 2
+                OUTPUT_VARIABLE by_two ERROR_VARIABLE err RESULT_VARIABLE rc1)
+execute_process(COMMAND ${IPA} generate ${common} --prompts-file ${WORK}/three.txt OUTPUT_VARIABLE at_once RESULT_VARIABLE rc2)
+string(FIND "${by_two}" "${golden}" at)
+if(rc1 OR rc2 OR NOT at EQUAL 0 OR NOT by_two STREQUAL at_once OR NOT err MATCHES "generate: 3/3 prompts")
+  message(FATAL_ERROR "batches of 2 and one batch differ (or no progress):\n${by_two}\n--\n${at_once}\n--\n${err}")
+endif()
+if(PEAK_RSS)
+  set(words Tom Lily the dog a big red ball ran saw happy sun)
+  set(lines "")
+  foreach(i RANGE 1 10000)
+    math(EXPR a "${i} % 12")
+    math(EXPR b "(${i} * 7) % 12")
+    list(GET words ${a} wa)
+    list(GET words ${b} wb)
+    string(APPEND lines "${wa} ${wb}\n")
+    if(i EQUAL 100)
+      file(WRITE ${WORK}/prompts100.txt "${lines}")
+    endif()
+  endforeach()
+  file(WRITE ${WORK}/prompts10000.txt "${lines}")
+  foreach(n 100 10000)
+    execute_process(COMMAND ${PEAK_RSS} ${WORK}/rss${n} ${IPA} generate --base ${MODEL_DIR}/stories260K.bin
+                            --tokenizer ${MODEL_DIR}/tok512.bin --prompts-file ${WORK}/prompts${n}.txt --max-new-tokens 8
+                    OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+    file(READ ${WORK}/rss${n} rss${n})
+    string(STRIP "${rss${n}}" rss${n})
+    if(rc OR NOT err MATCHES "generate: ${n}/${n} prompts" OR out MATCHES "generate:")
+      message(FATAL_ERROR "${n} prompts: rc=${rc}, progress on stderr expected, stdout clean:\n${err}")
+    endif()
+  endforeach()
+  math(EXPR bound "2 * ${rss100}")
+  message("peak RSS: 100 prompts ${rss100} KiB, 10000 prompts ${rss10000} KiB")
+  if(rss10000 GREATER bound)
+    message(FATAL_ERROR "10000 prompts took ${rss10000} KiB, over twice the ${rss100} KiB of 100")
+  endif()
+endif()
 execute_process(COMMAND ${IPA} generate ${common} --prompt "Hi" --adapter ${MODEL_DIR}/stories260K.bin --alpha nan
                 ERROR_VARIABLE err RESULT_VARIABLE rc)
 if(rc EQUAL 0 OR NOT err MATCHES "finite")

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Helpers shared by the `ipa` command line's source files: argv as "--flag value" pairs,
-// number parsing with clear messages, prompt files, and loading a base model.
+// Helpers shared by the `ipa` subcommands' source files: prompt files, loading models and
+// tokenizers by format, adapters, and connecting to a base behind a server.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -8,9 +8,7 @@
 #include <fstream>
 #include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include <ipa/core/error.hpp>
@@ -33,43 +31,9 @@
 #include <ipa/remote/remote_base.hpp>
 #endif
 
+#include "cli/options.hpp"
+
 namespace ipa_cli {
-
-/// A mistake in the command line itself: printed with the usage text, exit status 2.
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-/// argv as a queue of "--flag value" pairs.
-struct args {
-  std::vector<std::string> items;
-  std::size_t at = 0;
-  bool done() const { return at >= items.size(); }
-  std::string flag() { return items[at++]; }
-  std::string value(const std::string& flag) {
-    if (done()) throw usage_error(flag + " needs a value");
-    return items[at++];
-  }
-};
-
-template <class T>
-T parse_number(const std::string& flag, const std::string& text) {
-  try {
-    std::size_t used = 0;
-    T v;
-    if constexpr (std::is_floating_point_v<T>) v = static_cast<T>(std::stod(text, &used));
-    else {
-      const long long n = std::stoll(text, &used);
-      if (std::is_unsigned_v<T> && n < 0) throw std::invalid_argument(text);
-      v = static_cast<T>(n);
-    }
-    if (used != text.size()) throw std::invalid_argument(text);
-    return v;
-  } catch (const std::exception&) {
-    throw usage_error(flag + " expects " + (std::is_unsigned_v<T> ? "a whole number >= 0" : "a number") + ", found '" +
-                      text + "'");
-  }
-}
 
 /// The tokenizer.bin next to a model file.
 inline std::string default_tokenizer(const std::string& model) {
@@ -315,32 +279,6 @@ struct loaded_adapters {
 /// True when --base names a server (http:// or https://) rather than a file.
 inline bool is_url(const std::string& base) { return base.rfind("http://", 0) == 0 || base.rfind("https://", 0) == 0; }
 
-/// The --base-* options of a base behind a server.
-struct remote_flags {
-  std::string protocol;  // "", "llama" or "openai"
-  std::size_t top_k = 20;
-  double give_up_after_s = 60;
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE(remote_flags, protocol, top_k, give_up_after_s)
-
-  /// Takes flag f (and its value) when it is one of ours.
-  bool take(const std::string& f, args& a) {
-    if (f == "--base-protocol") protocol = a.value(f);
-    else if (f == "--base-top-k") top_k = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--base-give-up-after") give_up_after_s = parse_number<double>(f, a.value(f));
-    else return false;
-    return true;
-  }
-};
-
-constexpr const char* remote_usage =
-    R"(A base behind an inference server: --base http://HOST:PORT (llama.cpp's llama-server, native
-/completion) or http://HOST:PORT/v1 (an OpenAI-compatible /v1/completions: vLLM started with
---return-tokens-as-token-ids, llama-server's /v1); several servers as URL1,URL2 (rows are spread
-over them). --tokenizer names the base's tokenizer (required). --base-top-k K (20) log-probs per
-step, --base-protocol llama|openai (default: from the URL), --base-give-up-after S (60): a server
-that gives no usable answer for S seconds ends the run (train: --resume continues it).
-)";
-
 #if IPA_CLI_REMOTE
 /// Connects to the server(s) named by `urls` (comma-separated), whose tokenizer is `tok_path`.
 inline ipa::remote_base connect_remote(const std::string& urls, const std::string& tok_path, const remote_flags& f) {
@@ -371,9 +309,5 @@ inline void require_remote_build([[maybe_unused]] const std::string& base) {
                           "libcurl4-openssl-dev, were missing at configure time)");
 #endif
 }
-
-int train(args& a);
-int convert(args& a);
-int eval(args& a);
 
 }  // namespace ipa_cli

@@ -24,76 +24,6 @@
 namespace ipa_cli {
 namespace {
 
-constexpr const char* train_usage = R"(usage: ipa train --base MODEL --reward SPEC --prompts FILE --out DIR [options]
-
-  --tokenizer TOK          default: tokenizer.bin next to MODEL
-  --algo ALGO              rloo (default: the most sample-efficient here), quark (the paper's),
-                           ppo, reinforce, grpo
-  --steps N                RL iterations in all (default 300; with --resume: up to N in all)
-  --max-minutes X          stop cleanly (and save) after X minutes
-  --adapter-init INIT      zero (default: a fresh adapter whose tailored policy starts equal to
-                           the base), base (a copy of the base), or an adapter folder / .bin file
-  --adapter-dim D --adapter-layers L --adapter-heads H   shape of a zero adapter (64, 2, 8)
-  --tune-base              no fusion: fine-tune a copy of the base itself (the costly baseline)
-  --resume                 continue the run saved in DIR (its stored options win, except DIR)
-  --alpha A                adapter weight (default 1)
-  --lr LR                  peak learning rate (default 1e-3); --warmup N, --decay constant|linear|cosine
-  --batch B                prompts per step (default 16); --samples-per-prompt K (rloo/grpo: default 4)
-  --max-new-tokens N       (default 128)  --temperature T (1)  --top-p P (1)
-  --kl-coef C              KL weight (default 0.05); --kl-target K makes it adaptive
-  --entropy-coef C         Quark's entropy bonus (default 0.06); --bins K (5); --quark-updates N
-                           (gradient steps on the pool per rollout, 2); --pool N (samples kept, 4096)
-  --ppo-epochs N (4)  --clip C (0.2)  --gamma G (1)  --lambda L (1: the sparse end-of-text reward
-                           reaches every token; 0.95 starves early tokens of a 128-token story)
-  --freeze NAME            keep a tensor fixed (repeatable), e.g. tok_embeddings
-  --micro-batch N          samples per forward/backward (gradient accumulation)
-  --save-every N           checkpoint every N steps (default 25) and at the end
-  --seed S                 (default 1)
-
-Writes DIR/metrics.jsonl (one JSON line per step), DIR/checkpoint-N/ and DIR/adapter (for
-`ipa generate --adapter DIR/adapter`). Reward SPEC: TERM ('+' TERM)*, TERM = [W '*'] NAME ':' ARGS
-with avoid:w1,w2  keywords:k1,k2|k2s  keywords-all:...  length:N  distinct:N  cmd:COMMAND.
-)";
-
-constexpr const char* eval_usage = R"(usage: ipa eval --base MODEL --reward SPEC --prompts FILE [options]
-
-  --tokenizer TOK  --adapter ADAPTER [--alpha X] (repeatable)  --samples K (per prompt, default 4)
-  --max-new-tokens N (128)  --temperature T (1)  --top-p P (1)  --seed S (1)
-  --policy MODEL           sample from this model alone instead of the base (+ adapters), e.g.
-                           OUT/adapter of `ipa train --tune-base`; perplexity is still the base's
-  --ban-words w1,w2        ban the words at decoding time (each as the token sequence of ' word' and
-                           ' Word', as Hugging Face's bad_words_ids): the decoding-time baseline
-  --prompt-suffix TEXT     append TEXT to every prompt (e.g. to force a keyword into it)
-  --json                   print the summary as one JSON object
-
-Prints the mean reward, the base model's perplexity of the continuations, distinct-1 and
-distinct-2 (per continuation, averaged) and the mean length in tokens.
-)";
-
-// Every option of a run, so that --resume continues with exactly the same settings.
-struct train_options {
-  std::string base, tokenizer, reward, prompts, out, adapter_init = "zero";
-  std::string algo = "rloo", decay = "constant";
-  std::size_t steps = 300, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
-  std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
-  int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
-  double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
-         lambda = 1.0;
-  float alpha = 1.0f, temperature = 1.0f;
-  bool tune_base = false;
-  std::vector<std::string> frozen;
-  std::uint64_t seed = 1;
-  remote_flags remote;  // a --base URL's settings
-
-  // (with defaults: a checkpoint written before an option existed still resumes)
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo,
-                                              decay, steps, batch, samples_per_prompt, max_new_tokens, warmup,
-                                              ppo_epochs, bins, micro_batch, save_every, adapter_dim, adapter_layers,
-                                              adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
-                                              lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
-                                              remote)
-};
-
 ipa::lr_decay parse_decay(const std::string& s) {
   if (s == "constant") return ipa::lr_decay::constant;
   if (s == "linear") return ipa::lr_decay::linear;
@@ -166,58 +96,9 @@ std::string clock(double seconds) {
 
 }  // namespace
 
-int train(args& a) {
-  train_options o;
-  std::optional<double> max_minutes;
-  std::optional<std::size_t> steps_flag;
-  bool resume = false;
-  while (!a.done()) {
-    const std::string f = a.flag();
-    if (f == "--help" || f == "-h") {
-      std::cout << train_usage << '\n' << remote_usage;
-      return 0;
-    }
-    if (o.remote.take(f, a)) continue;
-    if (f == "--base") o.base = a.value(f);
-    else if (f == "--tokenizer") o.tokenizer = a.value(f);
-    else if (f == "--reward") o.reward = a.value(f);
-    else if (f == "--prompts") o.prompts = a.value(f);
-    else if (f == "--out") o.out = a.value(f);
-    else if (f == "--algo") o.algo = a.value(f);
-    else if (f == "--steps") steps_flag = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--max-minutes") max_minutes = parse_number<double>(f, a.value(f));
-    else if (f == "--adapter-init") o.adapter_init = a.value(f);
-    else if (f == "--adapter-dim") o.adapter_dim = parse_number<int>(f, a.value(f));
-    else if (f == "--adapter-layers") o.adapter_layers = parse_number<int>(f, a.value(f));
-    else if (f == "--adapter-heads") o.adapter_heads = parse_number<int>(f, a.value(f));
-    else if (f == "--tune-base") o.tune_base = true;
-    else if (f == "--resume") resume = true;
-    else if (f == "--alpha") o.alpha = parse_number<float>(f, a.value(f));
-    else if (f == "--lr") o.lr = parse_number<double>(f, a.value(f));
-    else if (f == "--warmup") o.warmup = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--decay") o.decay = a.value(f);
-    else if (f == "--batch") o.batch = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--samples-per-prompt") o.samples_per_prompt = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--max-new-tokens") o.max_new_tokens = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--temperature") o.temperature = parse_number<float>(f, a.value(f));
-    else if (f == "--top-p") o.top_p = parse_number<double>(f, a.value(f));
-    else if (f == "--kl-coef") o.kl_coef = parse_number<double>(f, a.value(f));
-    else if (f == "--kl-target") o.kl_target = parse_number<double>(f, a.value(f));
-    else if (f == "--entropy-coef") o.entropy_coef = parse_number<double>(f, a.value(f));
-    else if (f == "--bins") o.bins = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--quark-updates") o.quark_updates = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--pool") o.pool = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--ppo-epochs") o.ppo_epochs = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--clip") o.clip = parse_number<double>(f, a.value(f));
-    else if (f == "--gamma") o.gamma = parse_number<double>(f, a.value(f));
-    else if (f == "--lambda") o.lambda = parse_number<double>(f, a.value(f));
-    else if (f == "--freeze") o.frozen.push_back(a.value(f));
-    else if (f == "--micro-batch") o.micro_batch = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--save-every") o.save_every = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--seed") o.seed = parse_number<std::uint64_t>(f, a.value(f));
-    else throw usage_error("unknown option for train: " + f);
-  }
-  if (o.out.empty()) throw usage_error("train needs --out DIR");
+int train(train_request r) {
+  train_options& o = r.options;
+  const bool resume = r.resume;
   std::string checkpoint;
   if (resume) {
     checkpoint = ipa::latest_checkpoint(o.out);
@@ -226,10 +107,10 @@ int train(args& a) {
     o = ipa::checkpoint_run(checkpoint).get<train_options>();  // the run's own options
     o.out = out;
   }
-  if (steps_flag) o.steps = *steps_flag;
+  if (r.steps) o.steps = *r.steps;
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
-    throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE");
-  if (max_minutes && !(*max_minutes > 0)) throw usage_error("--max-minutes must be > 0");
+    throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
+  const std::optional<double> max_minutes = r.max_minutes;
   auto reward = ipa::spec_reward::parse(o.reward);
 
   // the loop, whatever the base
@@ -315,48 +196,12 @@ int train(args& a) {
   return run_training(trainer);
 }
 
-int eval(args& a) {
-  std::string base_path, tok_path, spec, prompts_file, suffix, policy_path;
-  std::vector<std::string> adapter_paths, banned_words;
-  std::vector<float> alphas;
-  std::size_t samples = 4, max_new = 128;
-  float temperature = 1.0f;
-  double top_p = 1.0;
-  std::uint64_t seed = 1;
-  bool json = false;
-  remote_flags remote;
-  while (!a.done()) {
-    const std::string f = a.flag();
-    if (f == "--help" || f == "-h") {
-      std::cout << eval_usage << '\n' << remote_usage;
-      return 0;
-    }
-    if (remote.take(f, a)) continue;
-    if (f == "--base") base_path = a.value(f);
-    else if (f == "--tokenizer") tok_path = a.value(f);
-    else if (f == "--adapter") adapter_paths.push_back(a.value(f)), alphas.push_back(NAN);
-    else if (f == "--alpha") {
-      if (alphas.empty()) throw usage_error("--alpha must follow the --adapter it weights");
-      alphas.back() = parse_number<float>(f, a.value(f));
-      ipa::check_alpha(alphas.back(), "--alpha");
-    } else if (f == "--reward") spec = a.value(f);
-    else if (f == "--prompts") prompts_file = a.value(f);
-    else if (f == "--samples") samples = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--max-new-tokens") max_new = parse_number<std::size_t>(f, a.value(f));
-    else if (f == "--temperature") temperature = parse_number<float>(f, a.value(f));
-    else if (f == "--top-p") top_p = parse_number<double>(f, a.value(f));
-    else if (f == "--seed") seed = parse_number<std::uint64_t>(f, a.value(f));
-    else if (f == "--ban-words") {
-      for (const auto& w : ipa::words_of(a.value(f))) banned_words.push_back(w);
-    } else if (f == "--prompt-suffix") suffix = a.value(f);
-    else if (f == "--policy") policy_path = a.value(f);
-    else if (f == "--json") json = true;
-    else throw usage_error("unknown option for eval: " + f);
-  }
-  if (base_path.empty() || spec.empty() || prompts_file.empty())
-    throw usage_error("eval needs --base MODEL, --reward SPEC and --prompts FILE");
-  if (samples == 0) throw usage_error("--samples must be >= 1");
-  auto reward = ipa::spec_reward::parse(spec);
+int eval(const eval_options& o) {
+  const std::string &base_path = o.base, &tok_path = o.tokenizer, &prompts_file = o.prompts;
+  std::vector<std::string> banned_words;
+  for (const auto& list : o.banned_words)
+    for (const auto& w : ipa::words_of(list)) banned_words.push_back(w);
+  auto reward = ipa::spec_reward::parse(o.reward);
 
   // Samples with `decoder`; base_nll(prompt, response, rollout, row, nll, tokens) adds the base's
   // negative log-likelihood of a continuation.
@@ -364,7 +209,7 @@ int eval(args& a) {
                       ipa::keep_base keep, std::size_t cached_rows, auto&& base_nll) {
     ipa::generation_config g;
     g.keep_base_logits = keep;
-    g.max_new_tokens = max_new;
+    g.max_new_tokens = o.max_new_tokens;
     g.eos_id = ipa::llama2c_tokenizer::eos_id;
     g.stop_tokens = {ipa::llama2c_tokenizer::bos_id};
     // --ban-words: each word, lower case and capitalised, as the tokenizer spells it mid-sentence
@@ -376,8 +221,8 @@ int eval(args& a) {
         banned.sequences.push_back(tok.encode(w, false, false));
       }
     }
-    auto sampler = ipa::make_standard_sampler(temperature, 0, top_p);
-    ipa::xoshiro256 rng(seed);
+    auto sampler = ipa::make_standard_sampler(o.temperature, 0, o.top_p);
+    ipa::xoshiro256 rng(o.seed);
 
     const auto lines = read_lines(prompts_file);
     double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
@@ -409,8 +254,8 @@ int eval(args& a) {
       batch.clear();
     };
     for (const auto& line : lines)
-      for (std::size_t k = 0; k < samples; ++k) {
-        batch.push_back(tok.encode(line + suffix));
+      for (std::size_t k = 0; k < o.samples; ++k) {
+        batch.push_back(tok.encode(line + o.prompt_suffix));
         if (batch.size() == chunk) flush();
       }
     flush();
@@ -421,7 +266,7 @@ int eval(args& a) {
                                 {"distinct_1", d1 / double(n)},
                                 {"distinct_2", d2 / double(n)},
                                 {"mean_length", length / double(n)}};
-    if (json) std::cout << out.dump() << '\n';
+    if (o.json) std::cout << out.dump() << '\n';
     else
       std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n", n,
                   reward_sum / double(n), ppl, d1 / double(n), d2 / double(n), length / double(n));
@@ -431,11 +276,11 @@ int eval(args& a) {
   if (is_url(base_path)) {
     require_remote_build(base_path);
 #if IPA_CLI_REMOTE
-    if (!policy_path.empty()) throw usage_error("--policy samples from a local model; it needs a local --base");
-    const ipa::remote_base base = connect_remote(base_path, tok_path, remote);
+    if (!o.policy.empty()) throw usage_error("--policy samples from a local model; it needs a local --base");
+    const ipa::remote_base base = connect_remote(base_path, tok_path, o.remote);
     const auto tok = load_tokenizer(tok_path, tok_path, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
-    const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
+    const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, ipa::table_of(tok), base.vocab_size());
     // the base's perplexity from the top-k it revealed while decoding; a token outside them gets
     // the leftover mass spread evenly (the server shows nothing more)
     const std::size_t V = base.vocab_size(), K = base.top_k();
@@ -455,11 +300,11 @@ int eval(args& a) {
   }
   const ipa::llama_model base(load_model(base_path));
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
-  const loaded_adapters adapters(adapter_paths, alphas, ipa::table_of(tok), base.vocab_size());
+  const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;
-  if (!policy_path.empty()) {
-    if (!adapter_paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
-    policy.emplace(load_model(policy_path));
+  if (!o.policy.empty()) {
+    if (!o.adapters.paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
+    policy.emplace(load_model(o.policy));
     if (policy->vocab_size() != base.vocab_size())
       throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
@@ -487,19 +332,8 @@ int eval(args& a) {
                   base_nll);
 }
 
-int convert(args& a) {
-  std::string model_path, tok_path, to, out;
-  while (!a.done()) {
-    const std::string f = a.flag();
-    if (f == "--model") model_path = a.value(f);
-    else if (f == "--tokenizer") tok_path = a.value(f);
-    else if (f == "--to") to = a.value(f);
-    else if (f == "--out") out = a.value(f);
-    else throw usage_error("unknown option for convert: " + f);
-  }
-  if (model_path.empty() || to.empty() || out.empty()) throw usage_error("convert needs --model, --to and --out");
-  if (to != "gguf" && to != "gguf-f16" && to != "hf")
-    throw usage_error("--to must be gguf, gguf-f16 or hf, found '" + to + "'");
+int convert(const convert_options& o) {
+  const std::string &model_path = o.model, &tok_path = o.tokenizer, &to = o.to, &out = o.out;
   if (architecture_of(model_path) == "gpt2") {
     const ipa::any_model m = load_any_model(model_path);
     const ipa::gpt2_weights& w = m.gpt2()->weights();
