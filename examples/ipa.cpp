@@ -118,7 +118,9 @@ padding are mapped, and ids the adapter lacks are banned. A negative --alpha mak
 
 constexpr const char* reward_spec =
     R"(Reward SPEC: TERM ('+' TERM)*, TERM = [W '*'] NAME ':' ARGS with avoid:w1,w2  keywords:k1,k2|k2s
-keywords-all:...  length:N  distinct:N  cmd:COMMAND.)";
+keywords-all:...  length:N  distinct:N  cmd:COMMAND (the last term; run by /bin/sh once per batch: it
+reads one JSON object per sample on stdin, {"prompt", "response", "prompt_ids", "response_ids"}, and
+prints one number per sample, of magnitude <= 1e6, then exits with status 0, within --reward-timeout).)";
 
 void add_tokenize(CLI::App& app, ipa_cli::tokenize_options& o) {
   CLI::App* sub = app.add_subcommand("tokenize", "Print the token ids of a text");
@@ -171,6 +173,8 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
   sub->add_option("--tokenizer", o.tokenizer, "TOK: default: the GGUF's own, else tokenizer.bin next to MODEL");
   sub->add_option("--reward", o.reward, "SPEC: what to maximise (see below)");
   sub->add_option("--prompts", o.prompts, "FILE: training prompts, one per line")->check(CLI::ExistingFile);
+  sub->add_option("--reward-timeout", o.reward_timeout, "seconds a cmd: reward may take per batch")
+      ->check(positive_up_to(1e6));
   sub->add_option("--out", o.out, "DIR: where the run lives (metrics.jsonl, checkpoint-N/, adapter/)")->required();
   sub->add_flag("--resume", r.resume, "continue the run saved in DIR (its stored options win, except --steps)");
   sub->add_option("--algo", o.algo, "rloo (the most sample-efficient here), quark (the paper's), ppo, reinforce, grpo")
@@ -235,6 +239,8 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, std::vector<float>& alpha
   sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer");
   sub->add_option("--reward", o.reward, "SPEC: the reward (see below)")->required();
   sub->add_option("--prompts", o.prompts, "FILE: prompts, one per line")->required()->check(CLI::ExistingFile);
+  sub->add_option("--reward-timeout", o.reward_timeout, "seconds a cmd: reward may take per batch")
+      ->check(positive_up_to(1e6));
   adapter = sub->add_option("--adapter", o.adapters.paths, "ADAPTER: an adapter (repeatable)")
                 ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
                 ->allow_extra_args(false);

@@ -21,6 +21,17 @@ if(rc OR NOT out STREQUAL golden)
   message(FATAL_ERROR "ipa generate (greedy) printed:\n${out}\nexpected:\n${golden}")
 endif()
 
+# a temperature so small that logits / t overflow: greedy decoding, log-probs never null
+foreach(t 1e-40 5e-324)
+  execute_process(COMMAND ${IPA} generate ${common} --prompt "Once upon a time" --temperature ${t}
+                  OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+  execute_process(COMMAND ${IPA} generate ${common} --prompt "Once upon a time" --temperature ${t} --json
+                  OUTPUT_VARIABLE json RESULT_VARIABLE rc2)
+  if(rc OR rc2 OR NOT out STREQUAL golden OR json MATCHES "null")
+    message(FATAL_ERROR "--temperature ${t} should decode greedily:\n${out}${err}\n${json}")
+  endif()
+endforeach()
+
 # inside a batch of prompts of different lengths: the same text for the same prompt
 execute_process(COMMAND ${IPA} generate ${common} --prompt "Tom" --prompt "Once upon a time"
                         --prompt "The little bird could not fly over the tall tree" OUTPUT_VARIABLE out RESULT_VARIABLE rc)

@@ -182,6 +182,27 @@ TEST_CASE("transforms by hand-computed tables") {
     ipa::temperature(2.0f).apply(x);
     CHECK(x[1] == doctest::Approx(logits[1] / 2));
   }
+  SUBCASE("a temperature so small that logits / t overflow decodes greedily, never NaN") {
+    for (float t : {1e-40f, 1e-37f, 1e-30f, std::numeric_limits<float>::denorm_min()}) {
+      CAPTURE(t);
+      std::vector<float> x = {1.0f, 3.0f, 2.0f, -std::numeric_limits<float>::infinity(), 3.0f - 1e-6f};
+      ipa::temperature(t).apply(x);
+      std::vector<float> lp = x;
+      ipa::log_softmax(lp);
+      CHECK(lp[1] == 0.0f);  // all the mass on the best token
+      for (std::size_t i : {0u, 2u, 3u, 4u}) CHECK(lp[i] < -1e20f);
+      if (1.0f / t > std::numeric_limits<float>::max()) {  // 1/t overflows: the shifted form
+        CHECK(x[1] == 0.0f);
+        for (std::size_t i : {0u, 2u, 3u, 4u}) CHECK(x[i] < -1e30f);
+      }
+    }
+    std::vector<float> tied = {5.0f, 5.0f, 1.0f};  // a tie stays a tie: sampled evenly
+    ipa::temperature(1e-40f).apply(tied);
+    CHECK((tied[0] == 0.0f && tied[1] == 0.0f && tied[2] < -1e30f));
+    std::vector<float> banned(3, -std::numeric_limits<float>::infinity());  // nothing to scale
+    ipa::temperature(1e-40f).apply(banned);
+    CHECK(std::isinf(banned[0]));
+  }
   SUBCASE("nonsense parameters throw") {
     CHECK_THROWS_AS(ipa::top_p(0.0), ipa::config_error);
     CHECK_THROWS_AS(ipa::top_p(1.5), ipa::config_error);

@@ -214,7 +214,8 @@ TEST_CASE("GPT-2 Hugging Face folders: write -> read is exact; unprefixed names;
                          ipa::io_error);
   }
   std::ofstream(out + "/config.json") << R"({"model_type": "gpt2", "n_embd": 64})";
-  CHECK_THROWS_WITH_AS(ipa::load_hf_gpt2(out), doctest::Contains("missing or mistyped"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(ipa::load_hf_gpt2(out), doctest::Contains("config.json: missing field 'n_layer'"),
+                       ipa::io_error);
   std::ofstream(out + "/config.json") << R"({"model_type": "llama"})";
   CHECK_THROWS_WITH_AS(ipa::load_hf_gpt2(out), doctest::Contains("is not gpt2"), ipa::io_error);
   ipa::save_hf_gpt2(out, w);

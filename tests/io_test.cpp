@@ -317,7 +317,7 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   std::filesystem::resize_file(st, std::filesystem::file_size(st) - 8);
   CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("safetensors"), ipa::io_error);
   std::ofstream(hf + "/config.json") << "{\"hidden_size\": 64}";
-  CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("missing or mistyped"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("missing field 'intermediate_size'"), ipa::io_error);
   std::filesystem::resize_file(gguf, std::filesystem::file_size(gguf) / 2);
   CHECK_THROWS_WITH_AS(ipa::gguf_file::load(gguf), doctest::Contains("truncated"), ipa::io_error);
   std::filesystem::remove_all(tmp);
@@ -331,4 +331,63 @@ TEST_CASE("f16 conversion rounds to nearest even, both ways") {
   CHECK(ipa::to_f16(1.0f + 1.0f / 2048) == 0x3C00);  // a tie goes to even
   CHECK(ipa::to_f16(1.0f + 3.0f / 2048) == 0x3C02);
   for (std::uint32_t h = 0; h < 0x7C00; ++h) REQUIRE(ipa::to_f16(ipa::from_f16(std::uint16_t(h))) == h);
+}
+
+TEST_CASE("model configs: a setting ipa does not implement is refused by name, never ignored") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  const auto w = ipa::load_llama2c(ipa_test::model_path());
+  const auto tmp = std::filesystem::temp_directory_path() / ("ipa_configs_" + std::to_string(::getpid()));
+  const std::string hf = (tmp / "hf").string();
+  ipa::save_hf_llama(hf, w);
+  const nlohmann::json good = nlohmann::json::parse(ipa::read_file(hf + "/config.json"));
+  auto with = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json c = good;
+    c[key] = value;
+    std::ofstream(hf + "/config.json", std::ios::trunc) << c.dump();
+  };
+  struct refusal {
+    const char* key;
+    nlohmann::json value;
+    const char* message;
+  };
+  const refusal cases[] = {
+      {"hidden_act", "gelu", "'hidden_act' is \"gelu\": an activation other than SiLU is not implemented"},
+      {"rope_scaling", {{"type", "linear"}, {"factor", 4}}, "'rope_scaling' is {\"factor\":4,\"type\":\"linear\"}"},
+      {"attention_bias", true, "attention biases is not implemented"},
+      {"mlp_bias", true, "MLP biases is not implemented"},
+      {"head_dim", 16, "'head_dim' is 16"},
+      {"hidden_size", 64.5, "'hidden_size' must be a whole number in [1, 1048576], found 64.5"},
+      {"num_hidden_layers", 1099511627776LL,
+       "'num_hidden_layers' must be a whole number in [1, 1048576], found 1099511627776"},
+      {"vocab_size", "512", "'vocab_size' must be a whole number in [1, 16777216], found \"512\""},
+      {"rms_norm_eps", -1, "'rms_norm_eps' must be a number in (0"},
+      {"tie_word_embeddings", "yes", "'tie_word_embeddings' must be true or false"},
+  };
+  for (const refusal& r : cases) {
+    CAPTURE(r.key);
+    with(r.key, r.value);
+    CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains(r.message), ipa::io_error);
+    CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("config.json"), ipa::io_error);
+  }
+  // the supported values, spelled out, load
+  with("hidden_act", "silu");
+  CHECK_NOTHROW(ipa::load_hf_llama(hf));
+  with("rope_scaling", nullptr);
+  CHECK_NOTHROW(ipa::load_hf_llama(hf));
+  std::ofstream(hf + "/config.json", std::ios::trunc) << "[]";
+  CHECK_THROWS_WITH_AS(ipa::load_hf_llama(hf), doctest::Contains("config.json: not a JSON object"), ipa::io_error);
+
+  // GGUF: rope.dimension_count other than the head size (ipa's writer stores it as a u32)
+  const std::string gguf = (tmp / "m.gguf").string();
+  ipa::save_gguf_llama(gguf, w, nullptr);
+  std::string bytes = ipa::read_file(gguf);
+  const std::string key = "llama.rope.dimension_count";
+  const auto at = bytes.find(key);
+  REQUIRE(at != std::string::npos);
+  const std::uint32_t zero = 0;
+  std::memcpy(bytes.data() + at + key.size() + 4, &zero, 4);
+  CHECK_THROWS_WITH_AS(ipa::load_gguf_llama(ipa::gguf_file(bytes, "m.gguf")),
+                       doctest::Contains("llama.rope.dimension_count = 0; ipa implements only whole heads"),
+                       ipa::io_error);
+  std::filesystem::remove_all(tmp);
 }

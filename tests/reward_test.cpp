@@ -2,6 +2,7 @@
 // Rewards: built-ins and composites by hand, the spec parser, the external-process reward.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -84,20 +85,51 @@ TEST_CASE("reward spec: weighted terms, and clear errors") {
   CHECK_THROWS_AS(ipa::spec_reward::parse("distinct:0"), ipa::config_error);
 }
 
-TEST_CASE("external-process reward: protocol, garbage, death and timeout") {
+TEST_CASE("external-process reward: a filter per batch, exactly one finite score per sample") {
   // one JSON line per sample in, one number per line out: here, the length of the response text
-  ipa::process_reward len(
+  const ipa::process_reward len(
       "while IFS= read -r line; do echo \"$line\" | sed 's/.*\"response\":\"\\([^\"]*\\)\".*/\\1/' | "
       "awk '{ print length($0) }'; done");
   CHECK(score_texts(len, {"abc", "hello world"}) == std::vector<double>{3, 11});
-  CHECK(score_texts(len, {"x"}) == std::vector<double>{1});  // the same process, a second batch
-  ipa::process_reward object("while read -r line; do echo '{\"score\": 0.25}'; done");
+  CHECK(score_texts(len, {"x"}) == std::vector<double>{1});  // a second batch, a second run
+  const ipa::process_reward object("while read -r line; do echo '{\"score\": 0.25}'; done");
   CHECK(score_texts(object, {"a"}) == std::vector<double>{0.25});
+  // a command that reads its input to the end before answering: stdin is closed after the batch
+  const ipa::process_reward to_the_end("n=$(wc -l); i=0; while [ $i -lt $n ]; do echo 0.5; i=$((i+1)); done");
+  CHECK(score_texts(to_the_end, {"a", "b", "c"}) == std::vector<double>{0.5, 0.5, 0.5});
+  const ipa::process_reward crlf("printf '1\\r\\n2\\r\\n'; cat >/dev/null");
+  CHECK(score_texts(crlf, {"a", "b"}) == std::vector<double>{1, 2});
+}
 
-  ipa::process_reward garbage("while read -r line; do echo 'banana'; done");
-  CHECK_THROWS_WITH_AS(score_texts(garbage, {"a"}), doctest::Contains("answered 'banana'"), ipa::io_error);
-  ipa::process_reward dies("exit 3");
-  CHECK_THROWS_WITH_AS(score_texts(dies, {"a", "b"}), doctest::Contains("exited with status 3"), ipa::io_error);
-  ipa::process_reward silent("sleep 5", 0.2);
-  CHECK_THROWS_WITH_AS(score_texts(silent, {"a"}), doctest::Contains("no answer within"), ipa::io_error);
+TEST_CASE("external-process reward: every misbehaviour is a reward_error naming the command") {
+  using doctest::Contains;
+  auto fails_with = [](const std::string& command, const std::vector<std::string>& texts, const std::string& expected,
+                       double timeout = 5) {
+    CAPTURE(command);
+    const auto start = std::chrono::steady_clock::now();
+    const ipa::process_reward r(command, timeout);
+    const std::string named = "reward command '" + command + "'";
+    CHECK_THROWS_WITH_AS(score_texts(r, texts), Contains(expected.c_str()), ipa::reward_error);
+    CHECK_THROWS_WITH_AS(score_texts(r, texts), Contains(named.c_str()), ipa::reward_error);
+    // no hang: each failure is known within the timeout and a little
+    CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 2 * (timeout + 1));
+  };
+  fails_with("while read -r line; do echo 'banana'; done", {"a"}, "answered 'banana' for sample 0");
+  fails_with("while read -r line; do echo 0; echo 7; done", {"a", "b"}, "answered 4 line(s) for 2 sample(s)");
+  fails_with("cat >/dev/null; echo 1", {"a", "b"}, "answered 1 line(s) for 2 sample(s)");
+  fails_with("read -r line; echo 1; echo 2; echo x", {"a", "b", "c"}, "answered 'x' for sample 2");
+  fails_with("while read -r line; do echo 1e308; done", {"a"}, "answered '1e308' for sample 0");
+  fails_with("while read -r line; do echo NaN; done", {"a"}, "answered 'NaN'");
+  fails_with("while read -r line; do echo; done", {"a"}, "answered '' for sample 0");
+  fails_with("cat >/dev/null; exit 3", {"a", "b"}, "exited with status 3");
+  fails_with("cat >/dev/null; echo 1; exit 1", {"a"}, "exited with status 1");
+  fails_with("kill -9 $$", {"a"}, "was killed by signal 9");
+  fails_with("sleep 100", {"a"}, "no answer within", 0.3);
+  // answers, then lingers with a child holding its output open: killed as a group at the timeout
+  fails_with("cat >/dev/null; echo 1; sleep 100", {"a"}, "no answer within", 0.3);
+  // exits at once without reading a batch larger than a pipe holds: EPIPE, not SIGPIPE
+  fails_with("echo 1", std::vector<std::string>(3000, std::string(100, 'x')), "answered 1 line(s) for 3000");
+  CHECK_THROWS_AS(ipa::process_reward("   "), ipa::config_error);
+  CHECK_THROWS_AS(ipa::process_reward("true", 0), ipa::config_error);
+  CHECK_THROWS_AS(ipa::process_reward("true", NAN), ipa::config_error);
 }

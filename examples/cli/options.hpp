@@ -58,7 +58,7 @@ struct train_options {
   std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
-         lambda = 1.0;
+         lambda = 1.0, reward_timeout = 60;
   float alpha = 1.0f, temperature = 1.0f;
   bool tune_base = false;
   std::vector<std::string> frozen;
@@ -71,7 +71,7 @@ struct train_options {
                                               ppo_epochs, bins, micro_batch, save_every, adapter_dim, adapter_layers,
                                               adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
                                               lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
-                                              remote)
+                                              remote, reward_timeout)
 };
 
 /// What `ipa train` takes besides the run's stored options.
@@ -88,7 +88,7 @@ struct eval_options {
   std::vector<std::string> banned_words;  // each "w1,w2"
   std::size_t samples = 4, max_new_tokens = 128;
   float temperature = 1.0f;
-  double top_p = 1.0;
+  double top_p = 1.0, reward_timeout = 60;
   std::uint64_t seed = 1;
   bool json = false;
   remote_flags remote;

@@ -87,6 +87,20 @@ ipa::llama_weights initial_adapter(const train_options& o, const ipa::llama_weig
   return load_model(o.adapter_init);  // an adapter folder, HF folder, GGUF or llama2.c file
 }
 
+// Keeps the lines of a resumed run's metrics.jsonl for the steps before `step`: the steps after
+// its checkpoint are done again, and a line torn by a kill is dropped (written atomically).
+void keep_metrics_before(const std::string& path, std::size_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_unsigned() && j["step"].get<std::size_t>() < step)
+      kept += line + '\n';
+  }
+  ipa::write_file_atomic(path, kept);
+}
+
 std::string clock(double seconds) {
   const long s = long(std::max(0.0, seconds));
   char buf[32];
@@ -99,6 +113,12 @@ std::string clock(double seconds) {
 int train(train_request r) {
   train_options& o = r.options;
   const bool resume = r.resume;
+  if (!resume) std::filesystem::create_directories(o.out);
+  else if (!std::filesystem::is_directory(o.out))
+    throw ipa::io_error(o.out + ": --resume, but there is no such folder");
+  // one run per folder at a time; then what a killed run left half-written goes
+  const ipa::dir_lock lock(o.out);
+  ipa::remove_uncommitted(o.out);
   std::string checkpoint;
   if (resume) {
     checkpoint = ipa::latest_checkpoint(o.out);
@@ -111,15 +131,15 @@ int train(train_request r) {
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
   const std::optional<double> max_minutes = r.max_minutes;
-  auto reward = ipa::spec_reward::parse(o.reward);
+  auto reward = ipa::spec_reward::parse(o.reward, o.reward_timeout);
 
   // the loop, whatever the base
   auto run_training = [&](auto& trainer) {
     if (resume) {
       ipa::load_checkpoint(checkpoint, trainer);
       std::cerr << "resumed from " << checkpoint << " at step " << trainer.steps_done() << "\n";
+      keep_metrics_before(o.out + "/metrics.jsonl", trainer.steps_done());
     } else {
-      std::filesystem::create_directories(o.out);
       if (!ipa::latest_checkpoint(o.out).empty())
         throw ipa::io_error(o.out + " already holds a run; pass --resume to continue it or choose another --out");
       std::ofstream(o.out + "/metrics.jsonl", std::ios::trunc);
@@ -201,7 +221,7 @@ int eval(const eval_options& o) {
   std::vector<std::string> banned_words;
   for (const auto& list : o.banned_words)
     for (const auto& w : ipa::words_of(list)) banned_words.push_back(w);
-  auto reward = ipa::spec_reward::parse(o.reward);
+  auto reward = ipa::spec_reward::parse(o.reward, o.reward_timeout);
 
   // Samples with `decoder`; base_nll(prompt, response, rollout, row, nll, tokens) adds the base's
   // negative log-likelihood of a continuation.

@@ -35,6 +35,15 @@ run fuzz_safetensors "$(seed safetensors "$tmp/hf/model.safetensors" "$G/gpt2_ti
 run fuzz_gguf "$(seed gguf "$M/stories260K.gguf" "$tmp/gpt2_tiny.gguf")" 65536
 run fuzz_llama2c "$(seed llama2c "$M/tok512.bin")" 65536
 run fuzz_tokenizers "$(seed tokenizers "$G/gpt2_bpe/gpt2_encode.jsonl" "$G/tok512/tok512_encode.jsonl")" 8192
+# --reward specs; a checkpoint's trainer.json (from a one-step run shaped like the target's own)
+printf '%s' 'avoid:sad,cry + 0.5*keywords:dog|dogs,cat + 2*length:40 + distinct:2' >"$tmp/spec1.txt"
+printf '%s' 'keywords-all:a,b|c + -1*avoid:x + cmd:echo 1' >"$tmp/spec2.txt"
+run fuzz_reward_spec "$(seed reward_spec "$tmp/spec1.txt" "$tmp/spec2.txt")" 1024
+printf 'Once\nTom\n' >"$tmp/two.txt"
+./build/examples/ipa train --base "$M/stories260K.bin" --tokenizer "$M/tok512.bin" --reward avoid:sad \
+  --prompts "$tmp/two.txt" --out "$tmp/run" --algo quark --batch 2 --max-new-tokens 4 --steps 1 \
+  --adapter-dim 16 --adapter-layers 1 --adapter-heads 2 >/dev/null 2>&1 || true
+run fuzz_checkpoint "$(seed checkpoint "$tmp/run/checkpoint-000001/trainer.json")" 16384
 rm -rf "$tmp"
 if ls build-fuzz/findings/* >/dev/null 2>&1; then echo "fuzz findings in build-fuzz/findings" >&2; exit 1; fi
 echo "no findings"

@@ -72,8 +72,20 @@ struct temperature {
   }
   void apply(std::span<float> logits) const noexcept {
     if (t == 1.0f) return;
-    const float inv = 1.0f / t;
-    for (float& v : logits) v *= inv;
+    const float inv = 1.0f / t;  // inf when t < 1/FLT_MAX
+    float top = -std::numeric_limits<float>::infinity(), largest = 0;
+    for (float v : logits)
+      if (std::isfinite(v)) top = std::max(top, v), largest = std::max(largest, std::abs(v));
+    if (std::isfinite(inv) && largest * inv < std::numeric_limits<float>::max()) {
+      for (float& v : logits) v *= inv;
+      return;
+    }
+    // A tiny t would overflow the row to inf (and inf - inf is NaN). (v - top) / t is the same
+    // distribution and cannot overflow upwards: the best tokens stay at 0, the rest go to -inf
+    // when t is that small, which is greedy decoding (ties shared evenly).
+    if (!std::isfinite(top)) return;  // every token banned: nothing to scale
+    const float scale = std::min(inv, std::numeric_limits<float>::max());
+    for (float& v : logits) v = v == top ? 0.0f : (v - top) * scale;
   }
 };
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Crash-safe writes (POSIX): data goes to a temporary file in the same folder, is fsync'ed,
 // then renamed over the target, and the folder is fsync'ed. A crash at any moment leaves
-// either the old file or the new one, never a torn mix.
+// either the old file or the new one, never a torn mix. And a folder lock for one writer at a
+// time.
 #pragma once
 #include <cerrno>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <string_view>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "ipa/core/error.hpp"
@@ -78,5 +80,42 @@ inline std::string read_file(const std::string& path) {
   ::close(fd);
   return out;
 }
+
+/// An exclusive lock on a folder (flock on DIR/.lock, which holds the owner's pid): one writer
+/// at a time. The kernel drops it when the process ends, however it ends, so a killed run never
+/// leaves a stale lock behind.
+class dir_lock {
+ public:
+  /// Locks `dir` (which must exist) or throws io_error naming the process that holds it.
+  explicit dir_lock(const std::string& dir) : path_(dir + "/.lock") {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw io_error(path_ + ": cannot open the lock file: " + std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int why = errno;
+      char holder[32] = {};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      std::string pid = n > 0 ? std::string(holder, std::size_t(n)) : std::string();
+      while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+      if (why == EWOULDBLOCK)
+        throw io_error(dir + " is in use by another process (pid " + (pid.empty() ? "unknown" : pid) + ", holding " +
+                       path_ + "); wait for it to finish or choose another folder");
+      throw io_error(path_ + ": cannot lock: " + std::strerror(why));
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != ssize_t(pid.size())) {
+      // the lock holds without the note of who holds it
+    }
+  }
+  ~dir_lock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+  dir_lock(const dir_lock&) = delete;
+  dir_lock& operator=(const dir_lock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 
 }  // namespace ipa

@@ -287,6 +287,20 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   c.vocab_size = narrow(static_cast<long long>(emb->second.dims[1]), "the vocabulary size");
   c.shared_classifier = f.tensors().count("output.weight") == 0;
   detail::check_config_fits(f, c);
+  // what ipa's Llama does not implement is refused, not ignored
+  for (const char* key : {"rope.dimension_count", "attention.key_length", "attention.value_length"})
+    if (f.has(std::string("llama.") + key) && get(key) != c.head_size())
+      throw io_error(
+          f.where() + ": llama." + key + " = " + std::to_string(get(key)) +
+          "; ipa implements only whole heads of embedding_length / head_count = " + std::to_string(c.head_size()));
+  if (f.has("llama.rope.scaling.type")) {
+    const std::string type = f.value("llama.rope.scaling.type").as_string("llama.rope.scaling.type");
+    if (type != "none")
+      throw io_error(f.where() + ": llama.rope.scaling.type is '" + type + "'; RoPE scaling is not implemented");
+  }
+  if (f.has("llama.expert_count") && get("expert_count") > 0)
+    throw io_error(f.where() + ": llama.expert_count = " + std::to_string(get("expert_count")) +
+                   "; mixture-of-experts models are not implemented");
   llama_weights w(c);
   auto put = [&](const char* slot, std::size_t layer, const std::string& name) {
     const tensor_slot& s = w.slot(slot);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,22 @@
 #include "ipa/io/safetensors.hpp"
 
 namespace ipa {
+
+namespace detail {
+/// A config's `key`: a whole number in [lo, hi], or `fallback` when absent (none: required).
+inline long long config_whole(const nlohmann::json& config, const std::string& key, std::optional<long long> fallback,
+                              long long lo, long long hi, const std::string& where) {
+  const std::string range = "a whole number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) {
+    if (!fallback) throw io_error(where + ": missing field '" + key + "' (" + range + ")");
+    return *fallback;
+  }
+  if (!it->is_number_integer() || it->get<long long>() < lo || it->get<long long>() > hi)
+    throw io_error(where + ": '" + key + "' must be " + range + ", found " + it->dump());
+  return it->get<long long>();
+}
+}  // namespace detail
 
 /// The config and tensors of a Hugging Face folder. The config is read on construction; every
 /// shard is parsed (and validated) on the first question about tensors, so a reader checks
@@ -67,6 +84,36 @@ class hf_folder {
 
   /// "config.json: what" as an io_error.
   [[noreturn]] void config_fail(const std::string& what) const { throw io_error(dir_ + "/config.json: " + what); }
+
+  /// config.json's `key`: a whole number in [lo, hi], or `fallback` when the key is absent
+  /// (no fallback: required). 64.5, "64" or 2^40 are errors naming the key and the value.
+  long long whole(const std::string& key, std::optional<long long> fallback, long long lo, long long hi) const {
+    return detail::config_whole(config_, key, fallback, lo, hi, dir_ + "/config.json");
+  }
+  /// config.json's `key`: a finite number in (lo, hi], or `fallback` when absent.
+  double number(const std::string& key, double fallback, double lo, double hi) const {
+    const auto it = config_.find(key);
+    if (it == config_.end() || it->is_null()) return fallback;
+    if (!it->is_number() || !std::isfinite(it->get<double>()) || it->get<double>() <= lo || it->get<double>() > hi)
+      config_fail("'" + key + "' must be a number in (" + std::to_string(lo) + ", " + std::to_string(hi) + "], found " +
+                  it->dump());
+    return it->get<double>();
+  }
+  /// config.json's `key`: true or false, or `fallback` when absent.
+  bool flag(const std::string& key, bool fallback) const {
+    const auto it = config_.find(key);
+    if (it == config_.end() || it->is_null()) return fallback;
+    if (!it->is_boolean()) config_fail("'" + key + "' must be true or false, found " + it->dump());
+    return it->get<bool>();
+  }
+  /// Refuses a setting ipa does not implement: `key` present (and not null) with a value other
+  /// than `supported`. Ignoring it would decode a different model without a word.
+  void only(const std::string& key, const nlohmann::json& supported, const std::string& what) const {
+    const auto it = config_.find(key);
+    if (it == config_.end() || it->is_null() || *it == supported) return;
+    config_fail("'" + key + "' is " + it->dump() + ": " + what + " is not implemented (supported: " + supported.dump() +
+                ")");
+  }
 
  private:
   void open() const {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,12 +51,16 @@ inline gpt2_config gpt2_config_from_hf(const nlohmann::json& cfg, const std::str
   try {
     const std::string type = cfg.value("model_type", std::string("gpt2"));
     if (type != "gpt2") throw io_error(where + ": model_type '" + type + "' is not gpt2");
-    c.dim = cfg.at("n_embd").get<int>();
-    c.n_layers = cfg.at("n_layer").get<int>();
-    c.n_heads = cfg.at("n_head").get<int>();
-    c.vocab_size = cfg.at("vocab_size").get<int>();
-    c.seq_len = cfg.contains("n_positions") ? cfg["n_positions"].get<int>() : cfg.at("n_ctx").get<int>();
-    c.hidden_dim = cfg.contains("n_inner") && !cfg["n_inner"].is_null() ? cfg["n_inner"].get<int>() : 4 * c.dim;
+    constexpr long long big = 1 << 20, huge = 1 << 24;
+    auto whole = [&](const char* key, std::optional<long long> fallback, long long hi) {
+      return int(detail::config_whole(cfg, key, fallback, 1, hi, where));
+    };
+    c.dim = whole("n_embd", {}, big);
+    c.n_layers = whole("n_layer", {}, big);
+    c.n_heads = whole("n_head", {}, big);
+    c.vocab_size = whole("vocab_size", {}, huge);
+    c.seq_len = cfg.contains("n_positions") ? whole("n_positions", {}, huge) : whole("n_ctx", {}, huge);
+    c.hidden_dim = whole("n_inner", 4LL * c.dim, big);
     c.norm_eps = cfg.value("layer_norm_epsilon", 1e-5f);
     const std::string act = cfg.value("activation_function", std::string("gelu_new"));
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") c.gelu = gelu_kind::tanh;

@@ -109,16 +109,24 @@ inline llama_weights load_hf_llama(const std::string& dir) {
   try {
     const std::string type = cfg.value("model_type", std::string("llama"));
     if (type != "llama") folder.config_fail("model_type '" + type + "' is not llama");
-    c.dim = cfg.at("hidden_size").get<int>();
-    c.hidden_dim = cfg.at("intermediate_size").get<int>();
-    c.n_heads = cfg.at("num_attention_heads").get<int>();
-    c.n_kv_heads = cfg.value("num_key_value_heads", c.n_heads);
-    c.n_layers = cfg.at("num_hidden_layers").get<int>();
-    c.vocab_size = cfg.at("vocab_size").get<int>();
-    c.seq_len = cfg.value("max_position_embeddings", 2048);
-    c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
-    c.rope_theta = cfg.value("rope_theta", 10000.0f);
-    c.shared_classifier = cfg.value("tie_word_embeddings", false);
+    constexpr long long big = 1 << 20, huge = 1 << 24;
+    c.dim = int(folder.whole("hidden_size", {}, 1, big));
+    c.hidden_dim = int(folder.whole("intermediate_size", {}, 1, big));
+    c.n_heads = int(folder.whole("num_attention_heads", {}, 1, big));
+    c.n_kv_heads = int(folder.whole("num_key_value_heads", c.n_heads, 1, big));
+    c.n_layers = int(folder.whole("num_hidden_layers", {}, 1, big));
+    c.vocab_size = int(folder.whole("vocab_size", {}, 1, huge));
+    c.seq_len = int(folder.whole("max_position_embeddings", 2048, 1, huge));
+    c.norm_eps = float(folder.number("rms_norm_eps", 1e-6, 0, 1));
+    c.rope_theta = float(folder.number("rope_theta", 10000, 0, 1e12));
+    c.shared_classifier = folder.flag("tie_word_embeddings", false);
+    // what ipa's Llama does not implement is refused, not ignored
+    folder.only("hidden_act", "silu", "an activation other than SiLU");
+    folder.only("rope_scaling", nullptr, "RoPE scaling");
+    folder.only("attention_bias", false, "attention biases");
+    folder.only("mlp_bias", false, "MLP biases");
+    if (cfg.contains("head_dim") && !cfg["head_dim"].is_null())
+      folder.only("head_dim", c.dim / std::max(1, c.n_heads), "a head size other than hidden_size / heads");
     c.validate(dir + "/config.json");
   } catch (const nlohmann::json::exception& e) {
     folder.config_fail(std::string("missing or mistyped field: ") + e.what());

@@ -1,23 +1,30 @@
 // SPDX-License-Identifier: MIT
-// A reward computed by another program (POSIX). The command is started once through /bin/sh;
-// each batch is sent as JSON lines on its stdin, one {"prompt": ..., "response": ...} per
-// sample, and it answers one line per sample on stdout: a number, or {"score": number}.
-// A timeout, a dead process or a garbage answer is a clear ipa::error, never a hang.
+// A reward computed by another program (POSIX), run as a filter once per batch: the command
+// starts through /bin/sh, reads the batch as JSON lines on its stdin (one {"prompt", "response",
+// "prompt_ids", "response_ids"} per sample) until the end of input, writes one line per sample on
+// stdout (a number, or {"score": number}) and exits with status 0. Anything else (too few or too
+// many lines, a non-number, NaN, inf or a magnitude above max_magnitude, a non-zero exit, a
+// signal, no end within the timeout) is a reward_error naming the command, the sample and what
+// was read: never a hang, never a score given to the wrong sample.
 #pragma once
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
-#include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -27,39 +34,182 @@
 
 namespace ipa {
 
-/// Scores samples by asking an external command (see the file comment for the protocol).
+/// A reward function failed: its process misbehaved or its answer is not a usable score.
+struct reward_error : error {
+  using error::error;
+};
+
+namespace detail {
+
+/// What a filter process wrote on stdout and how it ended.
+struct filter_result {
+  std::string output;
+  int status = 0;  // as waitpid reports it
+};
+
+/// Runs `command` through /bin/sh in a process group of its own, feeds it `input` and closes its
+/// stdin, collects its stdout until it closes it, and reaps it. Past `timeout_s` the whole group
+/// is killed and that is an error. Its stderr is ipa's own: a chatty child cannot fill a pipe
+/// that nobody reads.
+inline filter_result run_filter(const std::string& command, const std::string& input, double timeout_s,
+                                std::size_t max_output = std::size_t(64) << 20) {
+  auto fail = [&](const std::string& what) -> reward_error {
+    return reward_error("reward command '" + command + "': " + what);
+  };
+  int in[2], out[2];
+  if (pipe2(in, O_CLOEXEC) != 0) throw fail(std::string("pipe() failed: ") + std::strerror(errno));
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    close(in[0]), close(in[1]);
+    throw fail(std::string("pipe() failed: ") + std::strerror(errno));
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    for (int fd : {in[0], in[1], out[0], out[1]}) close(fd);
+    throw fail(std::string("fork() failed: ") + std::strerror(errno));
+  }
+  if (pid == 0) {  // the child: only async-signal-safe calls until exec
+    setpgid(0, 0);
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  setpgid(pid, pid);  // also here: whichever runs first, the group exists before a kill
+  close(in[0]);
+  close(out[1]);
+  int to_child = in[1];
+  const int from_child = out[0];
+  fcntl(to_child, F_SETFL, O_NONBLOCK);
+
+  // A child that stops reading makes write() fail with EPIPE; SIGPIPE is blocked in this thread
+  // meanwhile (and a pending one consumed) so that it cannot kill the trainer.
+  sigset_t pipe_only, old_mask;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, &old_mask);
+
+  filter_result r;
+  std::string error;
+  std::size_t sent = 0;
+  if (input.empty()) close(to_child), to_child = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) {
+      error = "no answer within " + std::to_string(timeout_s) + " s (the reward timeout); killed it";
+      break;
+    }
+    pollfd fds[2] = {{from_child, POLLIN, 0}, {to_child, POLLOUT, 0}};
+    const int n = poll(fds, to_child >= 0 ? 2 : 1, int(std::min<long long>(left, 1000)));
+    if (n < 0 && errno != EINTR) {
+      error = std::string("poll() failed: ") + std::strerror(errno);
+      break;
+    }
+    if (n <= 0) continue;
+    if (to_child >= 0 && (fds[1].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      const ssize_t w = ::write(to_child, input.data() + sent, input.size() - sent);
+      if (w > 0) sent += std::size_t(w);
+      // EPIPE: it exited or closed its input early; what it wrote still decides
+      if ((w < 0 && errno != EAGAIN && errno != EINTR) || sent == input.size()) close(to_child), to_child = -1;
+    }
+    if (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+      char chunk[4096];
+      const ssize_t got = ::read(from_child, chunk, sizeof chunk);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) break;  // end of its output
+      r.output.append(chunk, std::size_t(got));
+      if (r.output.size() > max_output) {
+        error = "wrote more than " + std::to_string(max_output) + " bytes; killed it";
+        break;
+      }
+    }
+  }
+  if (to_child >= 0) close(to_child);
+  close(from_child);
+  if (!error.empty()) kill(-pid, SIGKILL);
+  // reap it: after its output ended it is exiting; a child that lingers past the deadline (its
+  // stdout closed but still running) is killed too
+  for (;;) {
+    const pid_t w = waitpid(pid, &r.status, WNOHANG);
+    if (w == pid || (w < 0 && errno != EINTR)) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      if (error.empty()) error = "did not exit within " + std::to_string(timeout_s) + " s (the reward timeout)";
+      kill(-pid, SIGKILL);
+      waitpid(pid, &r.status, 0);
+      break;
+    }
+    usleep(1000);
+  }
+  const timespec no_wait{0, 0};
+  while (sigtimedwait(&pipe_only, nullptr, &no_wait) == SIGPIPE) {
+  }
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  if (!error.empty()) throw fail(error);
+  return r;
+}
+
+}  // namespace detail
+
+/// Scores samples by running an external command on each batch (see the file comment).
 class process_reward {
  public:
-  /// Starts `command` (run by /bin/sh -c). `timeout_seconds` bounds each batch's answer.
-  explicit process_reward(std::string command, double timeout_seconds = 60.0) : state_(std::make_shared<child>()) {
-    state_->command = std::move(command);
-    state_->timeout = timeout_seconds;
-    if (state_->command.empty()) throw config_error("process_reward: empty command");
-    if (!(timeout_seconds > 0)) throw config_error("process_reward: timeout must be > 0 seconds");
-    state_->start();
+  /// Scores beyond this magnitude are refused: an RL reward that large is a bug in the command.
+  static constexpr double max_magnitude = 1e6;
+
+  /// `command` runs through /bin/sh -c once per batch; `timeout_seconds` bounds each run.
+  explicit process_reward(std::string command, double timeout_seconds = 60.0)
+      : command_(std::move(command)), timeout_(timeout_seconds) {
+    if (command_.find_first_not_of(" \t") == std::string::npos) throw config_error("process_reward: empty command");
+    if (!(timeout_seconds > 0) || !std::isfinite(timeout_seconds))
+      throw config_error("process_reward: the timeout must be a finite number of seconds > 0, found " +
+                         std::to_string(timeout_seconds));
   }
 
-  void score(std::span<const sample_view> batch, std::span<double> scores) {
+  void score(std::span<const sample_view> batch, std::span<double> scores) const {
     detail::check_batch(batch, scores, "process_reward");
-    child& c = *state_;
-    std::string out;
+    std::string input;
     for (const sample_view& s : batch) {
-      nlohmann::json j = {{"prompt", std::string(s.prompt_text)},
-                          {"response", std::string(s.response_text)},
-                          {"prompt_ids", std::vector<int>(s.prompt.begin(), s.prompt.end())},
-                          {"response_ids", std::vector<int>(s.response.begin(), s.response.end())}};
-      out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-      out += '\n';
+      const nlohmann::json j = {{"prompt", std::string(s.prompt_text)},
+                                {"response", std::string(s.response_text)},
+                                {"prompt_ids", std::vector<int>(s.prompt.begin(), s.prompt.end())},
+                                {"response_ids", std::vector<int>(s.response.begin(), s.response.end())}};
+      input += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      input += '\n';
     }
-    c.write_all(out);
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const std::string line = c.read_line();
-      scores[i] = parse_score(line, c.command);
-    }
+    const detail::filter_result r = detail::run_filter(command_, input, timeout_);
+    if (!WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0)
+      throw failure(WIFEXITED(r.status) ? "exited with status " + std::to_string(WEXITSTATUS(r.status))
+                                        : "was killed by signal " + std::to_string(WTERMSIG(r.status)));
+    const std::vector<std::string_view> lines = split_lines(r.output);
+    if (lines.size() != batch.size())
+      throw failure("answered " + std::to_string(lines.size()) + " line(s) for " + std::to_string(batch.size()) +
+                    " sample(s); expected exactly one score per sample");
+    for (std::size_t i = 0; i < lines.size(); ++i) scores[i] = parse_score(lines[i], i);
   }
+
+  const std::string& command() const noexcept { return command_; }
+  double timeout_seconds() const noexcept { return timeout_; }
 
  private:
-  static double parse_score(const std::string& line, const std::string& command) {
+  reward_error failure(const std::string& what) const {
+    return reward_error("reward command '" + command_ + "' " + what);
+  }
+
+  // its lines, without a final '\n' or any '\r' before one
+  static std::vector<std::string_view> split_lines(std::string_view text) {
+    std::vector<std::string_view> lines;
+    while (!text.empty()) {
+      const std::size_t nl = std::min(text.find('\n'), text.size());
+      std::string_view line = text.substr(0, nl);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      lines.push_back(line);
+      text.remove_prefix(std::min(nl + 1, text.size()));
+    }
+    return lines;
+  }
+
+  double parse_score(std::string_view line, std::size_t sample) const {
     double v = NAN;
     try {
       const auto j = nlohmann::json::parse(line);
@@ -67,109 +217,14 @@ class process_reward {
       else if (j.is_object() && j.contains("score") && j["score"].is_number()) v = j["score"].get<double>();
     } catch (const nlohmann::json::exception&) {
     }
-    if (!std::isfinite(v))
-      throw io_error("process_reward: '" + command + "' answered '" + line.substr(0, 200) +
-                     "'; expected one finite number or {\"score\": number} per line");
+    if (!std::isfinite(v) || std::abs(v) > max_magnitude)
+      throw failure("answered '" + std::string(line.substr(0, 200)) + "' for sample " + std::to_string(sample) +
+                    "; expected a finite number (or {\"score\": number}) of magnitude <= 1e6");
     return v;
   }
 
-  struct child {
-    std::string command;
-    double timeout = 60;
-    pid_t pid = -1;
-    int to_child = -1, from_child = -1;
-    std::string buffer;
-
-    void start() {
-      int in[2], out[2];
-      if (pipe(in) != 0 || pipe(out) != 0)
-        throw io_error("process_reward: pipe() failed: " + std::string(std::strerror(errno)));
-      pid = fork();
-      if (pid < 0) throw io_error("process_reward: fork() failed: " + std::string(std::strerror(errno)));
-      if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[0]);
-        close(in[1]);
-        close(out[0]);
-        close(out[1]);
-        execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-      }
-      close(in[0]);
-      close(out[1]);
-      to_child = in[1];
-      from_child = out[0];
-      fcntl(from_child, F_SETFD, FD_CLOEXEC);
-      fcntl(to_child, F_SETFD, FD_CLOEXEC);
-    }
-    ~child() {
-      if (to_child >= 0) close(to_child);
-      if (from_child >= 0) close(from_child);
-      if (pid > 0) {
-        kill(pid, SIGTERM);
-        waitpid(pid, nullptr, 0);
-      }
-    }
-    [[noreturn]] void died(const std::string& when) {
-      int status = 0;
-      std::string how = "closed its output";
-      // a closed pipe usually means the process is exiting: give it a moment to be reaped
-      for (int tries = 0; pid > 0 && tries < 200; ++tries) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-          how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                                  : "was killed by signal " + std::to_string(WTERMSIG(status));
-          pid = -1;
-          break;
-        }
-        usleep(5000);
-      }
-      throw io_error("process_reward: '" + command + "' " + how + " " + when);
-    }
-    void write_all(const std::string& data) {
-      // a closed pipe must be an error here, not SIGPIPE killing the trainer
-      struct sigaction ignore {
-      }, old{};
-      ignore.sa_handler = SIG_IGN;
-      sigaction(SIGPIPE, &ignore, &old);
-      std::size_t done = 0;
-      while (done < data.size()) {
-        const ssize_t n = ::write(to_child, data.data() + done, data.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          sigaction(SIGPIPE, &old, nullptr);
-          died("while the batch was being sent");
-        }
-        done += std::size_t(n);
-      }
-      sigaction(SIGPIPE, &old, nullptr);
-    }
-    std::string read_line() {
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
-      for (;;) {
-        const auto nl = buffer.find('\n');
-        if (nl != std::string::npos) {
-          std::string line = buffer.substr(0, nl);
-          buffer.erase(0, nl + 1);
-          return line;
-        }
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0)
-          throw io_error("process_reward: '" + command + "' gave no answer within " + std::to_string(timeout) + " s");
-        pollfd p{from_child, POLLIN, 0};
-        const int r = poll(&p, 1, int(left.count()));
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0) continue;  // the deadline check above reports it
-        char chunk[4096];
-        const ssize_t n = ::read(from_child, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) died("before answering every sample");
-        buffer.append(chunk, std::size_t(n));
-      }
-    }
-  };
-  std::shared_ptr<child> state_;  // shared: copies of a reward talk to the same process
+  std::string command_;
+  double timeout_;
 };
 
 }  // namespace ipa

@@ -36,7 +36,8 @@ class spec_reward {
     any_term reward;
   };
 
-  static spec_reward parse(std::string_view spec) {
+  /// `command_timeout_s` bounds each run of a cmd: term's process (see process_reward).
+  static spec_reward parse(std::string_view spec, double command_timeout_s = 60) {
     spec_reward out;
     std::string_view rest = trim(spec);
     if (rest.empty()) throw config_error("reward spec is empty; e.g. 'avoid:sad,cry' or 'keywords:dog'");
@@ -60,7 +61,7 @@ class spec_reward {
         rest = plus == std::string_view::npos ? std::string_view() : trim(rest.substr(plus + 1));
         if (plus != std::string_view::npos && rest.empty()) fail(spec, "a '+' with no term after it");
       }
-      out.terms_.push_back({weight, std::string(head), make(spec, head, trim(text))});
+      out.terms_.push_back({weight, std::string(head), make(spec, head, trim(text), command_timeout_s)});
     }
     return out;
   }
@@ -106,7 +107,7 @@ class spec_reward {
       at = next + 1;
     }
   }
-  static any_term make(std::string_view spec, std::string_view name, std::string_view args) {
+  static any_term make(std::string_view spec, std::string_view name, std::string_view args, double command_timeout_s) {
     if (args.empty()) fail(spec, "'" + std::string(name) + "' needs arguments after ':'");
     try {
       if (name == "avoid") return avoid_words(split(args, ','));
@@ -121,7 +122,7 @@ class spec_reward {
         if (name == "length") return target_length(std::size_t(n));
         return distinct_reward(std::size_t(n));
       }
-      if (name == "cmd") return process_reward(std::string(args));
+      if (name == "cmd") return process_reward(std::string(args), command_timeout_s);
     } catch (const config_error& e) {
       fail(spec, e.what());
     }

@@ -149,6 +149,25 @@ inline saved_adapter load_adapter(const std::string& dir) {
   return a;
 }
 
+namespace detail {
+/// OUT/adapter -> NAME/adapter (a symlink swapped by rename: atomic).
+inline void point_adapter_link(const std::string& out_dir, const std::string& name) {
+  namespace fs = std::filesystem;
+  const std::string link_tmp = out_dir + "/.adapter-link";
+  fs::remove(link_tmp);
+  fs::create_directory_symlink(name + "/adapter", link_tmp);
+  fs::rename(link_tmp, out_dir + "/adapter");
+}
+
+/// A counter of trainer.json: a whole number >= 0 (a negative or fractional one is corrupt).
+inline std::uint64_t stored_count(const nlohmann::json& s, const char* key, const std::string& file) {
+  const nlohmann::json& v = s.at(key);
+  if (!v.is_number_unsigned() || v.get<std::uint64_t>() > (std::uint64_t(1) << 53))
+    throw io_error(file + ": " + key + " must be a whole number in [0, 2^53], found " + v.dump());
+  return v.get<std::uint64_t>();
+}
+}  // namespace detail
+
 /// Saves everything a run needs to continue exactly: adapter, optimizer moments, value head,
 /// RNG, baseline, KL coefficient, data order, Quark pool, PPO reference; `run` is the caller's
 /// description of the run (its options), stored in trainer.json. Returns the checkpoint folder.
@@ -228,11 +247,7 @@ std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>
   fs::rename(tmp_dir, final_dir);
   detail::fsync_path(out_dir, true);
   write_file_atomic(out_dir + "/latest", name + "\n");  // the commit point
-  // `adapter` -> the newest adapter (symlink swapped by rename, also atomic)
-  const std::string link_tmp = out_dir + "/.adapter-link";
-  fs::remove(link_tmp);
-  fs::create_directory_symlink(name + "/adapter", link_tmp);
-  fs::rename(link_tmp, out_dir + "/adapter");
+  detail::point_adapter_link(out_dir, name);
   // older checkpoints are no longer needed
   for (const auto& entry : fs::directory_iterator(out_dir)) {
     const std::string n = entry.path().filename().string();
@@ -251,6 +266,26 @@ inline std::string latest_checkpoint(const std::string& out_dir) {
   if (name.rfind("checkpoint-", 0) != 0 || name.find('/') != std::string::npos)
     throw io_error(latest + ": corrupt: expected a checkpoint name, found '" + name + "'");
   return out_dir + "/" + name;
+}
+
+/// Removes what saves that died left in a run's folder: temporary files and folders (".tmp-"),
+/// and checkpoint folders that `latest` does not name. `latest` is the commit point: a save
+/// killed after renaming its folder into place but before `latest` moved is not part of the run,
+/// which continues from `latest` (and would otherwise save its next step beside the stale one).
+/// Call it holding the folder's dir_lock.
+inline void remove_uncommitted(const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(out_dir)) return;
+  const std::string latest = latest_checkpoint(out_dir);
+  const std::string keep = latest.empty() ? std::string() : fs::path(latest).filename().string();
+  if (!keep.empty() && !fs::is_directory(latest))
+    throw io_error(out_dir + "/latest names " + keep + ", which is missing: the run's folder was damaged");
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const std::string n = entry.path().filename().string();
+    if (n.find(".tmp-") != std::string::npos || n == ".adapter-link" || (n.rfind("checkpoint-", 0) == 0 && n != keep))
+      fs::remove_all(entry.path());
+  }
+  if (!keep.empty()) detail::point_adapter_link(out_dir, keep);
 }
 
 /// The run description stored with a checkpoint.
@@ -329,8 +364,9 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     if (rng.size() != 4) throw io_error(dir + "/trainer.json: rng must hold 4 numbers");
     const std::uint64_t st[4] = {rng[0], rng[1], rng[2], rng[3]};
     t.rng().set_state(st);
-    t.optimizer().set_steps_taken(s.at("adam_steps").get<std::uint64_t>());
-    t.value_optimizer().set_steps_taken(s.at("value_adam_steps").get<std::uint64_t>());
+    const std::string file = dir + "/trainer.json";
+    t.optimizer().set_steps_taken(detail::stored_count(s, "adam_steps", file));
+    t.value_optimizer().set_steps_taken(detail::stored_count(s, "value_adam_steps", file));
     t.baseline().value = s.at("baseline").at("value").get<double>();
     t.baseline().has_value = s.at("baseline").at("has_value").get<bool>();
     t.kl().coef = s.at("kl_coef").get<double>();
@@ -341,8 +377,8 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     for (std::size_t i : order)
       if (i >= order.size()) throw io_error(dir + "/trainer.json: prompt_order holds an index out of range");
     t.prompt_order() = order;
-    t.prompt_cursor() = s.at("prompt_cursor").get<std::size_t>() % order.size();
-    t.step_count() = s.at("step").get<std::size_t>();
+    t.prompt_cursor() = std::size_t(detail::stored_count(s, "prompt_cursor", file)) % order.size();
+    t.step_count() = std::size_t(detail::stored_count(s, "step", file));
     t.quark_best_bin() = s.value("quark_best_bin", 0);
     if (t.quark_best_bin() < 0 || t.quark_best_bin() >= std::max(1, t.config().quark_bins))
       throw io_error(dir + "/trainer.json: quark_best_bin is outside the bins");
