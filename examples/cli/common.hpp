@@ -54,6 +54,7 @@ inline std::vector<std::string> read_lines(const std::string& path) {
 
 /// True when the file starts with GGUF's magic.
 inline bool is_gguf(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) return false;  // (never open a FIFO: it may block)
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
   return in.read(magic, 4) && std::string(magic, 4) == "GGUF";
@@ -69,6 +70,10 @@ inline ipa::llama_weights load_model(const std::string& path) {
   if (is_adapter_folder(path)) return ipa::load_adapter(path).weights;
   if (std::filesystem::is_directory(path)) return ipa::load_hf_llama(path);
   if (is_gguf(path)) return ipa::load_gguf_llama(ipa::gguf_file::load(path));
+  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) {
+    ipa::detail::require_regular_file(path);
+    throw ipa::io_error(path + ": not a GGUF file (it does not start with the magic 'GGUF')");
+  }
   return ipa::load_llama2c(path);
 }
 
@@ -89,9 +94,13 @@ inline ipa::llama2c_tokenizer load_tokenizer(const std::string& model_path, cons
 
 /// "gpt2" for a Hugging Face GPT-2 folder or a GGUF of the gpt2 architecture, else "llama".
 inline std::string architecture_of(const std::string& path) {
-  if (std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") && !is_adapter_folder(path))
-    return ipa::detail::read_json(path + "/config.json").value("model_type", std::string("llama")) == "gpt2" ? "gpt2"
-                                                                                                             : "llama";
+  if (std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") &&
+      !is_adapter_folder(path)) {
+    const nlohmann::json config = ipa::detail::read_json(path + "/config.json");
+    if (!config.is_object()) throw ipa::io_error(path + "/config.json: not a JSON object");
+    const auto type = config.find("model_type");
+    return type != config.end() && *type == "gpt2" ? "gpt2" : "llama";
+  }
   if (is_gguf(path)) return ipa::gguf_architecture(ipa::gguf_file::load(path)) == "gpt2" ? "gpt2" : "llama";
   return "llama";
 }

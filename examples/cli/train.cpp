@@ -127,11 +127,22 @@ int train(train_request r) {
     o = ipa::checkpoint_run(checkpoint).get<train_options>();  // the run's own options
     o.out = out;
   }
+  // a resumed run reads the options and paths stored with it: say so when one is bad or gone
+  auto stored = [&](auto&& load) {
+    try {
+      return load();
+    } catch (const std::exception& e) {
+      if (!resume) throw;
+      throw ipa::io_error(std::string(e.what()) + " (from the options stored with the run in " + checkpoint +
+                          "/trainer.json; resume where the run was started, or put the file back)");
+    }
+  };
+  if (resume) stored([&] { return make_config(o); });  // its algorithm, decay and numbers
   if (r.steps) o.steps = *r.steps;
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
   const std::optional<double> max_minutes = r.max_minutes;
-  auto reward = ipa::spec_reward::parse(o.reward, o.reward_timeout);
+  auto reward = stored([&] { return ipa::spec_reward::parse(o.reward, o.reward_timeout); });
 
   // the loop, whatever the base
   auto run_training = [&](auto& trainer) {
@@ -206,11 +217,11 @@ int train(train_request r) {
     return run_training(trainer);
 #endif
   }
-  const ipa::llama_weights base_weights = load_model(o.base);
+  const ipa::llama_weights base_weights = stored([&] { return load_model(o.base); });
   const ipa::llama_model base(base_weights);
-  const auto tok = load_tokenizer(o.base, o.tokenizer, base.vocab_size());
+  const auto tok = stored([&] { return load_tokenizer(o.base, o.tokenizer, base.vocab_size()); });
   ipa::prompt_list prompts;
-  for (const auto& line : read_lines(o.prompts)) prompts.push_back(tok.encode(line));
+  for (const auto& line : stored([&] { return read_lines(o.prompts); })) prompts.push_back(tok.encode(line));
   ipa::rl_trainer trainer(o.tune_base ? nullptr : &base, initial_adapter(o, &base_weights, base_weights.config()), tok,
                           std::move(reward), prompts, make_config(o));
   return run_training(trainer);

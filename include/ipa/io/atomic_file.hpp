@@ -59,8 +59,27 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
   detail::fsync_path(parent.empty() ? "." : parent.string(), true);
 }
 
+namespace detail {
+/// Throws unless `path` is a regular file (or a link to one), asking stat() only: opening a FIFO
+/// with no writer would block forever, and a device or a folder is never a model or a tokenizer.
+inline void require_regular_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::regular) return;
+  if (st.type() == fs::file_type::not_found) throw io_error(path + ": no such file");
+  if (ec) throw io_error(path + ": cannot read: " + ec.message());
+  const char* kind = st.type() == fs::file_type::directory ? "a folder"
+                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                     : st.type() == fs::file_type::socket  ? "a socket"
+                                                           : "a device or special file";
+  throw io_error(path + ": expected a regular file, found " + kind);
+}
+}  // namespace detail
+
 /// The whole content of a file; io_error if it cannot be read.
 inline std::string read_file(const std::string& path) {
+  detail::require_regular_file(path);
   std::error_code ec;
   const auto size = std::filesystem::file_size(path, ec);
   if (ec) throw io_error(path + ": cannot read: " + ec.message());

@@ -9,13 +9,16 @@
 #include <type_traits>
 
 #include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
 
 namespace ipa {
 
 /// Reads little-endian plain values from a file, checking each against the file's size.
 class binary_reader {
  public:
-  explicit binary_reader(const std::string& path) : path_(path), in_(path, std::ios::binary) {
+  explicit binary_reader(const std::string& path) : path_(path) {
+    detail::require_regular_file(path);  // before open(): a FIFO would block it
+    in_.open(path, std::ios::binary);
     if (!in_) throw io_error(path + ": cannot open file for reading");
     in_.seekg(0, std::ios::end);
     const auto end = in_.tellg();
