@@ -240,9 +240,11 @@ struct loaded_adapters {
   std::vector<ipa::vocab_mapped<ipa::llama_model>> mapped;                  // point into models
   std::vector<ipa::weighted<ipa::vocab_mapped<ipa::llama_model>>> experts;  // point into mapped
   std::vector<ipa::token_id> controls;                                      // -1: none
+  std::vector<std::string> adapter_paths;
 
   loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas,
-                  const ipa::token_table& base_table, std::size_t base_vocab) {
+                  const ipa::token_table& base_table, std::size_t base_vocab)
+      : adapter_paths(paths) {
     models.reserve(paths.size());  // mapped and experts hold pointers: no reallocation
     mapped.reserve(paths.size());
     for (std::size_t i = 0; i < paths.size(); ++i) {
@@ -274,7 +276,17 @@ struct loaded_adapters {
   loaded_adapters(const loaded_adapters&) = delete;
 
   /// Each adapter's prompts (its control token after BOS); empty when no adapter has one.
+  /// An adapter must be able to read every prompt token (ids it lacks are banned from what it
+  /// generates, but a prompt cannot be read around): one that cannot is named here.
   std::vector<ipa::prompt_list> prompts_for(const ipa::prompt_list& prompts) const {
+    for (std::size_t i = 0; i < mapped.size(); ++i)
+      for (std::size_t b = 0; b < prompts.size(); ++b)
+        for (ipa::token_id t : prompts[b])
+          if (!mapped[i].map().is_identity() && mapped[i].map().adapter_id(t) < 0)
+            throw ipa::config_error(adapter_paths[i] + ": prompt " + std::to_string(b) + " holds token " +
+                                    std::to_string(t) + ", which this adapter's vocabulary (" +
+                                    std::to_string(models[i].vocab_size()) +
+                                    " tokens) lacks; an adapter must know every token of a prompt");
     std::vector<ipa::prompt_list> out;
     if (std::none_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; })) return out;
     for (ipa::token_id c : controls) {

@@ -91,7 +91,8 @@ class gguf_file {
     std::uint64_t alignment = 32;
     if (auto it = metadata_.find("general.alignment"); it != metadata_.end()) {
       const long long a = it->second.as_int("general.alignment");
-      if (a <= 0 || (a & (a - 1)) != 0 || a > (1 << 20)) fail("general.alignment must be a power of two");
+      if (a <= 0 || (a & (a - 1)) != 0 || a > (1 << 20))
+        fail("general.alignment must be a power of two in [1, 2^20], found " + std::to_string(a));
       alignment = std::uint64_t(a);
     }
     std::vector<std::string> order;

@@ -11,6 +11,7 @@
 // ever deletes or overwrites the folder `latest` names (a repeated step gets checkpoint-N.1);
 // older folders go only after the commit.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -159,12 +160,31 @@ inline void point_adapter_link(const std::string& out_dir, const std::string& na
   fs::rename(link_tmp, out_dir + "/adapter");
 }
 
-/// A counter of trainer.json: a whole number >= 0 (a negative or fractional one is corrupt).
-inline std::uint64_t stored_count(const nlohmann::json& s, const char* key, const std::string& file) {
+/// A counter of trainer.json: a whole number >= 0 (a negative or fractional one is corrupt;
+/// and converting a float beyond the integer's range would be undefined behaviour).
+inline std::uint64_t stored_count(const nlohmann::json& s, const char* key, const std::string& file,
+                                  std::uint64_t max = std::uint64_t(1) << 53) {
   const nlohmann::json& v = s.at(key);
-  if (!v.is_number_unsigned() || v.get<std::uint64_t>() > (std::uint64_t(1) << 53))
-    throw io_error(file + ": " + key + " must be a whole number in [0, 2^53], found " + v.dump());
+  if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max)
+    throw io_error(file + ": " + key + " must be a whole number in [0, " + std::to_string(max) + "], found " +
+                   v.dump());
   return v.get<std::uint64_t>();
+}
+
+/// An array of whole numbers of trainer.json (each checked like stored_count).
+inline std::vector<std::uint64_t> stored_counts(const nlohmann::json& s, const char* key, const std::string& file,
+                                                std::uint64_t max) {
+  const nlohmann::json& v = s.at(key);
+  if (!v.is_array()) throw io_error(file + ": " + key + " must be an array of whole numbers");
+  std::vector<std::uint64_t> out;
+  out.reserve(v.size());
+  for (const nlohmann::json& x : v) {
+    if (!x.is_number_unsigned() || x.get<std::uint64_t>() > max)
+      throw io_error(file + ": " + key + " must hold whole numbers in [0, " + std::to_string(max) + "], found " +
+                     x.dump());
+    out.push_back(x.get<std::uint64_t>());
+  }
+  return out;
 }
 }  // namespace detail
 
@@ -360,17 +380,20 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     t.pool().entries.push_back(std::move(e));
   }
   try {
-    const auto rng = s.at("rng").get<std::vector<std::uint64_t>>();
-    if (rng.size() != 4) throw io_error(dir + "/trainer.json: rng must hold 4 numbers");
+    const std::string file = dir + "/trainer.json";
+    const auto rng = detail::stored_counts(s, "rng", file, ~std::uint64_t(0));
+    if (rng.size() != 4) throw io_error(file + ": rng must hold 4 numbers");
     const std::uint64_t st[4] = {rng[0], rng[1], rng[2], rng[3]};
     t.rng().set_state(st);
-    const std::string file = dir + "/trainer.json";
     t.optimizer().set_steps_taken(detail::stored_count(s, "adam_steps", file));
     t.value_optimizer().set_steps_taken(detail::stored_count(s, "value_adam_steps", file));
     t.baseline().value = s.at("baseline").at("value").get<double>();
     t.baseline().has_value = s.at("baseline").at("has_value").get<bool>();
     t.kl().coef = s.at("kl_coef").get<double>();
-    const auto order = s.at("prompt_order").get<std::vector<std::size_t>>();
+    if (!std::isfinite(t.baseline().value) || !std::isfinite(t.kl().coef) || t.kl().coef < 0)
+      throw io_error(file + ": baseline.value and kl_coef must be finite (kl_coef >= 0)");
+    const auto stored_order = detail::stored_counts(s, "prompt_order", file, t.prompt_order().size());
+    const std::vector<std::size_t> order(stored_order.begin(), stored_order.end());
     if (order.size() != t.prompt_order().size())
       throw io_error(dir + "/trainer.json: the run had " + std::to_string(order.size()) + " prompts, this one has " +
                      std::to_string(t.prompt_order().size()) + "; resume with the same prompts file");
@@ -379,7 +402,8 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     t.prompt_order() = order;
     t.prompt_cursor() = std::size_t(detail::stored_count(s, "prompt_cursor", file)) % order.size();
     t.step_count() = std::size_t(detail::stored_count(s, "step", file));
-    t.quark_best_bin() = s.value("quark_best_bin", 0);
+    t.quark_best_bin() =
+        s.contains("quark_best_bin") ? int(detail::stored_count(s, "quark_best_bin", file, 1 << 20)) : 0;
     if (t.quark_best_bin() < 0 || t.quark_best_bin() >= std::max(1, t.config().quark_bins))
       throw io_error(dir + "/trainer.json: quark_best_bin is outside the bins");
   } catch (const nlohmann::json::exception& e) {
