@@ -4,16 +4,8 @@
 # and choice option, bad reward specs and misbehaving reward commands, corrupted checkpoints and
 # model configs. Every case must end by itself (no signal, no timeout) with exit status 1 or 2,
 # an "ipa: " message, and in it the name of the file or option at fault.
-if(DEFINED ENV{IPA_MODEL_DIR})
-  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
-endif()
-if(NOT EXISTS ${MODEL_DIR}/stories260K.gguf)
-  if("$ENV{CI}" STREQUAL "true")
-    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.gguf (set IPA_MODEL_DIR)")
-  endif()
-  message("SKIPPED: missing ${MODEL_DIR}/stories260K.gguf (set IPA_MODEL_DIR)")
-  return()
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
+ipa_cli_test_needs(${MODEL_DIR}/stories260K.gguf)
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(M ${MODEL_DIR}/stories260K.bin)

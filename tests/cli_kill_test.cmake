@@ -3,16 +3,8 @@
 # ends exactly as an uninterrupted one (same rewards and losses at every step, the same adapter),
 # metrics.jsonl holds each step once and no torn line, no temporary file is left, and a second
 # run on the same folder is refused while one holds it.
-if(DEFINED ENV{IPA_MODEL_DIR})
-  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
-endif()
-if(NOT EXISTS ${MODEL_DIR}/stories260K.bin)
-  if("$ENV{CI}" STREQUAL "true")
-    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  endif()
-  message("SKIPPED: missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  return()
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
+ipa_cli_test_needs(${MODEL_DIR}/stories260K.bin)
 find_program(TIMEOUT timeout REQUIRED)  # coreutils
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})

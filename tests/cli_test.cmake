@@ -1,18 +1,7 @@
 # SPDX-License-Identifier: MIT
 # `ipa generate` / `ipa tokenize` as a user runs them, against llama2.c's run.c output.
-if(DEFINED ENV{IPA_MODEL_DIR})
-  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
-endif()
-if(DEFINED ENV{IPA_GOLDEN_DIR})
-  set(GOLDEN_DIR $ENV{IPA_GOLDEN_DIR})
-endif()
-if(NOT EXISTS ${MODEL_DIR}/stories260K.bin)
-  if("$ENV{CI}" STREQUAL "true")
-    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  endif()
-  message("SKIPPED: missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  return()
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
+ipa_cli_test_needs(${MODEL_DIR}/stories260K.bin)
 set(golden "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily\n")
 set(common --base ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin --temperature 0 --max-new-tokens 60)
 

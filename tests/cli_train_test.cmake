@@ -1,15 +1,7 @@
 # SPDX-License-Identifier: MIT
 # `ipa train` -> `ipa train --resume` -> `ipa generate --adapter` -> `ipa eval`, as a user runs them.
-if(DEFINED ENV{IPA_MODEL_DIR})
-  set(MODEL_DIR $ENV{IPA_MODEL_DIR})
-endif()
-if(NOT EXISTS ${MODEL_DIR}/stories260K.bin)
-  if("$ENV{CI}" STREQUAL "true")
-    message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  endif()
-  message("SKIPPED: missing ${MODEL_DIR}/stories260K.bin (set IPA_MODEL_DIR)")
-  return()
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
+ipa_cli_test_needs(${MODEL_DIR}/stories260K.bin)
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(model --base ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin)
