@@ -69,25 +69,40 @@ CLI::Validator whole_in(std::uint64_t lo, std::uint64_t hi = std::numeric_limits
 
 constexpr std::uint64_t int_max = std::numeric_limits<int>::max();
 
-/// The alpha of each --adapter: the --alpha that follows it on the command line, else NaN
-/// ("the adapter folder's own, else 1").
-std::vector<float> pair_alphas(const CLI::App& sub, const CLI::Option* adapter, const CLI::Option* alpha,
-                               const std::vector<float>& alpha_values) {
-  std::vector<float> alphas;
-  std::size_t next = 0;
-  bool weighted = false;  // the last --adapter already has its --alpha
-  for (const CLI::Option* o : sub.parse_order()) {
-    if (o == adapter) {
-      alphas.push_back(NAN);
-      weighted = false;
-    } else if (o == alpha) {
-      if (alphas.empty() || weighted) throw usage_error("--alpha must follow the --adapter it weights");
-      alphas.back() = alpha_values.at(next++);
-      weighted = true;
-    }
-  }
-  return alphas;
+/// An option that may be given again and again, one value each time (--prompt a --prompt b).
+CLI::Option* repeatable(CLI::Option* o) {
+  return o->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
 }
+
+/// --adapter ADAPTER [--alpha X] pairs (generate, eval): each --alpha weights the --adapter
+/// before it, which only the order of the command line tells.
+struct adapter_options {
+  CLI::Option *adapter = nullptr, *alpha = nullptr;
+  std::vector<float> alpha_values;  // in command-line order
+
+  void add_to(CLI::App& sub, ipa_cli::adapter_flags& flags, const std::string& alpha_help) {
+    adapter = repeatable(sub.add_option("--adapter", flags.paths, "ADAPTER: an adapter model (repeatable)"));
+    alpha = repeatable(sub.add_option("--alpha", alpha_values, alpha_help))->check(number_in(-1e6, 1e6));
+  }
+
+  /// The alpha of each --adapter of `sub`: the --alpha after it, else NaN (the folder's own, else 1).
+  std::vector<float> alphas(const CLI::App& sub) const {
+    std::vector<float> out;
+    std::size_t next = 0;
+    bool weighted = false;  // the last --adapter already has its --alpha
+    for (const CLI::Option* o : sub.parse_order()) {
+      if (o == adapter) {
+        out.push_back(NAN);
+        weighted = false;
+      } else if (o == alpha) {
+        if (out.empty() || weighted) throw usage_error("--alpha must follow the --adapter it weights");
+        out.back() = alpha_values.at(next++);
+        weighted = true;
+      }
+    }
+    return out;
+  }
+};
 
 void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
   const char* group = "Base behind a server (--base http://HOST:PORT[/v1][,URL2...])";
@@ -129,21 +144,12 @@ void add_tokenize(CLI::App& app, ipa_cli::tokenize_options& o) {
   sub->add_option("--text", o.text, "the text")->required();
 }
 
-void add_generate(CLI::App& app, ipa_cli::generate_options& o, std::vector<float>& alpha_values, CLI::Option*& adapter,
-                  CLI::Option*& alpha) {
+void add_generate(CLI::App& app, ipa_cli::generate_options& o, adapter_options& adapters) {
   CLI::App* sub = app.add_subcommand("generate", "Decode a base model (+ adapters) on prompts");
   sub->add_option("--base", o.base, "MODEL: the base model (see below)")->required();
   sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer (see below)");
-  adapter = sub->add_option("--adapter", o.adapters.paths, "ADAPTER: an adapter model (repeatable)")
-                ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-                ->allow_extra_args(false);
-  alpha = sub->add_option("--alpha", alpha_values, "weight of the --adapter before it (default: its folder's, else 1)")
-              ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-              ->allow_extra_args(false)
-              ->check(number_in(-1e6, 1e6));
-  sub->add_option("--prompt", o.prompts, "a prompt (repeatable)")
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-      ->allow_extra_args(false);
+  adapters.add_to(*sub, o.adapters, "weight of the --adapter before it (default: its folder's, else 1)");
+  repeatable(sub->add_option("--prompt", o.prompts, "a prompt (repeatable)"));
   sub->add_option("--prompts-file", o.prompts_file, "FILE: one prompt per line (an empty line: an empty prompt)")
       ->check(CLI::ExistingFile);
   sub->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate at most")->check(whole_in(0, 1 << 24));
@@ -218,9 +224,7 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
   sub->add_option("--lambda", o.lambda,
                   "GAE lambda (1: the end-of-text reward reaches every token; 0.95 starves early tokens)")
       ->check(number_in(0, 1));
-  sub->add_option("--freeze", o.frozen, "keep a tensor fixed (repeatable), e.g. tok_embeddings")
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-      ->allow_extra_args(false);
+  repeatable(sub->add_option("--freeze", o.frozen, "keep a tensor fixed (repeatable), e.g. tok_embeddings"));
   sub->add_option("--micro-batch", o.micro_batch, "samples per forward/backward (0: all; gradient accumulation)")
       ->check(whole_in(0, 1 << 20));
   sub->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only at the end)")->check(whole_in(0));
@@ -232,8 +236,7 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
               reward_spec);
 }
 
-void add_eval(CLI::App& app, ipa_cli::eval_options& o, std::vector<float>& alpha_values, CLI::Option*& adapter,
-              CLI::Option*& alpha) {
+void add_eval(CLI::App& app, ipa_cli::eval_options& o, adapter_options& adapters) {
   CLI::App* sub = app.add_subcommand("eval", "Mean reward, base perplexity and distinct-1/2 of sampled continuations");
   sub->add_option("--base", o.base, "MODEL: the base (Llama architecture, or a URL)")->required();
   sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer");
@@ -241,13 +244,7 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, std::vector<float>& alpha
   sub->add_option("--prompts", o.prompts, "FILE: prompts, one per line")->required()->check(CLI::ExistingFile);
   sub->add_option("--reward-timeout", o.reward_timeout, "seconds a cmd: reward may take per batch")
       ->check(positive_up_to(1e6));
-  adapter = sub->add_option("--adapter", o.adapters.paths, "ADAPTER: an adapter (repeatable)")
-                ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-                ->allow_extra_args(false);
-  alpha = sub->add_option("--alpha", alpha_values, "weight of the --adapter before it")
-              ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-              ->allow_extra_args(false)
-              ->check(number_in(-1e6, 1e6));
+  adapters.add_to(*sub, o.adapters, "weight of the --adapter before it (default: its folder's, else 1)");
   sub->add_option("--samples", o.samples, "samples per prompt")->check(whole_in(1, 1 << 20));
   sub->add_option("--max-new-tokens", o.max_new_tokens, "tokens per continuation at most")->check(whole_in(1, 1 << 24));
   sub->add_option("--temperature", o.temperature, "sampling temperature")->check(positive_up_to(float_max));
@@ -256,12 +253,10 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, std::vector<float>& alpha
   sub->add_option("--policy", o.policy,
                   "MODEL: sample from this model alone instead of the base (+ adapters), e.g. OUT/adapter of "
                   "`ipa train --tune-base`; perplexity is still the base's")
-      ->excludes(adapter);
-  sub->add_option("--ban-words", o.banned_words,
-                  "w1,w2: ban the words at decoding time (' word' and ' Word' as token sequences, as Hugging "
-                  "Face's bad_words_ids): the decoding-time baseline")
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-      ->allow_extra_args(false);
+      ->excludes(adapters.adapter);
+  repeatable(sub->add_option("--ban-words", o.banned_words,
+                             "w1,w2: ban the words at decoding time (' word' and ' Word' as token sequences, as "
+                             "Hugging Face's bad_words_ids): the decoding-time baseline"));
   sub->add_option("--prompt-suffix", o.prompt_suffix, "TEXT: appended to every prompt");
   sub->add_flag("--json", o.json, "print the summary as one JSON object");
   add_remote_options(*sub, o.remote);
@@ -294,13 +289,12 @@ int main(int argc, char** argv) {
   ipa_cli::train_request train;
   ipa_cli::eval_options eval;
   ipa_cli::convert_options convert;
-  std::vector<float> generate_alphas, eval_alphas;
-  CLI::Option *generate_adapter = nullptr, *generate_alpha = nullptr, *eval_adapter = nullptr, *eval_alpha = nullptr;
+  adapter_options generate_adapters, eval_adapters;
   CLI::Option *steps = nullptr, *max_minutes = nullptr;
   double minutes = 0;
-  add_generate(app, generate, generate_alphas, generate_adapter, generate_alpha);
+  add_generate(app, generate, generate_adapters);
   add_train(app, train, steps, max_minutes, minutes);
-  add_eval(app, eval, eval_alphas, eval_adapter, eval_alpha);
+  add_eval(app, eval, eval_adapters);
   add_convert(app, convert);
   add_tokenize(app, tokenize);
 
@@ -324,7 +318,7 @@ int main(int argc, char** argv) {
     const std::string name = sub->get_name();
     if (name == "tokenize") return ipa_cli::tokenize(tokenize);
     if (name == "generate") {
-      generate.adapters.alphas = pair_alphas(*sub, generate_adapter, generate_alpha, generate_alphas);
+      generate.adapters.alphas = generate_adapters.alphas(*sub);
       return ipa_cli::generate(generate);
     }
     if (name == "train") {
@@ -333,7 +327,7 @@ int main(int argc, char** argv) {
       return ipa_cli::train(train);
     }
     if (name == "eval") {
-      eval.adapters.alphas = pair_alphas(*sub, eval_adapter, eval_alpha, eval_alphas);
+      eval.adapters.alphas = eval_adapters.alphas(*sub);
       return ipa_cli::eval(eval);
     }
     return ipa_cli::convert(convert);

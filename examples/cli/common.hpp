@@ -41,14 +41,19 @@ inline std::string default_tokenizer(const std::string& model) {
   return (slash == std::string::npos ? std::string() : model.substr(0, slash + 1)) + "tokenizer.bin";
 }
 
-/// Non-empty lines of a text file (one prompt each).
-inline std::vector<std::string> read_lines(const std::string& path) {
+/// The prompts of a file (it may be a pipe: it is read once), one per line: the non-empty lines,
+/// or every line when `keep_empty` (an empty prompt is BOS alone). `option` names the flag.
+inline std::vector<std::string> read_lines(const std::string& path, const std::string& option = "--prompts",
+                                           bool keep_empty = false) {
   std::ifstream in(path);
-  if (!in) throw ipa::io_error(path + ": cannot open prompts file");
+  if (!in) throw ipa::io_error(option + " " + path + ": cannot open the file");
   std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) lines.push_back(line);
-  if (lines.empty()) throw ipa::io_error(path + ": no prompts (one per line expected)");
+  bool any = false;
+  for (std::string line; std::getline(in, line); any = true)
+    if (keep_empty || !line.empty()) lines.push_back(std::move(line));
+  if (lines.empty())
+    throw ipa::io_error(option + " " + path + (any ? ": every line is empty" : ": the file is empty") +
+                        " (one prompt per line expected)");
   return lines;
 }
 
@@ -280,9 +285,9 @@ struct loaded_adapters {
   /// generates, but a prompt cannot be read around): one that cannot is named here.
   std::vector<ipa::prompt_list> prompts_for(const ipa::prompt_list& prompts) const {
     for (std::size_t i = 0; i < mapped.size(); ++i)
-      for (std::size_t b = 0; b < prompts.size(); ++b)
+      for (std::size_t b = 0; b < prompts.size() && !mapped[i].map().is_identity(); ++b)
         for (ipa::token_id t : prompts[b])
-          if (!mapped[i].map().is_identity() && mapped[i].map().adapter_id(t) < 0)
+          if (mapped[i].map().adapter_id(t) < 0)
             throw ipa::config_error(adapter_paths[i] + ": prompt " + std::to_string(b) + " holds token " +
                                     std::to_string(t) + ", which this adapter's vocabulary (" +
                                     std::to_string(models[i].vocab_size()) +
@@ -310,12 +315,11 @@ inline ipa::remote_base connect_remote(const std::string& urls, const std::strin
     if (comma > at) o.urls.push_back(urls.substr(at, comma - at));
     at = comma + 1;
   }
+  // (remote_base checks the numbers; a protocol name can also come from a resumed run's options)
   if (f.protocol == "llama") o.protocol = ipa::remote_protocol::llama_cpp;
   else if (f.protocol == "openai") o.protocol = ipa::remote_protocol::openai;
   else if (!f.protocol.empty())
-    throw usage_error("--base-protocol must be llama or openai, found '" + f.protocol + "'");
-  if (f.top_k == 0) throw usage_error("--base-top-k must be >= 1");
-  if (!(f.give_up_after_s > 0)) throw usage_error("--base-give-up-after must be > 0 seconds");
+    throw ipa::config_error("--base-protocol must be llama or openai, found '" + f.protocol + "'");
   o.top_k = f.top_k;
   o.give_up_after_s = f.give_up_after_s;
   return ipa::remote_base(std::move(o));

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -38,17 +37,6 @@ int tokenize(const tokenize_options& o) {
 
 namespace {
 
-/// Every line of a prompts file, empty ones included (an empty prompt is BOS alone).
-std::vector<std::string> prompt_lines(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ipa::io_error("--prompts-file " + path + ": cannot open the file");
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
-  if (lines.empty())
-    throw ipa::io_error("--prompts-file " + path + ": the file is empty (one prompt per line expected)");
-  return lines;
-}
-
 /// "generate: 640/10000 prompts, 12 s" on stderr (stdout stays the continuations): redrawn in
 /// place on a terminal, else a line every 5 seconds and one at the end.
 class progress_line {
@@ -76,7 +64,7 @@ class progress_line {
 int generate(const generate_options& o) {
   std::vector<std::string> prompts = o.prompts;
   if (!o.prompts_file.empty()) {
-    std::vector<std::string> lines = prompt_lines(o.prompts_file);
+    std::vector<std::string> lines = read_lines(o.prompts_file, "--prompts-file", /*keep_empty=*/true);
     prompts.insert(prompts.end(), std::make_move_iterator(lines.begin()), std::make_move_iterator(lines.end()));
   }
   if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");

@@ -137,10 +137,10 @@ int train(train_request r) {
                           "/trainer.json; resume where the run was started, or put the file back)");
     }
   };
-  if (resume) stored([&] { return make_config(o); });  // its algorithm, decay and numbers
   if (r.steps) o.steps = *r.steps;
   if (o.base.empty() || o.reward.empty() || o.prompts.empty())
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
+  const ipa::rl_config config = stored([&] { return make_config(o); });  // algorithm, decay, numbers
   const std::optional<double> max_minutes = r.max_minutes;
   auto reward = stored([&] { return ipa::spec_reward::parse(o.reward, o.reward_timeout); });
 
@@ -213,7 +213,7 @@ int train(train_request r) {
     served.vocab_size = int(base.vocab_size());
     served.seq_len = int(std::min<std::size_t>(base.context_length(), 1 << 16));
     ipa::rl_trainer<ipa::spec_reward, ipa::llama2c_tokenizer, ipa::remote_base> trainer(
-        &base, initial_adapter(o, nullptr, served), tok, std::move(reward), prompts, make_config(o));
+        &base, initial_adapter(o, nullptr, served), tok, std::move(reward), prompts, config);
     return run_training(trainer);
 #endif
   }
@@ -223,7 +223,7 @@ int train(train_request r) {
   ipa::prompt_list prompts;
   for (const auto& line : stored([&] { return read_lines(o.prompts); })) prompts.push_back(tok.encode(line));
   ipa::rl_trainer trainer(o.tune_base ? nullptr : &base, initial_adapter(o, &base_weights, base_weights.config()), tok,
-                          std::move(reward), prompts, make_config(o));
+                          std::move(reward), prompts, config);
   return run_training(trainer);
 }
 

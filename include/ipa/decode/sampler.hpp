@@ -85,7 +85,7 @@ struct temperature {
     // when t is that small, which is greedy decoding (ties shared evenly).
     if (!std::isfinite(top)) return;  // every token banned: nothing to scale
     const float scale = std::min(inv, std::numeric_limits<float>::max());
-    for (float& v : logits) v = v == top ? 0.0f : (v - top) * scale;
+    for (float& v : logits) v = (v - top) * scale;
   }
 };
 

@@ -121,10 +121,10 @@ class dir_lock {
                        path_ + "); wait for it to finish or choose another folder");
       throw io_error(path_ + ": cannot lock: " + std::strerror(why));
     }
+    // who holds it, for the message above (the lock holds even if this note cannot be written)
     const std::string pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != ssize_t(pid.size())) {
-      // the lock holds without the note of who holds it
-    }
+    [[maybe_unused]] const bool noted =
+        ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) == ssize_t(pid.size());
   }
   ~dir_lock() {
     if (fd_ >= 0) ::close(fd_);  // releases the lock

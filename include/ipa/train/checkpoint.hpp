@@ -160,30 +160,26 @@ inline void point_adapter_link(const std::string& out_dir, const std::string& na
   fs::rename(link_tmp, out_dir + "/adapter");
 }
 
-/// A counter of trainer.json: a whole number >= 0 (a negative or fractional one is corrupt;
-/// and converting a float beyond the integer's range would be undefined behaviour).
-inline std::uint64_t stored_count(const nlohmann::json& s, const char* key, const std::string& file,
-                                  std::uint64_t max = std::uint64_t(1) << 53) {
-  const nlohmann::json& v = s.at(key);
+/// A count or index of trainer.json (`what` names it): a JSON integer in [0, max]. Negative,
+/// fractional or huge values are corrupt (and converting a float beyond the integer's range
+/// would be undefined behaviour).
+inline std::uint64_t stored_whole(const nlohmann::json& v, const std::string& what, std::uint64_t max) {
   if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max)
-    throw io_error(file + ": " + key + " must be a whole number in [0, " + std::to_string(max) + "], found " +
-                   v.dump());
+    throw io_error(what + " must be a whole number in [0, " + std::to_string(max) + "], found " + v.dump());
   return v.get<std::uint64_t>();
 }
-
-/// An array of whole numbers of trainer.json (each checked like stored_count).
+inline std::uint64_t stored_count(const nlohmann::json& s, const char* key, const std::string& file,
+                                  std::uint64_t max = std::uint64_t(1) << 53) {
+  return stored_whole(s.at(key), file + ": " + key, max);
+}
+/// An array of them.
 inline std::vector<std::uint64_t> stored_counts(const nlohmann::json& s, const char* key, const std::string& file,
                                                 std::uint64_t max) {
   const nlohmann::json& v = s.at(key);
-  if (!v.is_array()) throw io_error(file + ": " + key + " must be an array of whole numbers");
+  if (!v.is_array()) throw io_error(file + ": " + key + " must be an array of whole numbers, found " + v.dump());
   std::vector<std::uint64_t> out;
   out.reserve(v.size());
-  for (const nlohmann::json& x : v) {
-    if (!x.is_number_unsigned() || x.get<std::uint64_t>() > max)
-      throw io_error(file + ": " + key + " must hold whole numbers in [0, " + std::to_string(max) + "], found " +
-                     x.dump());
-    out.push_back(x.get<std::uint64_t>());
-  }
+  for (const nlohmann::json& x : v) out.push_back(stored_whole(x, file + ": an element of " + key, max));
   return out;
 }
 }  // namespace detail
