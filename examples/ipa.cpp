@@ -150,8 +150,11 @@ void add_generate(CLI::App& app, ipa_cli::generate_options& o, adapter_options& 
   sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer (see below)");
   adapters.add_to(*sub, o.adapters, "weight of the --adapter before it (default: its folder's, else 1)");
   repeatable(sub->add_option("--prompt", o.prompts, "a prompt (repeatable)"));
-  sub->add_option("--prompts-file", o.prompts_file, "FILE: one prompt per line (an empty line: an empty prompt)")
+  sub->add_option("--prompts-file", o.prompts_file,
+                  "FILE: one prompt per line (an empty line: an empty prompt); a pipe is read once")
       ->check(CLI::ExistingFile);
+  sub->add_option("--prompts-wait", o.prompts_wait, "seconds a pipe given as --prompts-file may stay silent")
+      ->check(positive_up_to(1e6));
   sub->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate at most")->check(whole_in(0, 1 << 24));
   sub->add_option("--min-new-tokens", o.min_new_tokens, "no end of text before this many")->check(whole_in(0, 1 << 24));
   sub->add_option("--temperature", o.temperature, "0 decodes greedily")->check(number_in(0, float_max));
@@ -241,7 +244,11 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, adapter_options& adapters
   sub->add_option("--base", o.base, "MODEL: the base (Llama architecture, or a URL)")->required();
   sub->add_option("--tokenizer", o.tokenizer, "TOK: the base's tokenizer");
   sub->add_option("--reward", o.reward, "SPEC: the reward (see below)")->required();
-  sub->add_option("--prompts", o.prompts, "FILE: prompts, one per line")->required()->check(CLI::ExistingFile);
+  sub->add_option("--prompts", o.prompts, "FILE: prompts, one per line; a pipe is read once")
+      ->required()
+      ->check(CLI::ExistingFile);
+  sub->add_option("--prompts-wait", o.prompts_wait, "seconds a pipe given as --prompts may stay silent")
+      ->check(positive_up_to(1e6));
   sub->add_option("--reward-timeout", o.reward_timeout, "seconds a cmd: reward may take per batch")
       ->check(positive_up_to(1e6));
   adapters.add_to(*sub, o.adapters, "weight of the --adapter before it (default: its folder's, else 1)");

@@ -61,22 +61,38 @@ foreach(f IN LISTS bad_files)
   refused(${name} convert --model ${M} --tokenizer ${f} --to gguf --out ${WORK}/converted.gguf)
   refused(${name} tokenize --tokenizer ${f} --text hi)
 endforeach()
-foreach(f ${WORK}/missing.txt ${WORK}/a_folder ${WORK}/empty.bin)
+foreach(f ${WORK}/missing.txt ${WORK}/a_folder ${WORK}/empty.bin /dev/zero ${WORK}/a_fifo)
   get_filename_component(name ${f} NAME)
-  refused(${name} generate --base ${M} --tokenizer ${T} --prompts-file ${f})
+  # (a pipe may hold prompts: one that nobody writes to is given up after --prompts-wait)
+  refused(${name} generate --base ${M} --tokenizer ${T} --prompts-file ${f} --prompts-wait 0.5)
   refused(${name} train --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${f} --out ${WORK}/run_bad)
-  refused(${name} eval --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${f})
+  refused(${name} eval --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${f} --prompts-wait 0.5)
 endforeach()
+refused("nothing arrived from the pipe" generate --base ${M} --tokenizer ${T} --prompts-file ${WORK}/a_fifo
+        --prompts-wait 0.5)
+refused("--resume: save them to a file" train --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${WORK}/a_fifo
+        --out ${WORK}/run_bad)
+
+# an adapter with a smaller vocabulary of its own (the first 256 tokens of tok512.bin, zero
+# weights in a llama2.c file beside it): a prompt token it lacks is named, with the adapter's path
+file(MAKE_DIRECTORY ${WORK}/small)
+execute_process(COMMAND sh -c "printf '\\010\\0\\0\\0\\010\\0\\0\\0\\001\\0\\0\\0\\001\\0\\0\\0\\001\\0\\0\\0\\0\\001\\0\\0\\020\\0\\0\\0' > adapter.bin && head -c 10592 /dev/zero >> adapter.bin && head -c 3586 ${T} > tokenizer.bin"
+                WORKING_DIRECTORY ${WORK}/small RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "could not write the 256-token adapter")
+endif()
+refused("small/adapter.bin: prompt 0 holds token" generate --base ${M} --tokenizer ${T}
+        --adapter ${WORK}/small/adapter.bin --prompt "Once upon a time")
 
 # ---- numbers and choices: every option, values that are not numbers, out of range, NaN, overflow
 set(generate_numbers --max-new-tokens --min-new-tokens --temperature --top-k --top-p --min-p --repetition-penalty
-                     --seed --batch --base-top-k --base-give-up-after)
+                     --seed --batch --base-top-k --base-give-up-after --prompts-wait)
 set(train_numbers --steps --max-minutes --adapter-dim --adapter-layers --adapter-heads --lr --warmup --batch
                   --samples-per-prompt --max-new-tokens --temperature --top-p --kl-coef --kl-target --entropy-coef --bins
                   --quark-updates --pool --ppo-epochs --clip --gamma --lambda --micro-batch --save-every --seed
                   --reward-timeout --base-top-k --base-give-up-after --alpha)
 set(eval_numbers --samples --max-new-tokens --temperature --top-p --seed --reward-timeout --base-top-k
-                 --base-give-up-after)
+                 --base-give-up-after --prompts-wait)
 foreach(value x -1 nan 1e999 "")
   foreach(option IN LISTS generate_numbers)
     refused(${option} generate --base ${M} --tokenizer ${T} --prompt hi ${option} ${value})

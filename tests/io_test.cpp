@@ -200,6 +200,10 @@ TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
   const std::uint64_t huge = std::uint64_t(1) << 60;
   std::memcpy(lying.data() + 16, &huge, 8);
   CHECK_THROWS_WITH_AS(parse(lying), doctest::Contains("impossible"), ipa::io_error);
+  std::string no_metadata = bytes;  // a metadata count of 0: the first key is read as a tensor
+  std::memset(no_metadata.data() + 16, 0, 8);
+  CHECK_THROWS_WITH_AS(parse(no_metadata), doctest::Contains("after the 0 metadata entries the header counts"),
+                       ipa::io_error);
   // the first tensor info's type -> Q4_0 (2): refused by name
   const auto at = bytes.find("token_embd.weight");
   REQUIRE(at != std::string::npos);

@@ -8,8 +8,13 @@
 #include <fstream>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <ipa/core/error.hpp>
 #include <ipa/decode/decoder.hpp>
@@ -41,12 +46,67 @@ inline std::string default_tokenizer(const std::string& model) {
   return (slash == std::string::npos ? std::string() : model.substr(0, slash + 1)) + "tokenizer.bin";
 }
 
-/// The prompts of a file (it may be a pipe: it is read once), one per line: the non-empty lines,
-/// or every line when `keep_empty` (an empty prompt is BOS alone). `option` names the flag.
+/// Seconds as a person writes them: "60", "0.5".
+inline std::string seconds_text(double s) {
+  std::ostringstream out;
+  out << s;
+  return out.str();
+}
+
+/// The bytes of a prompts file, read once. A regular file is read whole. A pipe or FIFO (`--prompts-file
+/// <(grep ...)`) is read only where `pipe_ok` (training prompts are read again on --resume): without
+/// blocking in open(), giving up after `wait_s` seconds in which nothing arrives, so a FIFO that no
+/// program writes to is an error, not a hang. Anything else (a device: /dev/zero never ends) is refused.
+inline std::string read_prompt_bytes(const std::string& path, const std::string& option, bool pipe_ok,
+                                     double wait_s) {
+  const std::string where = option + " " + path;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_type type = fs::status(path, ec).type();
+  if (type == fs::file_type::not_found || ec) throw ipa::io_error(where + ": cannot open the file");
+  if (type == fs::file_type::regular) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ipa::io_error(where + ": cannot open the file");
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  }
+  if (type != fs::file_type::fifo)  // (an anonymous pipe, /dev/fd/N, is a FIFO too)
+    throw ipa::io_error(where + ": expected a regular file" + (pipe_ok ? " or a pipe" : "") + ", found " +
+                        ipa::detail::file_kind(type));
+  if (!pipe_ok)
+    throw ipa::io_error(where + ": expected a regular file, found a pipe (training prompts are read again by " +
+                        "--resume: save them to a file)");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw ipa::io_error(where + ": cannot open the pipe");
+  std::string bytes;
+  constexpr std::size_t max_bytes = std::size_t(1) << 30;  // a runaway writer ends here, not in swap
+  for (char chunk[1 << 16];;) {
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, int(std::min(wait_s * 1000.0, 2e9)));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) {  // (on Linux a FIFO that never had a writer reports nothing, not a hang-up)
+      ::close(fd);
+      throw ipa::io_error(where + ": nothing arrived from the pipe for " + seconds_text(wait_s) +
+                          " s (" + (bytes.empty() ? "no program writes to it" : "the writer stopped") +
+                          "; --prompts-wait sets the limit)");
+    }
+    const ssize_t got = ::read(fd, chunk, sizeof chunk);
+    if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (got <= 0) break;  // 0: every writer closed its end
+    bytes.append(chunk, std::size_t(got));
+    if (bytes.size() > max_bytes) {
+      ::close(fd);
+      throw ipa::io_error(where + ": the pipe gave more than 1 GiB of prompts");
+    }
+  }
+  ::close(fd);
+  return bytes;
+}
+
+/// The prompts of a file (see read_prompt_bytes), one per line: the non-empty lines, or every line
+/// when `keep_empty` (an empty prompt is BOS alone). `option` names the flag.
 inline std::vector<std::string> read_lines(const std::string& path, const std::string& option = "--prompts",
-                                           bool keep_empty = false) {
-  std::ifstream in(path);
-  if (!in) throw ipa::io_error(option + " " + path + ": cannot open the file");
+                                           bool keep_empty = false, bool pipe_ok = false, double wait_s = 60) {
+  std::istringstream in(read_prompt_bytes(path, option, pipe_ok, wait_s));
   std::vector<std::string> lines;
   bool any = false;
   for (std::string line; std::getline(in, line); any = true)

@@ -44,7 +44,7 @@ struct generate_options {
   std::size_t max_new_tokens = 256, min_new_tokens = 0, top_k = 0;
   std::size_t batch = 64;  // rows decoded together (a remote base: as many as it keeps caches for)
   float temperature = 1.0f, repetition_penalty = 1.0f;
-  double top_p = 1.0, min_p = 0.0;
+  double top_p = 1.0, min_p = 0.0, prompts_wait = 60;
   std::uint64_t seed = 42;
   bool json = false;
   remote_flags remote;
@@ -88,7 +88,7 @@ struct eval_options {
   std::vector<std::string> banned_words;  // each "w1,w2"
   std::size_t samples = 4, max_new_tokens = 128;
   float temperature = 1.0f;
-  double top_p = 1.0, reward_timeout = 60;
+  double top_p = 1.0, reward_timeout = 60, prompts_wait = 60;
   std::uint64_t seed = 1;
   bool json = false;
   remote_flags remote;

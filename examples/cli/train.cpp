@@ -255,7 +255,7 @@ int eval(const eval_options& o) {
     auto sampler = ipa::make_standard_sampler(o.temperature, 0, o.top_p);
     ipa::xoshiro256 rng(o.seed);
 
-    const auto lines = read_lines(prompts_file);
+    const auto lines = read_lines(prompts_file, "--prompts", false, /*pipe_ok=*/true, o.prompts_wait);
     double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
     std::size_t n = 0, tokens = 0;
     // rows per decoder call: 64, or as many as a server keeps prompt caches for

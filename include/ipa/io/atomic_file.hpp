@@ -60,6 +60,15 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
 }
 
 namespace detail {
+/// What a file that is not a regular file is, for messages.
+inline const char* file_kind(std::filesystem::file_type type) {
+  using std::filesystem::file_type;
+  return type == file_type::directory ? "a folder"
+         : type == file_type::fifo    ? "a FIFO (named pipe)"
+         : type == file_type::socket  ? "a socket"
+                                      : "a device or special file";
+}
+
 /// Throws unless `path` is a regular file (or a link to one), asking stat() only: opening a FIFO
 /// with no writer would block forever, and a device or a folder is never a model or a tokenizer.
 inline void require_regular_file(const std::string& path) {
@@ -69,11 +78,7 @@ inline void require_regular_file(const std::string& path) {
   if (st.type() == fs::file_type::regular) return;
   if (st.type() == fs::file_type::not_found) throw io_error(path + ": no such file");
   if (ec) throw io_error(path + ": cannot read: " + ec.message());
-  const char* kind = st.type() == fs::file_type::directory ? "a folder"
-                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
-                     : st.type() == fs::file_type::socket  ? "a socket"
-                                                           : "a device or special file";
-  throw io_error(path + ": expected a regular file, found " + kind);
+  throw io_error(path + ": expected a regular file, found " + file_kind(st.type()));
 }
 }  // namespace detail
 

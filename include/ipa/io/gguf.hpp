@@ -96,7 +96,7 @@ class gguf_file {
       alignment = std::uint64_t(a);
     }
     std::vector<std::string> order;
-    for (std::uint64_t i = 0; i < n_tensors; ++i) {
+    for (std::uint64_t i = 0; i < n_tensors; ++i) try {
       std::string name = read_string("a tensor name");
       gguf_tensor t;
       const auto nd = read<std::uint32_t>("the dimension count of " + name);
@@ -122,6 +122,10 @@ class gguf_file {
       if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
       if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
       order.push_back(name);
+    } catch (const io_error& e) {  // a wrong metadata count shows here: say where the reading stood
+      throw io_error(std::string(e.what()) + " (in tensor info " + std::to_string(i + 1) + " of " +
+                     std::to_string(n_tensors) + ", after the " + std::to_string(n_kv) +
+                     " metadata entries the header counts)");
     }
     data_at_ = (at_ + alignment - 1) / alignment * alignment;
     if (data_at_ > bytes_.size()) fail("truncated before the data section");
