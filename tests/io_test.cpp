@@ -178,7 +178,18 @@ TEST_CASE("GGUF: stories260K converted by llama.cpp gives the llama2.c model's l
   auto sa = from_gguf.new_state(1, 16), sb = from_bin.new_state(1, 16);
   from_gguf.prefill(sa, prompts, a);
   from_bin.prefill(sb, prompts, b);
-  CHECK(a == b);  // the same float32 weights: the same bits
+  CHECK(a == b);                                                        // the same float32 weights: the same bits
+  const ipa::llama_model in_place(ipa::load_gguf_llama_compact(file));  // F32 read where it lies
+  CHECK(in_place.is_compact());
+  std::size_t matrix_bytes = 0;  // read per token: every matrix but the embeddings, and the classifier
+  for (const auto& [name, t] : file.tensors())
+    if (t.dims.size() == 2 && name != "token_embd.weight") matrix_bytes += t.bytes;
+  if (from_bin.config().shared_classifier && !file.tensors().count("output.weight")) matrix_bytes += 4 * 512 * 64;
+  CHECK(in_place.weight_bytes() == matrix_bytes);
+  std::vector<float> c(512);
+  auto sc = in_place.new_state(1, 16);
+  in_place.prefill(sc, prompts, c);
+  for (std::size_t i = 0; i < c.size(); ++i) CHECK(c[i] == doctest::Approx(a[i]).epsilon(1e-5));
   const auto tok = ipa::load_gguf_tokenizer(file);
   const auto ref = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path());
   for (const char* text : {"Once upon a time", "Lily's dog ran, fast!", "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93"})
@@ -281,8 +292,9 @@ TEST_CASE("safetensors: round trip, and every malformed header is a clear error"
 // ---- writers: GGUF and Hugging Face folders, read back ----
 
 namespace {
-std::vector<float> logits_of(const ipa::llama_weights& w) {
-  const ipa::llama_model m(w);
+template <class Weights>  // llama_weights or llama_compact_weights
+std::vector<float> logits_of(Weights w) {
+  const ipa::llama_model m(std::move(w));
   const std::vector<std::vector<ipa::token_id>> prompts = {{1, 403, 407, 261, 378, 432, 13, 300}};
   std::vector<float> out(m.vocab_size());
   auto s = m.new_state(1, 16);
@@ -306,12 +318,37 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   CHECK(ipa::load_gguf_tokenizer(back).encode("Once upon a time, Lily's dog") ==
         tok.encode("Once upon a time, Lily's dog"));
 
-  ipa::save_gguf_llama(gguf, w, &tok, /*f16=*/true);
+  ipa::save_gguf_llama(gguf, w, &tok, ipa::weight_type::f16);
   const auto half = logits_of(ipa::load_gguf_llama(ipa::gguf_file::load(gguf)));
   double worst = 0;
   for (std::size_t i = 0; i < half.size(); ++i) worst = std::max(worst, double(std::abs(half[i] - expected[i])));
   CHECK(worst < 0.05);  // F16 weights (11-bit mantissa) on logits of magnitude ~20
   CHECK(worst > 0);
+  // the same F16 file read in place (compact weights, no f32 copy; inputs rounded to F16 as
+  // llama.cpp rounds them): close to the widened model
+  const auto half_in_place = logits_of(ipa::load_gguf_llama_compact(ipa::gguf_file::load(gguf)));
+  worst = 0;
+  for (std::size_t i = 0; i < half.size(); ++i) worst = std::max(worst, double(std::abs(half_in_place[i] - half[i])));
+  CHECK(worst < 0.02);
+
+  // Q8_0 (ffn_down, rows of 172, falls back to F16): in place (inputs quantized to Q8_0 too, as
+  // llama.cpp does) close to the widened model; both within the error of 8-bit weights of the f32
+  ipa::save_gguf_llama(gguf, w, &tok, ipa::weight_type::q8_0);
+  const auto q8_file = ipa::gguf_file::load(gguf);
+  CHECK(q8_file.tensors().at("blk.0.attn_q.weight").type == 8);
+  CHECK(q8_file.tensors().at("blk.0.ffn_down.weight").type == 1);
+  const auto q8 = logits_of(ipa::load_gguf_llama(q8_file));
+  const auto q8_in_place = logits_of(ipa::load_gguf_llama_compact(q8_file));
+  worst = 0;
+  double worst_in_place = 0;
+  for (std::size_t i = 0; i < q8.size(); ++i) {
+    worst = std::max(worst, double(std::abs(q8[i] - expected[i])));
+    worst_in_place = std::max(worst_in_place, double(std::abs(q8_in_place[i] - q8[i])));
+  }
+  MESSAGE("Q8_0 logits: widened vs f32 " << worst << ", in place vs widened " << worst_in_place);
+  CHECK(worst < 0.3);
+  CHECK(worst > 0);
+  CHECK(worst_in_place < 0.3);
 
   const std::string hf = (tmp / "hf").string();
   ipa::save_hf_llama(hf, w);

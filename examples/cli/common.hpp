@@ -57,8 +57,7 @@ inline std::string seconds_text(double s) {
 /// <(grep ...)`) is read only where `pipe_ok` (training prompts are read again on --resume): without
 /// blocking in open(), giving up after `wait_s` seconds in which nothing arrives, so a FIFO that no
 /// program writes to is an error, not a hang. Anything else (a device: /dev/zero never ends) is refused.
-inline std::string read_prompt_bytes(const std::string& path, const std::string& option, bool pipe_ok,
-                                     double wait_s) {
+inline std::string read_prompt_bytes(const std::string& path, const std::string& option, bool pipe_ok, double wait_s) {
   const std::string where = option + " " + path;
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -85,8 +84,8 @@ inline std::string read_prompt_bytes(const std::string& path, const std::string&
     if (ready < 0 && errno == EINTR) continue;
     if (ready == 0) {  // (on Linux a FIFO that never had a writer reports nothing, not a hang-up)
       ::close(fd);
-      throw ipa::io_error(where + ": nothing arrived from the pipe for " + seconds_text(wait_s) +
-                          " s (" + (bytes.empty() ? "no program writes to it" : "the writer stopped") +
+      throw ipa::io_error(where + ": nothing arrived from the pipe for " + seconds_text(wait_s) + " s (" +
+                          (bytes.empty() ? "no program writes to it" : "the writer stopped") +
                           "; --prompts-wait sets the limit)");
     }
     const ssize_t got = ::read(fd, chunk, sizeof chunk);
@@ -170,13 +169,24 @@ inline std::string architecture_of(const std::string& path) {
   return "llama";
 }
 
+/// A Llama model to decode with (a base, a --policy): a GGUF that stores compact matrices (F16,
+/// Q8_0) is read where it lies, mapped, with no f32 copy; any other model is loaded in f32 and
+/// repacked for the f32 kernels (faster in batches: see bench/RESULTS.md).
+inline ipa::llama_model load_llama_for_decoding(const std::string& path) {
+  if (!is_gguf(path)) return ipa::llama_model(load_model(path));
+  const auto f = ipa::gguf_file::load(path);
+  const bool compact =
+      std::any_of(f.tensors().begin(), f.tensors().end(), [](const auto& t) { return t.second.type != 0; });
+  return compact ? ipa::llama_model(ipa::load_gguf_llama_compact(f)) : ipa::llama_model(ipa::load_gguf_llama(f));
+}
+
 /// A base model of either architecture, by format.
 inline ipa::any_model load_any_model(const std::string& path) {
   if (architecture_of(path) == "gpt2") {
     if (is_gguf(path)) return ipa::gpt2_model(ipa::load_gguf_gpt2(ipa::gguf_file::load(path)));
     return ipa::gpt2_model(ipa::load_hf_gpt2(path));
   }
-  return ipa::llama_model(load_model(path));
+  return load_llama_for_decoding(path);
 }
 
 /// True when `path` holds a GPT-2 byte-level BPE: a GGUF whose tokenizer is "gpt2", a folder

@@ -64,7 +64,8 @@ class progress_line {
 int generate(const generate_options& o) {
   std::vector<std::string> prompts = o.prompts;
   if (!o.prompts_file.empty()) {
-    std::vector<std::string> lines = read_lines(o.prompts_file, "--prompts-file", /*keep_empty=*/true, /*pipe_ok=*/true, o.prompts_wait);
+    std::vector<std::string> lines =
+        read_lines(o.prompts_file, "--prompts-file", /*keep_empty=*/true, /*pipe_ok=*/true, o.prompts_wait);
     prompts.insert(prompts.end(), std::make_move_iterator(lines.begin()), std::make_move_iterator(lines.end()));
   }
   if (prompts.empty()) throw usage_error("generate needs --prompt TEXT or --prompts-file FILE");

@@ -217,12 +217,14 @@ int train(train_request r) {
     return run_training(trainer);
 #endif
   }
-  const ipa::llama_weights base_weights = stored([&] { return load_model(o.base); });
-  const ipa::llama_model base(base_weights);
+  const ipa::llama_model base = stored([&] { return load_llama_for_decoding(o.base); });
+  std::optional<ipa::llama_weights> base_weights;  // only to start from a copy of the base
+  if (o.tune_base || o.adapter_init == "base") base_weights = stored([&] { return load_model(o.base); });
   const auto tok = stored([&] { return load_tokenizer(o.base, o.tokenizer, base.vocab_size()); });
   ipa::prompt_list prompts;
   for (const auto& line : stored([&] { return read_lines(o.prompts); })) prompts.push_back(tok.encode(line));
-  ipa::rl_trainer trainer(o.tune_base ? nullptr : &base, initial_adapter(o, &base_weights, base_weights.config()), tok,
+  ipa::rl_trainer trainer(o.tune_base ? nullptr : &base,
+                          initial_adapter(o, base_weights ? &*base_weights : nullptr, base.config()), tok,
                           std::move(reward), prompts, config);
   return run_training(trainer);
 }
@@ -329,13 +331,13 @@ int eval(const eval_options& o) {
                     });
 #endif
   }
-  const ipa::llama_model base(load_model(base_path));
+  const ipa::llama_model base = load_llama_for_decoding(base_path);
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
   const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;
   if (!o.policy.empty()) {
     if (!o.adapters.paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
-    policy.emplace(load_model(o.policy));
+    policy.emplace(load_llama_for_decoding(o.policy));
     if (policy->vocab_size() != base.vocab_size())
       throw ipa::shape_error("--policy: vocabulary differs from the base's");
   }
@@ -366,6 +368,7 @@ int eval(const eval_options& o) {
 int convert(const convert_options& o) {
   const std::string &model_path = o.model, &tok_path = o.tokenizer, &to = o.to, &out = o.out;
   if (architecture_of(model_path) == "gpt2") {
+    if (to == "gguf-q8_0") throw usage_error("--to gguf-q8_0 writes Llama models only (GPT-2: gguf or gguf-f16)");
     const ipa::any_model m = load_any_model(model_path);
     const ipa::gpt2_weights& w = m.gpt2()->weights();
     if (to == "hf") {
@@ -380,15 +383,18 @@ int convert(const convert_options& o) {
     return 0;
   }
   const ipa::llama_weights w = load_model(model_path);
-  if (to == "gguf" || to == "gguf-f16") {
+  if (to.rfind("gguf", 0) == 0) {
     std::optional<ipa::llama2c_tokenizer> tok;
     if (!tok_path.empty() || is_gguf(model_path) || std::filesystem::exists(default_tokenizer(model_path)))
       tok = load_tokenizer(model_path, tok_path, std::size_t(w.config().vocab_size));
-    ipa::save_gguf_llama(out, w, tok ? &*tok : nullptr, to == "gguf-f16");
+    const ipa::weight_type type = to == "gguf-f16"    ? ipa::weight_type::f16
+                                  : to == "gguf-q8_0" ? ipa::weight_type::q8_0
+                                                      : ipa::weight_type::f32;
+    ipa::save_gguf_llama(out, w, tok ? &*tok : nullptr, type);
   } else if (to == "hf") {
     ipa::save_hf_llama(out, w);
   } else {
-    throw usage_error("--to must be gguf, gguf-f16 or hf, found '" + to + "'");
+    throw usage_error("--to must be gguf, gguf-f16, gguf-q8_0 or hf, found '" + to + "'");
   }
   std::cerr << "wrote " << out << "\n";
   return 0;

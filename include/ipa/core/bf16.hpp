@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// bfloat16 storage: the top 16 bits of an IEEE float, rounded to nearest even. Halves the
-// memory of stored base logits (a training pool keeps one (T, V) block per sample).
+// 16-bit floats: bfloat16 (the top 16 bits of an IEEE float, rounded to nearest even; halves the
+// memory of stored base logits) and IEEE half (F16 weights and the scales of quantized blocks).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -22,6 +22,50 @@ inline float from_bf16(std::uint16_t h) noexcept {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+}
+
+/// IEEE half -> float (exact, including subnormals, inf and NaN).
+inline float from_f16(std::uint16_t h) noexcept {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  std::uint32_t u;
+  if (exp == 0x1f) u = sign | 0x7f800000u | (mant << 13);
+  else if (exp != 0) u = sign | ((exp + 112u) << 23) | (mant << 13);
+  else if (mant == 0) u = sign;
+  else {  // subnormal: normalise
+    int e = -1;
+    std::uint32_t m = mant;
+    do {
+      ++e;
+      m <<= 1;
+    } while ((m & 0x400u) == 0);
+    u = sign | (std::uint32_t(112 - e) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/// float -> IEEE half, round to nearest even (overflow to inf, NaN stays NaN).
+inline std::uint16_t to_f16(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
+  const std::uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);   // NaN
+  if (abs >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);  // rounds past 65504: inf
+  if (abs < 0x38800000u) {                                       // subnormal half (or zero)
+    if (abs < 0x33000000u) return sign;                          // below half the smallest
+    const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - int(abs >> 23);  // 14 + (113 - exp)
+    std::uint32_t h = mant >> shift;
+    const std::uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (h & 1u))) ++h;
+    return std::uint16_t(sign | h);
+  }
+  std::uint32_t h = ((abs >> 23) - 112) << 10 | ((abs >> 13) & 0x3ffu);
+  const std::uint32_t rest = abs & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: fine
+  return std::uint16_t(sign | h);
 }
 
 }  // namespace ipa

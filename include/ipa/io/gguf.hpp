@@ -2,23 +2,27 @@
 // GGUF (ggml/llama.cpp's model format, versions 2 and 3): magic "GGUF", version, tensor and
 // metadata counts, metadata key/values of every GGUF type (nested arrays included), tensor
 // infos, then the data section aligned to general.alignment (32). The reader checks every count,
-// length and offset against the file before allocating; tensors F32, F16 and Q8_0 are
-// dequantised to float. `load_gguf_llama` maps the `llama` architecture onto llama_weights and
-// the SentencePiece tokenizer in the metadata onto llama2c_tokenizer.
+// length and offset against the file before allocating. A file is mapped, not copied; tensors
+// F32, F16 and Q8_0 are dequantised to float (floats()) or seen as stored (compact()). `load_gguf_llama` maps the
+// `llama` architecture onto llama_weights and the SentencePiece tokenizer in the metadata onto llama2c_tokenizer.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
+#include "ipa/core/bf16.hpp"
+#include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
-#include "ipa/io/atomic_file.hpp"
-#include "ipa/io/safetensors.hpp"  // from_f16
+#include "ipa/io/mapped_file.hpp"
+#include "ipa/io/safetensors.hpp"  // detail::shape_text
 #include "ipa/model/llama_weights.hpp"
 #include "ipa/text/llama2c_tokenizer.hpp"
 
@@ -67,9 +71,22 @@ struct gguf_tensor {
 /// A GGUF file held in memory and validated.
 class gguf_file {
  public:
-  static gguf_file load(const std::string& path) { return gguf_file(read_file(path), path); }
+  /// The file at `path`, mapped (mapped_file): tensors are read where they lie.
+  static gguf_file load(const std::string& path) {
+    auto mapped = std::make_shared<const mapped_file>(path);
+    const std::string_view bytes = mapped->bytes();
+    return gguf_file(std::move(mapped), bytes, path);
+  }
+  /// A GGUF held in memory (tests, fuzzing).
+  gguf_file(std::string bytes, std::string where)
+      : gguf_file(std::make_shared<const std::string>(std::move(bytes)), std::move(where)) {}
 
-  gguf_file(std::string bytes, std::string where) : bytes_(std::move(bytes)), where_(std::move(where)) {
+ private:
+  gguf_file(std::shared_ptr<const std::string> bytes, std::string where)
+      : gguf_file(bytes, std::string_view(*bytes), std::move(where)) {}
+  // `storage` keeps `bytes` alive (a mapping or a string) for as long as any copy of this file
+  gguf_file(std::shared_ptr<const void> storage, std::string_view bytes, std::string where)
+      : storage_(std::move(storage)), bytes_(bytes), where_(std::move(where)) {
     if (bytes_.size() >= 4 && bytes_.compare(0, 4, "GGUF") != 0) fail("not a GGUF file (the magic is not \"GGUF\")");
     if (bytes_.size() < 24) fail("truncated: " + std::to_string(bytes_.size()) + " bytes, a GGUF header needs 24");
     at_ = 4;
@@ -97,36 +114,36 @@ class gguf_file {
     }
     std::vector<std::string> order;
     for (std::uint64_t i = 0; i < n_tensors; ++i) try {
-      std::string name = read_string("a tensor name");
-      gguf_tensor t;
-      const auto nd = read<std::uint32_t>("the dimension count of " + name);
-      if (nd == 0 || nd > 4) fail("tensor '" + name + "' has " + std::to_string(nd) + " dimensions (1 to 4 allowed)");
-      std::uint64_t count = 1;
-      for (std::uint32_t d = 0; d < nd; ++d) {
-        const auto v = read<std::uint64_t>("a dimension of " + name);
-        if (v == 0 || count > (std::uint64_t(1) << 40) / v) fail("tensor '" + name + "' has an absurd shape");
-        count *= v;
-        t.dims.push_back(v);
+        std::string name = read_string("a tensor name");
+        gguf_tensor t;
+        const auto nd = read<std::uint32_t>("the dimension count of " + name);
+        if (nd == 0 || nd > 4) fail("tensor '" + name + "' has " + std::to_string(nd) + " dimensions (1 to 4 allowed)");
+        std::uint64_t count = 1;
+        for (std::uint32_t d = 0; d < nd; ++d) {
+          const auto v = read<std::uint64_t>("a dimension of " + name);
+          if (v == 0 || count > (std::uint64_t(1) << 40) / v) fail("tensor '" + name + "' has an absurd shape");
+          count *= v;
+          t.dims.push_back(v);
+        }
+        t.type = read<std::uint32_t>("the type of " + name);
+        t.offset = read<std::uint64_t>("the offset of " + name);
+        if (t.type == 0) t.bytes = 4 * count;
+        else if (t.type == 1) t.bytes = 2 * count;
+        else if (t.type == 8) {
+          if (t.dims[0] % 32 != 0) fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
+          t.bytes = count / 32 * 34;
+        } else {
+          fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
+               "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
+        }
+        if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
+        if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
+        order.push_back(name);
+      } catch (const io_error& e) {  // a wrong metadata count shows here: say where the reading stood
+        throw io_error(std::string(e.what()) + " (in tensor info " + std::to_string(i + 1) + " of " +
+                       std::to_string(n_tensors) + ", after the " + std::to_string(n_kv) +
+                       " metadata entries the header counts)");
       }
-      t.type = read<std::uint32_t>("the type of " + name);
-      t.offset = read<std::uint64_t>("the offset of " + name);
-      if (t.type == 0) t.bytes = 4 * count;
-      else if (t.type == 1) t.bytes = 2 * count;
-      else if (t.type == 8) {
-        if (t.dims[0] % 32 != 0) fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
-        t.bytes = count / 32 * 34;
-      } else {
-        fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
-             "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
-      }
-      if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
-      if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
-      order.push_back(name);
-    } catch (const io_error& e) {  // a wrong metadata count shows here: say where the reading stood
-      throw io_error(std::string(e.what()) + " (in tensor info " + std::to_string(i + 1) + " of " +
-                     std::to_string(n_tensors) + ", after the " + std::to_string(n_kv) +
-                     " metadata entries the header counts)");
-    }
     data_at_ = (at_ + alignment - 1) / alignment * alignment;
     if (data_at_ > bytes_.size()) fail("truncated before the data section");
     const std::uint64_t data_size = bytes_.size() - data_at_;
@@ -142,6 +159,7 @@ class gguf_file {
       if (spans[i].first < spans[i - 1].second) fail("two tensors overlap in the data section");
   }
 
+ public:
   std::uint32_t version() const noexcept { return version_; }
   const std::map<std::string, gguf_value>& metadata() const noexcept { return metadata_; }
   const std::map<std::string, gguf_tensor>& tensors() const noexcept { return tensors_; }
@@ -182,6 +200,24 @@ class gguf_file {
   }
 
   const std::string& where() const noexcept { return where_; }
+
+  /// A matrix tensor (ggml dims [cols, rows]) as it is stored, seen in place: F32, F16 or Q8_0
+  /// (io_error for another type or shape). Valid while `storage()` lives.
+  compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw io_error(where_ + ": tensor '" + name + "' is missing");
+    const gguf_tensor& t = it->second;
+    const bool is_matrix = (t.dims.size() == 2 && t.dims[0] == cols && t.dims[1] == rows) ||
+                           (t.dims.size() == 1 && rows == 1 && t.dims[0] == cols);
+    if (!is_matrix)
+      throw io_error(where_ + ": tensor '" + name + "' has shape " + detail::shape_text(t.dims) + ", expected [" +
+                     std::to_string(cols) + ", " + std::to_string(rows) + "]");
+    const auto type = static_cast<weight_type>(t.type);  // (the constructor admits F32, F16, Q8_0 only)
+    return {type, reinterpret_cast<const unsigned char*>(bytes_.data() + data_at_ + t.offset), std::size_t(rows),
+            std::size_t(cols)};
+  }
+  /// What keeps the bytes that compact() views alive (the mapping, or the bytes given).
+  const std::shared_ptr<const void>& storage() const noexcept { return storage_; }
 
  private:
   [[noreturn]] void fail(const std::string& why) const { throw io_error(where_ + ": " + why); }
@@ -240,7 +276,9 @@ class gguf_file {
     return out;
   }
 
-  std::string bytes_, where_;
+  std::shared_ptr<const void> storage_;
+  std::string_view bytes_;
+  std::string where_;
   std::uint64_t at_ = 0, data_at_ = 0;
   std::uint32_t version_ = 0;
   std::map<std::string, gguf_value> metadata_;
@@ -263,11 +301,9 @@ void check_config_fits(const gguf_file& f, const Config& c) {
     throw io_error(f.where() + ": the metadata describes a model of " + std::to_string(c.parameter_count()) +
                    " parameters, the file's tensors hold " + std::to_string(held) + " values");
 }
-}  // namespace detail
 
-/// A Llama-architecture GGUF as ipa's weights (ggml's row-major (out, in) tensors map onto
-/// llama2.c's layout directly; llama.cpp stores Q/K for interleaved-pair RoPE, as ipa computes it).
-inline llama_weights load_gguf_llama(const gguf_file& f) {
+/// The llama_config of a `llama` GGUF, refusing what ipa's Llama does not implement.
+inline llama_config gguf_llama_config(const gguf_file& f) {
   const std::string arch = f.value("general.architecture").as_string("general.architecture");
   if (arch != "llama") throw io_error(f.where() + ": architecture '" + arch + "' is not supported here (llama)");
   auto get = [&](const std::string& key) { return f.value("llama." + key).as_int("llama." + key); };
@@ -306,6 +342,29 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   if (f.has("llama.expert_count") && get("expert_count") > 0)
     throw io_error(f.where() + ": llama.expert_count = " + std::to_string(get("expert_count")) +
                    "; mixture-of-experts models are not implemented");
+  return c;
+}
+
+/// Throws io_error naming the tensor unless every weight of m is finite (Q8_0: its scales).
+inline void require_finite(const gguf_file& f, const compact_matrix& m, const std::string& name) {
+  bool finite = true;
+  for (std::size_t r = 0; r < m.rows && finite; ++r) {
+    const unsigned char* row = m.row(r);
+    if (m.type == weight_type::q8_0) {
+      for (std::size_t b = 0; b < m.cols / q8_0_block; ++b)
+        finite = finite && std::isfinite(from_f16(load_u16(row + b * q8_0_block_bytes)));
+    } else {
+      for (std::size_t c = 0; c < m.cols; ++c) finite = finite && std::isfinite(compact_weight(m.type, row, c));
+    }
+  }
+  if (!finite) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
+}
+}  // namespace detail
+
+/// A Llama-architecture GGUF as ipa's weights (ggml's row-major (out, in) tensors map onto
+/// llama2.c's layout directly; llama.cpp stores Q/K for interleaved-pair RoPE, as ipa computes it).
+inline llama_weights load_gguf_llama(const gguf_file& f) {
+  const llama_config c = detail::gguf_llama_config(f);
   llama_weights w(c);
   auto put = [&](const char* slot, std::size_t layer, const std::string& name) {
     const tensor_slot& s = w.slot(slot);
@@ -329,6 +388,44 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
     put("w2", l, b + "ffn_down.weight");
     put("w3", l, b + "ffn_up.weight");
   }
+  return w;
+}
+
+/// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, Q8_0, as
+/// stored, no copy), its norms as floats; the result keeps the file (mapped) alive.
+inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
+  llama_compact_weights w;
+  w.config = detail::gguf_llama_config(f);
+  const llama_config& c = w.config;
+  const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
+  auto matrix = [&](const std::string& name, std::size_t rows, std::size_t cols) {
+    const compact_matrix m = f.compact(name, rows, cols);
+    detail::require_finite(f, m, name);
+    return m;
+  };
+  auto norm = [&](std::vector<float>& into, const std::string& name) {
+    const auto v = f.floats(name, d);
+    for (float x : v)
+      if (!std::isfinite(x)) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
+    into.insert(into.end(), v.begin(), v.end());
+  };
+  w.tok_embeddings = matrix("token_embd.weight", std::size_t(c.vocab_size), d);
+  if (!c.shared_classifier) w.output = matrix("output.weight", std::size_t(c.vocab_size), d);
+  norm(w.norm, "output_norm.weight");
+  for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    llama_compact_weights::layer& layer = w.layers.emplace_back();
+    norm(w.attention_norm, b + "attn_norm.weight");
+    norm(w.ffn_norm, b + "ffn_norm.weight");
+    layer.wq = matrix(b + "attn_q.weight", d, d);
+    layer.wk = matrix(b + "attn_k.weight", kv, d);
+    layer.wv = matrix(b + "attn_v.weight", kv, d);
+    layer.wo = matrix(b + "attn_output.weight", d, d);
+    layer.w1 = matrix(b + "ffn_gate.weight", hd, d);
+    layer.w2 = matrix(b + "ffn_down.weight", d, hd);
+    layer.w3 = matrix(b + "ffn_up.weight", hd, d);
+  }
+  w.storage = f.storage();
   return w;
 }
 
@@ -386,7 +483,7 @@ struct gguf_bytes {
 
 }  // namespace detail
 
-/// Builds a GGUF v3 file: metadata key/values, then tensors (F32, or F16), data aligned to 32.
+/// Builds a GGUF v3 file: metadata key/values, then tensors (F32, F16 or Q8_0), data aligned to 32.
 class gguf_writer {
  public:
   void u32(const std::string& k, std::uint32_t v) { key(k, gguf_value::u32), kv_.put(v); }
@@ -404,9 +501,14 @@ class gguf_writer {
     array(k, gguf_value::i32, v.size());
     for (std::int32_t x : v) kv_.put(x);
   }
-  /// A tensor of ggml dims (ne0, the contiguous one, first); `values` must outlive save().
-  void tensor(const std::string& name, std::vector<std::uint64_t> dims, std::span<const float> values, bool f16) {
-    tensors_.push_back({name, std::move(dims), values, f16});
+  /// A tensor of ggml dims (ne0, the contiguous one, first) stored as `type`; `values` must
+  /// outlive save(). Q8_0 rows (ne0) must be a multiple of 32.
+  void tensor(const std::string& name, std::vector<std::uint64_t> dims, std::span<const float> values,
+              weight_type type = weight_type::f32) {
+    if (type == weight_type::q8_0 && dims[0] % q8_0_block != 0)
+      throw shape_error("gguf_writer: Q8_0 tensor '" + name + "' needs rows of a multiple of 32, found " +
+                        std::to_string(dims[0]));
+    tensors_.push_back({name, std::move(dims), values, type});
   }
 
   /// Writes the file atomically.
@@ -422,16 +524,24 @@ class gguf_writer {
       out.put_str(t.name);
       out.put(std::uint32_t(t.dims.size()));
       for (auto d : t.dims) out.put(d);
-      out.put(std::uint32_t(t.half ? 1 : 0));
+      out.put(std::uint32_t(t.type));
       out.put(offset);
-      offset += (t.values.size() * (t.half ? 2 : 4) + 31) / 32 * 32;
+      offset += (t.values.size() / t.dims[0] * compact_matrix::row_bytes(t.type, t.dims[0]) + 31) / 32 * 32;
     }
     out.data.append((32 - out.data.size() % 32) % 32, '\0');
     for (const auto& t : tensors_) {
       const std::size_t start = out.data.size();
+      if (t.type == weight_type::q8_0) {
+        const std::size_t cols = t.dims[0], row_bytes = compact_matrix::row_bytes(t.type, cols);
+        for (std::size_t r = 0; r < t.values.size() / cols; ++r) {
+          out.data.append(row_bytes, '\0');
+          quantize_row_q8_0(t.values.data() + r * cols, cols,
+                            reinterpret_cast<unsigned char*>(out.data.data() + out.data.size() - row_bytes));
+        }
+      }
       for (float v : t.values) {
-        if (t.half) out.put(to_f16(v));
-        else out.put(v);
+        if (t.type == weight_type::f16) out.put(to_f16(v));
+        else if (t.type == weight_type::f32) out.put(v);
       }
       out.data.append((32 - (out.data.size() - start) % 32) % 32, '\0');
     }
@@ -453,7 +563,7 @@ class gguf_writer {
     std::string name;
     std::vector<std::uint64_t> dims;
     std::span<const float> values;
-    bool half;
+    weight_type type;
   };
   detail::gguf_bytes kv_;
   std::uint64_t n_kv_ = 0;
@@ -461,10 +571,11 @@ class gguf_writer {
 };
 
 /// Writes a Llama model (and its SentencePiece tokenizer, when given) as GGUF v3 with llama.cpp's
-/// tensor names and metadata keys: tensors F32, or F16 with `f16` (norms stay F32, as llama.cpp
-/// keeps them). Written atomically. A tied classifier is written out as output.weight too.
+/// tensor names and metadata keys: matrices as `type` (F32, F16 or Q8_0; a Q8_0 matrix whose rows
+/// are not a multiple of 32 is written F16, as llama-quantize falls back), norms F32 as llama.cpp
+/// keeps them. Written atomically. A tied classifier is written out as output.weight too.
 inline void save_gguf_llama(const std::string& path, const llama_weights& w, const llama2c_tokenizer* tok = nullptr,
-                            bool f16 = false, const std::string& name = "ipa") {
+                            weight_type type = weight_type::f32, const std::string& name = "ipa") {
   const llama_config& c = w.config();
   if (c.extra_tokens != 0)
     throw config_error("save_gguf_llama: a model with input-only tokens (Quark's) has no GGUF equivalent");
@@ -473,8 +584,11 @@ inline void save_gguf_llama(const std::string& path, const llama_weights& w, con
     const tensor_slot& s = w.slot(slot);
     const std::size_t size = (std::string(slot) == "tok_embeddings" ? std::size_t(c.vocab_size) : s.rows) * s.cols;
     const auto part = w.tensor(slot).subspan(layer * s.rows * s.cols, size);
+    const weight_type as = is_norm                                                 ? weight_type::f32
+                           : type == weight_type::q8_0 && s.cols % q8_0_block != 0 ? weight_type::f16
+                                                                                   : type;
     g.tensor(n, s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.cols, size / s.cols},
-             part, f16 && !is_norm);
+             part, as);
   };
   add("token_embd.weight", "tok_embeddings", 0, false);
   add("output_norm.weight", "norm", 0, true);
@@ -512,11 +626,15 @@ inline void save_gguf_llama(const std::string& path, const llama_weights& w, con
     std::vector<float> scores(V);
     std::vector<std::int32_t> types(V);  // 1 normal, 2 unknown, 3 control, 6 byte
     for (std::size_t i = 0; i < V; ++i) {
-      const std::string& p = tok->piece(token_id(i));
+      std::string p = tok->piece(token_id(i));
+      types[i] = i == 0 ? 2 : i < 3 ? 3 : (p.size() == 6 && p.rfind("<0x", 0) == 0) ? 6 : 1;
+      if (types[i] == 3) {  // llama2.c stores "\n<s>\n"; SentencePiece (and llama.cpp's GGUFs) "<s>"
+        p.erase(0, p.find_first_not_of('\n'));
+        p.erase(p.find_last_not_of('\n') + 1);
+      }
       for (char ch : p)
         pieces[i] += ch == ' ' ? std::string("\xE2\x96\x81") : std::string(1, ch);  // SentencePiece's space
       scores[i] = tok->score(token_id(i));
-      types[i] = i == 0 ? 2 : i < 3 ? 3 : (p.size() == 6 && p.rfind("<0x", 0) == 0) ? 6 : 1;
     }
     g.str("tokenizer.ggml.model", "llama");
     g.strings("tokenizer.ggml.tokens", pieces);

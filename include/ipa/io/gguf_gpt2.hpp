@@ -127,7 +127,8 @@ inline void save_gguf_gpt2(const std::string& path, const gpt2_weights& w, const
     const tensor_slot& s = w.slot(slot);
     const bool matrix = s.rows > 1;
     g.tensor(n, matrix ? std::vector<std::uint64_t>{s.cols, s.rows} : std::vector<std::uint64_t>{s.cols},
-             w.tensor(slot).subspan(layer * s.rows * s.cols, s.rows * s.cols), f16 && matrix);
+             w.tensor(slot).subspan(layer * s.rows * s.cols, s.rows * s.cols),
+             f16 && matrix ? weight_type::f16 : weight_type::f32);
   };
   add("token_embd.weight", "wte", 0);
   add("position_embd.weight", "wpe", 0);

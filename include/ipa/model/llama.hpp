@@ -36,31 +36,33 @@ class llama_model {
  public:
   using state_type = llama_state;
 
-  explicit llama_model(llama_weights weights) : w_(std::move(weights)) {
-    const llama_config& c = w_.config();
-    c.validate();
-    attention_ = {std::size_t(c.n_heads), std::size_t(c.n_kv_heads), std::size_t(c.head_size())};
+  /// A model held in f32, its matrices repacked for the kernels (packed_matrix).
+  explicit llama_model(llama_weights weights) : config_(weights.config()), w_(std::move(weights)) {
+    config_.validate();
     pack();
-    // RoPE table as llama2.c computes it: angle = pos * theta^(-2i/head_size) on pair i.
-    const int half = c.head_size() / 2;
-    rope_cos_.resize(std::size_t(c.seq_len) * half);
-    rope_sin_.resize(rope_cos_.size());
-    for (int p = 0; p < c.seq_len; ++p)
-      for (int i = 0; i < half; ++i) {
-        const double freq = std::pow(double(c.rope_theta), -2.0 * i / c.head_size());
-        rope_cos_[std::size_t(p) * half + i] = static_cast<float>(std::cos(p * freq));
-        rope_sin_[std::size_t(p) * half + i] = static_cast<float>(std::sin(p * freq));
-      }
+    init();
+  }
+  /// A model read where its file stores it (compact matrices, see compact_matrix.hpp): no copy
+  /// of the weights.
+  explicit llama_model(llama_compact_weights weights) : config_(weights.config), compact_(std::move(weights)) {
+    config_.validate();
+    use_compact();
+    init();
   }
 
-  const llama_config& config() const noexcept { return w_.config(); }
+  const llama_config& config() const noexcept { return config_; }
+  /// The f32 weights (empty for a model built from llama_compact_weights).
   const llama_weights& weights() const noexcept { return w_; }
-  std::size_t vocab_size() const noexcept { return std::size_t(w_.config().vocab_size); }
-  std::size_t context_length() const noexcept { return std::size_t(w_.config().seq_len); }
+  /// True when the weights are read in place (llama_compact_weights).
+  bool is_compact() const noexcept { return !compact_.layers.empty(); }
+  /// Bytes of weights read per decoded token (every matrix once).
+  std::size_t weight_bytes() const noexcept { return weight_bytes_; }
+  std::size_t vocab_size() const noexcept { return std::size_t(config_.vocab_size); }
+  std::size_t context_length() const noexcept { return std::size_t(config_.seq_len); }
 
   /// A state for `batch` rows holding up to `capacity` positions each (default: the context).
   llama_state new_state(int batch, int capacity = 0) const {
-    const llama_config& c = w_.config();
+    const llama_config& c = config_;
     llama_state s;
     detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_kv_heads),
                           std::size_t(c.head_size()), "llama_model");
@@ -72,13 +74,12 @@ class llama_model {
   /// (logit_items.size() x V). Throws shape_error when a row would outgrow its cache.
   void forward(llama_state& s, std::span<const int> rows, std::span<const token_id> tokens,
                std::span<const std::size_t> logit_items, std::span<float> logits) const {
-    const llama_config& c = w_.config();
+    const llama_config& c = config_;
     const std::size_t n = tokens.size(), d = c.dim;
     detail::place_tokens(s, rows, tokens, c.input_vocab(), logit_items, logits.size(), c.vocab_size, "llama_model");
     const int threads = team_size(n);
     grow(s, n, logit_items.size(), std::size_t(threads));
-    for (std::size_t i = 0; i < n; ++i)
-      std::copy_n(w_.tok_embeddings() + std::size_t(tokens[i]) * d, d, s.x.data() + i * d);
+    for (std::size_t i = 0; i < n; ++i) embed(tokens[i], s.x.data() + i * d);
     // One team for the whole pass: a barrier between stages costs less than a fork, and a small
     // model's threads compute the same panels of every product each step, so its weights stay
     // split over the cores' caches (stories260K's 1 MB does not fit one core's L2).
@@ -106,17 +107,30 @@ class llama_model {
   }
 
  private:
-  int team_size(std::size_t n) const noexcept { return team_threads(n * packed_floats_ * sizeof(float)); }
+  // A product's weights as the kernels read them: f32 repacked into panels (packed_matrix), or
+  // compact rows read where the file holds them (compact_stack).
+  struct projection {
+    packed_matrix packed;
+    compact_stack compact;
+    bool is_compact() const noexcept { return compact.rows() > 0; }
+    std::size_t rows() const noexcept { return is_compact() ? compact.rows() : packed.rows(); }
+  };
+  // The projections that read the same input are fused: Q|K|V and W1|W3.
+  struct layer_kernels {
+    projection qkv, wo, w13, w2;
+  };
+
+  int team_size(std::size_t n) const noexcept { return team_threads(n * weight_bytes_); }
 
   // One thread's rows packed for a product (pack_rows): n tokens or m logit rows, of d or hd.
   std::size_t packed_rows_floats(std::size_t n, std::size_t m) const noexcept {
-    return std::max(n, m) * std::max(std::size_t(w_.config().dim), std::size_t(w_.config().hidden_dim));
+    return std::max(n, m) * std::max(std::size_t(config_.dim), std::size_t(config_.hidden_dim));
   }
 
   // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
   // input, SwiGLU activations and rows packed for the products).
   void grow(llama_state& s, std::size_t n, std::size_t m, std::size_t threads) const {
-    const llama_config& c = w_.config();
+    const llama_config& c = config_;
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
     auto at_least = [](std::vector<float>& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
@@ -137,7 +151,7 @@ class llama_model {
   // what other threads wrote are separated by t.sync().
   void layers(const team& t, llama_state& s, std::span<const int> rows, std::size_t n,
               std::span<const std::size_t> logit_items, std::span<float> logits) const noexcept {
-    const llama_config& c = w_.config();
+    const llama_config& c = config_;
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, qkv_w = d + 2 * kv;
     float* x = s.x.data();
     float* xb = s.xb.data() + t.rank() * n * d;  // this thread's
@@ -147,7 +161,7 @@ class llama_model {
       const layer_kernels& lk = layers_[l];
       // attention block: Q|K|V in one product; then per (token, kv head): RoPE, append K/V to
       // the cache, attend with the kv head's query heads
-      rmsnorm(xb, x, w_.attention_norm(l), n, d);
+      rmsnorm(xb, x, attention_norm(l), n, d);
       team_matmul(t, s.qkv.data(), qkv_w, xb, d, n, lk.qkv, xp);
       t.sync();
       attention_stage(t, s, l, rows, n);
@@ -155,7 +169,7 @@ class llama_model {
       add_product(t, x, s.att.data(), d, n, lk.wo, xp, s.proj.data());
       t.sync();
       // SwiGLU feed-forward block: w2(silu(w1 x) * w3 x), with W1|W3 as one product
-      rmsnorm(xb, x, w_.ffn_norm(l), n, d);
+      rmsnorm(xb, x, ffn_norm(l), n, d);
       team_matmul(t, s.h13.data(), 2 * hd, xb, d, n, lk.w13, xp);
       t.sync();
       for (std::size_t i = 0; i < n; ++i) {  // every thread needs all of it for its w2 panels
@@ -167,7 +181,7 @@ class llama_model {
     }
     const std::size_t m = logit_items.size();
     float* lx = s.logits_x.data() + t.rank() * m * d;
-    for (std::size_t j = 0; j < m; ++j) rmsnorm(lx + j * d, x + logit_items[j] * d, w_.norm(), 1, d);
+    for (std::size_t j = 0; j < m; ++j) rmsnorm(lx + j * d, x + logit_items[j] * d, final_norm(), 1, d);
     team_matmul(t, logits.data(), c.vocab_size, lx, d, m, classifier_, xp);
   }
 
@@ -178,9 +192,28 @@ class llama_model {
   // each core keeps its share of the weights; a larger one streams them from memory anyway, and
   // hands out chunks of four panels to whichever thread is free (the host runs the two vCPUs at
   // different speeds from moment to moment: with even shares one waited at each barrier).
+  // Compact weights go the same way in chunks of 16 rows (a panel's worth).
   template <class Done>
   void team_matmul(const team& t, float* out, std::size_t ldo, const float* in, std::size_t ldi, std::size_t n,
-                   const packed_matrix& w, float* xp, Done&& done) const noexcept {
+                   const projection& p, float* xp, Done&& done) const noexcept {
+    if (p.is_compact()) {  // each thread prepares the inputs (compact_matrix.hpp) into its own xp
+      auto* prepared = reinterpret_cast<unsigned char*>(xp);
+      prepare_input(p.compact.type(), in, ldi, n, p.compact.cols(), prepared);
+      const std::size_t rows = p.compact.rows(), chunks = (rows + 15) / 16;
+      auto product = [&](std::size_t q0, std::size_t q1) {
+        const std::size_t c0 = 16 * q0, c1 = std::min(rows, 16 * q1);
+        p.compact.matmul_prepared(out, ldo, prepared, n, c0, c1);
+        done(c0, c1);
+      };
+      if (!streamed()) {
+        const auto [first, last] = t.share(chunks);
+        product(first, last);
+      } else {
+        t.for_each_chunk(chunks, 4, product);
+      }
+      return;
+    }
+    const packed_matrix& w = p.packed;
     pack_rows(in, ldi, n, w.cols(), xp);
     const std::size_t panels = w.panels();
     if (!streamed()) {
@@ -196,12 +229,12 @@ class llama_model {
     });
   }
   void team_matmul(const team& t, float* out, std::size_t ldo, const float* in, std::size_t ldi, std::size_t n,
-                   const packed_matrix& w, float* xp) const noexcept {
+                   const projection& w, float* xp) const noexcept {
     team_matmul(t, out, ldo, in, ldi, n, w, xp, [](std::size_t, std::size_t) {});
   }
 
   // x += in * w^T (x is n x d): each thread adds the columns it computed.
-  void add_product(const team& t, float* x, const float* in, std::size_t ldi, std::size_t n, const packed_matrix& w,
+  void add_product(const team& t, float* x, const float* in, std::size_t ldi, std::size_t n, const projection& w,
                    float* xp, float* scratch) const noexcept {
     const std::size_t d = w.rows();
     team_matmul(t, scratch, d, in, ldi, n, w, xp, [&](std::size_t c0, std::size_t c1) {
@@ -260,14 +293,14 @@ class llama_model {
       const float* xi = x + i * d;
       float ss = 0.0f;
       for (std::size_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
-      const float scale = 1.0f / std::sqrt(ss / float(d) + w_.config().norm_eps);
+      const float scale = 1.0f / std::sqrt(ss / float(d) + config_.norm_eps);
       for (std::size_t j = 0; j < d; ++j) out[i * d + j] = weight[j] * (scale * xi[j]);
     }
   }
 
   // Rotates interleaved pairs (v[2i], v[2i+1]) of every head by pos * theta^(-2i/head_size).
   void rope(float* v, std::size_t width, int p) const noexcept {
-    const std::size_t hs = w_.config().head_size(), half = hs / 2;
+    const std::size_t hs = config_.head_size(), half = hs / 2;
     const float* cs = rope_cos_.data() + std::size_t(p) * half;
     const float* sn = rope_sin_.data() + std::size_t(p) * half;
     for (std::size_t h0 = 0; h0 < width; h0 += hs)
@@ -278,37 +311,103 @@ class llama_model {
       }
   }
 
-  // Weights repacked for matmul (see packed_matrix), with the projections that read the same
-  // input fused: Q|K|V and W1|W3.
-  struct layer_kernels {
-    packed_matrix qkv, wo, w13, w2;
-  };
   void pack() {
-    const llama_config& c = w_.config();
+    const llama_config& c = config_;
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
-    layers_.clear();
-    layers_.resize(c.n_layers);
+    layers_.assign(std::size_t(c.n_layers), {});
     for (int l = 0; l < c.n_layers; ++l) {
-      layer_kernels& k = layers_[l];
-      k.qkv = packed_matrix({{w_.wq(l), d, d}, {w_.wk(l), d, kv}, {w_.wv(l), d, kv}}, d);
-      k.wo = packed_matrix(w_.wo(l), d, d, d);
-      k.w13 = packed_matrix({{w_.w1(l), d, hd}, {w_.w3(l), d, hd}}, d);
-      k.w2 = packed_matrix(w_.w2(l), hd, d, hd);
+      layer_kernels& k = layers_[std::size_t(l)];
+      k.qkv.packed = packed_matrix({{w_.wq(l), d, d}, {w_.wk(l), d, kv}, {w_.wv(l), d, kv}}, d);
+      k.wo.packed = packed_matrix(w_.wo(l), d, d, d);
+      k.w13.packed = packed_matrix({{w_.w1(l), d, hd}, {w_.w3(l), d, hd}}, d);
+      k.w2.packed = packed_matrix(w_.w2(l), hd, d, hd);
     }
-    classifier_ = packed_matrix(w_.classifier(), d, std::size_t(c.vocab_size), d);
-    packed_floats_ = classifier_.rows() * d;
+    classifier_.packed = packed_matrix(w_.classifier(), d, std::size_t(c.vocab_size), d);
+    weight_bytes_ = classifier_.packed.rows() * d * sizeof(float);
     for (const layer_kernels& k : layers_)
-      for (const packed_matrix* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) packed_floats_ += m->rows() * m->cols();
+      for (const projection* m : {&k.qkv, &k.wo, &k.w13, &k.w2})
+        weight_bytes_ += m->packed.rows() * m->packed.cols() * sizeof(float);
+  }
+  void use_compact() {
+    const llama_config& c = config_;
+    const llama_compact_weights& w = compact_;
+    const std::size_t d = c.dim, L = c.n_layers, V = c.vocab_size;
+    auto expect = [&](const compact_matrix& m, std::size_t rows, std::size_t cols, const std::string& what) {
+      if (m.rows != rows || m.cols != cols || m.data == nullptr)
+        throw shape_error("llama_model: " + what + " is " + std::to_string(m.rows) + " x " + std::to_string(m.cols) +
+                          ", expected " + std::to_string(rows) + " x " + std::to_string(cols));
+    };
+    if (w.layers.size() != L || w.attention_norm.size() != L * d || w.ffn_norm.size() != L * d || w.norm.size() != d)
+      throw shape_error("llama_model: compact weights hold " + std::to_string(w.layers.size()) + " layers and " +
+                        std::to_string(w.attention_norm.size() + w.ffn_norm.size() + w.norm.size()) +
+                        " norm weights, the config " + std::to_string(L) + " and " + std::to_string((2 * L + 1) * d));
+    expect(w.tok_embeddings, std::size_t(c.input_vocab()), d, "tok_embeddings");
+    const std::size_t kv = c.kv_dim(), hd = c.hidden_dim;
+    layers_.assign(L, {});
+    for (std::size_t l = 0; l < L; ++l) {
+      const llama_compact_weights::layer& in = w.layers[l];
+      const std::string at = "layer " + std::to_string(l) + " ";
+      expect(in.wq, d, d, at + "wq");
+      expect(in.wk, kv, d, at + "wk");
+      expect(in.wv, kv, d, at + "wv");
+      expect(in.wo, d, d, at + "wo");
+      expect(in.w1, hd, d, at + "w1");
+      expect(in.w3, hd, d, at + "w3");
+      expect(in.w2, d, hd, at + "w2");
+      layers_[l].qkv.compact = compact_stack({in.wq, in.wk, in.wv});
+      layers_[l].wo.compact = compact_stack({in.wo});
+      layers_[l].w13.compact = compact_stack({in.w1, in.w3});
+      layers_[l].w2.compact = compact_stack({in.w2});
+    }
+    compact_matrix classifier = c.shared_classifier ? w.tok_embeddings : w.output;
+    if (c.shared_classifier) classifier.rows = V;  // the predicted rows of tok_embeddings
+    expect(classifier, V, d, "output");
+    classifier_.compact = compact_stack({classifier});
+    weight_bytes_ = classifier_.compact.bytes();
+    for (const layer_kernels& k : layers_)
+      for (const projection* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) weight_bytes_ += m->compact.bytes();
   }
 
-  llama_weights w_;
+  // Token t's embedding row into out (dim floats).
+  void embed(token_id t, float* out) const noexcept {
+    if (is_compact()) dequantize_row(compact_.tok_embeddings, std::size_t(t), out);
+    else std::copy_n(w_.tok_embeddings() + std::size_t(t) * std::size_t(config_.dim), config_.dim, out);
+  }
+  const float* attention_norm(int l) const noexcept {
+    return is_compact() ? compact_.attention_norm.data() + std::size_t(l) * std::size_t(config_.dim)
+                        : w_.attention_norm(l);
+  }
+  const float* ffn_norm(int l) const noexcept {
+    return is_compact() ? compact_.ffn_norm.data() + std::size_t(l) * std::size_t(config_.dim) : w_.ffn_norm(l);
+  }
+  const float* final_norm() const noexcept { return is_compact() ? compact_.norm.data() : w_.norm(); }
+
+  // The attention shape and the RoPE table, as llama2.c computes it: angle = pos *
+  // theta^(-2i/head_size) on pair i.
+  void init() {
+    const llama_config& c = config_;
+    attention_ = {std::size_t(c.n_heads), std::size_t(c.n_kv_heads), std::size_t(c.head_size())};
+    const int half = c.head_size() / 2;
+    rope_cos_.resize(std::size_t(c.seq_len) * half);
+    rope_sin_.resize(rope_cos_.size());
+    for (int p = 0; p < c.seq_len; ++p)
+      for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(double(c.rope_theta), -2.0 * i / c.head_size());
+        rope_cos_[std::size_t(p) * half + i] = static_cast<float>(std::cos(p * freq));
+        rope_sin_[std::size_t(p) * half + i] = static_cast<float>(std::sin(p * freq));
+      }
+  }
+
+  llama_config config_;
+  llama_weights w_;                // f32 models
+  llama_compact_weights compact_;  // models read in place
   detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
-  packed_matrix classifier_;
-  std::size_t packed_floats_ = 0;  // weights read per token
+  projection classifier_;
+  std::size_t weight_bytes_ = 0;  // weights read per token
   // Over 8 MiB of weights a model no longer fits the private caches of a few cores
   // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
-  bool streamed() const noexcept { return packed_floats_ * sizeof(float) > (std::size_t{8} << 20); }
+  bool streamed() const noexcept { return weight_bytes_ > (std::size_t{8} << 20); }
   std::vector<float> rope_cos_, rope_sin_;
 };
 

@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: MIT
-// Llama architecture hyper-parameters and weights, stored in one buffer in llama2.c's order.
+// Llama architecture hyper-parameters and weights: in one f32 buffer in llama2.c's order, or
+// compact as a file stores them.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/model/flat_weights.hpp"
 
@@ -95,6 +98,20 @@ inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
   if (!config.shared_classifier) add("output", 1, V, d);
   return slots;
 }
+
+/// A Llama model's weights as a file stores them (a mapped GGUF): the matrices compact (F32, F16,
+/// Q8_0) and read in place, the norms as floats. `storage` keeps the matrices' bytes alive.
+struct llama_compact_weights {
+  struct layer {
+    compact_matrix wq, wk, wv, wo, w1, w2, w3;
+  };
+  llama_config config;
+  compact_matrix tok_embeddings;  ///< (input_vocab, dim)
+  compact_matrix output;          ///< (vocab, dim); rows == 0 when the classifier is tok_embeddings
+  std::vector<layer> layers;
+  std::vector<float> attention_norm, ffn_norm, norm;  ///< (L, dim), (L, dim), (dim)
+  std::shared_ptr<const void> storage;
+};
 
 /// All weights of a Llama model in one contiguous buffer (llama2.c's order).
 class llama_weights : public detail::flat_weights<llama_config> {
