@@ -20,7 +20,6 @@
 #include <ipa/io/gguf.hpp>
 #include <ipa/model/llama.hpp>
 
-
 namespace {
 
 using clock_type = std::chrono::steady_clock;

@@ -32,7 +32,9 @@ run() {  # target corpus max_len
 # the file readers get whole files; the tokenizers get texts of up to 8 KiB (65 KiB inputs ran
 # at 4 executions per second: too few to explore)
 run fuzz_safetensors "$(seed safetensors "$tmp/hf/model.safetensors" "$G/gpt2_tiny/model.safetensors")" 65536
-run fuzz_gguf "$(seed gguf "$M/stories260K.gguf" "$tmp/gpt2_tiny.gguf")" 65536
+./build/examples/ipa convert --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" --to gguf-q8_0 \
+  --out "$tmp/q8_0.gguf" 2>/dev/null || true
+run fuzz_gguf "$(seed gguf "$M/stories260K.gguf" "$tmp/gpt2_tiny.gguf" "$tmp/q8_0.gguf")" 65536
 run fuzz_llama2c "$(seed llama2c "$M/tok512.bin")" 65536
 run fuzz_tokenizers "$(seed tokenizers "$G/gpt2_bpe/gpt2_encode.jsonl" "$G/tok512/tok512_encode.jsonl")" 8192
 # --reward specs; a checkpoint's trainer.json (from a one-step run shaped like the target's own)
