@@ -20,6 +20,8 @@
 #include <ipa/io/gguf.hpp>
 #include <ipa/model/llama.hpp>
 
+#include "made_up_model.hpp"
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -27,19 +29,9 @@ using clock_type = std::chrono::steady_clock;
 std::string model_file(ipa::weight_type type) {
   const char* dir = std::getenv("IPA_BENCH_TMP");
   const std::string path = std::string(dir ? dir : "/tmp") + "/ipa_bench_110m." + ipa::weight_type_name(type) + ".gguf";
-  if (!std::filesystem::exists(path)) {  // (llama.cpp needs a vocabulary: a made-up one of 32000 pieces)
-    ipa::llama_config c;
-    c.dim = 768, c.hidden_dim = 2048, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12, c.vocab_size = 32000;
-    c.seq_len = 1024;
-    std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
-    for (int b = 0; b < 256; ++b) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "<0x%02X>", b);
-      pieces.push_back(hex);
-    }
-    while (pieces.size() < 32000) pieces.push_back(" t" + std::to_string(pieces.size()));
-    const auto tok = ipa::llama2c_tokenizer::from_pieces(pieces, std::vector<float>(pieces.size(), 0.0f), "bench");
-    ipa::save_gguf_llama(path, ipa::llama_weights::random(c, 7), &tok, type);
+  if (!std::filesystem::exists(path)) {  // (llama.cpp needs a vocabulary: a made-up one)
+    const auto tok = ipa_bench::made_up_tokenizer();
+    ipa::save_gguf_llama(path, ipa::llama_weights::random(ipa_bench::shape_110m(), 7), &tok, type);
   }
   return path;
 }

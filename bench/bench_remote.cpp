@@ -28,6 +28,7 @@
 #include <ipa/remote/remote_base.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
+#include "made_up_model.hpp"
 #include "support/llama_server.hpp"
 
 namespace {
@@ -43,17 +44,8 @@ std::string model_dir() {
 std::string random_110M_gguf() {
   const std::string path = (std::filesystem::temp_directory_path() / "ipa_bench_remote_110M.gguf").string();
   if (std::filesystem::exists(path)) return path;
-  ipa::llama_config c;
-  c = {768, 2048, 12, 12, 12, 32000, 1024};
-  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
-  for (int b = 0; b < 256; ++b) {
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
-    pieces.push_back(hex);
-  }
-  while (pieces.size() < 32000) pieces.push_back(" t" + std::to_string(pieces.size()));
-  const auto tok = ipa::llama2c_tokenizer::from_pieces(pieces, std::vector<float>(pieces.size(), 0.0f), "bench");
-  ipa::save_gguf_llama(path + ".tmp", ipa::llama_weights::random(c, 1234), &tok);
+  const auto tok = ipa_bench::made_up_tokenizer();
+  ipa::save_gguf_llama(path + ".tmp", ipa::llama_weights::random(ipa_bench::shape_110m(), 1234), &tok);
   std::filesystem::rename(path + ".tmp", path);
   return path;
 }
