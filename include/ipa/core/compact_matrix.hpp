@@ -155,20 +155,7 @@ inline void compact_matmul_reference(float* out, std::size_t ldo, const unsigned
 
 namespace detail {
 
-// Eight int8 or halves as floats: vpmovsxbd + vcvtdq2ps where the build has AVX2 (GCC 12
-// scalarizes __builtin_convertvector from int8), vcvtph2ps where it has F16C.
-inline v8f load8_i8(const unsigned char* p) noexcept {
-  v8f v;
-#if defined(__AVX2__)
-  __m128i q;
-  std::memcpy(&q, p, 8);  // (the upper 8 bytes are never read by the widening)
-  const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-  std::memcpy(&v, &f, sizeof v);
-#else
-  for (int k = 0; k < 8; ++k) v[k] = float(static_cast<std::int8_t>(p[k]));
-#endif
-  return v;
-}
+// Eight halves as floats (vcvtph2ps where the build has F16C).
 inline v8f load8_f16(const unsigned char* p) noexcept {
   v8f v;
 #if defined(__F16C__)
@@ -189,19 +176,14 @@ inline float half_to_float(const unsigned char* p) noexcept {
 #endif
 }
 
-// Weights 32g .. 32g + 31 of a row as four vectors.
+// Weights 32g .. 32g + 31 of an F32 or F16 row as four vectors (Q8_0 has q8_0_tile).
 template <weight_type T>
 inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noexcept {
+  static_assert(T == weight_type::f32 || T == weight_type::f16);
   IPA_UNROLL(4)
   for (std::size_t q = 0; q < 4; ++q) {
     if constexpr (T == weight_type::f32) w[q] = load8(reinterpret_cast<const float*>(row) + 32 * g + 8 * q);
-    else if constexpr (T == weight_type::f16) w[q] = load8_f16(row + 2 * (32 * g + 8 * q));
-    else w[q] = load8_i8(row + g * q8_0_block_bytes + 2 + 8 * q);
-  }
-  if constexpr (T == weight_type::q8_0) {
-    const v8f d = broadcast8(half_to_float(row + g * q8_0_block_bytes));
-    IPA_UNROLL(4)
-    for (v8f& v : w) v *= d;
+    else w[q] = load8_f16(row + 2 * (32 * g + 8 * q));
   }
 }
 
@@ -211,11 +193,11 @@ inline float sum8(v8f v) noexcept {
   return a + b;
 }
 
-// out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
+// F32/F16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
 // chains hide the FMA latency at batch 1), added pairwise and then in sum8's order, then the
-// columns past the last full group (F32/F16 rows of any length) one by one. A group of 32
-// weights is dequantized once for the NR rows. (Two rows of w at a time, interleaving two
+// columns past the last full group (rows of any length) one by one. A group of 32 weights is
+// converted once for the NR rows. (Two rows of w at a time, interleaving two
 // streams, ran at 7 GB/s from memory against 17.6 for one, on the AVX2 EPYC.)
 template <weight_type T, int NR>
 inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& w, std::size_t j, float* out,

@@ -21,6 +21,7 @@
 #include "ipa/core/bf16.hpp"
 #include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
+#include "ipa/io/atomic_file.hpp"
 #include "ipa/io/mapped_file.hpp"
 #include "ipa/io/safetensors.hpp"  // detail::shape_text
 #include "ipa/model/llama_weights.hpp"
@@ -127,15 +128,12 @@ class gguf_file {
         }
         t.type = read<std::uint32_t>("the type of " + name);
         t.offset = read<std::uint64_t>("the offset of " + name);
-        if (t.type == 0) t.bytes = 4 * count;
-        else if (t.type == 1) t.bytes = 2 * count;
-        else if (t.type == 8) {
-          if (t.dims[0] % 32 != 0) fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
-          t.bytes = count / 32 * 34;
-        } else {
+        if (t.type != 0 && t.type != 1 && t.type != 8)
           fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
                "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
-        }
+        if (t.type == 8 && t.dims[0] % q8_0_block != 0)
+          fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
+        t.bytes = count / t.dims[0] * compact_matrix::row_bytes(weight_type(t.type), t.dims[0]);
         if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
         if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
         order.push_back(name);
@@ -178,24 +176,9 @@ class gguf_file {
     if (t.elements() != expected)
       throw io_error(where_ + ": tensor '" + name + "' has " + std::to_string(t.elements()) + " elements, expected " +
                      std::to_string(expected));
-    const char* p = bytes_.data() + data_at_ + t.offset;
+    const compact_matrix m = view(t, t.elements() / t.dims[0], t.dims[0]);
     std::vector<float> out(t.elements());
-    if (t.type == 0) {
-      std::memcpy(out.data(), p, out.size() * 4);
-    } else if (t.type == 1) {
-      for (std::size_t i = 0; i < out.size(); ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, p + 2 * i, 2);
-        out[i] = from_f16(h);
-      }
-    } else {  // Q8_0: blocks of an f16 scale and 32 int8
-      for (std::size_t b = 0; b < out.size() / 32; ++b) {
-        std::uint16_t h;
-        std::memcpy(&h, p + 34 * b, 2);
-        const float d = from_f16(h);
-        for (std::size_t k = 0; k < 32; ++k) out[32 * b + k] = d * float(static_cast<std::int8_t>(p[34 * b + 2 + k]));
-      }
-    }
+    for (std::size_t r = 0; r < m.rows; ++r) dequantize_row(m, r, out.data() + r * m.cols);
     return out;
   }
 
@@ -212,14 +195,17 @@ class gguf_file {
     if (!is_matrix)
       throw io_error(where_ + ": tensor '" + name + "' has shape " + detail::shape_text(t.dims) + ", expected [" +
                      std::to_string(cols) + ", " + std::to_string(rows) + "]");
-    const auto type = static_cast<weight_type>(t.type);  // (the constructor admits F32, F16, Q8_0 only)
-    return {type, reinterpret_cast<const unsigned char*>(bytes_.data() + data_at_ + t.offset), std::size_t(rows),
-            std::size_t(cols)};
+    return view(t, rows, cols);
   }
   /// What keeps the bytes that compact() views alive (the mapping, or the bytes given).
   const std::shared_ptr<const void>& storage() const noexcept { return storage_; }
 
  private:
+  // t's bytes as a rows x cols matrix (the constructor admits F32, F16, Q8_0 only)
+  compact_matrix view(const gguf_tensor& t, std::uint64_t rows, std::uint64_t cols) const noexcept {
+    return {weight_type(t.type), reinterpret_cast<const unsigned char*>(bytes_.data() + data_at_ + t.offset),
+            std::size_t(rows), std::size_t(cols)};
+  }
   [[noreturn]] void fail(const std::string& why) const { throw io_error(where_ + ": " + why); }
   std::uint64_t remaining() const noexcept { return bytes_.size() - at_; }
   template <class T>
@@ -404,10 +390,9 @@ inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
     return m;
   };
   auto norm = [&](std::vector<float>& into, const std::string& name) {
-    const auto v = f.floats(name, d);
-    for (float x : v)
-      if (!std::isfinite(x)) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
-    into.insert(into.end(), v.begin(), v.end());
+    const compact_matrix m = matrix(name, 1, d);
+    into.resize(into.size() + d);
+    dequantize_row(m, 0, into.data() + into.size() - d);
   };
   w.tok_embeddings = matrix("token_embd.weight", std::size_t(c.vocab_size), d);
   if (!c.shared_classifier) w.output = matrix("output.weight", std::size_t(c.vocab_size), d);
