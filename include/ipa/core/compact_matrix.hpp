@@ -197,8 +197,8 @@ inline float sum8(v8f v) noexcept {
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
 // chains hide the FMA latency at batch 1), added pairwise and then in sum8's order, then the
 // columns past the last full group (rows of any length) one by one. A group of 32 weights is
-// converted once for the NR rows. (Two rows of w at a time, interleaving two
-// streams, ran at 7 GB/s from memory against 17.6 for one, on the AVX2 EPYC.)
+// converted once for the NR rows. (Two rows of w at a time, interleaving two streams from
+// memory, measured slower at batch 1 during development: one row at a time.)
 template <weight_type T, int NR>
 inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& w, std::size_t j, float* out,
                          std::size_t ldo) noexcept {
