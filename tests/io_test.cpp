@@ -215,13 +215,19 @@ TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
   std::memset(no_metadata.data() + 16, 0, 8);
   CHECK_THROWS_WITH_AS(parse(no_metadata), doctest::Contains("after the 0 metadata entries the header counts"),
                        ipa::io_error);
-  // the first tensor info's type -> Q4_0 (2): refused by name
+  // the first tensor info's type -> Q4_1 (3), which ipa does not read: refused by name; -> Q4_K
+  // (12), whose blocks of 256 do not divide its rows of 64: refused, saying so
   const auto at = bytes.find("token_embd.weight");
   REQUIRE(at != std::string::npos);
-  std::string q4 = bytes;
+  std::string retyped = bytes;
   const std::size_t type_at = at + std::strlen("token_embd.weight") + 4 + 2 * 8;
-  q4[type_at] = 2;
-  CHECK_THROWS_WITH_AS(parse(q4), doctest::Contains("ggml type 2"), ipa::io_error);
+  retyped[type_at] = 3;
+  CHECK_THROWS_WITH_AS(parse(retyped), doctest::Contains("ggml type 3"), ipa::io_error);
+  retyped[type_at] = 12;
+  CHECK_THROWS_WITH_AS(parse(retyped),
+                       doctest::Contains("Q4_K tensor 'token_embd.weight' has rows of 64 weights, not a multiple of "
+                                         "its block of 256"),
+                       ipa::io_error);
   // random byte flips never crash: they parse or throw ipa::io_error
   ipa::xoshiro256 rng(99);
   for (int i = 0; i < 200; ++i) {

@@ -24,19 +24,39 @@
 // ---- compact weights: F32, F16 and Q8_0 rows read in place
 
 namespace {
-// A matrix of m rows x k random weights stored as `type` (Q8_0 through quantize_row_q8_0).
+// A matrix of m rows x k random weights stored as `type` (Q8_0 through quantize_row_q8_0; the
+// other quantized types as random blocks: random quants and scales, weights of at most ~0.5).
 std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, std::size_t k, ipa::xoshiro256& rng) {
   std::vector<float> w(m * k);
   for (auto& v : w) v = float(ipa::uniform01(rng) - 0.5);
-  std::vector<unsigned char> bytes(m * ipa::compact_matrix::row_bytes(type, k));
+  const std::size_t row_bytes = ipa::compact_matrix::row_bytes(type, k);
+  std::vector<unsigned char> bytes(m * row_bytes);
+  auto put_half = [](unsigned char* p, float v) {
+    const std::uint16_t h = ipa::to_f16(v);
+    std::memcpy(p, &h, 2);
+  };
   for (std::size_t r = 0; r < m; ++r) {
-    unsigned char* row = bytes.data() + r * ipa::compact_matrix::row_bytes(type, k);
-    if (type == ipa::weight_type::q8_0) ipa::quantize_row_q8_0(w.data() + r * k, k, row);
-    for (std::size_t c = 0; c < k && type != ipa::weight_type::q8_0; ++c) {
-      if (type == ipa::weight_type::f32) std::memcpy(row + 4 * c, &w[r * k + c], 4);
-      else {
-        const std::uint16_t h = ipa::to_f16(w[r * k + c]);
-        std::memcpy(row + 2 * c, &h, 2);
+    unsigned char* row = bytes.data() + r * row_bytes;
+    const float* x = w.data() + r * k;
+    switch (type) {
+      case ipa::weight_type::f32: std::memcpy(row, x, 4 * k); break;
+      case ipa::weight_type::f16:
+        for (std::size_t c = 0; c < k; ++c) put_half(row + 2 * c, x[c]);
+        break;
+      case ipa::weight_type::q8_0: ipa::quantize_row_q8_0(x, k, row); break;
+      default: {
+        const ipa::block_layout b = ipa::layout_of(type);
+        for (std::size_t i = 0; i < row_bytes; ++i) row[i] = static_cast<unsigned char>(rng() & 0xFF);
+        for (std::size_t blk = 0; blk < k / b.elements; ++blk) {
+          unsigned char* block = row + blk * b.bytes;
+          const float d = float(0.005 + 0.01 * ipa::uniform01(rng));
+          if (type == ipa::weight_type::q4_0) put_half(block, d);
+          if (type == ipa::weight_type::q4_k) {  // weights d * (6-bit) * (4-bit) - dmin * (6-bit)
+            put_half(block, d / 20);
+            put_half(block + 2, d / 40);
+          }
+          if (type == ipa::weight_type::q6_k) put_half(block + 208, d / 100);  // d * (int8) * (6-bit - 32)
+        }
       }
     }
   }
@@ -68,11 +88,12 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
   CHECK(back[0] == 0.0f);
 }
 
-TEST_CASE("compact_matmul (F32, F16, Q8_0) equals its scalar reference, batch- and range-invariant") {
+TEST_CASE("compact_matmul (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
   ipa::xoshiro256 rng(11);
-  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q8_0})
-    for (std::size_t k : {32u, 96u, 100u, 768u}) {
-      if (type == ipa::weight_type::q8_0 && k % 32 != 0) continue;
+  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q4_0,
+                                ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
+    for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
+      if (k % ipa::layout_of(type).elements != 0) continue;
       const std::size_t m = 37, n = 7;
       CAPTURE(ipa::weight_type_name(type));
       CAPTURE(k);

@@ -170,7 +170,7 @@ inline std::string architecture_of(const std::string& path) {
 }
 
 /// A Llama model to decode with (a base, a --policy): a GGUF that stores compact matrices (F16,
-/// Q8_0) is read where it lies, mapped, with no f32 copy; any other model is loaded in f32 and
+/// Q4_0, Q8_0, Q4_K, Q6_K) is read where it lies, mapped, with no f32 copy; any other model is loaded in f32 and
 /// repacked for the f32 kernels (faster in batches: see bench/RESULTS.md).
 inline ipa::llama_model load_llama_for_decoding(const std::string& path) {
   if (!is_gguf(path)) return ipa::llama_model(load_model(path));

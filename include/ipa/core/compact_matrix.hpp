@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Weight matrices kept in their stored encoding (ggml's F32, F16 and Q8_0), read where they lie
-// (a mapped GGUF): out = x * w^T, dequantizing 32 weights at a time in registers, never into an
-// f32 copy, beside a plain scalar reference that the tests compare against. As in matmul.hpp,
+// Weight matrices kept in their stored encoding (ggml's F32, F16, Q4_0, Q8_0, Q4_K, Q6_K; the
+// blocks are in ggml_blocks.hpp), read where they lie (a mapped GGUF): out = x * w^T, unpacking
+// a block at a time in registers, never into an f32 copy, beside a plain scalar reference that
+// the tests compare against. As in matmul.hpp,
 // every output element is one fixed chain of operations whatever the batch size or the range of
 // rows a call computes, so a prompt gives the same bits alone or inside a batch.
 #pragma once
@@ -20,29 +21,14 @@
 
 #include "ipa/core/bf16.hpp"
 #include "ipa/core/error.hpp"
+#include "ipa/core/ggml_blocks.hpp"
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/vector_abi.hpp"
 
 namespace ipa {
 
-/// How a matrix's rows are stored, by ggml's type ids.
-enum class weight_type : std::uint32_t { f32 = 0, f16 = 1, q8_0 = 8 };
-
-/// ggml's name of a type ("Q8_0").
-inline const char* weight_type_name(weight_type t) noexcept {
-  switch (t) {
-    case weight_type::f32: return "F32";
-    case weight_type::f16: return "F16";
-    case weight_type::q8_0: return "Q8_0";
-  }
-  return "?";
-}
-
-/// Q8_0 (ggml): blocks of 32 weights, an f16 scale d and 32 int8 q; weight = d * q.
-inline constexpr std::size_t q8_0_block = 32, q8_0_block_bytes = 34;
-
 /// A row-major matrix (rows x cols) in a compact encoding, seen where it lies; owns nothing.
-/// Rows of Q8_0 hold a multiple of 32 weights.
+/// A row holds whole blocks (layout_of(type).elements divides cols).
 struct compact_matrix {
   weight_type type = weight_type::f32;
   const unsigned char* data = nullptr;
@@ -50,87 +36,66 @@ struct compact_matrix {
 
   /// Bytes of one row of `cols` weights.
   static std::size_t row_bytes(weight_type type, std::size_t cols) noexcept {
-    switch (type) {
-      case weight_type::f32: return 4 * cols;
-      case weight_type::f16: return 2 * cols;
-      case weight_type::q8_0: return cols / q8_0_block * q8_0_block_bytes;
-    }
-    return 0;
+    const block_layout b = layout_of(type);
+    return cols / b.elements * b.bytes;
   }
   std::size_t row_bytes() const noexcept { return row_bytes(type, cols); }
   std::size_t bytes() const noexcept { return rows * row_bytes(); }
   const unsigned char* row(std::size_t r) const noexcept { return data + r * row_bytes(); }
 };
 
-namespace detail {
-inline std::uint16_t load_u16(const unsigned char* p) noexcept {
-  std::uint16_t h;
-  std::memcpy(&h, p, 2);
-  return h;
-}
-}  // namespace detail
-
 /// Weight c of a row, the plain scalar way.
 inline float compact_weight(weight_type type, const unsigned char* row, std::size_t c) noexcept {
-  switch (type) {
-    case weight_type::f32: {
-      float f;
-      std::memcpy(&f, row + 4 * c, 4);
-      return f;
-    }
-    case weight_type::f16: return from_f16(detail::load_u16(row + 2 * c));
-    case weight_type::q8_0: {
-      const unsigned char* block = row + c / q8_0_block * q8_0_block_bytes;
-      return from_f16(detail::load_u16(block)) * float(static_cast<std::int8_t>(block[2 + c % q8_0_block]));
-    }
-  }
-  return 0.0f;
+  const block_layout b = layout_of(type);
+  float block[256];
+  dequantize_block(type, row + c / b.elements * b.bytes, block);
+  return block[c % b.elements];
 }
 
 /// Row r of w as floats (w.cols of them into out): the reference for every kernel below.
 inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) noexcept {
+  const block_layout b = layout_of(w.type);
   const unsigned char* row = w.row(r);
-  for (std::size_t c = 0; c < w.cols; ++c) out[c] = compact_weight(w.type, row, c);
+  for (std::size_t c = 0; c < w.cols; c += b.elements)
+    dequantize_block(w.type, row + c / b.elements * b.bytes, out + c);
 }
 
-/// Quantizes k weights (a multiple of 32) to Q8_0 blocks in `out` (k / 32 * 34 bytes), as ggml's
-/// quantize_row_q8_0_ref: d = max|x| / 127 per block, q = round(x / d).
-inline void quantize_row_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
-  for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
-    float amax = 0.0f;
-    for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    const std::uint16_t h = to_f16(d);
-    std::memcpy(out, &h, 2);
-    for (std::size_t c = 0; c < q8_0_block; ++c)
-      out[2 + c] = static_cast<unsigned char>(std::int8_t(std::round(x[c] * id)));
-  }
+/// True when every weight of row r is finite (for blocks with scales: every scale).
+inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
+  const block_layout b = layout_of(w.type);
+  const unsigned char* row = w.row(r);
+  for (std::size_t i = 0; i < w.cols / b.elements; ++i)
+    if (!block_is_finite(w.type, row + i * b.bytes)) return false;
+  return true;
 }
 
 /// The inputs of a product as the kernels of a weight type read them, as llama.cpp's CPU build
-/// prepares them when it decodes one token (ggml's vec_dot_type), so that ipa computes what
-/// llama.cpp computes: F32 weights take the f32 rows as they are; F16 takes them rounded to F16
-/// (kept as floats here); Q8_0 takes them quantized per block of 32 (quantize_row_q8_0) and
-/// multiplies int8 by int8 with exact integer sums. (llama.cpp's prompt processing multiplies
-/// F16 by unrounded f32 where rows are a multiple of 8 long; ipa rounds alike at every batch
-/// size, so a row gives the same bits alone or in a batch.)
+/// prepares them when it decodes one token (input_type(), ggml's vec_dot_type), so that ipa
+/// computes what llama.cpp computes: F32 weights take the f32 rows as they are; F16 takes them
+/// rounded to F16 (kept as floats here); Q4_0 and Q8_0 take them quantized per block of 32
+/// (quantize_input_q8_0), Q4_K and Q6_K per block of 256 (quantize_row_q8_k), and multiply int8
+/// by int8 with exact integer sums. (llama.cpp's prompt processing multiplies F16 by unrounded
+/// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
+/// gives the same bits alone or in a batch.)
 inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept {
-  return type == weight_type::q8_0 ? compact_matrix::row_bytes(type, k) : 4 * k;
+  const weight_type in = input_type(type);
+  return in == weight_type::q8_0 || in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
                           unsigned char* out) noexcept {
   const std::size_t row_bytes = compact_input_bytes(type, k);
   for (std::size_t i = 0; i < n; ++i, out += row_bytes) {
     const float* xi = x + i * ldx;
-    if (type == weight_type::q8_0) {
-      quantize_row_q8_0(xi, k, out);
-    } else if (type == weight_type::f16) {
-      for (std::size_t c = 0; c < k; ++c) {
-        const float h = from_f16(to_f16(xi[c]));
-        std::memcpy(out + 4 * c, &h, 4);
-      }
-    } else {
-      std::memcpy(out, xi, 4 * k);
+    switch (input_type(type)) {
+      case weight_type::q8_0: quantize_input_q8_0(xi, k, out); break;
+      case weight_type::q8_k: quantize_row_q8_k(xi, k, out); break;
+      case weight_type::f16:
+        for (std::size_t c = 0; c < k; ++c) {
+          const float h = from_f16(to_f16(xi[c]));
+          std::memcpy(out + 4 * c, &h, 4);
+        }
+        break;
+      default: std::memcpy(out, xi, 4 * k);
     }
   }
 }
@@ -140,7 +105,8 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
 inline void compact_matmul_reference(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
                                      const compact_matrix& w, std::size_t j0, std::size_t j1) {
   const std::size_t k = w.cols;
-  const compact_matrix inputs{w.type == weight_type::q8_0 ? weight_type::q8_0 : weight_type::f32, in, n, k};
+  const weight_type in_type = input_type(w.type) == weight_type::f16 ? weight_type::f32 : input_type(w.type);
+  const compact_matrix inputs{in_type, in, n, k};
   std::vector<float> row(k), x(n * k);
   for (std::size_t i = 0; i < n; ++i) dequantize_row(inputs, i, x.data() + i * k);
   for (std::size_t j = j0; j < j1; ++j) {
@@ -246,34 +212,225 @@ inline v8f q8_0_block_dot(const unsigned char* wq, const unsigned char* xq) noex
   return lanes;
 }
 
-template <int NR>
+// Q4_0's nibbles as int8 weights (low nibbles are weights 0-15, high nibbles 16-31; minus 8).
+inline void q4_0_unpack(const unsigned char* qs, unsigned char* w) noexcept {
+#if defined(__AVX2__)
+  __m128i q;
+  std::memcpy(&q, qs, 16);
+  const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0xF));
+  const __m256i v = _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+  std::memcpy(w, &v, 32);
+#else
+  for (int j = 0; j < 16; ++j) {
+    w[j] = static_cast<unsigned char>((qs[j] & 0xF) - 8);
+    w[j + 16] = static_cast<unsigned char>((qs[j] >> 4) - 8);
+  }
+#endif
+}
+
+// Q8_0 and Q4_0 weights x Q8_0 inputs for NR input rows and row j of w (Q4_0 unpacked to int8
+// once for the NR rows, as ggml's vec_dot_q4_0_q8_0 has the same lanes).
+template <weight_type T, int NR>
 inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                       std::size_t ldo) noexcept {
+  static_assert(T == weight_type::q8_0 || T == weight_type::q4_0);
+  constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
-  const std::size_t blocks = w.cols / q8_0_block;
+  const std::size_t blocks = w.cols / layout.elements;
   v8f acc[NR] = {};
+  alignas(32) unsigned char unpacked[32];
   for (std::size_t b = 0; b < blocks; ++b) {
-    const unsigned char* wb = row + b * q8_0_block_bytes;
+    const unsigned char* wb = row + b * layout.bytes;
     const float dw = half_to_float(wb);
+    const unsigned char* wq = wb + 2;
+    if constexpr (T == weight_type::q4_0) {
+      q4_0_unpack(wb + 2, unpacked);
+      wq = unpacked;
+    }
     IPA_UNROLL(4)
     for (int r = 0; r < NR; ++r) {
       const unsigned char* xb = in + std::size_t(r) * ld_in + b * q8_0_block_bytes;
-      acc[r] += broadcast8(dw * half_to_float(xb)) * q8_0_block_dot(wb + 2, xb + 2);
+      acc[r] += broadcast8(dw * half_to_float(xb)) * q8_0_block_dot(wq, xb + 2);
     }
   }
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
-// One row of w at a time against the input rows three (Q8_0: four) at a time.
+// Q4_K and Q6_K against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K / vec_dot_q6_K_q8_K: a
+// block of 256 weights is unpacked once for the NR input rows into unsigned bytes (Q4_K's
+// nibbles 0..15; Q6_K's 6-bit q 0..63, offset by 32 in the product) in eight sub-blocks of 32,
+// with an int16 scale for each 16 weights. Per input row, eight int32 lanes (lane l of a
+// sub-block: bytes 4l .. 4l + 3 times their scale, exact), times dw * dx, go into one 8-lane
+// accumulator; Q4_K's mins (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K
+// keeps per 16) into a second sum. The same chain whatever the tile.
+struct k_block {
+  alignas(32) std::uint8_t u[256];
+  alignas(32) std::int16_t scale[8][16];  // sub-block s: scale of bytes 0-15 (x8), then of bytes 16-31 (x8)
+  alignas(16) std::int16_t min[8];        // Q4_K: the 6-bit min of each sub-block
+  float d = 0, dmin = 0;
+};
+
+inline void set_scales(k_block& k, int s, int lo, int hi) noexcept {
+#if defined(__AVX2__)
+  const __m256i v = _mm256_set_m128i(_mm_set1_epi16(std::int16_t(hi)), _mm_set1_epi16(std::int16_t(lo)));
+  std::memcpy(k.scale[s], &v, 32);
+#else
+  for (int i = 0; i < 8; ++i) {
+    k.scale[s][i] = std::int16_t(lo);
+    k.scale[s][i + 8] = std::int16_t(hi);
+  }
+#endif
+}
+
+inline void unpack_q4_k(const unsigned char* block, k_block& k) noexcept {
+  k.d = half_to_float(block);
+  k.dmin = half_to_float(block + 2);
+  std::uint8_t scale[8], min[8];
+  q4_k_scales(block + 4, scale, min);
+  for (int s = 0; s < 8; ++s) {
+    set_scales(k, s, scale[s], scale[s]);
+    k.min[s] = min[s];
+  }
+  const unsigned char* q = block + 16;
+  for (int j = 0; j < 4; ++j) {  // 32 bytes: weights 64j .. 64j + 31 low, 64j + 32 .. 64j + 63 high
+#if defined(__AVX2__)
+    __m256i v;
+    std::memcpy(&v, q + 32 * j, 32);
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    std::memcpy(k.u + 64 * j, &lo, 32);
+    std::memcpy(k.u + 64 * j + 32, &hi, 32);
+#else
+    for (int l = 0; l < 32; ++l) {
+      k.u[64 * j + l] = q[32 * j + l] & 0xF;
+      k.u[64 * j + 32 + l] = q[32 * j + l] >> 4;
+    }
+#endif
+  }
+}
+
+inline void unpack_q6_k(const unsigned char* block, k_block& k) noexcept {
+  const auto* sc = reinterpret_cast<const std::int8_t*>(block + 192);
+  k.d = half_to_float(block + 208);
+  for (int s = 0; s < 8; ++s) set_scales(k, s, sc[2 * s], sc[2 * s + 1]);
+  for (int half = 0; half < 2; ++half) {  // sub-blocks 4h .. 4h + 3, from 64 bytes of ql and 32 of qh
+    const unsigned char* ql = block + 64 * half;
+    const unsigned char* qh = block + 128 + 32 * half;
+    std::uint8_t* u = k.u + 128 * half;
+#if defined(__AVX2__)
+    __m256i l0, l1, h;
+    std::memcpy(&l0, ql, 32);
+    std::memcpy(&l1, ql + 32, 32);
+    std::memcpy(&h, qh, 32);
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+    auto high = [&](int shift) { return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, shift), m2), 4); };
+    const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4), high(0));
+    const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4), high(2));
+    const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), high(4));
+    const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), high(6));
+    std::memcpy(u, &q0, 32);
+    std::memcpy(u + 32, &q1, 32);
+    std::memcpy(u + 64, &q2, 32);
+    std::memcpy(u + 96, &q3, 32);
+#else
+    for (int l = 0; l < 32; ++l) {
+      u[l] = std::uint8_t((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+      u[l + 32] = std::uint8_t((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+      u[l + 64] = std::uint8_t((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+      u[l + 96] = std::uint8_t((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+    }
+#endif
+  }
+}
+
+// The eight int32 lanes of a block against Q8_K inputs xq, as floats: sum over sub-blocks s of
+// scale * (u - Offset) * x, lane l holding bytes 4l .. 4l + 3 of each sub-block.
+template <int Offset>
+inline v8f k_block_dot(const k_block& k, const unsigned char* xq) noexcept {
+  v8f lanes;
+#if defined(__AVX2__)
+  __m256i sum = _mm256_setzero_si256();
+  IPA_UNROLL(8)
+  for (int s = 0; s < 8; ++s) {
+    __m256i u, x, scale;
+    std::memcpy(&u, k.u + 32 * s, 32);
+    std::memcpy(&x, xq + 32 * s, 32);
+    std::memcpy(&scale, k.scale[s], 32);
+    // u8 x s8 pairs into int16: at most 2 * 63 * 127 < 2^15, no saturation
+    __m256i pairs = _mm256_maddubs_epi16(u, x);
+    if constexpr (Offset != 0) pairs = _mm256_sub_epi16(pairs, _mm256_maddubs_epi16(_mm256_set1_epi8(Offset), x));
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, scale));
+  }
+  const __m256 f = _mm256_cvtepi32_ps(sum);
+  std::memcpy(&lanes, &f, sizeof lanes);
+#else
+  for (int l = 0; l < 8; ++l) {
+    int sum = 0;
+    for (int s = 0; s < 8; ++s)
+      for (int b = 4 * l; b < 4 * l + 4; ++b)
+        sum += k.scale[s][b / 2] * (int(k.u[32 * s + b]) - Offset) * int(std::int8_t(xq[32 * s + b]));
+    lanes[l] = float(sum);
+  }
+#endif
+  return lanes;
+}
+
+// Q4_K's mins against one Q8_K input block: sum over s of min_s * (bsums[2s] + bsums[2s + 1]).
+inline int k_block_mins(const k_block& k, const unsigned char* bsums) noexcept {
+#if defined(__AVX2__)
+  __m128i lo, hi, mins;
+  std::memcpy(&lo, bsums, 16);
+  std::memcpy(&hi, bsums + 16, 16);
+  std::memcpy(&mins, k.min, 16);
+  const __m128i prod = _mm_madd_epi16(mins, _mm_hadd_epi16(lo, hi));  // sums of 32 inputs: |.| <= 4064
+  const __m128i two = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32(two, 0xB1)));
+#else
+  std::int16_t sums[16];
+  std::memcpy(sums, bsums, 32);
+  int total = 0;
+  for (int s = 0; s < 8; ++s) total += k.min[s] * (sums[2 * s] + sums[2 * s + 1]);
+  return total;
+#endif
+}
+
+template <weight_type T, int NR>
+inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
+                         std::size_t ldo) noexcept {
+  static_assert(T == weight_type::q4_k || T == weight_type::q6_k);
+  constexpr block_layout layout = layout_of(T), input = layout_of(weight_type::q8_k);
+  const unsigned char* row = w.row(j);
+  const std::size_t blocks = w.cols / layout.elements;
+  v8f acc[NR] = {};
+  float mins[NR] = {};
+  k_block k;
+  for (std::size_t b = 0; b < blocks; ++b) {
+    if constexpr (T == weight_type::q4_k) unpack_q4_k(row + b * layout.bytes, k);
+    else unpack_q6_k(row + b * layout.bytes, k);
+    IPA_UNROLL(4)
+    for (int r = 0; r < NR; ++r) {
+      const unsigned char* xb = in + std::size_t(r) * ld_in + b * input.bytes;
+      const float dx = load_f32(xb);
+      acc[r] += broadcast8(k.d * dx) * k_block_dot < T == weight_type::q6_k ? 32 : 0 > (k, xb + 4);
+      if constexpr (T == weight_type::q4_k) mins[r] += k.dmin * dx * float(k_block_mins(k, xb + 260));
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]) - mins[r];
+}
+
+// One row of w at a time against the input rows three (quantized inputs: four) at a time.
 template <weight_type T>
 inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
                                  const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
   const std::size_t ld_in = compact_input_bytes(T, w.cols);
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
-    if constexpr (T == weight_type::q8_0) {
-      for (; i + 4 <= n; i += 4) q8_0_tile<4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
-      for (; i < n; ++i) q8_0_tile<1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+    if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {
+      for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+      for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+    } else if constexpr (T == weight_type::q4_k || T == weight_type::q6_k) {
+      for (; i + 4 <= n; i += 4) k_quant_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+      for (; i < n; ++i) k_quant_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else {
       const float* x = reinterpret_cast<const float*>(in);
       const std::size_t ldx = w.cols;
@@ -293,7 +450,11 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
   switch (w.type) {
     case weight_type::f32: detail::compact_matmul_typed<weight_type::f32>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::f16: detail::compact_matmul_typed<weight_type::f16>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q4_0: detail::compact_matmul_typed<weight_type::q4_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q8_0: detail::compact_matmul_typed<weight_type::q8_0>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q4_k: detail::compact_matmul_typed<weight_type::q4_k>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q6_k: detail::compact_matmul_typed<weight_type::q6_k>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q8_k: break;  // an input encoding, never a weight (the readers refuse it)
   }
 }
 
@@ -305,16 +466,18 @@ inline void compact_matmul(float* out, std::size_t ldo, const float* x, std::siz
   compact_matmul_prepared(out, ldo, in.data(), n, w, j0, j1);
 }
 
-/// Compact matrices of one type and the same number of columns stacked by rows: the weights of
-/// one fused product (Q|K|V, W1|W3), each part read where it lies.
+/// Compact matrices of the same width whose inputs are prepared alike (one input_type(): Q4_K
+/// and Q6_K parts may mix, as in a Q4_K_M file) stacked by rows: the weights of one fused
+/// product (Q|K|V, W1|W3), each part read where it lies.
 class compact_stack {
  public:
   compact_stack() = default;
-  /// Throws shape_error when the parts differ in type or columns.
+  /// Throws shape_error when the parts differ in width or in the encoding of their inputs.
   compact_stack(std::initializer_list<compact_matrix> parts) : parts_(parts) {
     for (const compact_matrix& p : parts_) {
-      if (p.type != parts_.front().type || p.cols != parts_.front().cols)
-        throw shape_error(std::string("compact_stack: parts of one product must share a type and a width, found ") +
+      if (ipa::input_type(p.type) != ipa::input_type(parts_.front().type) || p.cols != parts_.front().cols)
+        throw shape_error(std::string("compact_stack: parts of one product must share a width and an input "
+                                      "encoding (F32, F16, Q8_0 for Q4_0/Q8_0, Q8_K for Q4_K/Q6_K), found ") +
                           weight_type_name(parts_.front().type) + " x " + std::to_string(parts_.front().cols) +
                           " and " + weight_type_name(p.type) + " x " + std::to_string(p.cols));
       rows_ += p.rows;
@@ -322,7 +485,10 @@ class compact_stack {
   }
   std::size_t rows() const noexcept { return rows_; }
   std::size_t cols() const noexcept { return parts_.empty() ? 0 : parts_.front().cols; }
-  weight_type type() const noexcept { return parts_.empty() ? weight_type::f32 : parts_.front().type; }
+  /// How the parts' inputs are prepared (prepare_input).
+  weight_type input_type() const noexcept {
+    return parts_.empty() ? weight_type::f32 : ipa::input_type(parts_.front().type);
+  }
   /// Bytes read per product.
   std::size_t bytes() const noexcept {
     std::size_t b = 0;

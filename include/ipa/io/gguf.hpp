@@ -3,7 +3,8 @@
 // metadata counts, metadata key/values of every GGUF type (nested arrays included), tensor
 // infos, then the data section aligned to general.alignment (32). The reader checks every count,
 // length and offset against the file before allocating. A file is mapped, not copied; tensors
-// F32, F16 and Q8_0 are dequantised to float (floats()) or seen as stored (compact()). `load_gguf_llama` maps the
+// F32, F16, Q4_0, Q8_0, Q4_K and Q6_K (ggml_blocks.hpp) are dequantised to float (floats()) or seen
+// as stored (compact()). `load_gguf_llama` maps the
 // `llama` architecture onto llama_weights and the SentencePiece tokenizer in the metadata onto llama2c_tokenizer.
 #pragma once
 #include <algorithm>
@@ -128,11 +129,12 @@ class gguf_file {
         }
         t.type = read<std::uint32_t>("the type of " + name);
         t.offset = read<std::uint64_t>("the offset of " + name);
-        if (t.type != 0 && t.type != 1 && t.type != 8)
+        if (!is_stored_weight_type(t.type))
           fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
-               "; ipa reads F32 (0), F16 (1), Q8_0 (8)");
-        if (t.type == 8 && t.dims[0] % q8_0_block != 0)
-          fail("Q8_0 tensor '" + name + "' has a row length that is not a multiple of 32");
+               "; ipa reads F32 (0), F16 (1), Q4_0 (2), Q8_0 (8), Q4_K (12), Q6_K (14)");
+        if (const std::size_t block = layout_of(weight_type(t.type)).elements; t.dims[0] % block != 0)
+          fail(std::string(weight_type_name(weight_type(t.type))) + " tensor '" + name + "' has rows of " +
+               std::to_string(t.dims[0]) + " weights, not a multiple of its block of " + std::to_string(block));
         t.bytes = count / t.dims[0] * compact_matrix::row_bytes(weight_type(t.type), t.dims[0]);
         if (t.offset % alignment != 0) fail("tensor '" + name + "' is not aligned to " + std::to_string(alignment));
         if (!tensors_.emplace(name, t).second) fail("two tensors are named '" + name + "'");
@@ -184,7 +186,7 @@ class gguf_file {
 
   const std::string& where() const noexcept { return where_; }
 
-  /// A matrix tensor (ggml dims [cols, rows]) as it is stored, seen in place: F32, F16 or Q8_0
+  /// A matrix tensor (ggml dims [cols, rows]) as it is stored, seen in place: F32, F16, Q4_0, Q8_0, Q4_K or Q6_K
   /// (io_error for another type or shape). Valid while `storage()` lives.
   compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
     auto it = tensors_.find(name);
@@ -201,7 +203,7 @@ class gguf_file {
   const std::shared_ptr<const void>& storage() const noexcept { return storage_; }
 
  private:
-  // t's bytes as a rows x cols matrix (the constructor admits F32, F16, Q8_0 only)
+  // t's bytes as a rows x cols matrix (the constructor admits the stored types only)
   compact_matrix view(const gguf_tensor& t, std::uint64_t rows, std::uint64_t cols) const noexcept {
     return {weight_type(t.type), reinterpret_cast<const unsigned char*>(bytes_.data() + data_at_ + t.offset),
             std::size_t(rows), std::size_t(cols)};
@@ -331,19 +333,10 @@ inline llama_config gguf_llama_config(const gguf_file& f) {
   return c;
 }
 
-/// Throws io_error naming the tensor unless every weight of m is finite (Q8_0: its scales).
+/// Throws io_error naming the tensor unless every weight of m is finite (quantized: its scales).
 inline void require_finite(const gguf_file& f, const compact_matrix& m, const std::string& name) {
-  bool finite = true;
-  for (std::size_t r = 0; r < m.rows && finite; ++r) {
-    const unsigned char* row = m.row(r);
-    if (m.type == weight_type::q8_0) {
-      for (std::size_t b = 0; b < m.cols / q8_0_block; ++b)
-        finite = finite && std::isfinite(from_f16(load_u16(row + b * q8_0_block_bytes)));
-    } else {
-      for (std::size_t c = 0; c < m.cols; ++c) finite = finite && std::isfinite(compact_weight(m.type, row, c));
-    }
-  }
-  if (!finite) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
+  for (std::size_t r = 0; r < m.rows; ++r)
+    if (!row_is_finite(m, r)) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
 }
 }  // namespace detail
 
@@ -377,7 +370,7 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   return w;
 }
 
-/// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, Q8_0, as
+/// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K, as
 /// stored, no copy), its norms as floats; the result keeps the file (mapped) alive.
 inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   llama_compact_weights w;
@@ -490,6 +483,9 @@ class gguf_writer {
   /// outlive save(). Q8_0 rows (ne0) must be a multiple of 32.
   void tensor(const std::string& name, std::vector<std::uint64_t> dims, std::span<const float> values,
               weight_type type = weight_type::f32) {
+    if (type != weight_type::f32 && type != weight_type::f16 && type != weight_type::q8_0)
+      throw shape_error(std::string("gguf_writer: tensor '") + name + "': ipa writes F32, F16 and Q8_0, not " +
+                        weight_type_name(type));
     if (type == weight_type::q8_0 && dims[0] % q8_0_block != 0)
       throw shape_error("gguf_writer: Q8_0 tensor '" + name + "' needs rows of a multiple of 32, found " +
                         std::to_string(dims[0]));

@@ -198,7 +198,7 @@ class llama_model {
                    const projection& p, float* xp, Done&& done) const noexcept {
     if (p.is_compact()) {  // each thread prepares the inputs (compact_matrix.hpp) into its own xp
       auto* prepared = reinterpret_cast<unsigned char*>(xp);
-      prepare_input(p.compact.type(), in, ldi, n, p.compact.cols(), prepared);
+      prepare_input(p.compact.input_type(), in, ldi, n, p.compact.cols(), prepared);
       const std::size_t rows = p.compact.rows(), chunks = (rows + 15) / 16;
       auto product = [&](std::size_t q0, std::size_t q1) {
         const std::size_t c0 = 16 * q0, c1 = std::min(rows, 16 * q1);

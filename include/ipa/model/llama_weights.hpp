@@ -99,8 +99,8 @@ inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
   return slots;
 }
 
-/// A Llama model's weights as a file stores them (a mapped GGUF): the matrices compact (F32, F16,
-/// Q8_0) and read in place, the norms as floats. `storage` keeps the matrices' bytes alive.
+/// A Llama model's weights as a file stores them (a mapped GGUF): the matrices compact (ggml's
+/// F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) and read in place, the norms as floats. `storage` keeps the matrices' bytes alive.
 struct llama_compact_weights {
   struct layer {
     compact_matrix wq, wk, wv, wo, w1, w2, w3;

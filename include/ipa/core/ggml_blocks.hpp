@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+// ggml's weight encodings, one block at a time, the plain scalar way: what a GGUF file's bytes
+// mean (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) and how llama.cpp quantizes the inputs of a product
+// (Q8_0, Q8_K). The kernels in compact_matrix.hpp read the same bytes in registers; these
+// functions are their reference. Layouts and arithmetic follow ggml-common.h and
+// ggml-quants.c (llama.cpp b4748), so the weights decode to the same floats as in llama.cpp.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "ipa/core/bf16.hpp"
+
+namespace ipa {
+
+/// How a matrix's rows are stored, by ggml's type ids. Q8_K is an input encoding only (the
+/// inputs of Q4_K and Q6_K products); files never hold it.
+enum class weight_type : std::uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, q4_k = 12, q6_k = 14, q8_k = 15 };
+
+/// ggml's name of a type ("Q4_K").
+inline const char* weight_type_name(weight_type t) noexcept {
+  switch (t) {
+    case weight_type::f32: return "F32";
+    case weight_type::f16: return "F16";
+    case weight_type::q4_0: return "Q4_0";
+    case weight_type::q8_0: return "Q8_0";
+    case weight_type::q4_k: return "Q4_K";
+    case weight_type::q6_k: return "Q6_K";
+    case weight_type::q8_k: return "Q8_K";
+  }
+  return "?";
+}
+
+/// True for the ggml type ids a model file may store and ipa reads.
+inline bool is_stored_weight_type(std::uint32_t id) noexcept {
+  return id == 0 || id == 1 || id == 2 || id == 8 || id == 12 || id == 14;
+}
+
+/// A type's block: `elements` weights in `bytes` bytes (F32 and F16: one weight a block).
+struct block_layout {
+  std::size_t elements, bytes;
+};
+inline constexpr block_layout layout_of(weight_type t) noexcept {
+  switch (t) {
+    case weight_type::f32: return {1, 4};
+    case weight_type::f16: return {1, 2};
+    case weight_type::q4_0: return {32, 18};    // f16 d, 16 bytes of nibbles
+    case weight_type::q8_0: return {32, 34};    // f16 d, 32 int8
+    case weight_type::q4_k: return {256, 144};  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 of nibbles
+    case weight_type::q6_k: return {256, 210};  // 128 low nibbles, 64 of high bit pairs, 16 int8 scales, f16 d
+    case weight_type::q8_k: return {256, 292};  // f32 d, 256 int8, 16 int16 sums of 16
+  }
+  return {1, 0};
+}
+inline constexpr std::size_t q8_0_block = 32, q8_0_block_bytes = 34;
+
+/// The encoding of the inputs that llama.cpp's CPU build multiplies a type's weights with
+/// (ggml's vec_dot_type): F16 weights take inputs rounded to F16 (ipa keeps them as floats),
+/// Q4_0 and Q8_0 take Q8_0 inputs, Q4_K and Q6_K take Q8_K inputs.
+inline constexpr weight_type input_type(weight_type t) noexcept {
+  switch (t) {
+    case weight_type::q4_0:
+    case weight_type::q8_0: return weight_type::q8_0;
+    case weight_type::q4_k:
+    case weight_type::q6_k:
+    case weight_type::q8_k: return weight_type::q8_k;
+    default: return t;
+  }
+}
+
+namespace detail {
+inline std::uint16_t load_u16(const unsigned char* p) noexcept {
+  std::uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+inline float load_half(const unsigned char* p) noexcept { return from_f16(load_u16(p)); }
+inline float load_f32(const unsigned char* p) noexcept {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+// Q4_K's eight 6-bit scales and eight 6-bit mins, packed in 12 bytes (ggml's get_scale_min_k4).
+inline void q4_k_scales(const unsigned char* q, std::uint8_t (&scale)[8], std::uint8_t (&min)[8]) noexcept {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      scale[j] = q[j] & 63;
+      min[j] = q[j + 4] & 63;
+    } else {
+      scale[j] = std::uint8_t((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+      min[j] = std::uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+  }
+}
+// ggml's nearest_int: round half to even (the default rounding mode), |v| < 2^22
+inline int nearest_int(float v) noexcept { return int(std::nearbyint(v)); }
+}  // namespace detail
+
+/// The layout_of(t).elements weights of one block as floats, as ggml's dequantize_row_* computes them.
+inline void dequantize_block(weight_type t, const unsigned char* block, float* out) noexcept {
+  using detail::load_half;
+  switch (t) {
+    case weight_type::f32: out[0] = detail::load_f32(block); return;
+    case weight_type::f16: out[0] = load_half(block); return;
+    case weight_type::q4_0: {  // weight j: low nibble of byte j, weight j + 16: its high nibble; minus 8
+      const float d = load_half(block);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = float((block[2 + j] & 0xF) - 8) * d;
+        out[j + 16] = float((block[2 + j] >> 4) - 8) * d;
+      }
+      return;
+    }
+    case weight_type::q8_0: {
+      const float d = load_half(block);
+      for (int j = 0; j < 32; ++j) out[j] = d * float(static_cast<std::int8_t>(block[2 + j]));
+      return;
+    }
+    case weight_type::q4_k: {  // 64 weights per 32 bytes: low nibbles (scale 2j), then high nibbles (2j + 1)
+      const float d = load_half(block), dmin = load_half(block + 2);
+      std::uint8_t scale[8], min[8];
+      detail::q4_k_scales(block + 4, scale, min);
+      const unsigned char* q = block + 16;
+      for (int j = 0; j < 4; ++j, q += 32) {
+        const float d1 = d * scale[2 * j], m1 = dmin * min[2 * j];
+        const float d2 = d * scale[2 * j + 1], m2 = dmin * min[2 * j + 1];
+        for (int l = 0; l < 32; ++l) *out++ = d1 * float(q[l] & 0xF) - m1;
+        for (int l = 0; l < 32; ++l) *out++ = d2 * float(q[l] >> 4) - m2;
+      }
+      return;
+    }
+    case weight_type::q6_k: {  // 6-bit q = low nibble | 2 high bits, minus 32; an int8 scale per 16 weights
+      const unsigned char* ql = block;
+      const unsigned char* qh = block + 128;
+      const auto* sc = reinterpret_cast<const std::int8_t*>(block + 192);
+      const float d = load_half(block + 208);
+      for (int half = 0; half < 2; ++half, out += 128, ql += 64, qh += 32, sc += 8) {
+        for (int l = 0; l < 32; ++l) {
+          const int is = l / 16;
+          const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+          const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+          const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+          const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+          out[l] = d * float(sc[is]) * float(q1);
+          out[l + 32] = d * float(sc[is + 2]) * float(q2);
+          out[l + 64] = d * float(sc[is + 4]) * float(q3);
+          out[l + 96] = d * float(sc[is + 6]) * float(q4);
+        }
+      }
+      return;
+    }
+    case weight_type::q8_k: {
+      const float d = detail::load_f32(block);
+      for (int j = 0; j < 256; ++j) out[j] = d * float(static_cast<std::int8_t>(block[4 + j]));
+      return;
+    }
+  }
+}
+
+/// True when a block's scales (F32/F16: its weight) are finite: a block's weights are then finite.
+inline bool block_is_finite(weight_type t, const unsigned char* block) noexcept {
+  using detail::load_half;
+  switch (t) {
+    case weight_type::f32:
+    case weight_type::q8_k: return std::isfinite(detail::load_f32(block));
+    case weight_type::f16:
+    case weight_type::q4_0:
+    case weight_type::q8_0: return std::isfinite(load_half(block));
+    case weight_type::q4_k: return std::isfinite(load_half(block)) && std::isfinite(load_half(block + 2));
+    case weight_type::q6_k: return std::isfinite(load_half(block + 208));
+  }
+  return false;
+}
+
+/// Quantizes k weights (a multiple of 32) to Q8_0 blocks in `out` (k / 32 * 34 bytes), as ggml's
+/// quantize_row_q8_0_ref: d = max|x| / 127 per block, q = round(x / d).
+inline void quantize_row_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
+  for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
+    float amax = 0.0f;
+    for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const std::uint16_t h = to_f16(d);
+    std::memcpy(out, &h, 2);
+    for (std::size_t c = 0; c < q8_0_block; ++c)
+      out[2 + c] = static_cast<unsigned char>(std::int8_t(std::round(x[c] * id)));
+  }
+}
+
+/// Quantizes k inputs (a multiple of 32) to Q8_0 blocks as llama.cpp's x86 build quantizes the
+/// inputs of a product (quantize_row_q8_0's AVX path, not the reference that writes files):
+/// d = max|x| / 127 stored as F16, q = nearest(x * (127 / max|x|)), ties to even.
+inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
+  for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
+    float amax = 0.0f;
+    for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const std::uint16_t h = to_f16(amax / 127.0f);
+    std::memcpy(out, &h, 2);
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    for (std::size_t c = 0; c < q8_0_block; ++c)
+      out[2 + c] = static_cast<unsigned char>(std::int8_t(detail::nearest_int(x[c] * id)));
+  }
+}
+
+/// Quantizes k inputs (a multiple of 256) to Q8_K blocks in `out` (k / 256 * 292 bytes), as ggml's
+/// quantize_row_q8_K_ref, which llama.cpp's x86 build uses: with m the input of largest magnitude
+/// (the first such), iscale = -127 / m, q = min(127, nearest(iscale * x)), d = 1 / iscale (d < 0
+/// when m > 0: the signs cancel), and the sums of each 16 q for the Q4_K mins.
+inline void quantize_row_q8_k(const float* x, std::size_t k, unsigned char* out) noexcept {
+  for (std::size_t b = 0; b < k / 256; ++b, x += 256, out += 292) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 256; ++j)
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    std::int8_t q[256] = {};
+    float d = 0.0f;
+    if (amax != 0.0f) {
+      const float iscale = -127.0f / max;
+      for (int j = 0; j < 256; ++j) q[j] = std::int8_t(std::min(127, detail::nearest_int(iscale * x[j])));
+      d = 1.0f / iscale;
+    }
+    std::int16_t sums[16];
+    for (int j = 0; j < 16; ++j) {
+      int s = 0;
+      for (int i = 0; i < 16; ++i) s += q[16 * j + i];
+      sums[j] = std::int16_t(s);
+    }
+    std::memcpy(out, &d, 4);
+    std::memcpy(out + 4, q, 256);
+    std::memcpy(out + 260, sums, 32);
+  }
+}
+
+}  // namespace ipa
