@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Compact weights read in place (F32, F16, Q8_0 GGUFs) beside llama.cpp's llama-bench on the same
-// files, in one run: the 110M shape (dim 768, 12 layers, hidden 2048, vocab 32000) with random
-// weights, written by ipa once into IPA_BENCH_TMP (default /tmp). Per type: the time to load,
+// Compact weights read in place (F32, F16, Q8_0, Q4_0, Q4_K_M GGUFs) beside llama.cpp's llama-bench
+// on the same files, in one run: the 110M shape (dim 768, 12 layers, hidden 2048, vocab 32000)
+// with random weights, written by ipa once into IPA_BENCH_TMP (default /tmp); Q4_0 and Q4_K_M
+// made from the F32 file by llama-quantize. Per type: the time to load,
 // tokens/s at batch 1 and 16, prompt processing of 128 tokens; llama-bench's tg64 and pp128 right
 // after (2 threads each). ipa's f32 model repacked for its f32 kernels is the third column.
 #include <benchmark/benchmark.h>
@@ -20,33 +21,51 @@
 #include <ipa/io/gguf.hpp>
 #include <ipa/model/llama.hpp>
 
-#include "made_up_model.hpp"
+#include "support/made_up_model.hpp"
 
 namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-std::string model_file(ipa::weight_type type) {
-  const char* dir = std::getenv("IPA_BENCH_TMP");
-  const std::string path = std::string(dir ? dir : "/tmp") + "/ipa_bench_110m." + ipa::weight_type_name(type) + ".gguf";
-  if (!std::filesystem::exists(path)) {  // (llama.cpp needs a vocabulary: a made-up one)
-    const auto tok = ipa_bench::made_up_tokenizer();
-    ipa::save_gguf_llama(path, ipa::llama_weights::random(ipa_bench::shape_110m(), 7), &tok, type);
-  }
-  return path;
+std::string peer(const std::string& name) {
+  const char* peers = std::getenv("IPA_PEERS_DIR");
+  return std::string(peers ? peers : IPA_BENCH_PEERS_DIR) + "/llama.cpp/bin/" + name;
 }
 
-// The model as the CLI decodes it: F16/Q8_0 in place; F32 in place too, or `repacked`.
-ipa::llama_model load(ipa::weight_type type, bool repacked) {
-  const auto f = ipa::gguf_file::load(model_file(type));
+// The 110M-shape GGUF of a kind: F32, F16 and Q8_0 written by ipa; Q4_0 and Q4_K_M made from
+// the F32 file by llama-quantize (as users get them). Empty when llama-quantize is missing.
+std::string model_file(const std::string& kind) {
+  const char* dir = std::getenv("IPA_BENCH_TMP");
+  const std::string path = std::string(dir ? dir : "/tmp") + "/ipa_bench_110m." + kind + ".gguf";
+  if (std::filesystem::exists(path)) return path;
+  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q8_0})
+    if (kind == ipa::weight_type_name(type)) {  // (llama.cpp needs a vocabulary: a made-up one)
+      const auto tok = ipa_bench::made_up_tokenizer();
+      ipa::save_gguf_llama(path, ipa::llama_weights::random(ipa_bench::shape_110m(), 7), &tok, type);
+      return path;
+    }
+  const std::string quantize = peer("llama-quantize");
+  if (!std::filesystem::exists(quantize)) return "";
+  const std::string cmd = quantize + " " + model_file("F32") + " " + path + " " + kind + " > /dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0 ? path : "";
+}
+
+// The model as the CLI decodes it: compact types in place; F32 in place too, or `repacked`.
+std::optional<ipa::llama_model> load(const std::string& kind, bool repacked) {
+  const std::string path = model_file(kind);
+  if (path.empty()) return std::nullopt;
+  const auto f = ipa::gguf_file::load(path);
   return repacked ? ipa::llama_model(ipa::load_gguf_llama(f)) : ipa::llama_model(ipa::load_gguf_llama_compact(f));
 }
 
 // Decoding B rows (prompt: 4 tokens each), tokens/s over the steps; load seconds as a counter.
-void BM_ipa(benchmark::State& state, ipa::weight_type type, bool repacked) {
+void BM_ipa(benchmark::State& state, const char* kind, bool repacked) {
   const int B = int(state.range(0));
+  model_file(kind);  // (written or quantized before the clock starts)
   const auto t0 = clock_type::now();
-  const ipa::llama_model m = load(type, repacked);
+  const auto loaded = load(kind, repacked);
+  if (!loaded) return state.SkipWithError("SKIPPED: no llama-quantize to make the file");
+  const ipa::llama_model& m = *loaded;
   state.counters["load_s"] = std::chrono::duration<double>(clock_type::now() - t0).count();
   std::vector<float> logits(std::size_t(B) * m.vocab_size());
   std::vector<int> rows(static_cast<std::size_t>(B));
@@ -63,8 +82,10 @@ void BM_ipa(benchmark::State& state, ipa::weight_type type, bool repacked) {
 }
 
 // Prompt processing: one prompt of 128 tokens.
-void BM_ipa_pp128(benchmark::State& state, ipa::weight_type type, bool repacked) {
-  const ipa::llama_model m = load(type, repacked);
+void BM_ipa_pp128(benchmark::State& state, const char* kind, bool repacked) {
+  const auto loaded = load(kind, repacked);
+  if (!loaded) return state.SkipWithError("SKIPPED: no llama-quantize to make the file");
+  const ipa::llama_model& m = *loaded;
   std::vector<float> logits(m.vocab_size());
   std::vector<ipa::token_id> prompt(128);
   for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = ipa::token_id(3 + i * 7 % 31000);
@@ -78,15 +99,14 @@ void BM_ipa_pp128(benchmark::State& state, ipa::weight_type type, bool repacked)
 }
 
 // llama-bench on the same file (2 threads): its mean tokens/s for tg64 or pp128.
-void BM_llama_bench(benchmark::State& state, ipa::weight_type type, const char* test) {
-  const char* peers = std::getenv("IPA_PEERS_DIR");
-  const std::string bin = std::string(peers ? peers : IPA_BENCH_PEERS_DIR) + "/llama.cpp/bin/llama-bench";
-  if (!std::filesystem::exists(bin)) {
-    state.SkipWithError(("SKIPPED: no " + bin).c_str());
+void BM_llama_bench(benchmark::State& state, const char* kind, const char* test) {
+  const std::string bin = peer("llama-bench"), file = model_file(kind);
+  if (!std::filesystem::exists(bin) || file.empty()) {
+    state.SkipWithError(("SKIPPED: no " + bin + " or no llama-quantize").c_str());
     return;
   }
   const bool tg = std::string(test) == "tg64";
-  const std::string cmd = bin + " -m " + model_file(type) + " -t 2 -r 3 -o json " + (tg ? "-p 0 -n 64" : "-p 128 -n 0");
+  const std::string cmd = bin + " -m " + file + " -t 2 -r 3 -o json " + (tg ? "-p 0 -n 64" : "-p 128 -n 0");
   double ts = 0;
   for (auto _ : state) {
     std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
@@ -102,20 +122,24 @@ void BM_llama_bench(benchmark::State& state, ipa::weight_type type, const char* 
   state.counters["tokens_per_s"] = ts;
 }
 
-constexpr auto f32 = ipa::weight_type::f32, f16 = ipa::weight_type::f16, q8_0 = ipa::weight_type::q8_0;
-
 // ipa and llama-bench alternate, type by type, so that both see the same moment of the host.
-BENCHMARK_CAPTURE(BM_ipa, f32_repacked, f32, true)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_ipa, f32_in_place, f32, false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_llama_bench, f32_tg64, f32, "tg64")->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_ipa, f16_in_place, f16, false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_llama_bench, f16_tg64, f16, "tg64")->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_ipa, q8_0_in_place, q8_0, false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_llama_bench, q8_0_tg64, q8_0, "tg64")->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_ipa_pp128, f32_repacked, f32, true)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_llama_bench, f32_pp128, f32, "pp128")->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place, q8_0, false)->Iterations(2)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(BM_llama_bench, q8_0_pp128, q8_0, "pp128")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, f32_repacked, "F32", true)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, f32_in_place, "F32", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, f32_tg64, "F32", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, f16_in_place, "F16", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, f16_tg64, "F16", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q8_0_in_place, "Q8_0", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q8_0_tg64, "Q8_0", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q4_0_in_place, "Q4_0", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q4_0_tg64, "Q4_0", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q4_k_m_in_place, "Q4_K_M", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_tg64, "Q4_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa_pp128, f32_repacked, "F32", true)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, f32_pp128, "F32", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place, "Q8_0", false)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q8_0_pp128, "Q8_0", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa_pp128, q4_k_m_in_place, "Q4_K_M", false)->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_pp128, "Q4_K_M", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
 
 }  // namespace
 

@@ -28,7 +28,7 @@
 #include <ipa/remote/remote_base.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
-#include "made_up_model.hpp"
+#include "support/made_up_model.hpp"
 #include "support/llama_server.hpp"
 
 namespace {

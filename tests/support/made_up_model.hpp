@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The 110M shape the benches measure beside llama.cpp: llama2.c's stories110M hyper-parameters
-// with random weights, and a made-up vocabulary of 32000 pieces (llama.cpp will not load a GGUF
-// without one).
+// Test and bench support: the 110M shape the benches measure beside llama.cpp (llama2.c's
+// stories110M hyper-parameters, random weights) and a made-up vocabulary of 32000 pieces
+// (llama.cpp will not load a GGUF without one).
 #pragma once
 #include <cstdio>
 #include <string>
