@@ -5,7 +5,9 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <iterator>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,13 +17,39 @@
 
 namespace ipa {
 
+/// A KV cache's floats, left unwritten until a token writes them: attention reads only the
+/// positions a row holds, so a row's unused capacity is never touched, and in a large cache
+/// (which the allocator maps fresh) never becomes resident memory. Zeroing a 16-row cache of a
+/// 110M model's 256 positions took a quarter of a batch-16 decode of 32 tokens (bench_compact).
+class cache_floats {
+ public:
+  cache_floats() = default;
+  explicit cache_floats(std::size_t n) : data_(new float[n]), size_(n) {}  // (default-initialised: no writes)
+  cache_floats(const cache_floats& other) : cache_floats(other.size_) {
+    if (size_ != 0) std::memcpy(data_.get(), other.data_.get(), size_ * sizeof(float));  // bytes, written or not
+  }
+  cache_floats& operator=(const cache_floats& other) {
+    if (this != &other) *this = cache_floats(other);
+    return *this;
+  }
+  cache_floats(cache_floats&&) noexcept = default;
+  cache_floats& operator=(cache_floats&&) noexcept = default;
+  float* data() noexcept { return data_.get(); }
+  const float* data() const noexcept { return data_.get(); }
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  std::size_t size_ = 0;
+};
+
 /// KV caches of a batch and each row's length; scratch grows once and is reused.
 struct kv_cache_state {
   int batch = 0;
   int capacity = 0;  ///< S: positions per row
   std::size_t kv_heads = 0, head_size = 0;
   std::vector<int> length;  ///< tokens already in each row's cache
-  std::vector<float> key_cache, value_cache;
+  cache_floats key_cache, value_cache;
   std::vector<int> pos, next_pos;
   std::vector<std::size_t> items;
   std::vector<float> scores;
@@ -66,8 +94,8 @@ inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int contex
   s.head_size = head_size;
   s.length.assign(std::size_t(batch), 0);
   const std::size_t cache = std::size_t(layers) * std::size_t(batch) * std::size_t(capacity) * kv_heads * head_size;
-  s.key_cache.assign(cache, 0.0f);
-  s.value_cache.assign(cache, 0.0f);
+  s.key_cache = cache_floats(cache);
+  s.value_cache = cache_floats(cache);
 }
 
 /// Checks a forward call before it touches any state and writes each token's position into
