@@ -10,7 +10,6 @@
 #include <random>
 #include <vector>
 
-#include <ipa/core/compact_matrix.hpp>
 #include <ipa/core/math.hpp>
 #include <ipa/core/matmul.hpp>
 #include <ipa/core/parallel.hpp>
@@ -20,108 +19,6 @@
 #include <ipa/model/llama.hpp>
 
 #include "test_data.hpp"
-
-// ---- compact weights: F32, F16 and Q8_0 rows read in place
-
-namespace {
-// A matrix of m rows x k random weights stored as `type` (Q8_0 through quantize_row_q8_0; the
-// other quantized types as random blocks: random quants and scales, weights of at most ~0.5).
-std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, std::size_t k, ipa::xoshiro256& rng) {
-  std::vector<float> w(m * k);
-  for (auto& v : w) v = float(ipa::uniform01(rng) - 0.5);
-  const std::size_t row_bytes = ipa::compact_matrix::row_bytes(type, k);
-  std::vector<unsigned char> bytes(m * row_bytes);
-  auto put_half = [](unsigned char* p, float v) {
-    const std::uint16_t h = ipa::to_f16(v);
-    std::memcpy(p, &h, 2);
-  };
-  for (std::size_t r = 0; r < m; ++r) {
-    unsigned char* row = bytes.data() + r * row_bytes;
-    const float* x = w.data() + r * k;
-    switch (type) {
-      case ipa::weight_type::f32: std::memcpy(row, x, 4 * k); break;
-      case ipa::weight_type::f16:
-        for (std::size_t c = 0; c < k; ++c) put_half(row + 2 * c, x[c]);
-        break;
-      case ipa::weight_type::q8_0: ipa::quantize_row_q8_0(x, k, row); break;
-      default: {
-        const ipa::block_layout b = ipa::layout_of(type);
-        for (std::size_t i = 0; i < row_bytes; ++i) row[i] = static_cast<unsigned char>(rng() & 0xFF);
-        for (std::size_t blk = 0; blk < k / b.elements; ++blk) {
-          unsigned char* block = row + blk * b.bytes;
-          const float d = float(0.005 + 0.01 * ipa::uniform01(rng));
-          if (type == ipa::weight_type::q4_0) put_half(block, d);
-          if (type == ipa::weight_type::q4_k) {  // weights d * (6-bit) * (4-bit) - dmin * (6-bit)
-            put_half(block, d / 20);
-            put_half(block + 2, d / 40);
-          }
-          if (type == ipa::weight_type::q6_k) put_half(block + 208, d / 100);  // d * (int8) * (6-bit - 32)
-        }
-      }
-    }
-  }
-  return bytes;
-}
-}  // namespace
-
-TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and dequantizes within d / 2") {
-  std::vector<float> x(64);
-  for (std::size_t c = 0; c < 64; ++c) x[c] = std::sin(float(c)) * (c < 32 ? 1.0f : 0.001f);
-  x[40] = 0.0f;
-  std::vector<unsigned char> q(2 * 34);
-  ipa::quantize_row_q8_0(x.data(), 64, q.data());
-  const ipa::compact_matrix w{ipa::weight_type::q8_0, q.data(), 1, 64};
-  std::vector<float> back(64);
-  ipa::dequantize_row(w, 0, back.data());
-  for (std::size_t b = 0; b < 2; ++b) {
-    float amax = 0;
-    for (std::size_t c = 0; c < 32; ++c) amax = std::max(amax, std::fabs(x[32 * b + c]));
-    std::uint16_t h;
-    std::memcpy(&h, q.data() + 34 * b, 2);
-    CHECK(ipa::from_f16(h) == doctest::Approx(amax / 127).epsilon(1e-3));
-    for (std::size_t c = 0; c < 32; ++c) CHECK(std::fabs(back[32 * b + c] - x[32 * b + c]) <= 0.51f * amax / 127);
-  }
-  CHECK(back[40] == 0.0f);
-  std::vector<float> zeros(32, 0.0f);  // an all-zero block: d = 0, never 0/0
-  ipa::quantize_row_q8_0(zeros.data(), 32, q.data());
-  ipa::dequantize_row({ipa::weight_type::q8_0, q.data(), 1, 32}, 0, back.data());
-  CHECK(back[0] == 0.0f);
-}
-
-TEST_CASE("compact_matmul (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
-  ipa::xoshiro256 rng(11);
-  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q4_0,
-                                ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
-    for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
-      if (k % ipa::layout_of(type).elements != 0) continue;
-      const std::size_t m = 37, n = 7;
-      CAPTURE(ipa::weight_type_name(type));
-      CAPTURE(k);
-      const auto bytes = compact_bytes(type, m, k, rng);
-      const ipa::compact_matrix w{type, bytes.data(), m, k};
-      std::vector<float> x(n * k), out(n * m), ref(n * m), one(m), exact(n * m);
-      for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
-      std::vector<unsigned char> in(n * ipa::compact_input_bytes(type, k));
-      ipa::prepare_input(type, x.data(), k, n, k, in.data());
-      ipa::compact_matmul(out.data(), m, x.data(), k, n, w, 0, m);
-      ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);
-      for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
-      // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small
-      std::vector<unsigned char> f32_in(n * 4 * k);
-      ipa::prepare_input(ipa::weight_type::f32, x.data(), k, n, k, f32_in.data());
-      std::vector<float> dequantized(m * k);
-      for (std::size_t j = 0; j < m; ++j) ipa::dequantize_row(w, j, dequantized.data() + j * k);
-      const ipa::compact_matrix as_f32{ipa::weight_type::f32,
-                                       reinterpret_cast<const unsigned char*>(dequantized.data()), m, k};
-      ipa::compact_matmul_reference(exact.data(), m, f32_in.data(), n, as_f32, 0, m);
-      for (std::size_t i = 0; i < n * m; ++i) CHECK(std::abs(out[i] - exact[i]) <= 0.01 * std::sqrt(double(k)));
-      for (std::size_t i = 0; i < n; ++i) {  // each row alone, in pieces of output columns: the same bits
-        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 0, 5);
-        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 5, m);
-        for (std::size_t j = 0; j < m; ++j) CHECK(one[j] == out[i * m + j]);
-      }
-    }
-}
 
 TEST_CASE("matmul_nt matches the double-precision reference for every tile remainder") {
   ipa::xoshiro256 rng(7);

@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: MIT
+// Compact weights (core/ggml_blocks.hpp, core/compact_matrix.hpp): the kernels against their
+// scalar reference for every type, and the input quantizations against ggml's rules. Built
+// twice: in ipa_tests (x86-64-v3: the AVX2 kernels) and in ipa_portable_tests (x86-64: the
+// scalar fallbacks that a consumer building at the default -march gets).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <ipa/core/compact_matrix.hpp>
+#include <ipa/core/rng.hpp>
+
+namespace {
+// A matrix of m rows x k random weights stored as `type` (Q8_0 through quantize_row_q8_0; the
+// other quantized types as random blocks: random quants and scales, weights of at most ~0.5).
+std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, std::size_t k, ipa::xoshiro256& rng) {
+  std::vector<float> w(m * k);
+  for (auto& v : w) v = float(ipa::uniform01(rng) - 0.5);
+  const std::size_t row_bytes = ipa::compact_matrix::row_bytes(type, k);
+  std::vector<unsigned char> bytes(m * row_bytes);
+  auto put_half = [](unsigned char* p, float v) {
+    const std::uint16_t h = ipa::to_f16(v);
+    std::memcpy(p, &h, 2);
+  };
+  for (std::size_t r = 0; r < m; ++r) {
+    unsigned char* row = bytes.data() + r * row_bytes;
+    const float* x = w.data() + r * k;
+    switch (type) {
+      case ipa::weight_type::f32: std::memcpy(row, x, 4 * k); break;
+      case ipa::weight_type::f16:
+        for (std::size_t c = 0; c < k; ++c) put_half(row + 2 * c, x[c]);
+        break;
+      case ipa::weight_type::q8_0: ipa::quantize_row_q8_0(x, k, row); break;
+      default: {
+        const ipa::block_layout b = ipa::layout_of(type);
+        for (std::size_t i = 0; i < row_bytes; ++i) row[i] = static_cast<unsigned char>(rng() & 0xFF);
+        for (std::size_t blk = 0; blk < k / b.elements; ++blk) {
+          unsigned char* block = row + blk * b.bytes;
+          const float d = float(0.005 + 0.01 * ipa::uniform01(rng));
+          if (type == ipa::weight_type::q4_0) put_half(block, d);
+          if (type == ipa::weight_type::q4_k) {  // weights d * (6-bit) * (4-bit) - dmin * (6-bit)
+            put_half(block, d / 20);
+            put_half(block + 2, d / 40);
+          }
+          if (type == ipa::weight_type::q6_k) put_half(block + 208, d / 100);  // d * (int8) * (6-bit - 32)
+        }
+      }
+    }
+  }
+  return bytes;
+}
+}  // namespace
+
+TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and dequantizes within d / 2") {
+  std::vector<float> x(64);
+  for (std::size_t c = 0; c < 64; ++c) x[c] = std::sin(float(c)) * (c < 32 ? 1.0f : 0.001f);
+  x[40] = 0.0f;
+  std::vector<unsigned char> q(2 * 34);
+  ipa::quantize_row_q8_0(x.data(), 64, q.data());
+  const ipa::compact_matrix w{ipa::weight_type::q8_0, q.data(), 1, 64};
+  std::vector<float> back(64);
+  ipa::dequantize_row(w, 0, back.data());
+  for (std::size_t b = 0; b < 2; ++b) {
+    float amax = 0;
+    for (std::size_t c = 0; c < 32; ++c) amax = std::max(amax, std::fabs(x[32 * b + c]));
+    std::uint16_t h;
+    std::memcpy(&h, q.data() + 34 * b, 2);
+    CHECK(ipa::from_f16(h) == doctest::Approx(amax / 127).epsilon(1e-3));
+    for (std::size_t c = 0; c < 32; ++c) CHECK(std::fabs(back[32 * b + c] - x[32 * b + c]) <= 0.51f * amax / 127);
+  }
+  CHECK(back[40] == 0.0f);
+  std::vector<float> zeros(32, 0.0f);  // an all-zero block: d = 0, never 0/0
+  ipa::quantize_row_q8_0(zeros.data(), 32, q.data());
+  ipa::dequantize_row({ipa::weight_type::q8_0, q.data(), 1, 32}, 0, back.data());
+  CHECK(back[0] == 0.0f);
+}
+
+TEST_CASE("compact_matmul (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
+  ipa::xoshiro256 rng(11);
+  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q4_0,
+                                ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
+    for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
+      if (k % ipa::layout_of(type).elements != 0) continue;
+      const std::size_t m = 37, n = 7;
+      CAPTURE(ipa::weight_type_name(type));
+      CAPTURE(k);
+      const auto bytes = compact_bytes(type, m, k, rng);
+      const ipa::compact_matrix w{type, bytes.data(), m, k};
+      std::vector<float> x(n * k), out(n * m), ref(n * m), one(m), exact(n * m);
+      for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
+      std::vector<unsigned char> in(n * ipa::compact_input_bytes(type, k));
+      ipa::prepare_input(type, x.data(), k, n, k, in.data());
+      ipa::compact_matmul(out.data(), m, x.data(), k, n, w, 0, m);
+      ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);
+      for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
+      // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small
+      std::vector<unsigned char> f32_in(n * 4 * k);
+      ipa::prepare_input(ipa::weight_type::f32, x.data(), k, n, k, f32_in.data());
+      std::vector<float> dequantized(m * k);
+      for (std::size_t j = 0; j < m; ++j) ipa::dequantize_row(w, j, dequantized.data() + j * k);
+      const ipa::compact_matrix as_f32{ipa::weight_type::f32,
+                                       reinterpret_cast<const unsigned char*>(dequantized.data()), m, k};
+      ipa::compact_matmul_reference(exact.data(), m, f32_in.data(), n, as_f32, 0, m);
+      for (std::size_t i = 0; i < n * m; ++i) CHECK(std::abs(out[i] - exact[i]) <= 0.01 * std::sqrt(double(k)));
+      for (std::size_t i = 0; i < n; ++i) {  // each row alone, in pieces of output columns: the same bits
+        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 0, 5);
+        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 5, m);
+        for (std::size_t j = 0; j < m; ++j) CHECK(one[j] == out[i * m + j]);
+      }
+    }
+}
+
+TEST_CASE("Q8_K quantization is ggml's: iscale = -127 / the largest-magnitude input, sums of 16 kept") {
+  std::vector<float> x(512);
+  for (std::size_t c = 0; c < x.size(); ++c) x[c] = std::sin(0.37f * float(c)) * (c < 256 ? 2.0f : 0.01f);
+  x[100] = 3.0f;  // block 0's largest magnitude, positive: d < 0
+  std::vector<unsigned char> q(2 * 292);
+  ipa::quantize_row_q8_k(x.data(), x.size(), q.data());
+  float d;
+  std::memcpy(&d, q.data(), 4);
+  CHECK(d == doctest::Approx(-3.0f / 127.0f));
+  CHECK(static_cast<std::int8_t>(q[4 + 100]) == -127);
+  std::vector<float> back(512);
+  ipa::dequantize_row({ipa::weight_type::q8_k, q.data(), 1, 512}, 0, back.data());
+  for (std::size_t c = 0; c < 512; ++c) {
+    float db;
+    std::memcpy(&db, q.data() + 292 * (c / 256), 4);
+    CHECK(std::fabs(back[c] - x[c]) <= 0.51f * std::fabs(db));
+  }
+  for (std::size_t b = 0; b < 2; ++b)
+    for (int j = 0; j < 16; ++j) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += static_cast<std::int8_t>(q[292 * b + 4 + std::size_t(16 * j + i)]);
+      std::int16_t kept;
+      std::memcpy(&kept, q.data() + 292 * b + 260 + 2 * j, 2);
+      CHECK(kept == sum);
+    }
+  std::vector<float> zeros(256, 0.0f);  // an all-zero block: d = 0, q = 0
+  ipa::quantize_row_q8_k(zeros.data(), 256, q.data());
+  ipa::dequantize_row({ipa::weight_type::q8_k, q.data(), 1, 256}, 0, back.data());
+  CHECK(std::all_of(back.begin(), back.begin() + 256, [](float v) { return v == 0.0f; }));
+}
+
+TEST_CASE("Q4_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {
+  // Q4_K: d = 1, dmin = 0.5; sub-block 1's scale 3 and min 2 (6-bit, packed in bytes 1 and 5);
+  // sub-block 5's scale 33 and min 17 (low bits in byte 9, high bits in bytes 1 and 5)
+  std::vector<unsigned char> b(144, 0);
+  const std::uint16_t one = ipa::to_f16(1.0f), half = ipa::to_f16(0.5f);
+  std::memcpy(b.data(), &one, 2);
+  std::memcpy(b.data() + 2, &half, 2);
+  b[4 + 1] = 3 | (2u << 6);     // scale[1] = 3, high bits of scale[5] = 2 (33 = 0b100001)
+  b[4 + 5] = 2 | (1u << 6);     // min[1] = 2, high bits of min[5] = 1 (17 = 0b010001)
+  b[4 + 9] = 0x1 | (0x1 << 4);  // low bits: scale[5] = 1, min[5] = 1
+  b[16 + 5] = 0x7 << 4;         // weight 32 + 5 (sub-block 1, high nibble of byte 5) = 7
+  b[16 + 64 + 2] = 0x9 << 4;    // weight 160 + 2 (sub-block 5, high nibble of byte 64 + 2) = 9
+  std::vector<float> w(256);
+  ipa::dequantize_row({ipa::weight_type::q4_k, b.data(), 1, 256}, 0, w.data());
+  CHECK(w[37] == 3.0f * 7 - 0.5f * 2);
+  CHECK(w[36] == -0.5f * 2);
+  CHECK(w[162] == 33.0f * 9 - 0.5f * 17);
+  CHECK(w[0] == 0.0f);
+  // Q6_K: d = 0.25; scale of weights 16..31 = -2; weight 17 = (low nibble 5 | high bits 2 << 4) - 32
+  std::vector<unsigned char> k(210, 0);
+  const std::uint16_t quarter = ipa::to_f16(0.25f);
+  std::memcpy(k.data() + 208, &quarter, 2);
+  k[192 + 1] = static_cast<unsigned char>(std::int8_t(-2));
+  k[17] = 5;
+  k[128 + 17] = 2;
+  ipa::dequantize_row({ipa::weight_type::q6_k, k.data(), 1, 256}, 0, w.data());
+  CHECK(w[17] == 0.25f * -2 * float((5 | (2 << 4)) - 32));
+  CHECK(w[0] == 0.0f);  // scale 0
+}
