@@ -244,9 +244,12 @@ TEST_CASE("compact GGUF (F16, Q8_0): ipa's in-place model equals llama-server's 
 // scaled up (logits of a few units), which also magnifies the int8 rounding flips above.
 // Measured here (largest / mean gap over 64 positions x top 20): F32 3.3e-6 / 8e-7; Q4_K_M
 // 2.4e-6 / 6e-7 (the Q4_K and Q6_K kernels compute what llama.cpp's compute); F16 0.004 /
-// 0.0006; Q8_0 0.074 / 0.013 (flips from position 8 on); Q4_0 0.12 / 0.028 from the second
-// position on, larger than the flips explain and not yet traced (llama.cpp repacks Q4_0 for
-// AVX2 into 8-row interleaved blocks, ggml_gemv_q4_0_8x8_q8_0, whose arithmetic reads the same).
+// 0.0006; Q8_0 0.074 / 0.013 (flips from position 8 on); Q4_0 0.12 / 0.028 from the first
+// position on. That one is the token embedding: the same Q4_0 file with its token_embd kept F32
+// (llama-quantize --token-embedding-type f32) agrees within 2.4e-6 over 32 positions, so the
+// Q4_0 products are llama.cpp's; ipa's Q4_0 rows are ggml's dequantize_row_q4_0 and reproduce
+// the F32 weights within the quantizer's step, so what llama-server's lookup of a Q4_0
+// embedding row does differently is not yet traced.
 // With IPA_ORACLE_110M=1 the same runs on the 110M shape of issue 21 (random weights as they come,
 // the made-up 32000-piece vocabulary; 20 s). Measured there (largest / mean gap): F32 8.6e-6 /
 // 2.8e-6, F16 1.3e-3 / 2.6e-4, Q8_0 0.027 / 0.0046, Q4_0 0.033 / 0.0075, Q4_K_M 0.029 / 0.0066:
