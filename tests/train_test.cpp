@@ -3,6 +3,7 @@
 // gradient against finite differences, optimizer and trainer math against hand-computed cases.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -236,21 +237,47 @@ TEST_CASE("PPO clipping and value loss by hand") {
   CHECK(v.dloss_dvalue == 0.0);
 }
 
-TEST_CASE("quantile bins and KL controllers") {
+TEST_CASE("quantile bins") {
   const std::vector<double> r = {0.1, 0.9, 0.5, 0.7, 0.3};
   CHECK(ipa::quantile_bins(r, 5) == std::vector<int>{4, 0, 2, 1, 3});
   CHECK(ipa::quantile_bins(r, 2) == std::vector<int>{1, 0, 0, 0, 1});  // ranks 0-2 -> bin 0
-  // ties share the bin of their middle rank: 1s and 0s never share a bin, however rare either is
+  // ties share the bin of their middle rank, except the best rewards, which are always bin 0:
+  // 1s and 0s never share a bin, however rare either is
   const std::vector<double> binary = {1, 0, 1, 1, 0, 1};
   CHECK(ipa::quantile_bins(binary, 3) == std::vector<int>{0, 2, 0, 0, 2, 0});
   const std::vector<double> sparse = {0, 0, 0, 0, 1, 0, 0, 0, 0, 0};  // a rare success (keyword task)
   CHECK(ipa::quantile_bins(sparse, 5) == std::vector<int>{2, 2, 2, 2, 0, 2, 2, 2, 2, 2});
   const std::vector<double> dense = {1, 1, 0, 1, 1, 1, 1, 0, 1, 1};  // a common success (avoid task)
-  const auto dense_bins = ipa::quantile_bins(dense, 5);
-  CHECK(dense_bins == std::vector<int>{1, 1, 4, 1, 1, 1, 1, 4, 1, 1});
-  CHECK(ipa::best_occupied_bin(dense_bins) == 1);
+  CHECK(ipa::quantile_bins(dense, 5) == std::vector<int>{0, 0, 4, 0, 0, 0, 0, 4, 0, 0});
   CHECK_THROWS_AS(ipa::quantile_bins(r, 0), ipa::config_error);
+}
 
+TEST_CASE("Quark's bin 0 is 'reward 1' at every success rate of a 0/1 reward; quantiles for continuous ones") {
+  for (int successes = 1; successes < 100; ++successes) {  // a pool of 100, successes spread through it
+    CAPTURE(successes);
+    std::vector<double> pool(100, 0.0);
+    for (int i = 0; i < successes; ++i) pool[std::size_t(i * 100 / successes)] = 1.0;
+    const auto bins = ipa::quantile_bins(pool, 5);
+    for (std::size_t i = 0; i < pool.size(); ++i) CHECK((bins[i] == 0) == (pool[i] == 1.0));
+    const auto summary = ipa::summarize_bins(pool, bins, 5);
+    CHECK(summary.size[0] == std::size_t(successes));
+    CHECK(summary.mean_reward[0] == 1.0);
+    // the 0s sit at their middle rank's quantile: bin 2 at 10% success, 3 at 50%, 4 at 90%
+    if (successes == 10) CHECK(bins[1] == 2);
+    if (successes == 50) CHECK(bins[1] == 3);
+    if (successes == 90) CHECK(bins[std::size_t(std::find(pool.begin(), pool.end(), 0.0) - pool.begin())] == 4);
+  }
+  std::vector<double> continuous(100);  // distinct rewards: a fifth of the pool in each bin, best first
+  for (std::size_t i = 0; i < continuous.size(); ++i) continuous[i] = std::sin(double(i));
+  const auto bins = ipa::quantile_bins(continuous, 5);
+  const auto summary = ipa::summarize_bins(continuous, bins, 5);
+  for (std::size_t b = 0; b < 5; ++b) CHECK(summary.size[b] == 20);
+  for (std::size_t b = 0; b + 1 < 5; ++b) CHECK(summary.mean_reward[b] > summary.mean_reward[b + 1]);
+  const std::vector<double> same(10, 0.5);  // one tie group: all of it bin 0
+  CHECK(ipa::quantile_bins(same, 5) == std::vector<int>(10, 0));
+}
+
+TEST_CASE("KL controllers") {
   ipa::kl_controller fixed{0.1, 0.0, 100};
   fixed.update(5.0, 10);
   CHECK(fixed.coef == 0.1);

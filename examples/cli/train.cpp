@@ -169,13 +169,18 @@ int train(train_request r) {
         break;
       }
       const ipa::step_metrics m = trainer.step();
-      const nlohmann::json j = {{"step", m.step},       {"reward", m.reward_mean},
-                                {"kl", m.kl},           {"entropy", m.entropy},
-                                {"loss", m.loss},       {"grad_norm", m.grad_norm},
-                                {"lr", m.lr},           {"kl_coef", m.kl_coef},
-                                {"samples", m.samples}, {"response_tokens", m.response_tokens},
-                                {"seconds", m.seconds}, {"tokens_per_second", m.tokens_per_second},
-                                {"elapsed", elapsed()}};
+      nlohmann::json j = {{"step", m.step},       {"reward", m.reward_mean},
+                          {"kl", m.kl},           {"entropy", m.entropy},
+                          {"loss", m.loss},       {"grad_norm", m.grad_norm},
+                          {"lr", m.lr},           {"kl_coef", m.kl_coef},
+                          {"samples", m.samples}, {"response_tokens", m.response_tokens},
+                          {"seconds", m.seconds}, {"tokens_per_second", m.tokens_per_second},
+                          {"elapsed", elapsed()}};
+      if (!m.quark_bins.size.empty()) {  // Quark: the pool's bins; sampling conditions on bin 0
+        j["conditioning_bin"] = 0;
+        j["bin_sizes"] = m.quark_bins.size;
+        j["bin_mean_rewards"] = m.quark_bins.mean_reward;
+      }
       metrics << j.dump() << '\n' << std::flush;
       const std::size_t done = trainer.steps_done() - first, left = o.steps - trainer.steps_done();
       const double eta = elapsed() / double(done) * double(left);

@@ -106,11 +106,13 @@ inline void whiten(std::span<double> x, double eps = 1e-8) {
 }
 
 /// Quark's quantisation: sorts rewards and cuts them into k bins of (nearly) equal size; bin 0
-/// holds the highest rewards. Equal rewards share one bin, the bin of their middle rank: with a
-/// 0/1 reward the 1s and the 0s land in different bins however rare either is (splitting a tie
-/// at a bin edge would put equal samples under different control tokens, and giving a tie its
-/// best rank would lump a rare 1 with the 0s). Bin 0 may then be empty; Quark conditions on the
-/// best occupied bin (best_occupied_bin).
+/// holds the highest rewards, and Quark always samples with bin 0's control token. Equal rewards
+/// share one bin, the bin of their middle rank (splitting a tie at a bin edge would put equal
+/// samples under different control tokens), except the highest rewards, which are bin 0 however
+/// many share them: with a 0/1 reward, bin 0 means "reward 1" at any success rate, where by
+/// middle rank it would move to bin 1, then 2 as the pool's successes pass 40% and 80%, and the
+/// token sampled with would change meaning under the adapter's feet. The official code cuts by
+/// sorted position, so there too bin 0 holds only the best rewards once they are a k-th of the pool.
 inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   if (k < 1) throw config_error("quantile_bins: k must be >= 1, found " + std::to_string(k));
   const std::size_t n = rewards.size();
@@ -121,16 +123,29 @@ inline std::vector<int> quantile_bins(std::span<const double> rewards, int k) {
   for (std::size_t first = 0; first < n;) {
     std::size_t last = first;
     while (last + 1 < n && rewards[order[last + 1]] == rewards[order[first]]) ++last;
-    const int b = int((first + last) / 2 * std::size_t(k) / n);
+    const int b = first == 0 ? 0 : int((first + last) / 2 * std::size_t(k) / n);
     for (std::size_t r = first; r <= last; ++r) bin[order[r]] = b;
     first = last + 1;
   }
   return bin;
 }
 
-/// The best (lowest) bin any sample is in; 0 for none.
-inline int best_occupied_bin(std::span<const int> bins) {
-  return bins.empty() ? 0 : *std::min_element(bins.begin(), bins.end());
+/// Each bin's size and mean reward (0 for an empty bin): Quark's diagnostics.
+struct bin_summary {
+  std::vector<std::size_t> size;
+  std::vector<double> mean_reward;
+};
+inline bin_summary summarize_bins(std::span<const double> rewards, std::span<const int> bins, int k) {
+  bin_summary s{std::vector<std::size_t>(std::size_t(std::max(k, 0))),
+                std::vector<double>(std::size_t(std::max(k, 0)))};
+  for (std::size_t i = 0; i < rewards.size() && i < bins.size(); ++i) {
+    if (bins[i] < 0 || bins[i] >= k) continue;
+    ++s.size[std::size_t(bins[i])];
+    s.mean_reward[std::size_t(bins[i])] += rewards[i];
+  }
+  for (std::size_t b = 0; b < s.size.size(); ++b)
+    if (s.size[b] != 0) s.mean_reward[b] /= double(s.size[b]);
+  return s;
 }
 
 /// A KL (or entropy) coefficient that is fixed, or adapted towards a target value per step:

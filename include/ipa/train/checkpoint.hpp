@@ -255,7 +255,6 @@ std::string save_checkpoint(const std::string& out_dir, rl_trainer<R, Tok, Base>
   state["kl_coef"] = t.kl().coef;
   state["prompt_order"] = t.prompt_order();
   state["prompt_cursor"] = t.prompt_cursor();
-  state["quark_best_bin"] = t.quark_best_bin();
   state["run"] = run;
   write_file_atomic(tmp_dir + "/trainer.json", state.dump(1) + "\n");
   detail::fsync_path(tmp_dir, true);
@@ -398,10 +397,7 @@ void load_checkpoint(const std::string& dir, rl_trainer<R, Tok, Base>& t) {
     t.prompt_order() = order;
     t.prompt_cursor() = std::size_t(detail::stored_count(s, "prompt_cursor", file)) % order.size();
     t.step_count() = std::size_t(detail::stored_count(s, "step", file));
-    t.quark_best_bin() =
-        s.contains("quark_best_bin") ? int(detail::stored_count(s, "quark_best_bin", file, 1 << 20)) : 0;
-    if (t.quark_best_bin() < 0 || t.quark_best_bin() >= std::max(1, t.config().quark_bins))
-      throw io_error(dir + "/trainer.json: quark_best_bin is outside the bins");
+    // (older checkpoints also hold quark_best_bin, unused now: Quark always samples with bin 0)
   } catch (const nlohmann::json::exception& e) {
     throw io_error(dir + "/trainer.json: missing or mistyped field: " + e.what());
   }

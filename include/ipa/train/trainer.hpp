@@ -129,6 +129,7 @@ struct step_metrics {
   double reward_mean = 0, kl = 0, entropy = 0, loss = 0, grad_norm = 0, lr = 0, kl_coef = 0;
   std::size_t samples = 0, response_tokens = 0;
   double seconds = 0, tokens_per_second = 0;
+  bin_summary quark_bins;  ///< Quark: the pool's bins after this step (sampling conditions on bin 0)
 };
 
 /// One finished sample as the trainer keeps it. The base at each response position is kept as
@@ -219,9 +220,9 @@ class rl_trainer {
   const trainable_llama<float>& policy() const noexcept { return policy_; }
   trainable_llama<float>& policy() noexcept { return policy_; }
   const llama_model& adapter_model() const noexcept { return *adapter_model_; }
-  /// The adapter id that conditions on Quark's best occupied reward bin (-1 for other algorithms).
+  /// The adapter id that conditions on Quark's best reward bin, bin 0 (-1 for other algorithms).
   token_id best_control_token() const noexcept {
-    return cfg_.algorithm == rl_algorithm::quark ? token_id(policy_.config().vocab_size + best_bin_) : -1;
+    return cfg_.algorithm == rl_algorithm::quark ? token_id(policy_.config().vocab_size) : -1;
   }
 
   /// One iteration: rollout, reward, update. Returns its metrics.
@@ -253,7 +254,7 @@ class rl_trainer {
       std::vector<prompt_list> adapter_prompts;
       if (cfg_.algorithm == rl_algorithm::quark) {
         adapter_prompts.emplace_back();
-        for (const auto& p : prompts) adapter_prompts[0].push_back(adapter_prompt(p, best_bin_));
+        for (const auto& p : prompts) adapter_prompts[0].push_back(adapter_prompt(p, 0));
       }
       const ipa_decoder<Base, llama_model> decoder(*base_, {with_alpha(*adapter_model_, cfg_.alpha)});
       r = decoder.generate(prompts, g, sampler, rng_, adapter_prompts);
@@ -292,7 +293,6 @@ class rl_trainer {
   std::vector<std::size_t>& prompt_order() noexcept { return order_; }
   std::size_t& prompt_cursor() noexcept { return cursor_; }
   std::size_t& step_count() noexcept { return step_; }
-  int& quark_best_bin() noexcept { return best_bin_; }
   trainable_llama<float>& reference() noexcept { return ref_; }
   /// After the state was restored from a checkpoint: rebuild what derives from it.
   void state_restored() { rebuild_decoder_model(); }
@@ -504,7 +504,7 @@ class rl_trainer {
     std::vector<double> rewards(pool_.entries.size());
     for (std::size_t i = 0; i < rewards.size(); ++i) rewards[i] = pool_.entries[i].reward;
     const std::vector<int> pool_bins = quantile_bins(rewards, cfg_.quark_bins);
-    best_bin_ = best_occupied_bin(pool_bins);
+    m.quark_bins = summarize_bins(rewards, pool_bins, cfg_.quark_bins);
     const std::size_t batch = fresh.size();
     for (std::size_t u = 0; u < cfg_.quark_updates; ++u) {
       std::vector<rl_sample> mb;
@@ -640,7 +640,6 @@ class rl_trainer {
   quark_pool pool_;
   std::vector<std::size_t> order_;
   std::size_t cursor_ = 0, step_ = 0;
-  int best_bin_ = 0;  // Quark: the bin new samples are conditioned on
 };
 
 }  // namespace ipa
