@@ -28,8 +28,8 @@
 #include <ipa/remote/remote_base.hpp>
 #include <ipa/text/llama2c_tokenizer.hpp>
 
-#include "support/made_up_model.hpp"
 #include "support/llama_server.hpp"
+#include "support/made_up_model.hpp"
 
 namespace {
 
