@@ -173,33 +173,35 @@ inline bool block_is_finite(weight_type t, const unsigned char* block) noexcept 
   return false;
 }
 
-/// Quantizes k weights (a multiple of 32) to Q8_0 blocks in `out` (k / 32 * 34 bytes), as ggml's
-/// quantize_row_q8_0_ref: d = max|x| / 127 per block, q = round(x / d).
-inline void quantize_row_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
-  for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
-    float amax = 0.0f;
-    for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    const std::uint16_t h = to_f16(d);
-    std::memcpy(out, &h, 2);
-    for (std::size_t c = 0; c < q8_0_block; ++c)
-      out[2 + c] = static_cast<unsigned char>(std::int8_t(std::round(x[c] * id)));
-  }
-}
-
-/// Quantizes k inputs (a multiple of 32) to Q8_0 blocks as llama.cpp's x86 build quantizes the
-/// inputs of a product (quantize_row_q8_0's AVX path, not the reference that writes files):
-/// d = max|x| / 127 stored as F16, q = nearest(x * (127 / max|x|)), ties to even.
-inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
+namespace detail {
+// Q8_0 blocks of x: d = max|x| / 127 stored as F16, q = quantize(x_c, max|x|) per weight.
+template <class Quantize>
+void q8_0_blocks(const float* x, std::size_t k, unsigned char* out, Quantize quantize) noexcept {
   for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
     float amax = 0.0f;
     for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
     const std::uint16_t h = to_f16(amax / 127.0f);
     std::memcpy(out, &h, 2);
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    for (std::size_t c = 0; c < q8_0_block; ++c)
-      out[2 + c] = static_cast<unsigned char>(std::int8_t(detail::nearest_int(x[c] * id)));
+    for (std::size_t c = 0; c < q8_0_block; ++c) out[2 + c] = static_cast<unsigned char>(quantize(x[c], amax));
   }
+}
+}  // namespace detail
+
+/// Quantizes k weights (a multiple of 32) to Q8_0 blocks in `out` (k / 32 * 34 bytes), as ggml's
+/// quantize_row_q8_0_ref (what llama-quantize writes): q = round(x / d), ties away from zero.
+inline void quantize_row_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
+  detail::q8_0_blocks(x, k, out, [](float v, float amax) {
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    return std::int8_t(std::round(v * id));
+  });
+}
+
+/// The same as llama.cpp's x86 build quantizes the inputs of a product (quantize_row_q8_0's AVX
+/// path, not the reference): q = nearest(x * (127 / max|x|)), ties to even.
+inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
+  detail::q8_0_blocks(x, k, out, [](float v, float amax) {
+    return std::int8_t(detail::nearest_int(v * (amax != 0.0f ? 127.0f / amax : 0.0f)));
+  });
 }
 
 /// Quantizes k inputs (a multiple of 256) to Q8_K blocks in `out` (k / 256 * 292 bytes), as ggml's

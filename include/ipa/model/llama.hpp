@@ -382,20 +382,11 @@ class llama_model {
   }
   const float* final_norm() const noexcept { return is_compact() ? compact_.norm.data() : w_.norm(); }
 
-  // The attention shape and the RoPE table, as llama2.c computes it: angle = pos *
-  // theta^(-2i/head_size) on pair i.
+  // The attention shape and the RoPE table.
   void init() {
     const llama_config& c = config_;
     attention_ = {std::size_t(c.n_heads), std::size_t(c.n_kv_heads), std::size_t(c.head_size())};
-    const int half = c.head_size() / 2;
-    rope_cos_.resize(std::size_t(c.seq_len) * half);
-    rope_sin_.resize(rope_cos_.size());
-    for (int p = 0; p < c.seq_len; ++p)
-      for (int i = 0; i < half; ++i) {
-        const double freq = std::pow(double(c.rope_theta), -2.0 * i / c.head_size());
-        rope_cos_[std::size_t(p) * half + i] = static_cast<float>(std::cos(p * freq));
-        rope_sin_[std::size_t(p) * half + i] = static_cast<float>(std::sin(p * freq));
-      }
+    c.rope_table(rope_cos_, rope_sin_);
   }
 
   llama_config config_;

@@ -43,15 +43,7 @@ class trainable_llama : public detail::trainable_parameters<T> {
       : base("trainable_llama", w.slots(), w.data()),
         c_(w.config()),
         attention_{std::size_t(c_.n_heads), std::size_t(c_.n_kv_heads), std::size_t(c_.head_size())} {
-    const int half = c_.head_size() / 2;
-    rope_cos_.resize(std::size_t(c_.seq_len) * half);
-    rope_sin_.resize(rope_cos_.size());
-    for (int p = 0; p < c_.seq_len; ++p)
-      for (int i = 0; i < half; ++i) {
-        const double freq = std::pow(double(c_.rope_theta), -2.0 * i / c_.head_size());
-        rope_cos_[std::size_t(p) * half + i] = T(std::cos(p * freq));
-        rope_sin_[std::size_t(p) * half + i] = T(std::sin(p * freq));
-      }
+    c_.rope_table(rope_cos_, rope_sin_);
   }
 
   const llama_config& config() const noexcept { return c_; }

@@ -35,6 +35,20 @@ struct llama_config {
 
   int head_size() const noexcept { return dim / n_heads; }
   int kv_dim() const noexcept { return head_size() * n_kv_heads; }
+  /// The RoPE table, (seq_len, head_size / 2) cosines and sines, as llama2.c computes it:
+  /// angle = pos * theta^(-2i / head_size) on pair i.
+  template <class T>
+  void rope_table(std::vector<T>& cos, std::vector<T>& sin) const {
+    const int half = head_size() / 2;
+    cos.resize(std::size_t(seq_len) * std::size_t(half));
+    sin.resize(cos.size());
+    for (int p = 0; p < seq_len; ++p)
+      for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(double(rope_theta), -2.0 * i / head_size());
+        cos[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::cos(p * freq));
+        sin[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::sin(p * freq));
+      }
+  }
   /// Ids the model reads: the vocabulary plus the input-only tokens.
   int input_vocab() const noexcept { return vocab_size + extra_tokens; }
 
