@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
-// A base behind llama.cpp's llama-server (../shared/peers), decoded by ipa one token per request
+// A base behind llama.cpp's llama-server (../shared/peers), decoded by ipa one token per step
 // (remote_base), against the same server generating the same number of tokens on its own (one
-// request per row, n_predict N): for stories260K.gguf and for a 110M-shape GGUF with random
-// weights that the bench writes (llama2.c's stories110M shape: dim 768, 12 layers, vocab 32000),
-// at B = 1 and B = 8 rows (8 slots), with and without the default adapter (2 layers, dim 64).
-// Both sides run greedy from the same one-token prompt; every number is tokens per second of
-// wall time over all rows, and `ratio` is ipa's over the server's, measured in the same round.
-//   ./build/bench/bench_remote                 (~2 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
+// request holding every row, n_predict N): for stories260K.gguf and for a 110M-shape GGUF with
+// random weights that the bench writes (llama2.c's stories110M shape: dim 768, 12 layers, vocab
+// 32000), at B = 1 and B = 8 rows (8 slots), with and without the default adapter (2 layers, dim
+// 64), with ipa's steps batched (one request a step, the default) or one request per row. Both
+// sides run greedy from the same one-token prompt; every number is tokens per second of wall time
+// over all rows, and `ratio` is ipa's over the server's, measured in the same round. Two more
+// yardsticks from the same round: the server alone also reporting the top-20 (what every ipa
+// step asks for), and a bare client sending ipa's requests one after the other (`stepwise`).
+//   ./build/bench/bench_remote                 (~3 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -86,6 +90,25 @@ double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_
   return seconds;
 }
 
+// The floor of any client that asks one token at a time: the same requests as ipa's batched
+// steps (all B rows in one request, top-20, the prompt growing by one token a step), sent one
+// after the other with nothing computed between them.
+double server_stepwise_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N) {
+  static ipa::http_batch_client client;
+  std::vector<std::vector<ipa::token_id>> rows(B, std::vector<ipa::token_id>{1});
+  ipa::top_k_request r;
+  r.k = 20;
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t t = 0; t < N; ++t) {
+    std::vector<std::span<const ipa::token_id>> prompts(rows.begin(), rows.end());
+    const auto reply =
+        client.run({{s.url() + "/completion", ipa::top_k_request_body(ipa::remote_protocol::llama_cpp, prompts, r)}});
+    if (reply[0].status != 200) throw ipa::remote_error("stepwise: " + reply[0].body.substr(0, 200));
+    for (auto& row : rows) row.push_back(ipa::token_id(300 + (t + row.size()) % 200));
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 // ipa through the server: B rows, N greedy tokens, with or without the default adapter.
 double ipa_seconds(const ipa::remote_base& base, const ipa::llama_model* adapter, std::size_t B, std::size_t N) {
   std::vector<ipa::weighted<ipa::llama_model>> experts;
@@ -110,15 +133,21 @@ double process_cpu_seconds() {
   return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
-// args: model, rows, tokens per row, with the default adapter (0/1), a fresh connection per request (0/1)
+// How ipa's requests go out: all rows in one request a step (remote_options::batch_rows), one
+// request per row pinned to a slot on kept-alive connections, or the same on fresh connections.
+enum request_form { batched, per_row, per_row_fresh };
+
+// args: model, rows, tokens per row, with the default adapter (0/1), request_form
 void BM_remote_decode(benchmark::State& state) {
   const auto m = model_kind(state.range(0));
   const std::size_t B = std::size_t(state.range(1)), N = std::size_t(state.range(2));
-  const bool with_adapter = state.range(3) != 0, fresh = state.range(4) != 0;
+  const bool with_adapter = state.range(3) != 0;
+  const auto form = request_form(state.range(4));
   ipa_test::llama_server& s = server(m);
   ipa::remote_options o;
   o.urls = {s.url()};
-  o.reuse_connections = !fresh;
+  o.batch_rows = form == batched;
+  o.reuse_connections = form != per_row_fresh;
   const ipa::remote_base base(o);
   std::unique_ptr<ipa::llama_model> adapter;
   if (with_adapter) {
@@ -127,15 +156,15 @@ void BM_remote_decode(benchmark::State& state) {
   }
   server_alone_seconds(s, B, 4);  // warm both paths
   ipa_seconds(base, adapter.get(), B, 4);
-  std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates;
+  std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates, stepwise_rates;
   for (auto _ : state) {
     const double alone = server_alone_seconds(s, B, N);
     probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true));
-    const std::size_t sent = base.requests_sent();
+    stepwise_rates.push_back(double(B * N) / server_stepwise_seconds(s, B, N));
     const double cpu = process_cpu_seconds();
     const double through = ipa_seconds(base, adapter.get(), B, N);
-    client_cpu.push_back((process_cpu_seconds() - cpu) / double(base.requests_sent() - sent) * 1e3);
-    const double steps = double(base.requests_sent() - sent) / double(B);
+    client_cpu.push_back((process_cpu_seconds() - cpu) / double(B * N) * 1e3);
+    const double steps = double(N);  // the prompt, then N - 1 tokens
     server_rates.push_back(double(B * N) / alone);
     ipa_rates.push_back(double(B * N) / through);
     ratios.push_back(alone / through);
@@ -147,24 +176,30 @@ void BM_remote_decode(benchmark::State& state) {
   };
   state.counters["server_tok/s"] = median(server_rates);
   state.counters["server+probs_tok/s"] = median(probs_rates);  // the server alone, also reporting top-20
+  state.counters["stepwise_tok/s"] = median(stepwise_rates);   // a bare client, one batched request a step
   state.counters["ipa_tok/s"] = median(ipa_rates);
   state.counters["ratio"] = median(ratios);
   state.counters["overhead_ms/step"] = median(overheads);    // wall time per step beyond the server alone's
-  state.counters["client_cpu_ms/req"] = median(client_cpu);  // ipa's own CPU per request (JSON, HTTP, fusion)
+  state.counters["client_cpu_ms/row"] = median(client_cpu);  // ipa's own CPU per row and step (JSON, HTTP, fusion)
   state.SetLabel(std::string(m == stories260K ? "stories260K" : "110M-shape") + " B=" + std::to_string(B) +
-                 (with_adapter ? " +adapter" : "") + (fresh ? " fresh connections" : ""));
+                 (with_adapter ? " +adapter" : "") +
+                 (form == batched   ? " batched"
+                  : form == per_row ? " per-row"
+                                    : " per-row fresh"));
 }
 
 }  // namespace
 
 BENCHMARK(BM_remote_decode)
-    ->Args({stories260K, 1, 100, 0, 0})
-    ->Args({stories260K, 8, 100, 0, 0})
-    ->Args({stories260K, 1, 100, 0, 1})
-    ->Args({random110M, 1, 32, 0, 0})
-    ->Args({random110M, 1, 32, 1, 0})
-    ->Args({random110M, 8, 32, 0, 0})
-    ->Args({random110M, 8, 32, 1, 0})
+    ->Args({stories260K, 1, 100, 0, batched})
+    ->Args({stories260K, 8, 100, 0, batched})
+    ->Args({stories260K, 8, 100, 0, per_row})
+    ->Args({stories260K, 1, 100, 0, per_row_fresh})
+    ->Args({random110M, 1, 32, 0, batched})
+    ->Args({random110M, 1, 32, 1, batched})
+    ->Args({random110M, 8, 32, 0, batched})
+    ->Args({random110M, 8, 32, 0, per_row})
+    ->Args({random110M, 8, 32, 1, batched})
     ->Iterations(5)
     ->Unit(benchmark::kSecond);
 

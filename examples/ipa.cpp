@@ -113,6 +113,10 @@ void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
                  "llama (native /completion) or openai (/v1/completions); default: from the URL")
       ->check(CLI::IsMember({"llama", "openai"}))
       ->group(group);
+  sub.add_flag("--base-per-row", r.per_row,
+               "one request per row and step, pinned to a llama-server slot (default: one request per server "
+               "and step holding all of its rows, which the server evaluates as one batch)")
+      ->group(group);
   sub.add_option("--base-give-up-after", r.give_up_after_s,
                  "seconds without a usable answer before the run ends (train: --resume continues it)")
       ->check(positive_up_to(1e9))

@@ -67,6 +67,16 @@ TEST_CASE("silu_mul (vectorised SwiGLU gate) matches the scalar formula within a
   }
 }
 
+TEST_CASE("thread_limit caps the threads of the regions this thread starts, and restores them") {
+  const int all = ipa::max_threads();
+  {
+    const ipa::thread_limit one(1);
+    CHECK(ipa::max_threads() == 1);
+    CHECK(ipa::team_threads(std::size_t{1} << 30) == 1);
+  }
+  CHECK(ipa::max_threads() == all);
+}
+
 TEST_CASE("a team's stages see each other's writes, and its shares cover every item once") {
   for (const int threads : {1, 2, 3}) {
     constexpr std::size_t items = 37, stages = 200;

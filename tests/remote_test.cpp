@@ -95,52 +95,60 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
   const auto server = start_server();
   const local_fixture f;
   const auto table = ipa::table_of(f.tok);
-  const ipa::remote_base remote(options_for(server->url()), f.base.vocab_size(), &table);
-  REQUIRE(remote.servers().size() == 1);
-  CHECK(remote.servers()[0].vocab == 512);
-  CHECK(remote.servers()[0].slots == 8);
-  CHECK(remote.context_length() == 127);  // a slot of 128, room for the sampled token
   const ipa::top_k_view local(f.base, 20);
 
-  for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
-    CAPTURE(B);
-    // the rows' continuations: greedy from the local model, 100 tokens each (capped by context)
-    const ipa::prompt_list prompts = f.prompts(B);
-    ipa::generation_config g;
-    g.max_new_tokens = 100;
-    ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
-    ipa::xoshiro256 rng(1);
-    const ipa::rollout r = ipa::ipa_decoder<ipa::llama_model>(f.base).generate(prompts, g, pick, rng);
+  // one request a step holding every row (the server matches rows to its caches), and one request
+  // per row pinned to a slot
+  for (const bool batched : {true, false})
+    for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
+      CAPTURE(batched);
+      CAPTURE(B);
+      ipa::remote_options o = options_for(server->url());
+      o.batch_rows = batched;
+      const ipa::remote_base remote(o, f.base.vocab_size(), &table);
+      REQUIRE(remote.servers().size() == 1);
+      CHECK(remote.servers()[0].vocab == 512);
+      CHECK(remote.servers()[0].slots == 8);
+      CHECK(remote.context_length() == 127);  // a slot of 128, room for the sampled token
+      // the rows' continuations: greedy from the local model, 100 tokens each (capped by context)
+      const ipa::prompt_list prompts = f.prompts(B);
+      ipa::generation_config g;
+      g.max_new_tokens = 100;
+      ipa::sampler<ipa::greedy> pick{ipa::greedy{}};
+      ipa::xoshiro256 rng(1);
+      const ipa::rollout r = ipa::ipa_decoder<ipa::llama_model>(f.base).generate(prompts, g, pick, rng);
 
-    auto rs = remote.new_state(int(B), 128);
-    auto ls = local.new_state(int(B), 128);
-    const std::size_t k = 20;
-    std::vector<ipa::token_id> rid(B * k), lid(B * k);
-    std::vector<float> rlp(B * k), llp(B * k);
-    std::size_t positions = 0;
-    auto compare = [&](std::size_t n) {
-      for (std::size_t j = 0; j < n; ++j, ++positions)
-        check_same_top_k({rid.data() + j * k, k}, {rlp.data() + j * k, k}, {lid.data() + j * k, k},
-                         {llp.data() + j * k, k}, 1e-4);
-    };
-    remote.prefill_top_k(rs, prompts, rid, rlp);
-    local.prefill_top_k(ls, prompts, lid, llp);
-    compare(B);
-    for (std::size_t t = 0;; ++t) {  // feed response token t to every row that has a next one
-      std::vector<int> rows;
-      std::vector<ipa::token_id> next;
-      for (std::size_t b = 0; b < B; ++b)
-        if (t + 1 < r.response_length(b)) rows.push_back(int(b)), next.push_back(r.response_ids(b, t));
-      if (rows.empty()) break;
-      remote.step_top_k(rs, rows, next, rid, rlp);
-      local.step_top_k(ls, rows, next, lid, llp);
-      compare(rows.size());
+      auto rs = remote.new_state(int(B), 128);
+      auto ls = local.new_state(int(B), 128);
+      const std::size_t k = 20;
+      std::vector<ipa::token_id> rid(B * k), lid(B * k);
+      std::vector<float> rlp(B * k), llp(B * k);
+      std::size_t positions = 0;
+      auto compare = [&](std::size_t n) {
+        for (std::size_t j = 0; j < n; ++j, ++positions)
+          check_same_top_k({rid.data() + j * k, k}, {rlp.data() + j * k, k}, {lid.data() + j * k, k},
+                           {llp.data() + j * k, k}, 1e-4);
+      };
+      remote.prefill_top_k(rs, prompts, rid, rlp);
+      local.prefill_top_k(ls, prompts, lid, llp);
+      compare(B);
+      for (std::size_t t = 0;; ++t) {  // feed response token t to every row that has a next one
+        std::vector<int> rows;
+        std::vector<ipa::token_id> next;
+        for (std::size_t b = 0; b < B; ++b)
+          if (t + 1 < r.response_length(b)) rows.push_back(int(b)), next.push_back(r.response_ids(b, t));
+        if (rows.empty()) break;
+        const std::size_t sent = remote.requests_sent();
+        remote.step_top_k(rs, rows, next, rid, rlp);
+        CHECK(remote.requests_sent() - sent == (batched ? 1 : rows.size()));
+        local.step_top_k(ls, rows, next, lid, llp);
+        compare(rows.size());
+      }
+      std::size_t expected = 0;
+      for (std::size_t b = 0; b < B; ++b) expected += r.response_length(b);
+      CHECK(positions == expected);
+      CHECK(r.response_length(0) == 100);
     }
-    std::size_t expected = 0;
-    for (std::size_t b = 0; b < B; ++b) expected += r.response_length(b);
-    CHECK(positions == expected);
-    CHECK(r.response_length(0) == 100);
-  }
 }
 
 namespace {
@@ -317,24 +325,27 @@ TEST_CASE("remote base: a sampled rollout with an adapter gives the local top_k_
   const ipa::prompt_list prompts = f.prompts(8);
   auto sampler = ipa::make_standard_sampler(1.0f, 0, 0.95);
   ipa::xoshiro256 rng_remote(11), rng_local(11);
-  const std::size_t sent_before = remote.requests_sent();
+  const std::size_t sent_before = remote.requests_sent(), rows_before = remote.rows_sent();
   const ipa::rollout a = ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(remote, {ipa::with_alpha(adapter, 0.5f)})
                              .generate(prompts, g, sampler, rng_remote);
   const ipa::rollout b =
       ipa::ipa_decoder<ipa::top_k_view<ipa::llama_model>, ipa::llama_model>(local, {ipa::with_alpha(adapter, 0.5f)})
           .generate(prompts, g, sampler, rng_local);
   CHECK(a.response_ids == b.response_ids);
-  std::size_t tokens = 0;
+  std::size_t tokens = 0, longest = 0;
   for (std::size_t r = 0; r < prompts.size(); ++r) {
     REQUIRE(a.response_length(r) == b.response_length(r));
     tokens += a.response_length(r);
+    longest = std::max(longest, a.response_length(r));
     for (std::size_t t = 0; t < a.response_length(r); ++t) {
       CHECK(std::abs(a.log_probs(r, t) - b.log_probs(r, t)) <= 1e-4);
       CHECK(std::abs(a.tailored_log_probs(r, t) - b.tailored_log_probs(r, t)) <= 1e-4);
     }
   }
-  // one request per row and generated token, minus the last of each row; finished rows stop asking
-  CHECK(remote.requests_sent() - sent_before == tokens);
+  // one query per row and generated token, minus the last of each row; finished rows stop asking;
+  // one request a step holding them all
+  CHECK(remote.rows_sent() - rows_before == tokens);
+  CHECK(remote.requests_sent() - sent_before == longest);
 }
 
 TEST_CASE("remote base: training queries the server only in rollouts and matches the local top_k_view") {
@@ -531,9 +542,10 @@ std::string good_reply(std::size_t k) {
       .dump();
 }
 
-// Runs one prefill against a responder that answers /completion with `reply`.
+// Runs one prefill of two rows against a responder that answers /completion with `reply`, one
+// request per row or (batched) one for both.
 void prefill_against(const ipa_test::canned_responder::reply& reply, double give_up_after_s = 1.0,
-                     long timeout_ms = 5000) {
+                     long timeout_ms = 5000, bool batched = false) {
   ipa_test::canned_responder responder([&](const std::string& path, const std::string&) {
     if (path == "/v1/models")
       return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
@@ -544,6 +556,7 @@ void prefill_against(const ipa_test::canned_responder::reply& reply, double give
   ipa::remote_options o = options_for(responder.url(), 4);
   o.give_up_after_s = give_up_after_s;
   o.request_timeout_ms = timeout_ms;
+  o.batch_rows = batched;
   const ipa::remote_base remote(o, 512);
   auto s = remote.new_state(2, 8);
   std::vector<ipa::token_id> ids(8);
@@ -603,6 +616,49 @@ TEST_CASE("remote base: every malformed reply is a clear remote_error, transient
   }
 }
 
+TEST_CASE("remote base: a batched reply is split by index; one that does not add up is a clear remote_error") {
+  using reply = ipa_test::canned_responder::reply;
+  auto part = [](std::size_t index, const std::string& one) {
+    nlohmann::json j = nlohmann::json::parse(one);
+    j["index"] = index;
+    return j;
+  };
+  auto list = [](std::initializer_list<nlohmann::json> parts) { return nlohmann::json(parts).dump(); };
+  prefill_against(reply{200, list({part(1, good_reply(4)), part(0, good_reply(4))})}, 1.0, 5000, true);
+  const struct {
+    const char* name;
+    reply r;
+    const char* message;
+  } cases[] = {
+      {"one answer for two prompts", {200, good_reply(4)}, "holds 1 answers for 2 prompts"},
+      {"three answers",
+       {200, list({part(0, good_reply(4)), part(1, good_reply(4)), part(2, good_reply(4))})},
+       "holds 3 answers for 2 prompts"},
+      {"an index twice", {200, list({part(0, good_reply(4)), part(0, good_reply(4))})}, "expected each of 0..1 once"},
+      {"an index outside", {200, list({part(0, good_reply(4)), part(5, good_reply(4))})}, "index is 5"},
+      {"one part short", {200, list({part(0, good_reply(4)), part(1, good_reply(2))})}, "holds 2 top log-probs"},
+      {"parts without probabilities (retried, then given up)",
+       {200, list({nlohmann::json{{"index", 1}, {"truncated", false}}, nlohmann::json{{"index", 0}}})},
+       "no usable answer for row 0"},
+      {"a list of numbers", {200, "[1,2]"}, "not a JSON object"},
+      {"a string", {200, "\"x\""}, "neither a JSON object nor a list"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    CHECK_THROWS_WITH_AS(prefill_against(c.r, 1.0, 300, true), doctest::Contains(c.message), ipa::remote_error);
+  }
+  // vLLM's form: one object whose choices carry their index
+  const std::string vllm =
+      R"({"choices":[{"index":1,"logprobs":{"top_logprobs":[{"token_id:7":-0.1}]}},{"index":0,"logprobs":{"top_logprobs":[{"token_id:9":-0.2}]}}]})";
+  const auto parts = ipa::split_top_k_replies(ipa::remote_protocol::openai, vllm, 2);
+  std::vector<ipa::token_id> ids(1);
+  std::vector<float> lps(1);
+  ipa::parse_top_k_part(ipa::remote_protocol::openai, parts[0], 1, 512, ids, lps);
+  CHECK(ids[0] == 9);
+  ipa::parse_top_k_part(ipa::remote_protocol::openai, parts[1], 1, 512, ids, lps);
+  CHECK(ids[0] == 7);
+}
+
 TEST_CASE("remote protocols: request bodies and the vLLM reply form") {
   const std::vector<ipa::token_id> prompt = {1, 403, 407};
   ipa::top_k_request r;
@@ -623,6 +679,11 @@ TEST_CASE("remote protocols: request bodies and the vLLM reply form") {
   CHECK(oai["logprobs"] == 3);
   CHECK(oai["return_tokens_as_token_ids"] == true);
   CHECK(!oai.contains("id_slot"));
+  // several prompts: a list of id lists
+  const std::vector<ipa::token_id> second = {1, 500};
+  const std::vector<std::span<const ipa::token_id>> prompts = {prompt, second};
+  const auto both = nlohmann::json::parse(ipa::top_k_request_body(ipa::remote_protocol::llama_cpp, prompts, r));
+  CHECK(both["prompt"] == nlohmann::json({prompt, second}));
   // vLLM: a map keyed "token_id:<id>", the sampled token added (k + 1 entries), -9999 floors
   const std::string vllm =
       R"({"choices":[{"logprobs":{"top_logprobs":[{"token_id:7":-0.1,"token_id:9":-2.5,"token_id:4":-9999.0,"token_id:8":-1.0}]}}]})";
@@ -665,6 +726,9 @@ TEST_CASE("ipa generate --base http://...: greedy text equals the local GGUF's; 
   REQUIRE(local.second == 0);
   CHECK(remote.first.size() > 200);
   CHECK(remote.first == local.first);
+  const auto per_row = run_command(ipa + " generate --base " + server->url() + " --base-per-row --tokenizer " + models +
+                                   "/tok512.bin" + common);
+  CHECK(per_row.first == local.first);
   // a URL without --tokenizer, a bad --base-top-k: usage errors
   CHECK(run_command(ipa + " generate --base " + server->url() + " --prompt x 2>/dev/null").second == 2);
   CHECK(run_command(ipa + " generate --base " + server->url() + " --tokenizer " + models +

@@ -392,6 +392,7 @@ inline ipa::remote_base connect_remote(const std::string& urls, const std::strin
     throw ipa::config_error("--base-protocol must be llama or openai, found '" + f.protocol + "'");
   o.top_k = f.top_k;
   o.give_up_after_s = f.give_up_after_s;
+  o.batch_rows = !f.per_row;
   return ipa::remote_base(std::move(o));
 }
 #endif

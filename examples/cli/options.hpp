@@ -24,7 +24,9 @@ struct remote_flags {
   std::string protocol;  // "", "llama" or "openai"
   std::size_t top_k = 20;
   double give_up_after_s = 60;
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE(remote_flags, protocol, top_k, give_up_after_s)
+  bool per_row = false;  // one request per row and step (else one per server and step)
+  // (with defaults: runs saved before a field existed still resume)
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(remote_flags, protocol, top_k, give_up_after_s, per_row)
 };
 
 /// --adapter ADAPTER [--alpha X] pairs; an alpha of NaN means "the adapter folder's own".

@@ -28,6 +28,24 @@ inline int max_threads() noexcept {
 #endif
 }
 
+/// While alive, parallel regions that this thread starts use at most n threads (OpenMP's
+/// nthreads setting, restored on destruction; nothing without OpenMP).
+class thread_limit {
+ public:
+  explicit thread_limit(int n) noexcept : saved_(max_threads()) { set(std::max(n, 1)); }
+  ~thread_limit() { set(saved_); }
+  thread_limit(const thread_limit&) = delete;
+  thread_limit& operator=(const thread_limit&) = delete;
+
+ private:
+  static void set([[maybe_unused]] int n) noexcept {
+#if defined(_OPENMP)
+    omp_set_num_threads(n);
+#endif
+  }
+  int saved_;
+};
+
 /// Calls body(i) for i in [0, n), spread over the threads when `parallel` is true. Exceptions
 /// thrown by body are rethrown (the first one) on the calling thread.
 template <class Body>

@@ -10,6 +10,8 @@
 //              (return_tokens_as_token_ids) and llama-server's /v1 serve it
 //              -> choices[0].logprobs.top_logprobs[0] = {"token_id:<id>": logprob}   (vLLM)
 //              -> choices[0].logprobs.content[0].top_logprobs[] = {id, logprob}     (llama-server)
+// Several prompts go as a list of id lists in one request (both servers queue them together);
+// split_top_k_replies splits the answer back into one reply per prompt.
 // The values are the raw softmax at temperature 1 in both servers: temperature, top-k/p and the
 // fusion stay local. Sources: ../shared/peers/REMOTE-PROTOCOLS.md (llama.cpp c392e509, vLLM main).
 #pragma once
@@ -44,18 +46,16 @@ struct top_k_request {
   std::string model;          ///< OpenAI's "model" field; empty: left out
 };
 
-/// The JSON body asking for the top-k log-probs after `prompt` (ids, sent as they are: the server
-/// adds no BOS to an id prompt).
-inline std::string top_k_request_body(remote_protocol protocol, std::span<const token_id> prompt,
-                                      const top_k_request& r) {
+namespace detail {
+inline std::string top_k_request_body(remote_protocol protocol, nlohmann::json prompt, const top_k_request& r) {
   nlohmann::json j;
-  j["prompt"] = prompt;
+  j["prompt"] = std::move(prompt);
   if (protocol == remote_protocol::llama_cpp) {
     j["n_predict"] = 1;  // 0 still samples one token at this llama.cpp; say 1
     j["n_probs"] = r.k;
     j["cache_prompt"] = true;
     // Only what ipa reads: the server otherwise echoes the whole prompt's text every step.
-    j["response_fields"] = {"completion_probabilities", "truncated"};
+    j["response_fields"] = {"completion_probabilities", "truncated", "index"};
   } else {
     j["max_tokens"] = 1;
     j["logprobs"] = r.k;
@@ -73,6 +73,25 @@ inline std::string top_k_request_body(remote_protocol protocol, std::span<const 
     j["logit_bias"] = nlohmann::json::array({nlohmann::json::array({r.server_pick, 1e9})});
   }
   return j.dump();
+}
+}  // namespace detail
+
+/// The JSON body asking for the top-k log-probs after `prompt` (ids, sent as they are: the server
+/// adds no BOS to an id prompt).
+inline std::string top_k_request_body(remote_protocol protocol, std::span<const token_id> prompt,
+                                      const top_k_request& r) {
+  return detail::top_k_request_body(protocol, nlohmann::json(prompt), r);
+}
+
+/// The same for several prompts at once: `prompt` is a list of id lists, the multi-prompt form
+/// of both protocols (one task per prompt, queued together; split the reply with
+/// split_top_k_replies). llama-server applies an `id_slot` to every prompt of such a request,
+/// which serialises them: leave r.slot at -1 and let the server match prompts to its caches.
+inline std::string top_k_request_body(remote_protocol protocol, std::span<const std::span<const token_id>> prompts,
+                                      const top_k_request& r) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& p : prompts) list.push_back(p);
+  return detail::top_k_request_body(protocol, std::move(list), r);
 }
 
 /// A reply that cannot be used. `retryable` when asking again may help (llama-server's missing
@@ -128,19 +147,18 @@ inline void read_id_entries(const nlohmann::json& parent, const std::string& whe
 
 }  // namespace detail
 
-/// Parses a reply into the k most likely (id, log-prob) pairs, sorted by descending log-prob.
-/// Throws bad_reply naming what was expected and what was found.
-inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, std::size_t k, std::size_t vocab,
-                              std::span<token_id> ids, std::span<float> log_probs) {
-  const nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
-  if (j.is_discarded()) throw bad_reply("the reply is not JSON: " + detail::excerpt(body));
-  if (!j.is_object()) throw bad_reply("the reply is not a JSON object: " + detail::excerpt(body));
+/// Parses one prompt's reply (parsed, or one part of split_top_k_replies) into the k most likely
+/// (id, log-prob) pairs, sorted by descending log-prob. Throws bad_reply naming what was expected
+/// and what was found.
+inline void parse_top_k_part(remote_protocol protocol, const nlohmann::json& j, std::size_t k, std::size_t vocab,
+                             std::span<token_id> ids, std::span<float> log_probs) {
+  if (!j.is_object()) throw bad_reply("the reply is not a JSON object: " + detail::excerpt(j.dump()));
   std::vector<std::pair<float, token_id>> entries;
   if (protocol == remote_protocol::llama_cpp) {
     if (j.value("truncated", false))
       throw bad_reply("the server truncated the prompt (\"truncated\": true): it is longer than a slot's context");
     if (!j.contains("completion_probabilities"))
-      throw bad_reply("the reply has no completion_probabilities: " + detail::excerpt(body), true);
+      throw bad_reply("the reply has no completion_probabilities: " + detail::excerpt(j.dump()), true);
     const auto& cp = j["completion_probabilities"];
     if (!cp.is_array() || cp.empty()) throw bad_reply("completion_probabilities is empty or not a list");
     detail::read_id_entries(cp[0], "completion_probabilities[0].", vocab, entries);
@@ -182,6 +200,61 @@ inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, s
       if (ids[before] == ids[i])
         throw bad_reply("token id " + std::to_string(ids[i]) + " appears twice in the top log-probs");
   }
+}
+
+/// The same from the body of a reply to a one-prompt request.
+inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, std::size_t k, std::size_t vocab,
+                              std::span<token_id> ids, std::span<float> log_probs) {
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded()) throw bad_reply("the reply is not JSON: " + detail::excerpt(body));
+  if (!j.is_object()) throw bad_reply("the reply is not a JSON object: " + detail::excerpt(body));
+  parse_top_k_part(protocol, j, k, vocab, ids, log_probs);
+}
+
+/// Splits the reply to a request of n prompts (the list form of top_k_request_body) into one
+/// reply per prompt, in prompt order, for parse_top_k_part. llama-server answers a list of n
+/// replies, each with its prompt's "index" (a lone object for one prompt); vLLM and OpenAI one
+/// object whose n choices carry their "index". Throws bad_reply when the parts do not add up.
+inline std::vector<nlohmann::json> split_top_k_replies(remote_protocol protocol, std::string_view body, std::size_t n) {
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded()) throw bad_reply("the reply is not JSON: " + detail::excerpt(body));
+  std::vector<nlohmann::json> parts;
+  if (j.is_array()) {
+    for (auto& part : j) parts.push_back(std::move(part));
+  } else if (!j.is_object()) {
+    throw bad_reply("the reply is neither a JSON object nor a list: " + detail::excerpt(body));
+  } else if (protocol == remote_protocol::openai && j.contains("choices") && j["choices"].is_array() &&
+             j["choices"].size() > 1) {
+    for (auto& choice : j["choices"]) parts.push_back(nlohmann::json{{"choices", nlohmann::json::array({choice})}});
+  } else {
+    parts.push_back(std::move(j));
+  }
+  if (parts.size() != n)
+    throw bad_reply("the reply holds " + std::to_string(parts.size()) + " answers for " + std::to_string(n) +
+                    " prompts: " + detail::excerpt(body));
+  // where each part says which prompt it answers, put it there
+  auto index_of = [&](const nlohmann::json& part) -> const nlohmann::json* {
+    if (!part.is_object()) return nullptr;
+    if (part.contains("index")) return &part["index"];
+    if (part.contains("choices") && part["choices"].is_array() && !part["choices"].empty() &&
+        part["choices"][0].is_object() && part["choices"][0].contains("index"))
+      return &part["choices"][0]["index"];
+    return nullptr;
+  };
+  if (n > 1 && std::all_of(parts.begin(), parts.end(), index_of)) {
+    std::vector<nlohmann::json> ordered(n);
+    std::vector<bool> seen(n);
+    for (auto& part : parts) {
+      const nlohmann::json& i = *index_of(part);
+      if (!i.is_number_unsigned() || i.get<std::size_t>() >= n || seen[i.get<std::size_t>()])
+        throw bad_reply("an answer's index is " + i.dump() + ", expected each of 0.." + std::to_string(n - 1) +
+                        " once");
+      seen[i.get<std::size_t>()] = true;
+      ordered[i.get<std::size_t>()] = std::move(part);
+    }
+    parts = std::move(ordered);
+  }
+  return parts;
 }
 
 }  // namespace ipa

@@ -2,8 +2,10 @@
 // A base that lives behind an inference server, seen as IPA's paper sees GPT-3: a SparsePolicy
 // that reveals the top-k (id, log-prob) of each row's next token. Every step sends each live
 // row's ids so far (never re-tokenized text) and reads back the top-k; the server's prompt cache
-// makes that one token of server compute per row. Rows go out concurrently (one request each,
-// pinned to a llama-server slot so its cache stays warm), spread over one or more servers.
+// makes that one token of server compute per row. A step is one request per server holding all
+// of its rows (the multi-prompt form: the server queues them together and evaluates them in one
+// batch, picking for each the slot whose cache matches it best), or, with batch_rows off, one
+// request per row pinned to a llama-server slot; rows are spread over one or more servers.
 // The decoder starts a step, runs the adapters, then collects the answers (start_* / finish_top_k).
 //
 // Faults: each request has a timeout; connection errors, 5xx (503 while loading) and llama-
@@ -12,7 +14,7 @@
 // the ids). Anything else (4xx, malformed JSON, fewer than K entries, NaN, ids outside the
 // vocabulary, a truncated prompt) is a remote_error naming the server, expected and found.
 //
-// Connections: kept alive, one per row in flight. llama-server answers a reused connection ~40 ms
+// Connections: kept alive, one per request in flight. llama-server answers a reused connection ~40 ms
 // late unless the client acknowledges the reply's head at once (http.hpp does; measured on
 // loopback with stories260K: 0.57 ms a step kept alive, 0.82 ms with a fresh connection each,
 // 44 ms kept alive without the prompt ACK).
@@ -66,8 +68,12 @@ struct remote_options {
   long request_timeout_ms = 30000;          ///< one request, connecting included
   double give_up_after_s = 60.0;            ///< a request failing this long ends the call
   bool reuse_connections = true;            ///< keep-alive (see the file comment)
-  std::string model;                        ///< OpenAI's "model"; default: the server's first
-  std::size_t max_token_checks = 2048;      ///< ids whose text is compared with the server's
+  /// One request per server and step holding all of its rows (the multi-prompt form: the server
+  /// queues them together and evaluates them in one batch), instead of one request per row pinned
+  /// to a slot (the server starts on the first row to arrive, the others wait for the next batch).
+  bool batch_rows = true;
+  std::string model;                    ///< OpenAI's "model"; default: the server's first
+  std::size_t max_token_checks = 2048;  ///< ids whose text is compared with the server's
 };
 
 /// One server as found on connecting.
@@ -85,8 +91,9 @@ struct remote_server {
 class remote_base {
  public:
   struct state_type {
-    std::vector<std::vector<token_id>> tokens;  ///< every row's ids so far
-    std::vector<int> pending;                   ///< rows whose answers are in flight
+    std::vector<std::vector<token_id>> tokens;   ///< every row's ids so far
+    std::vector<int> pending;                    ///< rows whose answers are in flight
+    std::vector<std::vector<std::size_t>> sent;  ///< the requests in flight: indices into pending
   };
 
   /// Connects to every server (waiting up to give_up_after_s for one still loading) and checks
@@ -154,6 +161,9 @@ class remote_base {
   }
   /// HTTP requests sent so far (retries included), connecting excluded.
   std::size_t requests_sent() const noexcept { return requests_; }
+  /// Row queries sent so far (a row's next token asked for; retries included): a batched
+  /// request carries several.
+  std::size_t rows_sent() const noexcept { return rows_; }
 
   state_type new_state(int batch, int capacity) const {
     state_type s;
@@ -209,22 +219,14 @@ class remote_base {
       throw shape_error("remote_base: room for " + std::to_string(std::min(ids.size(), lps.size())) +
                         " top-k entries, " + std::to_string(n * k) + " needed");
     std::vector<http_response> replies = client_->wait();
-    std::vector<std::size_t> asked(n), failed;  // replies[i] answers pending row asked[i]
-    std::iota(asked.begin(), asked.end(), std::size_t{0});
+    std::vector<std::vector<std::size_t>> asked = std::move(s.sent);  // replies[i] answers pending rows asked[i]
+    std::vector<std::size_t> failed;
     std::string last_problem;
     const auto first_failure = std::chrono::steady_clock::now();
     for (int attempt = 0;; ++attempt) {
       failed.clear();
-      for (std::size_t i = 0; i < replies.size(); ++i) {
-        const std::size_t j = asked[i];
-        const std::size_t row = std::size_t(s.pending[j]);
-        const remote_server& server = server_of(row);
-        if (auto problem = read_reply(server, replies[i], std::span<token_id>(ids.data() + j * k, k),
-                                      std::span<float>(lps.data() + j * k, k))) {
-          failed.push_back(j);
-          last_problem = server.url + ": " + *problem;
-        }
-      }
+      for (std::size_t i = 0; i < replies.size(); ++i)
+        read_replies(s, asked[i], replies[i], ids, lps, failed, last_problem);
       if (failed.empty()) break;
       const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - first_failure).count();
       if (waited >= options_.give_up_after_s)
@@ -232,10 +234,10 @@ class remote_base {
                            std::to_string(attempt + 1) + " tries in " + format_seconds(waited) + " (give_up_after_s " +
                            format_seconds(options_.give_up_after_s) + "); last: " + last_problem);
       back_off(attempt);
-      asked.swap(failed);
+      asked = requests_of(s, failed);
       std::vector<http_request> again;
-      for (std::size_t j : asked) again.push_back(request_for(s, std::size_t(s.pending[j])));
-      ask(std::move(again));
+      for (const auto& rows : asked) again.push_back(request_for(s, rows));
+      ask(std::move(again), failed.size());
       replies = client_->wait();
     }
     s.pending.clear();
@@ -253,9 +255,10 @@ class remote_base {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 25 << std::min(attempt, 6))));
   }
 
-  // Starts a batch of requests, counted in requests_sent().
-  void ask(std::vector<http_request> batch) const {
+  // Starts a batch of requests carrying `rows` row queries, counted in requests_sent() and rows_sent().
+  void ask(std::vector<http_request> batch, std::size_t rows) const {
     requests_ += batch.size();
+    rows_ += rows;
     client_->start(std::move(batch));
   }
 
@@ -269,41 +272,80 @@ class remote_base {
                            ", outside the vocabulary [0, " + std::to_string(vocab_) + ")");
   }
 
-  http_request request_for(const state_type& s, std::size_t row) const {
+  // The requests that carry pending rows `js` (indices into s.pending): one per row, or with
+  // batch_rows one per server holding all of its rows.
+  std::vector<std::vector<std::size_t>> requests_of(const state_type& s, std::span<const std::size_t> js) const {
+    std::vector<std::vector<std::size_t>> out;
+    if (!options_.batch_rows) {
+      for (std::size_t j : js) out.push_back({j});
+      return out;
+    }
+    out.resize(servers_.size());
+    for (std::size_t j : js) out[std::size_t(s.pending[j]) % servers_.size()].push_back(j);
+    std::erase_if(out, [](const auto& rows) { return rows.empty(); });
+    return out;
+  }
+
+  http_request request_for(const state_type& s, const std::vector<std::size_t>& js) const {
+    const std::size_t row = std::size_t(s.pending[js[0]]);
     const remote_server& server = server_of(row);
     top_k_request r;
     r.k = options_.top_k;
     // row b's cache lives in one slot of its server: rows b, b + S, ... share a server
-    if (server.slots > 0) r.slot = int((row / servers_.size()) % std::size_t(server.slots));
+    if (!options_.batch_rows && server.slots > 0) r.slot = int((row / servers_.size()) % std::size_t(server.slots));
     r.server_pick = server.server_pick;
     r.model = server.model;
     const char* path = server.protocol == remote_protocol::llama_cpp ? "/completion" : "/v1/completions";
-    return {server.url + path, top_k_request_body(server.protocol, s.tokens[row], r)};
+    if (!options_.batch_rows) return {server.url + path, top_k_request_body(server.protocol, s.tokens[row], r)};
+    std::vector<std::span<const token_id>> prompts;
+    for (std::size_t j : js) prompts.emplace_back(s.tokens[std::size_t(s.pending[j])]);
+    return {server.url + path, top_k_request_body(server.protocol, prompts, r)};
   }
 
   void send(state_type& s, std::vector<int> rows) const {
     s.pending = std::move(rows);
+    std::vector<std::size_t> all(s.pending.size());
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    s.sent = requests_of(s, all);
     std::vector<http_request> batch;
-    batch.reserve(s.pending.size());
-    for (int row : s.pending) batch.push_back(request_for(s, std::size_t(row)));
-    ask(std::move(batch));
+    batch.reserve(s.sent.size());
+    for (const auto& js : s.sent) batch.push_back(request_for(s, js));
+    ask(std::move(batch), s.pending.size());
   }
 
-  // Fills ids/lps from a reply; returns what went wrong when asking again may help.
-  std::optional<std::string> read_reply(const remote_server& server, const http_response& r, std::span<token_id> ids,
-                                        std::span<float> lps) const {
-    if (!r.completed()) return "no answer (" + r.transport_error + ")";
-    if (r.status == 503) return std::string("HTTP 503 (loading or busy)");
-    if (r.status >= 500) return "HTTP " + std::to_string(r.status) + ": " + detail::excerpt(r.body);
+  // Fills ids/lps (rows of K, by pending index) from the reply to a request that carried pending
+  // rows `js`; the rows worth asking again go to `failed`, with what went wrong.
+  void read_replies(const state_type& s, const std::vector<std::size_t>& js, const http_response& r,
+                    std::span<token_id> ids, std::span<float> lps, std::vector<std::size_t>& failed,
+                    std::string& last_problem) const {
+    const remote_server& server = server_of(std::size_t(s.pending[js[0]]));
+    auto retry_all = [&](const std::string& problem) {
+      failed.insert(failed.end(), js.begin(), js.end());
+      last_problem = server.url + ": " + problem;
+    };
+    if (!r.completed()) return retry_all("no answer (" + r.transport_error + ")");
+    if (r.status == 503) return retry_all("HTTP 503 (loading or busy)");
+    if (r.status >= 500) return retry_all("HTTP " + std::to_string(r.status) + ": " + detail::excerpt(r.body));
     if (r.status != 200)
       throw remote_error(server.url + " answered HTTP " + std::to_string(r.status) + ": " + detail::excerpt(r.body));
+    const std::size_t k = options_.top_k;
     try {
-      parse_top_k_reply(server.protocol, r.body, options_.top_k, vocab_, ids, lps);
+      if (!options_.batch_rows) {
+        parse_top_k_reply(server.protocol, r.body, k, vocab_, ids.subspan(js[0] * k, k), lps.subspan(js[0] * k, k));
+        return;
+      }
+      const std::vector<nlohmann::json> parts = split_top_k_replies(server.protocol, r.body, js.size());
+      for (std::size_t i = 0; i < js.size(); ++i) try {
+          parse_top_k_part(server.protocol, parts[i], k, vocab_, ids.subspan(js[i] * k, k), lps.subspan(js[i] * k, k));
+        } catch (const bad_reply& e) {
+          if (!e.retryable) throw;
+          failed.push_back(js[i]);
+          last_problem = server.url + ": " + e.what();
+        }
     } catch (const bad_reply& e) {
-      if (e.retryable) return std::string(e.what());
+      if (e.retryable) return retry_all(e.what());
       throw remote_error(server.url + " (" + to_string(server.protocol) + "): " + e.what());
     }
-    return std::nullopt;
   }
 
   // GET/POST one request, retrying connection errors and 503 until give_up_after_s.
@@ -409,7 +451,7 @@ class remote_base {
   std::size_t vocab_ = 0, context_ = std::numeric_limits<int>::max();
   std::vector<remote_server> servers_;
   std::unique_ptr<http_batch_client> client_;
-  mutable std::size_t requests_ = 0;
+  mutable std::size_t requests_ = 0, rows_ = 0;
 };
 
 static_assert(SparsePolicy<remote_base>);
