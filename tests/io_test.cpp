@@ -92,6 +92,29 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     temp_file f(bytes, "nan.bin");
     CHECK_THROWS_WITH_AS(ipa::load_llama2c(f.path), doctest::Contains("tok_embeddings[1000]"), ipa::io_error);
   }
+  SUBCASE("mapped in place: the same checks") {
+    for (std::size_t size : {std::size_t(0), std::size_t(27), std::size_t(28), good.size() - 1}) {
+      CAPTURE(size);
+      temp_file f(std::vector<char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(size)), "trunc.bin");
+      CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(f.path), doctest::Contains("truncated"), ipa::io_error);
+    }
+    auto bytes = good;
+    poke(bytes, 20, std::int32_t{32000});
+    temp_file wrong_vocab(bytes, "vocab.bin");
+    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(wrong_vocab.path), doctest::Contains("vocab_size=32000"),
+                         ipa::io_error);
+    bytes = good;
+    poke(bytes, 28 + 4 * 1000, std::numeric_limits<float>::quiet_NaN());  // token 15, weight 40
+    temp_file nan(bytes, "nan.bin");
+    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(nan.path), doctest::Contains("tok_embeddings row 15"),
+                         ipa::io_error);
+    bytes = good;
+    // the last final-norm weight, before the RoPE tables (seq_len 512 x head_size 8 floats)
+    poke(bytes, bytes.size() - 4 * 512 * 8 - 4, std::numeric_limits<float>::infinity());
+    temp_file inf(bytes, "inf.bin");
+    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(inf.path), doctest::Contains("rms_final_weight row 0"),
+                         ipa::io_error);
+  }
   SUBCASE("the untouched file loads") {
     const auto w = ipa::load_llama2c(ipa_test::model_path());
     CHECK(w.config().dim == 64);
@@ -190,6 +213,14 @@ TEST_CASE("GGUF: stories260K converted by llama.cpp gives the llama2.c model's l
   auto sc = in_place.new_state(1, 16);
   in_place.prefill(sc, prompts, c);
   for (std::size_t i = 0; i < c.size(); ++i) CHECK(c[i] == doctest::Approx(a[i]).epsilon(1e-5));
+  // the llama2.c checkpoint mapped in place: the same matrices, the same kernels, the same bits
+  const ipa::llama_model bin_in_place(ipa::load_llama2c_compact(ipa_test::model_path()));
+  CHECK(bin_in_place.is_compact());
+  CHECK(bin_in_place.weight_bytes() == matrix_bytes);
+  std::vector<float> d(512);
+  auto sd = bin_in_place.new_state(1, 16);
+  bin_in_place.prefill(sd, prompts, d);
+  CHECK(d == c);
   const auto tok = ipa::load_gguf_tokenizer(file);
   const auto ref = ipa::llama2c_tokenizer::load(ipa_test::tokenizer_path());
   for (const char* text : {"Once upon a time", "Lily's dog ran, fast!", "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93"})

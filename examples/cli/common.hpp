@@ -169,24 +169,35 @@ inline std::string architecture_of(const std::string& path) {
   return "llama";
 }
 
+/// How a Llama model stored in f32 (a llama2.c checkpoint, an F32 GGUF) is kept for decoding:
+/// used where it lies (mapped: start-up in a blink, as fast at batch 1), or repacked into ipa's
+/// f32 layout (a copy that takes seconds for a 110M model, ~3.6x faster at batch 16: for train
+/// and eval, which decode in batches). Measured in bench/RESULTS.md, session 17.
+enum class f32_model { in_place, repacked };
+
 /// A Llama model to decode with (a base, a --policy): a GGUF that stores compact matrices (F16,
-/// Q4_0, Q8_0, Q4_K, Q6_K) is read where it lies, mapped, with no f32 copy; any other model is loaded in f32 and
-/// repacked for the f32 kernels (faster in batches: see bench/RESULTS.md).
-inline ipa::llama_model load_llama_for_decoding(const std::string& path) {
-  if (!is_gguf(path)) return ipa::llama_model(load_model(path));
+/// Q4_0, Q8_0, Q4_K, Q6_K) is read where it lies, mapped, with no f32 copy; an f32 model as `f32`
+/// says; an adapter folder or a Hugging Face folder is loaded in f32 and repacked.
+inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_model f32 = f32_model::repacked) {
+  if (!is_gguf(path)) {
+    const bool llama2c =
+        std::filesystem::is_regular_file(path) && !(path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0);
+    if (llama2c && f32 == f32_model::in_place) return ipa::llama_model(ipa::load_llama2c_compact(path));
+    return ipa::llama_model(load_model(path));
+  }
   const auto f = ipa::gguf_file::load(path);
-  const bool compact =
-      std::any_of(f.tensors().begin(), f.tensors().end(), [](const auto& t) { return t.second.type != 0; });
+  const bool compact = f32 == f32_model::in_place || std::any_of(f.tensors().begin(), f.tensors().end(),
+                                                                 [](const auto& t) { return t.second.type != 0; });
   return compact ? ipa::llama_model(ipa::load_gguf_llama_compact(f)) : ipa::llama_model(ipa::load_gguf_llama(f));
 }
 
 /// A base model of either architecture, by format.
-inline ipa::any_model load_any_model(const std::string& path) {
+inline ipa::any_model load_any_model(const std::string& path, f32_model f32 = f32_model::repacked) {
   if (architecture_of(path) == "gpt2") {
     if (is_gguf(path)) return ipa::gpt2_model(ipa::load_gguf_gpt2(ipa::gguf_file::load(path)));
     return ipa::gpt2_model(ipa::load_hf_gpt2(path));
   }
-  return load_llama_for_decoding(path);
+  return load_llama_for_decoding(path, f32);
 }
 
 /// True when `path` holds a GPT-2 byte-level BPE: a GGUF whose tokenizer is "gpt2", a folder

@@ -134,7 +134,9 @@ int generate(const generate_options& o) {
                   adapters, batch);
 #endif
   }
-  const ipa::any_model base = load_any_model(o.base);
+  // a few prompts: start at once from the file where it lies; many: decode them in repacked batches
+  const bool few_rows = o.prompts_file.empty() && o.prompts.size() <= 4;
+  const ipa::any_model base = load_any_model(o.base, few_rows ? f32_model::in_place : f32_model::repacked);
   const any_tokenizer tok(o.base, o.tokenizer, base.vocab_size());
   const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, tok.table(), base.vocab_size());
   return decode(ipa::ipa_decoder(base, adapters.experts), tok, adapters, o.batch);

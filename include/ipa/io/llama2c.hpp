@@ -1,24 +1,37 @@
 // SPDX-License-Identifier: MIT
 // Reader for llama2.c checkpoints (karpathy/llama2.c, legacy "version 0" export): a 7 x int32
-// header, then float32 weights; a negative vocab_size means a separate classifier follows.
+// header, then float32 weights; a negative vocab_size means a separate classifier follows. Read
+// into ipa's f32 layout (load_llama2c) or mapped and used in place (load_llama2c_compact).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
+#include "ipa/core/parallel.hpp"
 #include "ipa/io/binary_reader.hpp"
+#include "ipa/io/mapped_file.hpp"
 #include "ipa/model/llama_weights.hpp"
 
 namespace ipa {
 
-/// Loads a llama2.c legacy checkpoint. Every size is checked against the file before anything
-/// is allocated; a truncated, oversized or non-finite file throws io_error saying what it found.
-inline llama_weights load_llama2c(const std::string& path) {
-  binary_reader in(path);
-  std::int32_t h[7];
-  in.read_bytes(h, sizeof h, "the 7 x int32 llama2.c header");
+namespace detail {
+
+// RoPE tables that llama2.c's legacy export writes between the weights and a separate classifier
+// (freq_cis_real/imag: seq_len x head_size/2 each); ipa computes its own.
+inline std::uint64_t llama2c_rope_floats(const llama_config& c) {
+  return std::uint64_t(c.seq_len) * std::uint64_t(c.head_size());
+}
+
+// The model a llama2.c header describes, checked for sense and against the file's size.
+inline llama_config llama2c_config(const std::string& path, const std::int32_t (&h)[7], std::uint64_t file_size) {
   if (static_cast<std::uint32_t>(h[0]) == 0x616b3432u)  // "ak42": llama2.c's version-1/2 export
     throw io_error(path +
                    ": llama2.c version-1/2 exports (magic \"ak42\") are not supported; "
@@ -40,16 +53,27 @@ inline llama_weights load_llama2c(const std::string& path) {
                    " n_heads=" + std::to_string(h[3]) + " n_kv_heads=" + std::to_string(h[4]) +
                    " vocab_size=" + std::to_string(h[5]) + " seq_len=" + std::to_string(h[6]) + ")");
   }
-  // Weights, then the unused RoPE tables freq_cis_real/imag (seq_len x head_size/2 each), then
-  // the classifier when it is not shared.
-  const std::uint64_t rope_floats = std::uint64_t(c.seq_len) * std::uint64_t(c.head_size());
-  const std::uint64_t expected = sizeof h + 4 * (c.parameter_count() + rope_floats);
-  if (in.size() != expected)
-    throw io_error(path + ": " + (in.size() < expected ? "truncated" : "oversized") +
+  // Weights, then the RoPE tables, then the classifier when it is not shared.
+  const std::uint64_t expected = sizeof h + 4 * (c.parameter_count() + llama2c_rope_floats(c));
+  if (file_size != expected)
+    throw io_error(path + ": " + (file_size < expected ? "truncated" : "oversized") +
                    ": a llama2.c checkpoint with dim=" + std::to_string(c.dim) +
                    ", n_layers=" + std::to_string(c.n_layers) + ", vocab_size=" + std::to_string(c.vocab_size) +
                    (c.shared_classifier ? " (shared classifier)" : " (separate classifier)") + " has " +
-                   std::to_string(expected) + " bytes, this file has " + std::to_string(in.size()));
+                   std::to_string(expected) + " bytes, this file has " + std::to_string(file_size));
+  return c;
+}
+
+}  // namespace detail
+
+/// Loads a llama2.c legacy checkpoint. Every size is checked against the file before anything
+/// is allocated; a truncated, oversized or non-finite file throws io_error saying what it found.
+inline llama_weights load_llama2c(const std::string& path) {
+  binary_reader in(path);
+  std::int32_t h[7];
+  in.read_bytes(h, sizeof h, "the 7 x int32 llama2.c header");
+  const llama_config c = detail::llama2c_config(path, h, in.size());
+  const std::uint64_t rope_floats = detail::llama2c_rope_floats(c);
 
   llama_weights w(c);
   auto data = w.data();
@@ -65,6 +89,59 @@ inline llama_weights load_llama2c(const std::string& path) {
         throw io_error(path + ": corrupt weights: " + s.name + "[" + std::to_string(i) + "] is " +
                        std::to_string(t[i]) + "; a checkpoint holds finite floats only");
   }
+  return w;
+}
+
+/// The same checkpoint mapped read-only and used where it lies: F32 matrices in place, no copy,
+/// so start-up is the mapping and one pass that checks every weight is finite (spread over the
+/// threads). Decoding one or a few rows runs as fast as from load_llama2c's repacked copy;
+/// batches are faster repacked (bench/RESULTS.md, session 17).
+inline llama_compact_weights load_llama2c_compact(const std::string& path) {
+  auto file = std::make_shared<const mapped_file>(path);
+  const std::string_view bytes = file->bytes();
+  std::int32_t h[7];
+  if (bytes.size() < sizeof h)
+    throw io_error(path + ": truncated: the 7 x int32 llama2.c header needs 28 bytes, the file has " +
+                   std::to_string(bytes.size()));
+  std::memcpy(h, bytes.data(), sizeof h);
+  const llama_config c = detail::llama2c_config(path, h, bytes.size());
+  llama_compact_weights w;
+  w.config = c;
+  const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data()) + sizeof h;
+  // the next rows x cols floats, checked finite (sizes were checked against the file above)
+  auto take = [&](std::size_t rows, std::size_t cols, const char* name) {
+    const compact_matrix m{weight_type::f32, at, rows, cols};
+    at += 4 * rows * cols;
+    constexpr std::size_t chunk = 256;
+    parallel_for((rows + chunk - 1) / chunk, [&](std::size_t i) {
+      for (std::size_t r = i * chunk; r < std::min(rows, (i + 1) * chunk); ++r)
+        if (!row_is_finite(m, r))
+          throw io_error(path + ": corrupt weights: " + name + " row " + std::to_string(r) +
+                         " holds a non-finite value; a checkpoint holds finite floats only");
+    });
+    return m;
+  };
+  auto floats = [&](std::vector<float>& into, std::size_t n, const char* name) {
+    const compact_matrix m = take(1, n, name);
+    into.resize(n);
+    std::memcpy(into.data(), m.data, 4 * n);
+  };
+  const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, L = c.n_layers, V = c.vocab_size;
+  w.layers.resize(L);
+  w.tok_embeddings = take(V, d, "tok_embeddings");
+  floats(w.attention_norm, L * d, "rms_att_weight");
+  for (auto& l : w.layers) l.wq = take(d, d, "wq");
+  for (auto& l : w.layers) l.wk = take(kv, d, "wk");
+  for (auto& l : w.layers) l.wv = take(kv, d, "wv");
+  for (auto& l : w.layers) l.wo = take(d, d, "wo");
+  floats(w.ffn_norm, L * d, "rms_ffn_weight");
+  for (auto& l : w.layers) l.w1 = take(hd, d, "w1");
+  for (auto& l : w.layers) l.w2 = take(d, hd, "w2");
+  for (auto& l : w.layers) l.w3 = take(hd, d, "w3");
+  floats(w.norm, d, "rms_final_weight");
+  at += 4 * detail::llama2c_rope_floats(c);
+  if (!c.shared_classifier) w.output = take(V, d, "wcls");
+  w.storage = std::move(file);
   return w;
 }
 
