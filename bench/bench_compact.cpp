@@ -5,16 +5,27 @@
 // made from the F32 file by llama-quantize. Per type: the time to load,
 // tokens/s at batch 1 and 16, prompt processing of 128 tokens; llama-bench's tg64 and pp128 right
 // after (2 threads each). ipa's f32 model repacked for its f32 kernels is the third column.
+// Then the whole process to the first token: `ipa generate` against run.c on the same llama2.c
+// checkpoint and llama-cli on the same GGUFs (wall time, peak resident memory).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -122,6 +133,78 @@ void BM_llama_bench(benchmark::State& state, const char* kind, const char* test)
   state.counters["tokens_per_s"] = ts;
 }
 
+// The 110M shape as a llama2.c checkpoint (the F32 GGUF's weights) and its tokenizer.bin.
+std::pair<std::string, std::string> llama2c_file() {
+  const char* dir = std::getenv("IPA_BENCH_TMP");
+  const std::string path = std::string(dir ? dir : "/tmp") + "/ipa_bench_110m.bin", tok = path + ".tokenizer.bin";
+  if (!std::filesystem::exists(path) || !std::filesystem::exists(tok))
+    ipa_bench::write_llama2c(path, tok, ipa::llama_weights::random(ipa_bench::shape_110m(), 7));
+  return {path, tok};
+}
+
+// Runs a program to its end, its output discarded: wall seconds and peak resident megabytes.
+std::pair<double, double> run_process(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const auto start = clock_type::now();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::setenv("OMP_NUM_THREADS", "2", 1);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  rusage usage{};
+  ::wait4(pid, &status, 0, &usage);
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(args[0] + " failed");
+  return {seconds, double(usage.ru_maxrss) / 1024.0};
+}
+
+// The whole process to the first token, as a user starts it, ipa against its peer on the same
+// file, alternating (medians of 3): `ipa generate` (two threads) against run.c (the llama2.c
+// checkpoint; one thread, as built) or llama-cli (GGUFs; two threads).
+void BM_startup(benchmark::State& state, const char* kind) {
+  const bool bin = std::string(kind) == "bin";
+  std::string file, tok;
+  if (bin) std::tie(file, tok) = llama2c_file();
+  else file = model_file(kind);
+  const std::string cli = IPA_BENCH_CLI, run_c = IPA_BENCH_RUN_C, llama_cli = peer("llama-cli");
+  const std::string peer_bin = bin ? run_c : llama_cli;
+  if (cli.empty() || file.empty() || !std::filesystem::exists(peer_bin))
+    return state.SkipWithError(("SKIPPED: no ipa CLI, no " + peer_bin + " or no llama-quantize").c_str());
+  std::vector<std::string> ipa = {cli, "generate",      "--base", file, "--prompt", "", "--max-new-tokens",
+                                  "1", "--temperature", "0"};
+  if (bin) ipa.insert(ipa.end(), {"--tokenizer", tok});
+  const std::vector<std::string> other =
+      bin ? std::vector<std::string>{run_c, file, "-z", tok, "-n", "1", "-t", "0", "-i", ""}
+          : std::vector<std::string>{llama_cli, "-m", file,     "-p", "t5",      "-n",         "1",
+                                     "-t",      "2",  "--temp", "0",  "-no-cnv", "--no-warmup"};
+  run_process(ipa);  // the file into the page cache, as for a user who ran it before
+  std::vector<double> ipa_s, ipa_mb, peer_s, peer_mb;
+  for (auto _ : state)
+    for (int round = 0; round < 3; ++round) {
+      const auto [a, am] = run_process(ipa);
+      const auto [b, bm] = run_process(other);
+      ipa_s.push_back(a), ipa_mb.push_back(am), peer_s.push_back(b), peer_mb.push_back(bm);
+    }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  state.counters["ipa_s"] = median(ipa_s);
+  state.counters["peer_s"] = median(peer_s);
+  state.counters["ratio"] = median(ipa_s) / median(peer_s);  // target <= 1.5
+  state.counters["ipa_MB"] = median(ipa_mb);
+  state.counters["peer_MB"] = median(peer_mb);
+  state.counters["file_MB"] = double(std::filesystem::file_size(file)) / (1024.0 * 1024.0);
+  state.SetLabel(bin ? "ipa vs run.c" : "ipa vs llama-cli");
+}
+
 // ipa and llama-bench alternate, type by type, so that both see the same moment of the host.
 BENCHMARK_CAPTURE(BM_ipa, f32_repacked, "F32", true)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, f32_in_place, "F32", false)->Arg(1)->Arg(16)->Iterations(2)->Unit(benchmark::kSecond);
@@ -140,6 +223,11 @@ BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place, "Q8_0", false)->Iterations(2)->Un
 BENCHMARK_CAPTURE(BM_llama_bench, q8_0_pp128, "Q8_0", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa_pp128, q4_k_m_in_place, "Q4_K_M", false)->Iterations(2)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_pp128, "Q4_K_M", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
+
+BENCHMARK_CAPTURE(BM_startup, bin, "bin")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_startup, f32, "F32")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_startup, q8_0, "Q8_0")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_startup, q4_k_m, "Q4_K_M")->Iterations(1)->Unit(benchmark::kSecond);
 
 }  // namespace
 

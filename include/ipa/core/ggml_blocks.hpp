@@ -76,6 +76,11 @@ inline std::uint16_t load_u16(const unsigned char* p) noexcept {
   std::memcpy(&h, p, 2);
   return h;
 }
+inline std::uint32_t load_u32(const unsigned char* p) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, p, 4);
+  return u;
+}
 inline float load_half(const unsigned char* p) noexcept { return from_f16(load_u16(p)); }
 inline float load_f32(const unsigned char* p) noexcept {
   float f;
