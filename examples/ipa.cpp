@@ -83,6 +83,10 @@ struct adapter_options {
   void add_to(CLI::App& sub, ipa_cli::adapter_flags& flags, const std::string& alpha_help) {
     adapter = repeatable(sub.add_option("--adapter", flags.paths, "ADAPTER: an adapter model (repeatable)"));
     alpha = repeatable(sub.add_option("--alpha", alpha_values, alpha_help))->check(number_in(-1e6, 1e6));
+    sub.add_option("--control-bin", flags.control_bin,
+                   "adapters trained with Quark: condition on reward bin K's control token (0: the best, as "
+                   "trained; the last: the worst; alike scores mean the adapter ignores its control token)")
+        ->check(whole_in(0, 1 << 20));
   }
 
   /// The alpha of each --adapter of `sub`: the --alpha after it, else NaN (the folder's own, else 1).

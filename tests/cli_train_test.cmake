@@ -57,6 +57,26 @@ if(rc OR NOT out MATCHES "\"base_perplexity\":" OR NOT out MATCHES "\"distinct_2
   message(FATAL_ERROR "ipa eval failed: ${err}${out}")
 endif()
 
+# the same adapter conditioned on its worst reward bin's control token (issue 25's check that an
+# adapter uses its control token): other log-probs from the same seed; bins past the trained five
+# and adapters without control tokens are usage errors
+set(gen generate ${model} --prompt "Once upon a time" --max-new-tokens 20 --seed 3 --json)
+execute_process(COMMAND ${IPA} ${gen} --adapter ${WORK}/run/adapter OUTPUT_VARIABLE best RESULT_VARIABLE rc)
+execute_process(COMMAND ${IPA} ${gen} --adapter ${WORK}/run/adapter --control-bin 4 OUTPUT_VARIABLE worst
+                RESULT_VARIABLE rc4 ERROR_VARIABLE err)
+if(rc OR rc4 OR best STREQUAL worst)
+  message(FATAL_ERROR "--control-bin 4 should run and change the log-probs: ${err}\n${best}\n${worst}")
+endif()
+execute_process(COMMAND ${IPA} ${gen} --adapter ${WORK}/run/adapter --control-bin 5 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "trained with 5 reward bins")
+  message(FATAL_ERROR "--control-bin 5 of 5 bins should be a usage error: rc=${rc} ${err}")
+endif()
+execute_process(COMMAND ${IPA} ${gen} --adapter ${MODEL_DIR}/stories260K.bin --control-bin 1 RESULT_VARIABLE rc
+                ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "needs an adapter trained with Quark")
+  message(FATAL_ERROR "--control-bin without a Quark adapter should be a usage error: rc=${rc} ${err}")
+endif()
+
 # bad input: a clear message, non-zero exit
 foreach(bad "--reward;nope:1" "--algo;sarsa" "--lr;abc")
   execute_process(COMMAND ${IPA} train ${run} --out ${WORK}/bad --steps 1 ${bad} RESULT_VARIABLE rc ERROR_VARIABLE err)

@@ -328,9 +328,10 @@ struct loaded_adapters {
   std::vector<ipa::token_id> controls;                                      // -1: none
   std::vector<std::string> adapter_paths;
 
-  loaded_adapters(const std::vector<std::string>& paths, const std::vector<float>& alphas,
-                  const ipa::token_table& base_table, std::size_t base_vocab)
-      : adapter_paths(paths) {
+  loaded_adapters(const adapter_flags& flags, const ipa::token_table& base_table, std::size_t base_vocab)
+      : adapter_paths(flags.paths) {
+    const std::vector<std::string>& paths = flags.paths;
+    const std::vector<float>& alphas = flags.alphas;
     models.reserve(paths.size());  // mapped and experts hold pointers: no reallocation
     mapped.reserve(paths.size());
     for (std::size_t i = 0; i < paths.size(); ++i) {
@@ -354,10 +355,22 @@ struct loaded_adapters {
       }
       if (!map.is_identity() && saved.control_token >= 0)
         throw ipa::config_error(paths[i] + ": an adapter with a control token must share the base's vocabulary");
+      if (saved.control_token >= 0 && flags.control_bin > 0) {
+        // Quark's bin tokens follow the vocabulary, best first: the saved one is bin 0's
+        const std::size_t tokens = std::size_t(models.back().config().input_vocab() - saved.control_token);
+        if (flags.control_bin >= tokens)
+          throw usage_error("--control-bin " + std::to_string(flags.control_bin) + ": " + paths[i] +
+                            " was trained with " + std::to_string(tokens) + " reward bins (0.." +
+                            std::to_string(tokens - 1) + ")");
+        saved.control_token += ipa::token_id(flags.control_bin);
+      }
       mapped.emplace_back(models.back(), std::move(map));
       experts.push_back(ipa::with_alpha(mapped.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
       controls.push_back(saved.control_token);
     }
+    if (flags.control_bin > 0 && std::none_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; }))
+      throw usage_error(
+          "--control-bin needs an adapter trained with Quark (a folder whose config.json has a control token)");
   }
   loaded_adapters(const loaded_adapters&) = delete;
 

@@ -127,7 +127,7 @@ int generate(const generate_options& o) {
     const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote);
     const any_tokenizer tok(o.tokenizer, o.tokenizer, base.vocab_size());
     base.check_tokens(tok.table());
-    const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, tok.table(), base.vocab_size());
+    const loaded_adapters adapters(o.adapters, tok.table(), base.vocab_size());
     // rows beyond the servers' slots would wait for a slot and lose their prompt caches
     const std::size_t batch = base.cached_rows() ? std::min(o.batch, base.cached_rows()) : o.batch;
     return decode(ipa::ipa_decoder<ipa::remote_base, ipa::vocab_mapped<ipa::llama_model>>(base, adapters.experts), tok,
@@ -138,7 +138,7 @@ int generate(const generate_options& o) {
   const bool few_rows = o.prompts_file.empty() && o.prompts.size() <= 4;
   const ipa::any_model base = load_any_model(o.base, few_rows ? f32_model::in_place : f32_model::repacked);
   const any_tokenizer tok(o.base, o.tokenizer, base.vocab_size());
-  const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, tok.table(), base.vocab_size());
+  const loaded_adapters adapters(o.adapters, tok.table(), base.vocab_size());
   return decode(ipa::ipa_decoder(base, adapters.experts), tok, adapters, o.batch);
 }
 

@@ -33,6 +33,7 @@ struct remote_flags {
 struct adapter_flags {
   std::vector<std::string> paths;
   std::vector<float> alphas;
+  std::size_t control_bin = 0;  // Quark adapters: condition on this reward bin's token (0: the best)
 };
 
 struct tokenize_options {

@@ -318,7 +318,7 @@ int eval(const eval_options& o) {
     const ipa::remote_base base = connect_remote(base_path, tok_path, o.remote);
     const auto tok = load_tokenizer(tok_path, tok_path, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
-    const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, ipa::table_of(tok), base.vocab_size());
+    const loaded_adapters adapters(o.adapters, ipa::table_of(tok), base.vocab_size());
     // the base's perplexity from the top-k it revealed while decoding; a token outside them gets
     // the leftover mass spread evenly (the server shows nothing more)
     const std::size_t V = base.vocab_size(), K = base.top_k();
@@ -338,7 +338,7 @@ int eval(const eval_options& o) {
   }
   const ipa::llama_model base = load_llama_for_decoding(base_path);
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
-  const loaded_adapters adapters(o.adapters.paths, o.adapters.alphas, ipa::table_of(tok), base.vocab_size());
+  const loaded_adapters adapters(o.adapters, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;
   if (!o.policy.empty()) {
     if (!o.adapters.paths.empty()) throw usage_error("--policy replaces the base and its adapters; drop --adapter");
