@@ -34,6 +34,12 @@ std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, s
       case ipa::weight_type::f16:
         for (std::size_t c = 0; c < k; ++c) put_half(row + 2 * c, x[c]);
         break;
+      case ipa::weight_type::bf16:
+        for (std::size_t c = 0; c < k; ++c) {
+          const std::uint16_t h = ipa::to_bf16(x[c]);
+          std::memcpy(row + 2 * c, &h, 2);
+        }
+        break;
       case ipa::weight_type::q8_0: ipa::quantize_row_q8_0(x, k, row); break;
       default: {
         const ipa::block_layout b = ipa::layout_of(type);
@@ -79,10 +85,12 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
   CHECK(back[0] == 0.0f);
 }
 
-TEST_CASE("compact_matmul (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
+TEST_CASE(
+    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
   ipa::xoshiro256 rng(11);
-  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::q4_0,
-                                ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
+  for (ipa::weight_type type :
+       {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16, ipa::weight_type::q4_0,
+        ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
       if (k % ipa::layout_of(type).elements != 0) continue;
       const std::size_t m = 37, n = 7;

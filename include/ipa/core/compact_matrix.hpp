@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Weight matrices kept in their stored encoding (ggml's F32, F16, Q4_0, Q8_0, Q4_K, Q6_K; the
+// Weight matrices kept in their stored encoding (ggml's F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K; the
 // blocks are in ggml_blocks.hpp), read where they lie (a mapped GGUF): out = x * w^T, unpacking
 // a block at a time in registers, never into an f32 copy, beside a plain scalar reference that
 // the tests compare against. As in matmul.hpp,
@@ -64,14 +64,16 @@ inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) n
 inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
   const block_layout b = layout_of(w.type);
   const unsigned char* row = w.row(r);
-  // F32 and F16: an exponent of all ones is Inf or NaN; a bit test the compiler vectorises (a
+  // F32, F16, BF16: an exponent of all ones is Inf or NaN; a bit test the compiler vectorises (a
   // loader checks whole files this way: 418 MB of F32 in ~0.02 s instead of ~0.1)
-  if (w.type == weight_type::f32 || w.type == weight_type::f16) {
+  if (w.type == weight_type::f32 || w.type == weight_type::f16 || w.type == weight_type::bf16) {
     unsigned bad = 0;
     if (w.type == weight_type::f32)
       for (std::size_t c = 0; c < w.cols; ++c) bad |= (detail::load_u32(row + 4 * c) & 0x7f800000u) == 0x7f800000u;
-    else
+    else if (w.type == weight_type::f16)
       for (std::size_t c = 0; c < w.cols; ++c) bad |= (detail::load_u16(row + 2 * c) & 0x7c00u) == 0x7c00u;
+    else
+      for (std::size_t c = 0; c < w.cols; ++c) bad |= (detail::load_u16(row + 2 * c) & 0x7f80u) == 0x7f80u;
     return bad == 0;
   }
   for (std::size_t i = 0; i < w.cols / b.elements; ++i)
@@ -105,6 +107,12 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
           std::memcpy(out + 4 * c, &h, 4);
         }
         break;
+      case weight_type::bf16:
+        for (std::size_t c = 0; c < k; ++c) {
+          const float h = from_bf16(to_bf16(xi[c]));
+          std::memcpy(out + 4 * c, &h, 4);
+        }
+        break;
       default: std::memcpy(out, xi, 4 * k);
     }
   }
@@ -115,7 +123,8 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
 inline void compact_matmul_reference(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
                                      const compact_matrix& w, std::size_t j0, std::size_t j1) {
   const std::size_t k = w.cols;
-  const weight_type in_type = input_type(w.type) == weight_type::f16 ? weight_type::f32 : input_type(w.type);
+  const weight_type in_type =
+      w.type == weight_type::f16 || w.type == weight_type::bf16 ? weight_type::f32 : input_type(w.type);
   const compact_matrix inputs{in_type, in, n, k};
   std::vector<float> row(k), x(n * k);
   for (std::size_t i = 0; i < n; ++i) dequantize_row(inputs, i, x.data() + i * k);
@@ -152,14 +161,29 @@ inline float half_to_float(const unsigned char* p) noexcept {
 #endif
 }
 
-// Weights 32g .. 32g + 31 of an F32 or F16 row as four vectors (Q8_0 has q8_0_tile).
+// Eight bf16 as floats: each the upper half of a float's bits.
+inline v8f load8_bf16(const unsigned char* p) noexcept {
+  v8f v;
+#if defined(__AVX2__)
+  __m128i h;
+  std::memcpy(&h, p, sizeof h);
+  const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  std::memcpy(&v, &f, sizeof v);
+#else
+  for (int k = 0; k < 8; ++k) v[k] = from_bf16(load_u16(p + 2 * k));
+#endif
+  return v;
+}
+
+// Weights 32g .. 32g + 31 of an F32, F16 or BF16 row as four vectors (Q8_0 has q8_0_tile).
 template <weight_type T>
 inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noexcept {
-  static_assert(T == weight_type::f32 || T == weight_type::f16);
+  static_assert(T == weight_type::f32 || T == weight_type::f16 || T == weight_type::bf16);
   IPA_UNROLL(4)
   for (std::size_t q = 0; q < 4; ++q) {
     if constexpr (T == weight_type::f32) w[q] = load8(reinterpret_cast<const float*>(row) + 32 * g + 8 * q);
-    else w[q] = load8_f16(row + 2 * (32 * g + 8 * q));
+    else if constexpr (T == weight_type::f16) w[q] = load8_f16(row + 2 * (32 * g + 8 * q));
+    else w[q] = load8_bf16(row + 2 * (32 * g + 8 * q));
   }
 }
 
@@ -169,7 +193,7 @@ inline float sum8(v8f v) noexcept {
   return a + b;
 }
 
-// F32/F16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
+// F32/F16/BF16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
 // chains hide the FMA latency at batch 1), added pairwise and then in sum8's order, then the
 // columns past the last full group (rows of any length) one by one. A group of 32 weights is
@@ -460,6 +484,7 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
   switch (w.type) {
     case weight_type::f32: detail::compact_matmul_typed<weight_type::f32>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::f16: detail::compact_matmul_typed<weight_type::f16>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::bf16: detail::compact_matmul_typed<weight_type::bf16>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q4_0: detail::compact_matmul_typed<weight_type::q4_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q8_0: detail::compact_matmul_typed<weight_type::q8_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q4_k: detail::compact_matmul_typed<weight_type::q4_k>(out, ldo, in, n, w, j0, j1); break;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // ggml's weight encodings, one block at a time, the plain scalar way: what a GGUF file's bytes
-// mean (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) and how llama.cpp quantizes the inputs of a product
+// mean (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) and how llama.cpp quantizes the inputs of a product
 // (Q8_0, Q8_K). The kernels in compact_matrix.hpp read the same bytes in registers; these
 // functions are their reference. Layouts and arithmetic follow ggml-common.h and
 // ggml-quants.c (llama.cpp b4748), so the weights decode to the same floats as in llama.cpp.
@@ -17,13 +17,23 @@ namespace ipa {
 
 /// How a matrix's rows are stored, by ggml's type ids. Q8_K is an input encoding only (the
 /// inputs of Q4_K and Q6_K products); files never hold it.
-enum class weight_type : std::uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, q4_k = 12, q6_k = 14, q8_k = 15 };
+enum class weight_type : std::uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q8_0 = 8,
+  q4_k = 12,
+  q6_k = 14,
+  q8_k = 15,
+  bf16 = 30
+};
 
 /// ggml's name of a type ("Q4_K").
 inline const char* weight_type_name(weight_type t) noexcept {
   switch (t) {
     case weight_type::f32: return "F32";
     case weight_type::f16: return "F16";
+    case weight_type::bf16: return "BF16";
     case weight_type::q4_0: return "Q4_0";
     case weight_type::q8_0: return "Q8_0";
     case weight_type::q4_k: return "Q4_K";
@@ -35,17 +45,18 @@ inline const char* weight_type_name(weight_type t) noexcept {
 
 /// True for the ggml type ids a model file may store and ipa reads.
 inline bool is_stored_weight_type(std::uint32_t id) noexcept {
-  return id == 0 || id == 1 || id == 2 || id == 8 || id == 12 || id == 14;
+  return id == 0 || id == 1 || id == 30 || id == 2 || id == 8 || id == 12 || id == 14;
 }
 
-/// A type's block: `elements` weights in `bytes` bytes (F32 and F16: one weight a block).
+/// A type's block: `elements` weights in `bytes` bytes (F32, F16, BF16: one weight a block).
 struct block_layout {
   std::size_t elements, bytes;
 };
 inline constexpr block_layout layout_of(weight_type t) noexcept {
   switch (t) {
     case weight_type::f32: return {1, 4};
-    case weight_type::f16: return {1, 2};
+    case weight_type::f16:
+    case weight_type::bf16: return {1, 2};
     case weight_type::q4_0: return {32, 18};    // f16 d, 16 bytes of nibbles
     case weight_type::q8_0: return {32, 34};    // f16 d, 32 int8
     case weight_type::q4_k: return {256, 144};  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 of nibbles
@@ -57,8 +68,8 @@ inline constexpr block_layout layout_of(weight_type t) noexcept {
 inline constexpr std::size_t q8_0_block = 32, q8_0_block_bytes = 34;
 
 /// The encoding of the inputs that llama.cpp's CPU build multiplies a type's weights with
-/// (ggml's vec_dot_type): F16 weights take inputs rounded to F16 (ipa keeps them as floats),
-/// Q4_0 and Q8_0 take Q8_0 inputs, Q4_K and Q6_K take Q8_K inputs.
+/// (ggml's vec_dot_type): F16 and BF16 weights take inputs rounded to their type (ipa keeps them
+/// as floats), Q4_0 and Q8_0 take Q8_0 inputs, Q4_K and Q6_K take Q8_K inputs.
 inline constexpr weight_type input_type(weight_type t) noexcept {
   switch (t) {
     case weight_type::q4_0:
@@ -109,6 +120,7 @@ inline void dequantize_block(weight_type t, const unsigned char* block, float* o
   switch (t) {
     case weight_type::f32: out[0] = detail::load_f32(block); return;
     case weight_type::f16: out[0] = load_half(block); return;
+    case weight_type::bf16: out[0] = from_bf16(detail::load_u16(block)); return;
     case weight_type::q4_0: {  // weight j: low nibble of byte j, weight j + 16: its high nibble; minus 8
       const float d = load_half(block);
       for (int j = 0; j < 16; ++j) {
@@ -169,6 +181,7 @@ inline bool block_is_finite(weight_type t, const unsigned char* block) noexcept 
   switch (t) {
     case weight_type::f32:
     case weight_type::q8_k: return std::isfinite(detail::load_f32(block));
+    case weight_type::bf16: return std::isfinite(from_bf16(detail::load_u16(block)));
     case weight_type::f16:
     case weight_type::q4_0:
     case weight_type::q8_0: return std::isfinite(load_half(block));

@@ -3,7 +3,7 @@
 // metadata counts, metadata key/values of every GGUF type (nested arrays included), tensor
 // infos, then the data section aligned to general.alignment (32). The reader checks every count,
 // length and offset against the file before allocating. A file is mapped, not copied; tensors
-// F32, F16, Q4_0, Q8_0, Q4_K and Q6_K (ggml_blocks.hpp) are dequantised to float (floats()) or
+// F32, F16, BF16, Q4_0, Q8_0, Q4_K and Q6_K (ggml_blocks.hpp) are dequantised to float (floats()) or
 // seen as stored (compact()). `load_gguf_llama` maps the `llama` architecture onto llama_weights
 // (`load_gguf_llama_compact` keeps its matrices as stored) and the SentencePiece tokenizer in
 // the metadata onto llama2c_tokenizer.
@@ -62,7 +62,7 @@ struct gguf_value {
 /// One tensor's info: ggml dims (ne[0] is the contiguous one), type, offset in the data section.
 struct gguf_tensor {
   std::vector<std::uint64_t> dims;
-  std::uint32_t type = 0;  ///< ggml_type: 0 F32, 1 F16, 8 Q8_0 are supported
+  std::uint32_t type = 0;  ///< ggml_type (is_stored_weight_type: F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K)
   std::uint64_t offset = 0, bytes = 0;
   std::uint64_t elements() const noexcept {
     std::uint64_t n = 1;
@@ -132,7 +132,7 @@ class gguf_file {
         t.offset = read<std::uint64_t>("the offset of " + name);
         if (!is_stored_weight_type(t.type))
           fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
-               "; ipa reads F32 (0), F16 (1), Q4_0 (2), Q8_0 (8), Q4_K (12), Q6_K (14)");
+               "; ipa reads F32 (0), F16 (1), BF16 (30), Q4_0 (2), Q8_0 (8), Q4_K (12), Q6_K (14)");
         if (const std::size_t block = layout_of(weight_type(t.type)).elements; t.dims[0] % block != 0)
           fail(std::string(weight_type_name(weight_type(t.type))) + " tensor '" + name + "' has rows of " +
                std::to_string(t.dims[0]) + " weights, not a multiple of its block of " + std::to_string(block));
