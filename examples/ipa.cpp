@@ -229,6 +229,12 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
   sub->add_option("--quark-updates", o.quark_updates, "Quark's gradient steps on the pool per rollout")
       ->check(whole_in(1, 1 << 20));
   sub->add_option("--pool", o.pool, "Quark's pool: samples kept")->check(whole_in(1));
+  sub->add_option("--quark-minibatch", o.quark_minibatch,
+                  "Quark's samples drawn from the pool per update (0: as many as a rollout has)")
+      ->check(whole_in(0, 1 << 20));
+  sub->add_option("--adam-eps", o.adam_eps, "AdamW's epsilon")->check(number_in(0, 1, true));
+  sub->add_option("--max-grad-norm", o.max_grad_norm, "gradient clipping by global norm (0: none)")
+      ->check(number_in(0, 1e9));
   sub->add_option("--ppo-epochs", o.ppo_epochs, "PPO's passes over a rollout")->check(whole_in(1, 1 << 20));
   sub->add_option("--clip", o.clip, "PPO's clipping epsilon")->check(number_in(0, 1e3));
   sub->add_option("--gamma", o.gamma, "discount")->check(number_in(0, 1));

@@ -89,7 +89,7 @@ set(generate_numbers --max-new-tokens --min-new-tokens --temperature --top-k --t
                      --seed --batch --base-top-k --base-give-up-after --prompts-wait)
 set(train_numbers --steps --max-minutes --adapter-dim --adapter-layers --adapter-heads --lr --warmup --batch
                   --samples-per-prompt --max-new-tokens --temperature --top-p --kl-coef --kl-target --entropy-coef --bins
-                  --quark-updates --pool --ppo-epochs --clip --gamma --lambda --micro-batch --save-every --seed
+                  --quark-updates --quark-minibatch --adam-eps --max-grad-norm --pool --ppo-epochs --clip --gamma --lambda --micro-batch --save-every --seed
                   --reward-timeout --base-top-k --base-give-up-after --alpha)
 set(eval_numbers --samples --max-new-tokens --temperature --top-p --seed --reward-timeout --base-top-k
                  --base-give-up-after --prompts-wait)

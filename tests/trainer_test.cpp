@@ -112,6 +112,28 @@ TEST_CASE("an update never runs the base; the rollout's logits are all it needs"
   }
 }
 
+TEST_CASE("Quark's recipe knobs: pool minibatch size, AdamW's epsilon, clipping off; nonsense is refused") {
+  if (!ipa_test::have(ipa_test::model_path())) return;
+  fixture f;
+  ipa::rl_config cfg = fixture::config(ipa::rl_algorithm::quark);
+  cfg.quark_minibatch = 1, cfg.quark_updates = 3, cfg.adam.eps = 1e-5, cfg.max_grad_norm = 0;
+  ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::llama_model> t(
+      &f.base, f.adapter(), f.tok, ipa::avoid_words({"sad"}), f.prompts, cfg);
+  const ipa::step_metrics m = t.step();
+  CHECK(std::isfinite(m.loss));
+  CHECK(m.grad_norm > 0);
+  // a one-sample minibatch trains on fewer tokens than the whole rollout: another loss
+  ipa::rl_config whole = cfg;
+  whole.quark_minibatch = 0;
+  ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::llama_model> u(
+      &f.base, f.adapter(), f.tok, ipa::avoid_words({"sad"}), f.prompts, whole);
+  CHECK(u.step().loss != m.loss);
+  cfg.max_grad_norm = -1;
+  CHECK_THROWS_WITH_AS(cfg.validate(), doctest::Contains("max_grad_norm must be >= 0"), ipa::config_error);
+  cfg.max_grad_norm = 1, cfg.adam.eps = 0;
+  CHECK_THROWS_WITH_AS(cfg.validate(), doctest::Contains("eps must be > 0"), ipa::config_error);
+}
+
 TEST_CASE("a zero-output adapter leaves the tailored policy exactly equal to the base") {
   if (!ipa_test::have(ipa_test::model_path())) return;
   fixture f;

@@ -59,6 +59,8 @@ struct train_options {
   std::string algo = "rloo", decay = "constant";
   std::size_t steps = 300, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
   std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
+  std::size_t quark_minibatch = 0;
+  double adam_eps = 1e-8, max_grad_norm = 1.0;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
          lambda = 1.0, reward_timeout = 60;
@@ -74,7 +76,7 @@ struct train_options {
                                               ppo_epochs, bins, micro_batch, save_every, adapter_dim, adapter_layers,
                                               adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
                                               lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
-                                              remote, reward_timeout)
+                                              remote, reward_timeout, quark_minibatch, adam_eps, max_grad_norm)
 };
 
 /// What `ipa train` takes besides the run's stored options.

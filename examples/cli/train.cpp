@@ -50,6 +50,9 @@ ipa::rl_config make_config(const train_options& o) {
   c.entropy_coef = o.entropy_coef;
   c.quark_bins = int(o.bins);
   c.quark_updates = o.quark_updates;
+  c.quark_minibatch = o.quark_minibatch;
+  c.adam.eps = o.adam_eps;
+  c.max_grad_norm = o.max_grad_norm;
   c.pool_capacity = o.pool;
   c.ppo_epochs = o.ppo_epochs;
   c.clip_eps = o.clip;

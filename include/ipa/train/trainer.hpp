@@ -101,6 +101,7 @@ struct rl_config {
   double entropy_coef = 0.06;
   std::size_t pool_capacity = 4096;  ///< oldest samples are evicted beyond this; 0: unbounded
   std::size_t quark_updates = 2;     ///< gradient steps on pool minibatches per rollout
+  std::size_t quark_minibatch = 0;   ///< samples drawn from the pool per update; 0: the rollout's size
 
   std::uint64_t seed = 1;
 
@@ -119,6 +120,7 @@ struct rl_config {
     if (!(clip_eps > 0) || !(gamma >= 0 && gamma <= 1) || !(lambda >= 0 && lambda <= 1))
       fail("clip_eps must be > 0, gamma and lambda in [0, 1]");
     if (!(lr.peak >= 0) || !std::isfinite(lr.peak)) fail("the learning rate must be finite and >= 0");
+    if (!(max_grad_norm >= 0)) fail("max_grad_norm must be >= 0 (0: no clipping)");
     adam.validate();
   }
 };
@@ -505,7 +507,7 @@ class rl_trainer {
     for (std::size_t i = 0; i < rewards.size(); ++i) rewards[i] = pool_.entries[i].reward;
     const std::vector<int> pool_bins = quantile_bins(rewards, cfg_.quark_bins);
     m.quark_bins = summarize_bins(rewards, pool_bins, cfg_.quark_bins);
-    const std::size_t batch = fresh.size();
+    const std::size_t batch = cfg_.quark_minibatch ? cfg_.quark_minibatch : fresh.size();
     for (std::size_t u = 0; u < cfg_.quark_updates; ++u) {
       std::vector<rl_sample> mb;
       std::vector<int> bins;
