@@ -149,6 +149,7 @@ std::pair<double, double> run_process(const std::vector<std::string>& args) {
   argv.push_back(nullptr);
   const auto start = clock_type::now();
   const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     const int null = ::open("/dev/null", O_WRONLY);
     ::dup2(null, 1);
@@ -159,7 +160,7 @@ std::pair<double, double> run_process(const std::vector<std::string>& args) {
   }
   int status = 0;
   rusage usage{};
-  ::wait4(pid, &status, 0, &usage);
+  if (::wait4(pid, &status, 0, &usage) != pid) throw std::runtime_error(args[0] + ": wait4 failed");
   const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(args[0] + " failed");
   return {seconds, double(usage.ru_maxrss) / 1024.0};

@@ -130,11 +130,14 @@ inline bool is_adapter_folder(const std::string& path) {
   return std::filesystem::is_directory(path) && std::filesystem::exists(path + "/config.json") &&
          ipa::detail::read_json(path + "/config.json").contains("architecture");
 }
+inline bool named_gguf(const std::string& path) {
+  return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+}
 inline ipa::llama_weights load_model(const std::string& path) {
   if (is_adapter_folder(path)) return ipa::load_adapter(path).weights;
   if (std::filesystem::is_directory(path)) return ipa::load_hf_llama(path);
   if (is_gguf(path)) return ipa::load_gguf_llama(ipa::gguf_file::load(path));
-  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) {
+  if (named_gguf(path)) {
     ipa::detail::require_regular_file(path);
     throw ipa::io_error(path + ": not a GGUF file (it does not start with the magic 'GGUF')");
   }
@@ -180,8 +183,7 @@ enum class f32_model { in_place, repacked };
 /// says; an adapter folder or a Hugging Face folder is loaded in f32 and repacked.
 inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_model f32 = f32_model::repacked) {
   if (!is_gguf(path)) {
-    const bool llama2c =
-        std::filesystem::is_regular_file(path) && !(path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0);
+    const bool llama2c = std::filesystem::is_regular_file(path) && !named_gguf(path);
     if (llama2c && f32 == f32_model::in_place) return ipa::llama_model(ipa::load_llama2c_compact(path));
     return ipa::llama_model(load_model(path));
   }

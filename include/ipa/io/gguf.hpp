@@ -187,8 +187,8 @@ class gguf_file {
 
   const std::string& where() const noexcept { return where_; }
 
-  /// A matrix tensor (ggml dims [cols, rows]) as it is stored, seen in place: F32, F16, Q4_0,
-  /// Q8_0, Q4_K or Q6_K (io_error for another shape). Valid while `storage()` lives.
+  /// A matrix tensor (ggml dims [cols, rows]) as it is stored, seen in place: F32, F16, BF16,
+  /// Q4_0, Q8_0, Q4_K or Q6_K (io_error for another shape). Valid while `storage()` lives.
   compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
     auto it = tensors_.find(name);
     if (it == tensors_.end()) throw io_error(where_ + ": tensor '" + name + "' is missing");
@@ -371,8 +371,8 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
   return w;
 }
 
-/// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, Q4_0, Q8_0,
-/// Q4_K, Q6_K, as stored, no copy), its norms as floats; the result keeps the file (mapped) alive.
+/// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, BF16, Q4_0,
+/// Q8_0, Q4_K, Q6_K, as stored, no copy), its norms as floats; the result keeps the file (mapped) alive.
 inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   llama_compact_weights w;
   w.config = detail::gguf_llama_config(f);
