@@ -287,9 +287,11 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, adapter_options& adapters
 void add_convert(CLI::App& app, ipa_cli::convert_options& o) {
   CLI::App* sub = app.add_subcommand("convert", "Write a model as GGUF (F32 or F16) or as a Hugging Face folder");
   sub->add_option("--model", o.model, "MODEL: a model file or folder")->required();
-  sub->add_option("--to", o.to, "gguf, gguf-f16, gguf-q8_0 (compact: llama.cpp reads them) or hf")
+  sub->add_option("--to", o.to,
+                  "gguf, gguf-f16, gguf-q8_0 (compact: llama.cpp reads them), hf, hf-f16 or hf-bf16 (Llama: read in "
+                  "place by ipa)")
       ->required()
-      ->check(CLI::IsMember({"gguf", "gguf-f16", "gguf-q8_0", "hf"}));
+      ->check(CLI::IsMember({"gguf", "gguf-f16", "gguf-q8_0", "hf", "hf-f16", "hf-bf16"}));
   sub->add_option("--out", o.out, "PATH: the file (GGUF) or folder (hf) to write")->required();
   sub->add_option("--tokenizer", o.tokenizer, "TOK: stored in a GGUF (default: the model's own, if any)");
 }

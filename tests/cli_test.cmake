@@ -101,7 +101,7 @@ foreach(case  # option;value;what the message must say
   endif()
 endforeach()
 foreach(case "generate;--prompt;x;--base is required" "convert;--model;m;--to is required"
-             "convert;--to;onnx;--to: onnx not in {gguf,gguf-f16,gguf-q8_0,hf}" "train;--steps;5;--out is required"
+             "convert;--to;onnx;--to: onnx not in {gguf,gguf-f16,gguf-q8_0,hf,hf-f16,hf-bf16}" "train;--steps;5;--out is required"
              "eval;--samples;0;--samples: expects a whole number in \\[1, ")
   list(GET case 0 sub)
   list(GET case 1 option)
@@ -202,9 +202,10 @@ elseif("$ENV{CI}" STREQUAL "true")
   message(FATAL_ERROR "missing ${MODEL_DIR}/stories260K.gguf")
 endif()
 
-# convert to GGUF (F32; F16 and Q8_0, read in place) and to a Hugging Face folder, then generate
+# convert to GGUF (F32; F16 and Q8_0, read in place) and to Hugging Face folders (F32; F16 and
+# BF16, read in place with RoPE on halves), then generate
 # from each: the same greedy text
-foreach(to gguf gguf-f16 gguf-q8_0 hf)
+foreach(to gguf gguf-f16 gguf-q8_0 hf hf-f16 hf-bf16)
   execute_process(COMMAND ${IPA} convert --model ${MODEL_DIR}/stories260K.bin --tokenizer ${MODEL_DIR}/tok512.bin
                           --to ${to} --out ${WORK}/converted.${to} RESULT_VARIABLE rc ERROR_VARIABLE err)
   if(rc)
@@ -216,7 +217,8 @@ foreach(to gguf gguf-f16 gguf-q8_0 hf)
     message(FATAL_ERROR "ipa generate on the converted ${to} printed:\n${out}${err}")
   endif()
 endforeach()
-file(REMOVE_RECURSE ${WORK}/converted.gguf ${WORK}/converted.gguf-f16 ${WORK}/converted.gguf-q8_0 ${WORK}/converted.hf)
+file(REMOVE_RECURSE ${WORK}/converted.gguf ${WORK}/converted.gguf-f16 ${WORK}/converted.gguf-q8_0 ${WORK}/converted.hf
+     ${WORK}/converted.hf-f16 ${WORK}/converted.hf-bf16)
 
 # GPT-2: a Hugging Face folder and the GGUF `ipa convert` writes from it decode to the same ids
 # (the tiny golden model has a 512-token vocabulary: tok512.bin stands in for its tokenizer)

@@ -3,14 +3,20 @@
 // a clear ipa:: exception naming what was expected and what was found.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <unistd.h>
 
+#include <ipa/core/bf16.hpp>
+#include <ipa/core/compact_matrix.hpp>
 #include <ipa/core/rng.hpp>
 #include <ipa/io/gguf.hpp>
 #include <ipa/io/hf_llama.hpp>
@@ -326,6 +332,39 @@ TEST_CASE("safetensors: round trip, and every malformed header is a clear error"
                        doctest::Contains("whole number"), ipa::io_error);
 }
 
+TEST_CASE("safetensors tensors read in place: F32, F16 and BF16 as compact matrices; other dtypes refused") {
+  ipa::safetensors_writer st;
+  const std::vector<float> f = {1, 2, 3, 4, 5, 6};
+  std::vector<std::uint16_t> b(f.size()), h(f.size());
+  std::transform(f.begin(), f.end(), b.begin(), ipa::to_bf16);
+  std::transform(f.begin(), f.end(), h.begin(), ipa::to_f16);
+  st.add_f32("f", {2, 3}, f);
+  st.add<std::uint16_t>("b", "BF16", {2, 3}, b);
+  st.add<std::uint16_t>("h", "F16", {3}, std::span<const std::uint16_t>(h).first(3));
+  const std::vector<double> d = {1.0, 2.0};
+  st.add<double>("d", "F64", {2}, d);
+  const ipa::safetensors_file file(st.bytes(), "t.safetensors");
+  float row[3];
+  const auto mf = file.compact("f", 2, 3);
+  CHECK(mf.type == ipa::weight_type::f32);
+  ipa::dequantize_row(mf, 1, row);
+  CHECK(row[2] == 6.0f);
+  const auto mb = file.compact("b", 2, 3);
+  CHECK(mb.type == ipa::weight_type::bf16);
+  ipa::dequantize_row(mb, 1, row);
+  CHECK(row[0] == 4.0f);
+  const auto mh = file.compact("h", 1, 3);  // a vector as one row
+  CHECK(mh.type == ipa::weight_type::f16);
+  ipa::dequantize_row(mh, 0, row);
+  CHECK(row[1] == 2.0f);
+  CHECK_THROWS_WITH_AS(file.compact("d", 1, 2),
+                       doctest::Contains("tensor 'd' has dtype F64, expected F32, F16 or BF16"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(file.compact("f", 3, 2), doctest::Contains("tensor 'f' has shape [2, 3], expected [3, 2]"),
+                       ipa::io_error);
+  CHECK_THROWS_WITH_AS(file.compact("x", 1, 1), doctest::Contains("no tensor named 'x'"), ipa::io_error);
+  CHECK(file.storage() != nullptr);
+}
+
 // ---- writers: GGUF and Hugging Face folders, read back ----
 
 namespace {
@@ -390,6 +429,43 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   const std::string hf = (tmp / "hf").string();
   ipa::save_hf_llama(hf, w);
   CHECK(logits_of(ipa::load_hf_llama(hf)) == expected);  // q/k permuted out and back: identical
+  // read in place: the F32 matrices where they lie, q/k rows in Hugging Face's order and RoPE
+  // rotating halves; the same numbers up to the kernels' summation order
+  auto max_gap = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double gap = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) gap = std::max(gap, double(std::abs(a[i] - b[i])));
+    return gap;
+  };
+  const auto hf_in_place = ipa::load_hf_llama_compact(hf);
+  CHECK(hf_in_place.rope == ipa::rope_pairs::halves);
+  CHECK(hf_in_place.layers[0].wq.type == ipa::weight_type::f32);
+  CHECK(max_gap(logits_of(hf_in_place), expected) < 1e-4);
+  // BF16 and F16 folders (as most are published) stay compact; close to the same file widened
+  for (const auto& [dtype, type, tolerance] :
+       {std::tuple{"BF16", ipa::weight_type::bf16, 0.08}, std::tuple{"F16", ipa::weight_type::f16, 0.02}}) {
+    const std::string folder = (tmp / (std::string("hf_") + dtype)).string();
+    ipa::save_hf_llama(folder, w, dtype);
+    const auto widened = logits_of(ipa::load_hf_llama(folder));
+    const auto compact = ipa::load_hf_llama_compact(folder);
+    CHECK(compact.layers[0].w2.type == type);
+    CHECK(compact.tok_embeddings.type == type);
+    const double gap = max_gap(logits_of(compact), widened);
+    MESSAGE(std::string(dtype) << " folder: in place vs widened " << gap << ", widened vs f32 "
+                               << max_gap(widened, expected));
+    CHECK(gap < tolerance);
+    CHECK(max_gap(widened, expected) > 0);
+  }
+  CHECK_THROWS_WITH_AS(ipa::save_hf_llama(hf + "_x", w, "F64"), doctest::Contains("expected F32, F16 or BF16"),
+                       ipa::config_error);
+  {  // a non-finite weight in a BF16 folder: named, before any decoding
+    auto broken = w;
+    broken.tensor("w2")[5] = std::numeric_limits<float>::quiet_NaN();
+    const std::string folder = (tmp / "hf_nan").string();
+    ipa::save_hf_llama(folder, broken, "BF16");
+    CHECK_THROWS_WITH_AS(ipa::load_hf_llama_compact(folder),
+                         doctest::Contains("tensor 'model.layers.0.mlp.down_proj.weight' holds a non-finite value"),
+                         ipa::io_error);
+  }
 
   // corrupted copies
   const std::string st = hf + "/model.safetensors";

@@ -179,9 +179,17 @@ inline std::string architecture_of(const std::string& path) {
 enum class f32_model { in_place, repacked };
 
 /// A Llama model to decode with (a base, a --policy): a GGUF that stores compact matrices (F16,
-/// Q4_0, Q8_0, Q4_K, Q6_K) is read where it lies, mapped, with no f32 copy; an f32 model as `f32`
-/// says; an adapter folder or a Hugging Face folder is loaded in f32 and repacked.
+/// BF16, Q4_0, Q8_0, Q4_K, Q6_K) or a Hugging Face folder of F16/BF16 matrices is read where it
+/// lies, mapped, with no f32 copy; an f32 model as `f32` says; an adapter folder is loaded in f32
+/// and repacked.
 inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_model f32 = f32_model::repacked) {
+  if (std::filesystem::is_directory(path) && !is_adapter_folder(path)) {
+    const ipa::hf_folder folder(path);
+    const std::string q = "model.layers.0.self_attn.q_proj.weight";
+    const std::string dtype = folder.contains(q) ? folder.entry(q).dtype : "";
+    if (f32 == f32_model::in_place || dtype == "F16" || dtype == "BF16")
+      return ipa::llama_model(ipa::load_hf_llama_compact(path));
+  }
   if (!is_gguf(path)) {
     const bool llama2c = std::filesystem::is_regular_file(path) && !named_gguf(path);
     if (llama2c && f32 == f32_model::in_place) return ipa::llama_model(ipa::load_llama2c_compact(path));

@@ -376,7 +376,8 @@ int eval(const eval_options& o) {
 int convert(const convert_options& o) {
   const std::string &model_path = o.model, &tok_path = o.tokenizer, &to = o.to, &out = o.out;
   if (architecture_of(model_path) == "gpt2") {
-    if (to == "gguf-q8_0") throw usage_error("--to gguf-q8_0 writes Llama models only (GPT-2: gguf or gguf-f16)");
+    if (to != "gguf" && to != "gguf-f16" && to != "hf")
+      throw usage_error("--to " + to + " writes Llama models only (GPT-2: gguf, gguf-f16 or hf)");
     const ipa::any_model m = load_any_model(model_path);
     const ipa::gpt2_weights& w = m.gpt2()->weights();
     if (to == "hf") {
@@ -399,10 +400,10 @@ int convert(const convert_options& o) {
                                   : to == "gguf-q8_0" ? ipa::weight_type::q8_0
                                                       : ipa::weight_type::f32;
     ipa::save_gguf_llama(out, w, tok ? &*tok : nullptr, type);
-  } else if (to == "hf") {
-    ipa::save_hf_llama(out, w);
+  } else if (to == "hf" || to == "hf-f16" || to == "hf-bf16") {
+    ipa::save_hf_llama(out, w, to == "hf" ? "F32" : to == "hf-f16" ? "F16" : "BF16");
   } else {
-    throw usage_error("--to must be gguf, gguf-f16, gguf-q8_0 or hf, found '" + to + "'");
+    throw usage_error("--to must be gguf, gguf-f16, gguf-q8_0, hf, hf-f16 or hf-bf16, found '" + to + "'");
   }
   std::cerr << "wrote " << out << "\n";
   return 0;

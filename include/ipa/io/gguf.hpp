@@ -404,7 +404,7 @@ inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
     layer.w2 = matrix(b + "ffn_down.weight", d, hd);
     layer.w3 = matrix(b + "ffn_up.weight", hd, d);
   }
-  w.storage = f.storage();
+  w.storage = {f.storage()};
   return w;
 }
 

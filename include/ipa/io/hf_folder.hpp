@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/io/atomic_file.hpp"
 #include "ipa/io/safetensors.hpp"
@@ -80,6 +81,22 @@ class hf_folder {
     for (float x : v)
       if (!std::isfinite(x)) throw io_error(where(name) + ": tensor '" + name + "' holds a non-finite value");
     return v;
+  }
+
+  /// An F32, F16 or BF16 tensor of exactly `shape` (a matrix, or a vector as rows 1), read where
+  /// it lies, every value finite; valid while storage() lives.
+  compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
+    const compact_matrix m = file_of(name).compact(name, rows, cols);
+    for (std::size_t r = 0; r < m.rows; ++r)
+      if (!row_is_finite(m, r)) throw io_error(where(name) + ": tensor '" + name + "' holds a non-finite value");
+    return m;
+  }
+  /// What keeps the shards' bytes alive (their mappings).
+  std::vector<std::shared_ptr<const void>> storage() const {
+    open();
+    std::vector<std::shared_ptr<const void>> all;
+    for (const auto& [file, f] : files_) all.push_back(f->storage());
+    return all;
   }
 
   /// "config.json: what" as an io_error.

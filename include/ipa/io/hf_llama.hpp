@@ -2,8 +2,9 @@
 // Hugging Face Llama folders: config.json + model.safetensors (or sharded, with
 // model.safetensors.index.json), tensor names model.layers.N.self_attn.q_proj.weight, ...
 // Hugging Face stores q_proj/k_proj for its rotate-half RoPE: each head's rows are the even
-// pair members then the odd ones. ipa (like llama2.c and llama.cpp) rotates interleaved pairs,
-// so q and k rows are permuted on the way in and back on the way out.
+// pair members then the odd ones. ipa's f32 weights (like llama2.c and llama.cpp) are stored for
+// interleaved pairs, so load_hf_llama permutes q and k rows on the way in and save_hf_llama back
+// on the way out; load_hf_llama_compact reads the rows where they lie and rotates halves instead.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -15,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ipa/core/bf16.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/io/atomic_file.hpp"
 #include "ipa/io/hf_folder.hpp"
@@ -55,17 +57,26 @@ inline constexpr hf_name hf_layer_names[] = {{"wq", "self_attn.q_proj.weight"},
 
 }  // namespace detail
 
-/// Writes a Hugging Face Llama folder (config.json + model.safetensors, F32), atomically per file.
-inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
+/// Writes a Hugging Face Llama folder (config.json + model.safetensors) with its matrices as
+/// `dtype` ("F32", "F16" or "BF16"; norms stay F32), atomically per file.
+inline void save_hf_llama(const std::string& dir, const llama_weights& w, const std::string& dtype = "F32") {
   const llama_config& c = w.config();
+  if (dtype != "F32" && dtype != "F16" && dtype != "BF16")
+    throw config_error("save_hf_llama: dtype '" + dtype + "'; expected F32, F16 or BF16");
   if (c.extra_tokens != 0)
     throw config_error("save_hf_llama: a model with input-only tokens (Quark's) has no Hugging Face equivalent");
   std::filesystem::create_directories(dir);
   safetensors_writer st;
+  auto add_matrix = [&](const std::string& name, std::vector<std::uint64_t> shape, std::span<const float> v) {
+    if (dtype == "F32") return st.add_f32(name, std::move(shape), v);
+    std::vector<std::uint16_t> half(v.size());
+    std::transform(v.begin(), v.end(), half.begin(), dtype == "F16" ? to_f16 : to_bf16);
+    st.add<std::uint16_t>(name, dtype, std::move(shape), half);
+  };
   const std::size_t d = c.dim, V = c.vocab_size;
-  st.add_f32("model.embed_tokens.weight", {V, d}, w.tensor("tok_embeddings").subspan(0, V * d));
+  add_matrix("model.embed_tokens.weight", {V, d}, w.tensor("tok_embeddings").subspan(0, V * d));
   st.add_f32("model.norm.weight", {d}, w.tensor("norm"));
-  if (!c.shared_classifier) st.add_f32("lm_head.weight", {V, d}, w.tensor("output"));
+  if (!c.shared_classifier) add_matrix("lm_head.weight", {V, d}, w.tensor("output"));
   std::vector<std::vector<float>> keep;  // permuted copies must outlive st
   for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l)
     for (const auto& n : detail::hf_layer_names) {
@@ -74,12 +85,14 @@ inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
       const std::string name = "model.layers." + std::to_string(l) + "." + n.suffix;
       std::vector<std::uint64_t> shape =
           s.rows == 1 ? std::vector<std::uint64_t>{s.cols} : std::vector<std::uint64_t>{s.rows, s.cols};
-      if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk") {
+      if (s.rows == 1) {
+        st.add_f32(name, shape, part);  // a norm
+      } else if (std::string(n.slot) == "wq" || std::string(n.slot) == "wk") {
         keep.push_back(
             detail::permute_rows(part, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, true));
-        st.add_f32(name, shape, keep.back());
+        add_matrix(name, shape, keep.back());
       } else {
-        st.add_f32(name, shape, part);
+        add_matrix(name, shape, part);
       }
     }
   st.metadata("format", "pt");
@@ -97,14 +110,19 @@ inline void save_hf_llama(const std::string& dir, const llama_weights& w) {
                               {"rope_theta", c.rope_theta},
                               {"tie_word_embeddings", c.shared_classifier},
                               {"hidden_act", "silu"},
-                              {"torch_dtype", "float32"}};
+                              {"torch_dtype", dtype == "F32"   ? "float32"
+                                              : dtype == "F16" ? "float16"
+                                                               : "bfloat16"}};
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
 }
 
-/// Reads a Hugging Face Llama folder (single or sharded safetensors; F32, F16 or BF16).
-inline llama_weights load_hf_llama(const std::string& dir) {
-  const hf_folder folder(dir);
+namespace detail {
+
+// The llama_config of a Hugging Face Llama folder, refusing what ipa's Llama does not implement
+// and a config that describes more weights than the files hold (before anything is allocated).
+inline llama_config hf_llama_config(const hf_folder& folder) {
   const nlohmann::json& cfg = folder.config();
+  const std::string& dir = folder.dir();
   llama_config c;
   try {
     const std::string type = cfg.value("model_type", std::string("llama"));
@@ -137,6 +155,16 @@ inline llama_weights load_hf_llama(const std::string& dir) {
   if (c.parameter_count() > folder.held_values())
     throw io_error(dir + "/config.json describes a model of " + std::to_string(c.parameter_count()) +
                    " parameters, the safetensors files hold " + std::to_string(folder.held_values()) + " values");
+  return c;
+}
+
+}  // namespace detail
+
+/// Reads a Hugging Face Llama folder (single or sharded safetensors; F32, F16 or BF16) into f32
+/// weights, q and k rows permuted for interleaved-pair RoPE.
+inline llama_weights load_hf_llama(const std::string& dir) {
+  const hf_folder folder(dir);
+  const llama_config c = detail::hf_llama_config(folder);
   llama_weights w(c);
   const std::uint64_t d = c.dim, V = c.vocab_size;
   auto copy = [&](const std::vector<float>& v, const char* slot, std::size_t offset) {
@@ -155,6 +183,40 @@ inline llama_weights load_hf_llama(const std::string& dir) {
         v = detail::permute_rows(v, std::string(n.slot) == "wq" ? c.n_heads : c.n_kv_heads, s.cols, false);
       copy(v, n.slot, l * s.rows * s.cols);
     }
+  return w;
+}
+
+/// A Hugging Face Llama folder read where it lies (each shard mapped): its F32, F16 or BF16
+/// matrices compact, no copy, q and k rows as stored (rope_pairs::halves); norms as floats.
+/// The result keeps the files alive.
+inline llama_compact_weights load_hf_llama_compact(const std::string& dir) {
+  const hf_folder folder(dir);
+  llama_compact_weights w;
+  w.config = detail::hf_llama_config(folder);
+  const llama_config& c = w.config;
+  const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, V = c.vocab_size;
+  w.rope = rope_pairs::halves;
+  auto norm = [&](std::vector<float>& into, const std::string& name) {
+    const std::vector<float> v = folder.floats(name, {d});
+    into.insert(into.end(), v.begin(), v.end());
+  };
+  w.tok_embeddings = folder.compact("model.embed_tokens.weight", V, d);
+  if (!c.shared_classifier) w.output = folder.compact("lm_head.weight", V, d);
+  norm(w.norm, "model.norm.weight");
+  for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l) {
+    const std::string b = "model.layers." + std::to_string(l) + ".";
+    llama_compact_weights::layer& layer = w.layers.emplace_back();
+    norm(w.attention_norm, b + "input_layernorm.weight");
+    norm(w.ffn_norm, b + "post_attention_layernorm.weight");
+    layer.wq = folder.compact(b + "self_attn.q_proj.weight", d, d);
+    layer.wk = folder.compact(b + "self_attn.k_proj.weight", kv, d);
+    layer.wv = folder.compact(b + "self_attn.v_proj.weight", kv, d);
+    layer.wo = folder.compact(b + "self_attn.o_proj.weight", d, d);
+    layer.w1 = folder.compact(b + "mlp.gate_proj.weight", hd, d);
+    layer.w2 = folder.compact(b + "mlp.down_proj.weight", d, hd);
+    layer.w3 = folder.compact(b + "mlp.up_proj.weight", hd, d);
+  }
+  w.storage = folder.storage();
   return w;
 }
 

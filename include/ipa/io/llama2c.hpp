@@ -141,7 +141,7 @@ inline llama_compact_weights load_llama2c_compact(const std::string& path) {
   floats(w.norm, d, "rms_final_weight");
   at += 4 * detail::llama2c_rope_floats(c);
   if (!c.shared_classifier) w.output = take(V, d, "wcls");
-  w.storage = std::move(file);
+  w.storage = {std::move(file)};
   return w;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,8 +18,10 @@
 #include <nlohmann/json.hpp>
 
 #include "ipa/core/bf16.hpp"
+#include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/io/atomic_file.hpp"
+#include "ipa/io/mapped_file.hpp"
 
 namespace ipa {
 
@@ -52,13 +55,27 @@ inline std::size_t safetensors_dtype_size(std::string_view dtype) noexcept {
   return 0;
 }
 
-/// A safetensors file held in memory, validated on construction.
+/// A safetensors file, validated on construction: mapped from disk (tensors are read where
+/// they lie) or held in memory.
 class safetensors_file {
  public:
-  static safetensors_file load(const std::string& path) { return safetensors_file(read_file(path), path); }
+  /// The file at `path`, mapped (mapped_file).
+  static safetensors_file load(const std::string& path) {
+    auto mapped = std::make_shared<const mapped_file>(path);
+    const std::string_view bytes = mapped->bytes();
+    return safetensors_file(std::move(mapped), bytes, path);
+  }
 
   /// Parses `bytes` (named `where` in messages); throws io_error on anything malformed.
-  safetensors_file(std::string bytes, std::string where) : bytes_(std::move(bytes)), where_(std::move(where)) {
+  safetensors_file(std::string bytes, std::string where)
+      : safetensors_file(std::make_shared<const std::string>(std::move(bytes)), std::move(where)) {}
+
+ private:
+  safetensors_file(std::shared_ptr<const std::string> bytes, std::string where)
+      : safetensors_file(bytes, std::string_view(*bytes), std::move(where)) {}
+  // `storage` keeps `bytes` alive (a mapping or a string) for as long as any copy of this file
+  safetensors_file(std::shared_ptr<const void> storage, std::string_view bytes, std::string where)
+      : storage_(std::move(storage)), bytes_(bytes), where_(std::move(where)) {
     if (bytes_.size() < 8) fail("truncated: " + std::to_string(bytes_.size()) + " bytes, a header length needs 8");
     std::uint64_t n;
     std::memcpy(&n, bytes_.data(), 8);
@@ -128,6 +145,7 @@ class safetensors_file {
       fail("the data section has " + std::to_string(data_size - at) + " bytes after the last tensor");
   }
 
+ public:
   const std::map<std::string, safetensors_entry>& tensors() const noexcept { return tensors_; }
   const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
@@ -161,6 +179,26 @@ class safetensors_file {
     return out;
   }
 
+  /// An F32, F16 or BF16 tensor of rows x cols (a vector: rows 1) where it lies, no copy; valid
+  /// while storage() lives. Another dtype or shape is an io_error.
+  compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
+    const safetensors_entry& e = entry(name);
+    const bool is_matrix = (e.shape.size() == 2 && e.shape[0] == rows && e.shape[1] == cols) ||
+                           (e.shape.size() == 1 && rows == 1 && e.shape[0] == cols);
+    if (!is_matrix)
+      fail_tensor(name, "has shape " + detail::shape_text(e.shape) + ", expected [" + std::to_string(rows) + ", " +
+                            std::to_string(cols) + "]");
+    const weight_type type = e.dtype == "F32"   ? weight_type::f32
+                             : e.dtype == "F16" ? weight_type::f16
+                             : e.dtype == "BF16"
+                                 ? weight_type::bf16
+                                 : fail_tensor(name, "has dtype " + e.dtype + ", expected F32, F16 or BF16");
+    return {type, reinterpret_cast<const unsigned char*>(bytes_.data() + data_at_ + e.begin), std::size_t(rows),
+            std::size_t(cols)};
+  }
+  /// What keeps the bytes that compact() views alive (the mapping, or the bytes given).
+  const std::shared_ptr<const void>& storage() const noexcept { return storage_; }
+
   /// A tensor read exactly as stored; its dtype must be `dtype` (e.g. "I32" for int32_t).
   template <class T>
   std::vector<T> raw(const std::string& name, std::string_view dtype, std::uint64_t expected_elements) const {
@@ -178,12 +216,17 @@ class safetensors_file {
   [[noreturn]] void fail(const std::string& why) const {
     throw io_error(where_ + ": not a valid safetensors file: " + why);
   }
+  [[noreturn]] weight_type fail_tensor(const std::string& name, const std::string& why) const {
+    throw io_error(where_ + ": tensor '" + name + "' " + why);
+  }
   void check_count(const std::string& name, const safetensors_entry& e, std::uint64_t expected) const {
     if (expected != std::uint64_t(-1) && e.elements() != expected)
       throw io_error(where_ + ": tensor '" + name + "' has " + std::to_string(e.elements()) + " elements, expected " +
                      std::to_string(expected));
   }
-  std::string bytes_, where_;
+  std::shared_ptr<const void> storage_;
+  std::string_view bytes_;
+  std::string where_;
   std::uint64_t data_at_ = 0;
   std::map<std::string, safetensors_entry> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -298,16 +298,20 @@ class llama_model {
     }
   }
 
-  // Rotates interleaved pairs (v[2i], v[2i+1]) of every head by pos * theta^(-2i/head_size).
+  // Rotates pair i of every head by pos * theta^(-2i/head_size): (v[2i], v[2i+1]), or
+  // (v[i], v[i + half]) for weights stored for rotate_half (rope_pairs::halves).
   void rope(float* v, std::size_t width, int p) const noexcept {
     const std::size_t hs = config_.head_size(), half = hs / 2;
+    const bool halves = compact_.rope == rope_pairs::halves;
+    const std::size_t stride = halves ? 1 : 2, partner = halves ? half : 1;
     const float* cs = rope_cos_.data() + std::size_t(p) * half;
     const float* sn = rope_sin_.data() + std::size_t(p) * half;
     for (std::size_t h0 = 0; h0 < width; h0 += hs)
       for (std::size_t i = 0; i < half; ++i) {
-        const float a = v[h0 + 2 * i], b = v[h0 + 2 * i + 1];
-        v[h0 + 2 * i] = a * cs[i] - b * sn[i];
-        v[h0 + 2 * i + 1] = a * sn[i] + b * cs[i];
+        float* x = v + h0 + stride * i;
+        const float a = x[0], b = x[partner];
+        x[0] = a * cs[i] - b * sn[i];
+        x[partner] = a * sn[i] + b * cs[i];
       }
   }
 

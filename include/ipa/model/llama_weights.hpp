@@ -113,8 +113,14 @@ inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
   return slots;
 }
 
-/// A Llama model's weights as a file stores them (a mapped GGUF): the matrices compact (ggml's
-/// F32, F16, Q4_0, Q8_0, Q4_K, Q6_K) and read in place, the norms as floats. `storage` keeps the matrices' bytes alive.
+/// Which elements of a head RoPE rotates together: interleaved pairs (2i, 2i + 1), as llama2.c
+/// and GGUF files store q/k for, or halves (i, i + head_size / 2), Hugging Face's rotate_half.
+/// Both rotate pair i by pos * theta^(-2i / head_size); they differ only in the rows' order.
+enum class rope_pairs { interleaved, halves };
+
+/// A Llama model's weights as a file stores them (a mapped GGUF, llama2.c checkpoint or Hugging
+/// Face folder): the matrices compact (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) and read in place,
+/// the norms as floats. `storage` keeps the matrices' bytes alive.
 struct llama_compact_weights {
   struct layer {
     compact_matrix wq, wk, wv, wo, w1, w2, w3;
@@ -124,7 +130,8 @@ struct llama_compact_weights {
   compact_matrix output;          ///< (vocab, dim); rows == 0 when the classifier is tok_embeddings
   std::vector<layer> layers;
   std::vector<float> attention_norm, ffn_norm, norm;  ///< (L, dim), (L, dim), (dim)
-  std::shared_ptr<const void> storage;
+  rope_pairs rope = rope_pairs::interleaved;          ///< how wq's and wk's rows are ordered
+  std::vector<std::shared_ptr<const void>> storage;   ///< the files (a sharded folder: several)
 };
 
 /// All weights of a Llama model in one contiguous buffer (llama2.c's order).
