@@ -184,11 +184,12 @@ enum class f32_model { in_place, repacked };
 /// and repacked.
 inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_model f32 = f32_model::repacked) {
   if (std::filesystem::is_directory(path) && !is_adapter_folder(path)) {
-    const ipa::hf_folder folder(path);
+    const ipa::hf_folder folder(path);  // parsed once, for the dtype and the loader
     const std::string q = "model.layers.0.self_attn.q_proj.weight";
     const std::string dtype = folder.contains(q) ? folder.entry(q).dtype : "";
     if (f32 == f32_model::in_place || dtype == "F16" || dtype == "BF16")
-      return ipa::llama_model(ipa::load_hf_llama_compact(path));
+      return ipa::llama_model(ipa::load_hf_llama_compact(folder));
+    return ipa::llama_model(ipa::load_hf_llama(folder));
   }
   if (!is_gguf(path)) {
     const bool llama2c = std::filesystem::is_regular_file(path) && !named_gguf(path);

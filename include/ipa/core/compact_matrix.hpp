@@ -79,6 +79,15 @@ inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
   return true;
 }
 
+namespace detail {
+/// Throws io_error "`where`: tensor '`name`' holds a non-finite value" unless every weight of w
+/// is finite (quantized: every scale). For loaders, which check a file's tensors before use.
+inline void require_finite(const compact_matrix& w, const std::string& where, const std::string& name) {
+  for (std::size_t r = 0; r < w.rows; ++r)
+    if (!row_is_finite(w, r)) throw io_error(where + ": tensor '" + name + "' holds a non-finite value");
+}
+}  // namespace detail
+
 /// The inputs of a product as the kernels of a weight type read them, as llama.cpp's CPU build
 /// prepares them when it decodes one token (input_type(), ggml's vec_dot_type), so that ipa
 /// computes what llama.cpp computes: F32 weights take the f32 rows as they are; F16 takes them

@@ -334,11 +334,6 @@ inline llama_config gguf_llama_config(const gguf_file& f) {
   return c;
 }
 
-/// Throws io_error naming the tensor unless every weight of m is finite (quantized: its scales).
-inline void require_finite(const gguf_file& f, const compact_matrix& m, const std::string& name) {
-  for (std::size_t r = 0; r < m.rows; ++r)
-    if (!row_is_finite(m, r)) throw io_error(f.where() + ": tensor '" + name + "' holds a non-finite value");
-}
 }  // namespace detail
 
 /// A Llama-architecture GGUF as ipa's weights (ggml's row-major (out, in) tensors map onto
@@ -380,7 +375,7 @@ inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
   auto matrix = [&](const std::string& name, std::size_t rows, std::size_t cols) {
     const compact_matrix m = f.compact(name, rows, cols);
-    detail::require_finite(f, m, name);
+    detail::require_finite(m, f.where(), name);
     return m;
   };
   auto norm = [&](std::vector<float>& into, const std::string& name) {

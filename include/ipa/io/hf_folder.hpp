@@ -87,8 +87,7 @@ class hf_folder {
   /// it lies, every value finite; valid while storage() lives.
   compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
     const compact_matrix m = file_of(name).compact(name, rows, cols);
-    for (std::size_t r = 0; r < m.rows; ++r)
-      if (!row_is_finite(m, r)) throw io_error(where(name) + ": tensor '" + name + "' holds a non-finite value");
+    detail::require_finite(m, where(name), name);
     return m;
   }
   /// What keeps the shards' bytes alive (their mappings).

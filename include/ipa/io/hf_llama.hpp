@@ -162,8 +162,7 @@ inline llama_config hf_llama_config(const hf_folder& folder) {
 
 /// Reads a Hugging Face Llama folder (single or sharded safetensors; F32, F16 or BF16) into f32
 /// weights, q and k rows permuted for interleaved-pair RoPE.
-inline llama_weights load_hf_llama(const std::string& dir) {
-  const hf_folder folder(dir);
+inline llama_weights load_hf_llama(const hf_folder& folder) {
   const llama_config c = detail::hf_llama_config(folder);
   llama_weights w(c);
   const std::uint64_t d = c.dim, V = c.vocab_size;
@@ -189,8 +188,7 @@ inline llama_weights load_hf_llama(const std::string& dir) {
 /// A Hugging Face Llama folder read where it lies (each shard mapped): its F32, F16 or BF16
 /// matrices compact, no copy, q and k rows as stored (rope_pairs::halves); norms as floats.
 /// The result keeps the files alive.
-inline llama_compact_weights load_hf_llama_compact(const std::string& dir) {
-  const hf_folder folder(dir);
+inline llama_compact_weights load_hf_llama_compact(const hf_folder& folder) {
   llama_compact_weights w;
   w.config = detail::hf_llama_config(folder);
   const llama_config& c = w.config;
@@ -218,6 +216,12 @@ inline llama_compact_weights load_hf_llama_compact(const std::string& dir) {
   }
   w.storage = folder.storage();
   return w;
+}
+
+/// load_hf_llama and load_hf_llama_compact of the folder at `dir`.
+inline llama_weights load_hf_llama(const std::string& dir) { return load_hf_llama(hf_folder(dir)); }
+inline llama_compact_weights load_hf_llama_compact(const std::string& dir) {
+  return load_hf_llama_compact(hf_folder(dir));
 }
 
 }  // namespace ipa
