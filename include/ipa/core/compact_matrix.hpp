@@ -95,10 +95,12 @@ inline void require_finite(const compact_matrix& w, const std::string& where, co
 /// (quantize_input_q8_0), Q4_K and Q6_K per block of 256 (quantize_row_q8_k), and multiply int8
 /// by int8 with exact integer sums. (llama.cpp's prompt processing multiplies F16 by unrounded
 /// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
-/// gives the same bits alone or in a batch.)
+/// gives the same bits alone or in a batch.) A prepared Q8_0 row is followed by its blocks'
+/// scales as floats, converted once per product rather than once per row of weights.
 inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept {
   const weight_type in = input_type(type);
-  return in == weight_type::q8_0 || in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
+  if (in == weight_type::q8_0) return compact_matrix::row_bytes(in, k) + 4 * (k / q8_0_block);
+  return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
                           unsigned char* out) noexcept {
@@ -112,7 +114,15 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
       }
     };
     switch (input_type(type)) {
-      case weight_type::q8_0: quantize_input_q8_0(xi, k, out); break;
+      case weight_type::q8_0: {
+        quantize_input_q8_0(xi, k, out);
+        unsigned char* scales = out + compact_matrix::row_bytes(weight_type::q8_0, k);
+        for (std::size_t b = 0; b < k / q8_0_block; ++b) {
+          const float d = detail::load_half(out + b * q8_0_block_bytes);
+          std::memcpy(scales + 4 * b, &d, 4);
+        }
+        break;
+      }
       case weight_type::q8_k: quantize_row_q8_k(xi, k, out); break;
       case weight_type::f16: round_each([](float v) { return from_f16(to_f16(v)); }); break;
       case weight_type::bf16: round_each([](float v) { return from_bf16(to_bf16(v)); }); break;
@@ -128,9 +138,10 @@ inline void compact_matmul_reference(float* out, std::size_t ldo, const unsigned
   const std::size_t k = w.cols;
   const weight_type in_type =
       w.type == weight_type::f16 || w.type == weight_type::bf16 ? weight_type::f32 : input_type(w.type);
-  const compact_matrix inputs{in_type, in, n, k};
+  const std::size_t ld_in = compact_input_bytes(w.type, k);
   std::vector<float> row(k), x(n * k);
-  for (std::size_t i = 0; i < n; ++i) dequantize_row(inputs, i, x.data() + i * k);
+  for (std::size_t i = 0; i < n; ++i)
+    dequantize_row(compact_matrix{in_type, in + i * ld_in, 1, k}, 0, x.data() + i * k);
   for (std::size_t j = j0; j < j1; ++j) {
     dequantize_row(w, j, row.data());
     for (std::size_t i = 0; i < n; ++i) {
@@ -225,6 +236,22 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
   }
 }
 
+#if defined(__AVX2__)
+// Lane l: the sum of u(4l + b) * s(4l + b) for b < 4, u unsigned and s signed bytes, exact. VNNI
+// does it in one instruction (vpdpbusd); AVX2 in two: maddubs multiplies into pairs of int16
+// (the callers' |products| <= 128 * 127 * 2 < 2^15: no saturation), madd with ones adds pairs.
+// Both give the same integers, so a native build and an AVX2 build compute the same bits.
+inline __m256i dot_u8_s8(__m256i u, __m256i s) noexcept {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
 // Q8_0 x Q8_0 for NR input rows and row j of w, as ggml's AVX2 vec_dot_q8_0_q8_0: per block,
 // eight int32 lanes (lane l: the products of bytes 4l .. 4l + 3, exact), times dw * dx, into one
 // 8-lane accumulator; then the lanes in sum8's order. The same chain whatever the tile.
@@ -234,10 +261,8 @@ inline v8f q8_0_block_dot(const unsigned char* wq, const unsigned char* xq) noex
   __m256i a, b;
   std::memcpy(&a, wq, 32);
   std::memcpy(&b, xq, 32);
-  // |a| as unsigned times b with a's sign: maddubs multiplies u8 by s8 into pairs of int16
-  // (|products| <= 128 * 127 * 2 < 2^15: no saturation), madd with ones adds pairs into int32
-  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
-  const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  // |a| as unsigned times b with a's sign, four products into each int32 lane
+  const __m256 f = _mm256_cvtepi32_ps(dot_u8_s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a)));
   std::memcpy(&lanes, &f, sizeof lanes);
 #else
   for (int l = 0; l < 8; ++l) {
@@ -273,7 +298,7 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   static_assert(T == weight_type::q8_0 || T == weight_type::q4_0);
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
-  const std::size_t blocks = w.cols / layout.elements;
+  const std::size_t blocks = w.cols / layout.elements, scales = blocks * q8_0_block_bytes;
   v8f acc[NR] = {};
   alignas(32) unsigned char unpacked[32];
   for (std::size_t b = 0; b < blocks; ++b) {
@@ -286,8 +311,8 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
     }
     IPA_UNROLL(4)
     for (int r = 0; r < NR; ++r) {
-      const unsigned char* xb = in + std::size_t(r) * ld_in + b * q8_0_block_bytes;
-      acc[r] += broadcast8(dw * half_to_float(xb)) * q8_0_block_dot(wq, xb + 2);
+      const unsigned char* x = in + std::size_t(r) * ld_in;
+      acc[r] += broadcast8(dw * load_f32(x + scales + 4 * b)) * q8_0_block_dot(wq, x + b * q8_0_block_bytes + 2);
     }
   }
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
@@ -396,7 +421,13 @@ inline v8f k_block_dot(const k_block& k, const unsigned char* xq) noexcept {
     // u8 x s8 pairs into int16: at most 2 * 63 * 127 < 2^15, no saturation
     __m256i pairs = _mm256_maddubs_epi16(u, x);
     if constexpr (Offset != 0) pairs = _mm256_sub_epi16(pairs, _mm256_maddubs_epi16(_mm256_set1_epi8(Offset), x));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    sum = _mm256_dpwssd_epi32(sum, pairs, scale);  // the same integers as madd + add, one instruction
+#elif defined(__AVXVNNI__)
+    sum = _mm256_dpwssd_avx_epi32(sum, pairs, scale);
+#else
     sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, scale));
+#endif
   }
   const __m256 f = _mm256_cvtepi32_ps(sum);
   std::memcpy(&lanes, &f, sizeof lanes);
