@@ -97,9 +97,13 @@ inline void require_finite(const compact_matrix& w, const std::string& where, co
 /// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
 /// gives the same bits alone or in a batch.) A prepared Q8_0 row is followed by its blocks'
 /// scales as floats, converted once per product rather than once per row of weights.
+namespace detail {
+/// Where a prepared Q8_0 row of k inputs keeps its float scales: after its blocks.
+inline std::size_t q8_0_input_scales(std::size_t k) noexcept { return compact_matrix::row_bytes(weight_type::q8_0, k); }
+}  // namespace detail
 inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept {
   const weight_type in = input_type(type);
-  if (in == weight_type::q8_0) return compact_matrix::row_bytes(in, k) + 4 * (k / q8_0_block);
+  if (in == weight_type::q8_0) return detail::q8_0_input_scales(k) + 4 * (k / q8_0_block);
   return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
@@ -116,7 +120,7 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
     switch (input_type(type)) {
       case weight_type::q8_0: {
         quantize_input_q8_0(xi, k, out);
-        unsigned char* scales = out + compact_matrix::row_bytes(weight_type::q8_0, k);
+        unsigned char* scales = out + detail::q8_0_input_scales(k);
         for (std::size_t b = 0; b < k / q8_0_block; ++b) {
           const float d = detail::load_half(out + b * q8_0_block_bytes);
           std::memcpy(scales + 4 * b, &d, 4);
@@ -250,6 +254,17 @@ inline __m256i dot_u8_s8(__m256i u, __m256i s) noexcept {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
 }
+// sum + (lane l: a(2l) * b(2l) + a(2l + 1) * b(2l + 1)) for int16 a and b: vpdpwssd with VNNI,
+// madd + add without; the same integers.
+inline __m256i add_dot_s16(__m256i sum, __m256i a, __m256i b) noexcept {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(sum, a, b);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(sum, a, b);
+#else
+  return _mm256_add_epi32(sum, _mm256_madd_epi16(a, b));
+#endif
+}
 #endif
 
 // Q8_0 x Q8_0 for NR input rows and row j of w, as ggml's AVX2 vec_dot_q8_0_q8_0: per block,
@@ -298,7 +313,7 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   static_assert(T == weight_type::q8_0 || T == weight_type::q4_0);
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
-  const std::size_t blocks = w.cols / layout.elements, scales = blocks * q8_0_block_bytes;
+  const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols);
   v8f acc[NR] = {};
   alignas(32) unsigned char unpacked[32];
   for (std::size_t b = 0; b < blocks; ++b) {
@@ -421,13 +436,7 @@ inline v8f k_block_dot(const k_block& k, const unsigned char* xq) noexcept {
     // u8 x s8 pairs into int16: at most 2 * 63 * 127 < 2^15, no saturation
     __m256i pairs = _mm256_maddubs_epi16(u, x);
     if constexpr (Offset != 0) pairs = _mm256_sub_epi16(pairs, _mm256_maddubs_epi16(_mm256_set1_epi8(Offset), x));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    sum = _mm256_dpwssd_epi32(sum, pairs, scale);  // the same integers as madd + add, one instruction
-#elif defined(__AVXVNNI__)
-    sum = _mm256_dpwssd_avx_epi32(sum, pairs, scale);
-#else
-    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, scale));
-#endif
+    sum = add_dot_s16(sum, pairs, scale);
   }
   const __m256 f = _mm256_cvtepi32_ps(sum);
   std::memcpy(&lanes, &f, sizeof lanes);
