@@ -112,6 +112,13 @@ TEST_CASE("an update never runs the base; the rollout's logits are all it needs"
   }
 }
 
+TEST_CASE("Quark's updates draw from the best bins only where asked, and from every bin otherwise") {
+  const std::vector<int> bins{0, 4, 0, 2, 1};
+  CHECK(ipa::quark_trainable(bins, 0) == std::vector<std::size_t>{0, 1, 2, 3, 4});
+  CHECK(ipa::quark_trainable(bins, 1) == std::vector<std::size_t>{0, 2});
+  CHECK(ipa::quark_trainable(bins, 3) == std::vector<std::size_t>{0, 2, 3, 4});
+}
+
 TEST_CASE("Quark's recipe knobs: pool minibatch size, AdamW's epsilon, clipping off; nonsense is refused") {
   if (!ipa_test::have(ipa_test::model_path())) return;
   fixture f;
@@ -128,6 +135,17 @@ TEST_CASE("Quark's recipe knobs: pool minibatch size, AdamW's epsilon, clipping 
   ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::llama_model> u(
       &f.base, f.adapter(), f.tok, ipa::avoid_words({"sad"}), f.prompts, whole);
   CHECK(u.step().loss != m.loss);
+  // updates that draw from bin 0 alone (reward-filtered fine-tuning; which entries: the test above)
+  ipa::rl_config best_only = whole;
+  best_only.quark_train_bins = 1;
+  ipa::rl_trainer<ipa::avoid_words, ipa::llama2c_tokenizer, ipa::llama_model> b(
+      &f.base, f.adapter(), f.tok, ipa::avoid_words({"sad"}), f.prompts, best_only);
+  const ipa::step_metrics mb = b.step();
+  CHECK(std::isfinite(mb.loss));
+  CHECK(mb.grad_norm > 0);
+  best_only.quark_train_bins = 6;
+  CHECK_THROWS_WITH_AS(best_only.validate(), doctest::Contains("quark_train_bins must be in [0, quark_bins]"),
+                       ipa::config_error);
   cfg.max_grad_norm = -1;
   CHECK_THROWS_WITH_AS(cfg.validate(), doctest::Contains("max_grad_norm must be >= 0"), ipa::config_error);
   cfg.max_grad_norm = 1, cfg.adam.eps = 0;

@@ -376,7 +376,8 @@ struct loaded_adapters {
         saved.control_token += ipa::token_id(flags.control_bin);
       }
       mapped.emplace_back(models.back(), std::move(map));
-      experts.push_back(ipa::with_alpha(mapped.back(), std::isnan(alphas[i]) ? saved.alpha : alphas[i]));
+      const bool own_alpha = i >= alphas.size() || std::isnan(alphas[i]);  // no --alpha: the folder's own
+      experts.push_back(ipa::with_alpha(mapped.back(), own_alpha ? saved.alpha : alphas[i]));
       controls.push_back(saved.control_token);
     }
     if (flags.control_bin > 0 && std::none_of(controls.begin(), controls.end(), [](ipa::token_id c) { return c >= 0; }))

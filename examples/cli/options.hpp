@@ -32,7 +32,7 @@ struct remote_flags {
 /// --adapter ADAPTER [--alpha X] pairs; an alpha of NaN means "the adapter folder's own".
 struct adapter_flags {
   std::vector<std::string> paths;
-  std::vector<float> alphas;
+  std::vector<float> alphas;    // one per path, NaN (or none) for the folder's own
   std::size_t control_bin = 0;  // Quark adapters: condition on this reward bin's token (0: the best)
 };
 
@@ -59,7 +59,8 @@ struct train_options {
   std::string algo = "rloo", decay = "constant";
   std::size_t steps = 300, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
   std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
-  std::size_t quark_minibatch = 0;
+  std::size_t quark_minibatch = 0, quark_train_bins = 0;
+  std::size_t control_check = 256;  // Quark: samples per control token in the closing check (0: none)
   double adam_eps = 1e-8, max_grad_norm = 1.0;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
@@ -76,7 +77,8 @@ struct train_options {
                                               ppo_epochs, bins, micro_batch, save_every, adapter_dim, adapter_layers,
                                               adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
                                               lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
-                                              remote, reward_timeout, quark_minibatch, adam_eps, max_grad_norm)
+                                              remote, reward_timeout, quark_minibatch, adam_eps, max_grad_norm,
+                                              quark_train_bins, control_check)
 };
 
 /// What `ipa train` takes besides the run's stored options.
@@ -92,6 +94,7 @@ struct eval_options {
   adapter_flags adapters;
   std::vector<std::string> banned_words;  // each "w1,w2"
   std::size_t samples = 4, max_new_tokens = 128;
+  std::size_t max_rows = 0;  // samples in all, at most (0: samples x prompts)
   float temperature = 1.0f;
   double top_p = 1.0, reward_timeout = 60, prompts_wait = 60;
   std::uint64_t seed = 1;

@@ -22,6 +22,11 @@
 #include "cli/common.hpp"
 
 namespace ipa_cli {
+
+// Samples continuations of the prompts in o.prompts (o.samples each, at most o.max_rows in all)
+// and scores them: the summary `ipa eval` prints (below, beside eval()).
+nlohmann::json sample_and_score(const eval_options& o);
+
 namespace {
 
 ipa::lr_decay parse_decay(const std::string& s) {
@@ -51,6 +56,7 @@ ipa::rl_config make_config(const train_options& o) {
   c.quark_bins = int(o.bins);
   c.quark_updates = o.quark_updates;
   c.quark_minibatch = o.quark_minibatch;
+  c.quark_train_bins = int(o.quark_train_bins);
   c.adam.eps = o.adam_eps;
   c.max_grad_norm = o.max_grad_norm;
   c.pool_capacity = o.pool;
@@ -109,6 +115,48 @@ std::string clock(double seconds) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
   return buf;
+}
+
+// Quark: does the trained adapter follow its control token? o.control_check continuations of
+// the training prompts (as `ipa eval` samples them: the first prompts once each, or every prompt
+// several times) with the best bin's token, as trained, then with the worst bin's. Rewards less
+// than two standard errors of their difference apart mean the adapter ignores the token: then it
+// has learned its whole pool, failures too. Printed, and written to OUT/control_tokens.json.
+void report_control_tokens(const train_options& o) {
+  eval_options e;
+  e.base = o.base, e.tokenizer = o.tokenizer, e.reward = o.reward, e.reward_timeout = o.reward_timeout;
+  const std::size_t prompts = std::max<std::size_t>(1, read_lines(o.prompts).size());
+  e.prompts = o.prompts, e.max_new_tokens = o.max_new_tokens;
+  e.samples = (o.control_check + prompts - 1) / prompts, e.max_rows = o.control_check;  // every prompt, once or more
+  e.temperature = o.temperature, e.top_p = o.top_p, e.seed = o.seed + 100, e.remote = o.remote;
+  e.adapters.paths = {o.out + "/adapter"};
+  e.adapters.control_bin = 0;
+  const nlohmann::json best = sample_and_score(e);
+  e.adapters.control_bin = o.bins - 1;
+  const nlohmann::json worst = sample_and_score(e);
+  const auto se2 = [](const nlohmann::json& j) {
+    return std::pow(j["reward_sd"].get<double>(), 2) / j["samples"].get<double>();
+  };
+  const double gap = best["reward"].get<double>() - worst["reward"].get<double>();
+  const double two_se = 2 * std::sqrt(se2(best) + se2(worst));
+  const bool follows = gap > two_se;
+  char line[400];
+  std::snprintf(line, sizeof line,
+                "control tokens (%zu samples of the training prompts each): reward %.3f with the best bin's, %.3f "
+                "with the worst's (bin %zu); %s",
+                best["samples"].get<std::size_t>(), best["reward"].get<double>(), worst["reward"].get<double>(),
+                o.bins - 1,
+                follows ? "the adapter follows its control token"
+                        : "within two standard errors: the adapter ignores its control token, so it has learned "
+                          "its whole pool, failures too (--quark-train-bins 1 trains on the best bin alone)");
+  std::cerr << line << "\n";
+  const nlohmann::json report = {{"best_bin", best},
+                                 {"worst_bin", worst},
+                                 {"worst_bin_index", o.bins - 1},
+                                 {"reward_gap", gap},
+                                 {"two_standard_errors", two_se},
+                                 {"follows_control_token", follows}};
+  ipa::write_file_atomic(o.out + "/control_tokens.json", report.dump(2) + "\n");
 }
 
 }  // namespace
@@ -206,6 +254,9 @@ int train(train_request r) {
     if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
     std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
               << " (adapter: " << o.out << "/adapter)\n";
+    // (with --quark-train-bins the worst bin's token was never trained: nothing to compare)
+    if (config.algorithm == ipa::rl_algorithm::quark && !o.tune_base && o.control_check && !o.quark_train_bins)
+      report_control_tokens(o);
     return 0;
   };
 
@@ -237,7 +288,7 @@ int train(train_request r) {
   return run_training(trainer);
 }
 
-int eval(const eval_options& o) {
+nlohmann::json sample_and_score(const eval_options& o) {
   const std::string &base_path = o.base, &tok_path = o.tokenizer, &prompts_file = o.prompts;
   std::vector<std::string> banned_words;
   for (const auto& list : o.banned_words)
@@ -266,7 +317,7 @@ int eval(const eval_options& o) {
     ipa::xoshiro256 rng(o.seed);
 
     const auto lines = read_lines(prompts_file, "--prompts", false, /*pipe_ok=*/true, o.prompts_wait);
-    double reward_sum = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
+    double reward_sum = 0, reward_sq = 0, nll = 0, d1 = 0, d2 = 0, length = 0;
     std::size_t n = 0, tokens = 0;
     // rows per decoder call: 64, or as many as a server keeps prompt caches for
     const std::size_t chunk = std::clamp<std::size_t>(cached_rows, 1, 64);
@@ -290,28 +341,27 @@ int eval(const eval_options& o) {
       for (std::size_t b = 0; b < batch.size(); ++b) views[b] = {batch[b], resp[b], ptext[b], rtext[b]};
       std::vector<double> scores(batch.size());
       reward.score(views, scores);
-      for (double s : scores) reward_sum += s;
+      for (double s : scores) reward_sum += s, reward_sq += s * s;
       n += batch.size();
       batch.clear();
     };
+    std::size_t rows = 0;
     for (const auto& line : lines)
-      for (std::size_t k = 0; k < o.samples; ++k) {
+      for (std::size_t k = 0; k < o.samples && (!o.max_rows || rows < o.max_rows); ++k, ++rows) {
         batch.push_back(tok.encode(line + o.prompt_suffix));
         if (batch.size() == chunk) flush();
       }
     flush();
     const double ppl = std::exp(nll / double(std::max<std::size_t>(tokens, 1)));
-    const nlohmann::json out = {{"samples", n},
-                                {"reward", reward_sum / double(n)},
-                                {"base_perplexity", ppl},
-                                {"distinct_1", d1 / double(n)},
-                                {"distinct_2", d2 / double(n)},
-                                {"mean_length", length / double(n)}};
-    if (o.json) std::cout << out.dump() << '\n';
-    else
-      std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n", n,
-                  reward_sum / double(n), ppl, d1 / double(n), d2 / double(n), length / double(n));
-    return 0;
+    const double mean = reward_sum / double(n);
+    const double sd = n > 1 ? std::sqrt(std::max(0.0, (reward_sq - double(n) * mean * mean) / double(n - 1))) : 0.0;
+    return nlohmann::json{{"samples", n},
+                          {"reward", mean},
+                          {"reward_sd", sd},
+                          {"base_perplexity", ppl},
+                          {"distinct_1", d1 / double(n)},
+                          {"distinct_2", d2 / double(n)},
+                          {"mean_length", length / double(n)}};
   };
 
   if (is_url(base_path)) {
@@ -371,6 +421,18 @@ int eval(const eval_options& o) {
   };
   return evaluate(ipa::ipa_decoder(policy ? *policy : base, adapters.experts), tok, adapters, ipa::keep_base::none, 64,
                   base_nll);
+}
+
+int eval(const eval_options& o) {
+  const nlohmann::json out = sample_and_score(o);
+  if (o.json) {
+    std::cout << out.dump() << '\n';
+  } else {
+    std::printf("samples %zu  reward %.4f  base perplexity %.3f  distinct-1 %.4f  distinct-2 %.4f  length %.1f\n",
+                out["samples"].get<std::size_t>(), out["reward"].get<double>(), out["base_perplexity"].get<double>(),
+                out["distinct_1"].get<double>(), out["distinct_2"].get<double>(), out["mean_length"].get<double>());
+  }
+  return 0;
 }
 
 int convert(const convert_options& o) {

@@ -20,7 +20,8 @@ if [ ${#settings[@]} -eq 0 ]; then
             "warm-up 60, linear decay=--warmup 60 --decay linear"
             "official recipe=--quark-minibatch 128 --kl-coef 0 --top-p 0.6 --adam-eps 1e-5 --max-grad-norm 0 --warmup 60 --decay linear"
             "adapter from the base=--adapter-init base --lr 1e-4"
-            "adapter dim 128, 4 layers=--adapter-dim 128 --adapter-layers 4 --lr 1e-3")
+            "adapter dim 128, 4 layers=--adapter-dim 128 --adapter-layers 4 --lr 1e-3"
+            "best bin only=--quark-train-bins 1")
 fi
 mkdir -p "$OUT"
 

@@ -65,9 +65,18 @@ struct quark_pool {
   }
 };
 
+/// The pool entries an update may draw: those in the best `train_bins` bins (0: every entry).
+inline std::vector<std::size_t> quark_trainable(const std::vector<int>& pool_bins, int train_bins) {
+  std::vector<std::size_t> which;
+  for (std::size_t i = 0; i < pool_bins.size(); ++i)
+    if (train_bins == 0 || pool_bins[i] < train_bins) which.push_back(i);
+  return which;
+}
+
 /// One Quark update: add the fresh samples to the pool, re-bin the pool by reward quantile, then
-/// take quark_updates gradient steps, each on quark_minibatch samples drawn from the whole pool
-/// (0: as many as the rollout has) conditioned on their bins. The pool's bins go to m.quark_bins.
+/// take quark_updates gradient steps, each on quark_minibatch samples drawn from the pool (0: as
+/// many as the rollout has; from the best quark_train_bins bins only, where set) conditioned on
+/// their bins. The pool's bins go to m.quark_bins.
 inline void quark_update(rl_update_stage& stage, quark_pool& pool, kl_controller& kl,
                          const std::vector<rl_sample>& fresh, step_metrics& m) {
   const rl_config& cfg = stage.config();
@@ -77,11 +86,12 @@ inline void quark_update(rl_update_stage& stage, quark_pool& pool, kl_controller
   const std::vector<int> pool_bins = quantile_bins(rewards, cfg.quark_bins);
   m.quark_bins = summarize_bins(rewards, pool_bins, cfg.quark_bins);
   const std::size_t batch = cfg.quark_minibatch ? cfg.quark_minibatch : fresh.size();
+  const std::vector<std::size_t> trainable = quark_trainable(pool_bins, cfg.quark_train_bins);  // bin 0 is never empty
   for (std::size_t u = 0; u < cfg.quark_updates; ++u) {
     std::vector<rl_sample> mb;
     std::vector<token_id> controls;
     for (std::size_t j = 0; j < batch; ++j) {
-      const std::size_t i = std::size_t(uniform01(stage.rng()) * double(pool.entries.size()));
+      const std::size_t i = trainable[std::size_t(uniform01(stage.rng()) * double(trainable.size()))];
       mb.push_back(pool.get(i));
       controls.push_back(quark_control_token(stage.policy().config(), pool_bins[i]));
     }

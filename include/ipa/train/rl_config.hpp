@@ -71,6 +71,8 @@ struct rl_config {
   std::size_t pool_capacity = 4096;  ///< oldest samples are evicted beyond this; 0: unbounded
   std::size_t quark_updates = 2;     ///< gradient steps on pool minibatches per rollout
   std::size_t quark_minibatch = 0;   ///< samples drawn from the pool per update; 0: the rollout's size
+  int quark_train_bins = 0;          ///< updates draw from the best N bins only; 0: every bin (Quark), 1: the
+                                     ///< best rewards alone (reward-filtered fine-tuning, RAFT arXiv:2304.06767)
 
   std::uint64_t seed = 1;
 
@@ -84,6 +86,8 @@ struct rl_config {
     check_alpha(alpha, "rl_config: alpha");
     if (alpha == 0 && !tune_base) fail("alpha must be non-zero: with alpha 0 the adapter has no effect");
     if (algorithm == rl_algorithm::quark && quark_bins < 2) fail("quark_bins must be >= 2");
+    if (quark_train_bins < 0 || quark_train_bins > quark_bins)
+      fail("quark_train_bins must be in [0, quark_bins] (0: every bin); got " + std::to_string(quark_train_bins));
     if (algorithm == rl_algorithm::ppo && (ppo_epochs == 0 || ppo_minibatches == 0))
       fail("ppo_epochs and ppo_minibatches must be >= 1");
     if (!(clip_eps > 0) || !(gamma >= 0 && gamma <= 1) || !(lambda >= 0 && lambda <= 1))
