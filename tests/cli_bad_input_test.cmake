@@ -89,7 +89,7 @@ set(generate_numbers --max-new-tokens --min-new-tokens --temperature --top-k --t
                      --seed --batch --base-top-k --base-give-up-after --prompts-wait)
 set(train_numbers --steps --max-minutes --adapter-dim --adapter-layers --adapter-heads --lr --warmup --batch
                   --samples-per-prompt --max-new-tokens --temperature --top-p --kl-coef --kl-target --entropy-coef --bins
-                  --quark-updates --quark-minibatch --adam-eps --max-grad-norm --pool --ppo-epochs --clip --gamma --lambda --micro-batch --save-every --seed
+                  --quark-updates --quark-minibatch --quark-train-bins --control-check --adam-eps --max-grad-norm --pool --ppo-epochs --clip --gamma --lambda --micro-batch --save-every --seed
                   --reward-timeout --base-top-k --base-give-up-after --alpha)
 set(eval_numbers --samples --max-new-tokens --temperature --top-p --seed --reward-timeout --base-top-k
                  --base-give-up-after --prompts-wait)
@@ -108,6 +108,8 @@ foreach(value x -1 nan 1e999 "")
   endforeach()
 endforeach()
 refused(--alpha generate --base ${M} --tokenizer ${T} --prompt hi --adapter ${M} --alpha inf)
+refused("quark_train_bins must be in [0, quark_bins]" train --base ${M} --tokenizer ${T} ${train_args} --algo quark
+        --bins 5 --quark-train-bins 6)
 refused(--alpha generate --base ${M} --tokenizer ${T} --prompt hi --alpha 1)
 refused(--algo train --base ${M} --tokenizer ${T} ${train_args} --algo sarsa)
 refused(--decay train --base ${M} --tokenizer ${T} ${train_args} --decay exponential)
