@@ -236,9 +236,13 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
                   "Quark's updates draw from the best N bins only (0: every bin; 1: reward-filtered fine-tuning)")
       ->check(whole_in(0, 1024));
   sub->add_option("--control-check", o.control_check,
-                  "Quark: after training, sample N continuations of the training prompts with the best and the "
+                  "Quark: after training, sample N continuations of the training prompts (or --control-check-prompts) "
+                  "with the best and the "
                   "worst bin's control token and say whether the adapter follows it (0: skip)")
       ->check(whole_in(0, 1 << 20));
+  sub->add_option("--control-check-prompts", o.control_check_prompts,
+                  "FILE: the control-token check's prompts, one per line (default: the training prompts)")
+      ->check(CLI::ExistingFile);
   sub->add_option("--adam-eps", o.adam_eps, "AdamW's epsilon")->check(number_in(0, 1, true));
   sub->add_option("--max-grad-norm", o.max_grad_norm, "gradient clipping by global norm (0: none)")
       ->check(number_in(0, 1e9));

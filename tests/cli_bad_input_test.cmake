@@ -66,6 +66,8 @@ foreach(f ${WORK}/missing.txt ${WORK}/a_folder ${WORK}/empty.bin /dev/zero ${WOR
   # (a pipe may hold prompts: one that nobody writes to is given up after --prompts-wait)
   refused(${name} generate --base ${M} --tokenizer ${T} --prompts-file ${f} --prompts-wait 0.5)
   refused(${name} train --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${f} --out ${WORK}/run_bad)
+  refused(${name} train --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${P} --algo quark
+          --control-check-prompts ${f} --out ${WORK}/run_bad)
   refused(${name} eval --base ${M} --tokenizer ${T} --reward avoid:sad --prompts ${f} --prompts-wait 0.5)
 endforeach()
 refused("nothing arrived from the pipe" generate --base ${M} --tokenizer ${T} --prompts-file ${WORK}/a_fifo

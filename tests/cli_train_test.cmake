@@ -49,6 +49,30 @@ if(NOT n EQUAL 5 OR NOT EXISTS ${WORK}/run/checkpoint-000005)
   message(FATAL_ERROR "after --resume to 5 steps expected 5 metric lines and checkpoint-000005, found ${n}")
 endif()
 
+# resuming a finished run trains nothing and writes no second checkpoint of the same step
+file(READ ${WORK}/run/latest latest_before)
+execute_process(COMMAND ${IPA} train --out ${WORK}/run --resume RESULT_VARIABLE rc ERROR_VARIABLE err)
+file(READ ${WORK}/run/latest latest_after)
+file(GLOB again ${WORK}/run/checkpoint-000005.*)
+if(rc OR again OR NOT latest_before STREQUAL latest_after)
+  message(FATAL_ERROR "resuming a finished run should change nothing: ${err} ${again} ${latest_after}")
+endif()
+
+# the control-token check on prompts of its own
+file(WRITE ${WORK}/check.txt "Once upon a time\nTom had a dog.\n")
+execute_process(COMMAND ${IPA} train ${model} --reward avoid:sad --prompts ${PROMPTS} --out ${WORK}/check --algo quark
+                        --batch 2 --max-new-tokens 8 --steps 1 --control-check 8 --control-check-prompts
+                        ${WORK}/check.txt RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc OR NOT err MATCHES "control tokens \\(8 samples of [^ ]*check.txt each\\)")
+  message(FATAL_ERROR "--control-check 8 --control-check-prompts should check 8 samples of that file: ${err}")
+endif()
+file(READ ${WORK}/check/control_tokens.json report)
+string(JSON n GET "${report}" worst_bin samples)
+string(JSON prompts GET "${report}" prompts)
+if(NOT n EQUAL 8 OR NOT prompts MATCHES "check.txt$")
+  message(FATAL_ERROR "control_tokens.json should hold 8 samples of check.txt: ${report}")
+endif()
+
 # a copied run resumes in its new folder and leaves the original alone
 file(COPY ${WORK}/run/ DESTINATION ${WORK}/copy)
 execute_process(COMMAND ${IPA} train --out ${WORK}/copy --resume --steps 6 RESULT_VARIABLE rc ERROR_VARIABLE err)

@@ -60,7 +60,8 @@ struct train_options {
   std::size_t steps = 300, batch = 16, samples_per_prompt = 0, max_new_tokens = 128, warmup = 0;
   std::size_t ppo_epochs = 4, bins = 5, micro_batch = 0, save_every = 25, quark_updates = 2, pool = 4096;
   std::size_t quark_minibatch = 0, quark_train_bins = 0;
-  std::size_t control_check = 256;  // Quark: samples per control token in the closing check (0: none)
+  std::size_t control_check = 256;    // Quark: samples per control token in the closing check (0: none)
+  std::string control_check_prompts;  // the check's prompts file (empty: the training prompts)
   double adam_eps = 1e-8, max_grad_norm = 1.0;
   int adapter_dim = 64, adapter_layers = 2, adapter_heads = 8;
   double lr = 1e-3, top_p = 1.0, kl_coef = 0.05, kl_target = 0, entropy_coef = 0.06, clip = 0.2, gamma = 1.0,
@@ -78,7 +79,7 @@ struct train_options {
                                               adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
                                               lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
                                               remote, reward_timeout, quark_minibatch, adam_eps, max_grad_norm,
-                                              quark_train_bins, control_check)
+                                              quark_train_bins, control_check, control_check_prompts)
 };
 
 /// What `ipa train` takes besides the run's stored options.

@@ -118,15 +118,18 @@ std::string clock(double seconds) {
 }
 
 // Quark: does the trained adapter follow its control token? o.control_check continuations of
-// the training prompts (as `ipa eval` samples them: the first prompts once each, or every prompt
-// several times) with the best bin's token, as trained, then with the worst bin's. Rewards less
+// the check's prompts (the training prompts unless o.control_check_prompts names others; as `ipa
+// eval` samples them: the first prompts once each, or every prompt several times) with the best
+// bin's token, as trained, then with the worst bin's. Rewards less
 // than two standard errors of their difference apart mean the adapter ignores the token: then it
 // has learned its whole pool, failures too. Printed, and written to OUT/control_tokens.json.
 void report_control_tokens(const train_options& o) {
   eval_options e;
   e.base = o.base, e.tokenizer = o.tokenizer, e.reward = o.reward, e.reward_timeout = o.reward_timeout;
-  const std::size_t prompts = std::max<std::size_t>(1, read_lines(o.prompts).size());
-  e.prompts = o.prompts, e.max_new_tokens = o.max_new_tokens;
+  e.prompts = o.control_check_prompts.empty() ? o.prompts : o.control_check_prompts;
+  const std::size_t prompts =
+      read_lines(e.prompts, o.control_check_prompts.empty() ? "--prompts" : "--control-check-prompts").size();
+  e.max_new_tokens = o.max_new_tokens;
   e.samples = (o.control_check + prompts - 1) / prompts, e.max_rows = o.control_check;  // every prompt, once or more
   e.temperature = o.temperature, e.top_p = o.top_p, e.seed = o.seed + 100, e.remote = o.remote;
   e.adapters.paths = {o.out + "/adapter"};
@@ -140,17 +143,19 @@ void report_control_tokens(const train_options& o) {
   const double gap = best["reward"].get<double>() - worst["reward"].get<double>();
   const double two_se = 2 * std::sqrt(se2(best) + se2(worst));
   const bool follows = gap > two_se;
-  char line[400];
+  char line[1024];
   std::snprintf(line, sizeof line,
-                "control tokens (%zu samples of the training prompts each): reward %.3f with the best bin's, %.3f "
+                "control tokens (%zu samples of %s each): reward %.3f with the best bin's, %.3f "
                 "with the worst's (bin %zu); %s",
-                best["samples"].get<std::size_t>(), best["reward"].get<double>(), worst["reward"].get<double>(),
-                o.bins - 1,
+                best["samples"].get<std::size_t>(),
+                o.control_check_prompts.empty() ? "the training prompts" : o.control_check_prompts.c_str(),
+                best["reward"].get<double>(), worst["reward"].get<double>(), o.bins - 1,
                 follows ? "the adapter follows its control token"
                         : "within two standard errors: the adapter ignores its control token, so it has learned "
                           "its whole pool, failures too (--quark-train-bins 1 trains on the best bin alone)");
   std::cerr << line << "\n";
-  const nlohmann::json report = {{"best_bin", best},
+  const nlohmann::json report = {{"prompts", e.prompts},
+                                 {"best_bin", best},
                                  {"worst_bin", worst},
                                  {"worst_bin_index", o.bins - 1},
                                  {"reward_gap", gap},
@@ -193,6 +198,9 @@ int train(train_request r) {
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
   const ipa::rl_config config = stored([&] { return make_config(o); });  // algorithm, decay, numbers
   const std::optional<double> max_minutes = r.max_minutes;
+  // the control-token check reads its prompts after training: a bad file is refused now instead
+  if (config.algorithm == ipa::rl_algorithm::quark && o.control_check && !o.control_check_prompts.empty())
+    stored([&] { return read_lines(o.control_check_prompts, "--control-check-prompts"); });
   auto reward = stored([&] { return ipa::spec_reward::parse(o.reward, o.reward_timeout); });
 
   // the loop, whatever the base
@@ -213,7 +221,8 @@ int train(train_request r) {
     auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
     const std::size_t first = trainer.steps_done();
     bool stopped_by_clock = false;
-    std::size_t saved_step = std::size_t(-1);  // the step of the newest checkpoint this process wrote
+    // the step of the newest checkpoint that holds this state (a resumed run's: the one it loaded)
+    std::size_t saved_step = resume ? trainer.steps_done() : std::size_t(-1);
     while (trainer.steps_done() < o.steps) {
       if (max_minutes && elapsed() >= *max_minutes * 60) {
         stopped_by_clock = true;
@@ -251,7 +260,7 @@ int train(train_request r) {
       }
     }
     if (tty) std::fprintf(stderr, "\n");
-    if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless just saved
+    if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless saved or loaded
     std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
               << " (adapter: " << o.out << "/adapter)\n";
     // (with --quark-train-bins the worst bin's token was never trained: nothing to compare)
