@@ -95,7 +95,7 @@ struct eval_options {
   adapter_flags adapters;
   std::vector<std::string> banned_words;  // each "w1,w2"
   std::size_t samples = 4, max_new_tokens = 128;
-  std::size_t max_rows = 0;  // samples in all, at most (0: samples x prompts)
+  std::size_t rows = 0;  // when set: this many samples in all, the prompts taken in turn (not `samples` each)
   float temperature = 1.0f;
   double top_p = 1.0, reward_timeout = 60, prompts_wait = 60;
   std::uint64_t seed = 1;

@@ -23,8 +23,8 @@
 
 namespace ipa_cli {
 
-// Samples continuations of the prompts in o.prompts (o.samples each, at most o.max_rows in all)
-// and scores them: the summary `ipa eval` prints (below, beside eval()).
+// Samples continuations of the prompts in o.prompts (o.samples each, or o.rows in all) and
+// scores them: the summary `ipa eval` prints (below, beside eval()).
 nlohmann::json sample_and_score(const eval_options& o);
 
 namespace {
@@ -118,19 +118,15 @@ std::string clock(double seconds) {
 }
 
 // Quark: does the trained adapter follow its control token? o.control_check continuations of
-// the check's prompts (the training prompts unless o.control_check_prompts names others; as `ipa
-// eval` samples them: the first prompts once each, or every prompt several times) with the best
-// bin's token, as trained, then with the worst bin's. Rewards less
-// than two standard errors of their difference apart mean the adapter ignores the token: then it
-// has learned its whole pool, failures too. Printed, and written to OUT/control_tokens.json.
+// the check's prompts (the training prompts unless o.control_check_prompts names others, taken in
+// turn) with the best bin's token, as trained, then with the worst bin's. Rewards less than two
+// standard errors of their difference apart mean the adapter ignores the token: then it has
+// learned its whole pool, failures too. Printed, and written to OUT/control_tokens.json.
 void report_control_tokens(const train_options& o) {
   eval_options e;
   e.base = o.base, e.tokenizer = o.tokenizer, e.reward = o.reward, e.reward_timeout = o.reward_timeout;
   e.prompts = o.control_check_prompts.empty() ? o.prompts : o.control_check_prompts;
-  const std::size_t prompts =
-      read_lines(e.prompts, o.control_check_prompts.empty() ? "--prompts" : "--control-check-prompts").size();
-  e.max_new_tokens = o.max_new_tokens;
-  e.samples = (o.control_check + prompts - 1) / prompts, e.max_rows = o.control_check;  // every prompt, once or more
+  e.rows = o.control_check, e.max_new_tokens = o.max_new_tokens;
   e.temperature = o.temperature, e.top_p = o.top_p, e.seed = o.seed + 100, e.remote = o.remote;
   e.adapters.paths = {o.out + "/adapter"};
   e.adapters.control_bin = 0;
@@ -143,17 +139,16 @@ void report_control_tokens(const train_options& o) {
   const double gap = best["reward"].get<double>() - worst["reward"].get<double>();
   const double two_se = 2 * std::sqrt(se2(best) + se2(worst));
   const bool follows = gap > two_se;
-  char line[1024];
-  std::snprintf(line, sizeof line,
-                "control tokens (%zu samples of %s each): reward %.3f with the best bin's, %.3f "
-                "with the worst's (bin %zu); %s",
-                best["samples"].get<std::size_t>(),
-                o.control_check_prompts.empty() ? "the training prompts" : o.control_check_prompts.c_str(),
-                best["reward"].get<double>(), worst["reward"].get<double>(), o.bins - 1,
-                follows ? "the adapter follows its control token"
+  char rewards[96];
+  std::snprintf(rewards, sizeof rewards, "reward %.3f with the best bin's, %.3f with the worst's (bin %zu)",
+                best["reward"].get<double>(), worst["reward"].get<double>(), o.bins - 1);
+  std::cerr << "control tokens (" << best["samples"].get<std::size_t>() << " samples of "
+            << (o.control_check_prompts.empty() ? "the training prompts" : o.control_check_prompts)
+            << " each): " << rewards << "; "
+            << (follows ? "the adapter follows its control token"
                         : "within two standard errors: the adapter ignores its control token, so it has learned "
-                          "its whole pool, failures too (--quark-train-bins 1 trains on the best bin alone)");
-  std::cerr << line << "\n";
+                          "its whole pool, failures too (--quark-train-bins 1 trains on the best bin alone)")
+            << "\n";
   const nlohmann::json report = {{"prompts", e.prompts},
                                  {"best_bin", best},
                                  {"worst_bin", worst},
@@ -198,8 +193,12 @@ int train(train_request r) {
     throw usage_error("train needs --base MODEL, --reward SPEC and --prompts FILE (or --resume)");
   const ipa::rl_config config = stored([&] { return make_config(o); });  // algorithm, decay, numbers
   const std::optional<double> max_minutes = r.max_minutes;
-  // the control-token check reads its prompts after training: a bad file is refused now instead
-  if (config.algorithm == ipa::rl_algorithm::quark && o.control_check && !o.control_check_prompts.empty())
+  // a Quark run ends by checking its control token (not with --quark-train-bins: then the worst
+  // bin's token was never trained, nothing to compare); the check reads its prompts after
+  // training, so a bad file is refused now instead
+  const bool check_control =
+      config.algorithm == ipa::rl_algorithm::quark && !o.tune_base && o.control_check && !o.quark_train_bins;
+  if (check_control && !o.control_check_prompts.empty())
     stored([&] { return read_lines(o.control_check_prompts, "--control-check-prompts"); });
   auto reward = stored([&] { return ipa::spec_reward::parse(o.reward, o.reward_timeout); });
 
@@ -263,9 +262,7 @@ int train(train_request r) {
     if (saved_step != trainer.steps_done()) ipa::save_checkpoint(o.out, trainer, run);  // unless saved or loaded
     std::cerr << (stopped_by_clock ? "stopped at --max-minutes; " : "") << "saved " << ipa::latest_checkpoint(o.out)
               << " (adapter: " << o.out << "/adapter)\n";
-    // (with --quark-train-bins the worst bin's token was never trained: nothing to compare)
-    if (config.algorithm == ipa::rl_algorithm::quark && !o.tune_base && o.control_check && !o.quark_train_bins)
-      report_control_tokens(o);
+    if (check_control) report_control_tokens(o);
     return 0;
   };
 
@@ -354,12 +351,16 @@ nlohmann::json sample_and_score(const eval_options& o) {
       n += batch.size();
       batch.clear();
     };
-    std::size_t rows = 0;
-    for (const auto& line : lines)
-      for (std::size_t k = 0; k < o.samples && (!o.max_rows || rows < o.max_rows); ++k, ++rows) {
-        batch.push_back(tok.encode(line + o.prompt_suffix));
-        if (batch.size() == chunk) flush();
-      }
+    auto add = [&](const std::string& line) {
+      batch.push_back(tok.encode(line + o.prompt_suffix));
+      if (batch.size() == chunk) flush();
+    };
+    if (o.rows) {
+      for (std::size_t r = 0; r < o.rows; ++r) add(lines[r % lines.size()]);
+    } else {
+      for (const auto& line : lines)
+        for (std::size_t k = 0; k < o.samples; ++k) add(line);
+    }
     flush();
     const double ppl = std::exp(nll / double(std::max<std::size_t>(tokens, 1)));
     const double mean = reward_sum / double(n);
