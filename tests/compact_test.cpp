@@ -93,14 +93,14 @@ TEST_CASE(
         ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
       if (k % ipa::layout_of(type).elements != 0) continue;
-      const std::size_t m = 37, n = 7;
+      const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI's Q8_0 batches) and 7 more
       CAPTURE(ipa::weight_type_name(type));
       CAPTURE(k);
       const auto bytes = compact_bytes(type, m, k, rng);
       const ipa::compact_matrix w{type, bytes.data(), m, k};
       std::vector<float> x(n * k), out(n * m), ref(n * m), one(m), exact(n * m);
       for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
-      std::vector<unsigned char> in(n * ipa::compact_input_bytes(type, k));
+      std::vector<unsigned char> in(ipa::compact_prepared_bytes(type, n, k));
       ipa::prepare_input(type, x.data(), k, n, k, in.data());
       ipa::compact_matmul(out.data(), m, x.data(), k, n, w, 0, m);
       ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);

@@ -106,6 +106,46 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
   if (in == weight_type::q8_0) return detail::q8_0_input_scales(k) + 4 * (k / q8_0_block);
   return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
+
+// Batches on AVX-512 VNNI: Q8_0 inputs also laid out 16 rows at a time, so that one vpdpbusd
+// multiplies four bytes of a weight row (broadcast) by four bytes of each of 16 input rows (one
+// int32 lane each), where the row-at-a-time tile spends ten instructions on 32 products of one
+// input row. Per block of 32 inputs: eight 64-byte pieces, piece l holding bytes 4l .. 4l + 3 of
+// the 16 rows (row r at 4r), each offset by 128 to be unsigned (vpdpbusd multiplies unsigned by
+// signed bytes); after all blocks, each block's 16 scales as floats.
+namespace detail {
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+inline constexpr bool q8_0_row_groups = true;
+#else
+inline constexpr bool q8_0_row_groups = false;
+#endif
+inline constexpr std::size_t q8_0_group_rows = 16;
+inline std::size_t q8_0_group_bytes(std::size_t k) noexcept { return k / q8_0_block * (8 * 64 + 4 * 16); }
+// How many groups of 16 rows follow the n prepared rows for `type`.
+inline std::size_t q8_0_groups(weight_type type, std::size_t n) noexcept {
+  return q8_0_row_groups && input_type(type) == weight_type::q8_0 ? n / q8_0_group_rows : 0;
+}
+// 16 prepared Q8_0 rows (ld bytes apart) in the group layout above.
+inline void pack_q8_0_group(const unsigned char* rows, std::size_t ld, std::size_t k, unsigned char* out) noexcept {
+  const std::size_t blocks = k / q8_0_block;
+  unsigned char* scales = out + blocks * 8 * 64;
+  for (std::size_t r = 0; r < q8_0_group_rows; ++r)
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const unsigned char* q = rows + r * ld + b * q8_0_block_bytes + 2;
+      unsigned char offset[q8_0_block];
+      for (std::size_t c = 0; c < q8_0_block; ++c) offset[c] = q[c] ^ 0x80;  // int8 + 128, as uint8
+      for (std::size_t l = 0; l < 8; ++l) std::memcpy(out + (8 * b + l) * 64 + 4 * r, offset + 4 * l, 4);
+      std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
+    }
+}
+}  // namespace detail
+
+/// Bytes prepare_input writes for n rows of k inputs to a product with `type` weights: the rows
+/// (compact_input_bytes each), then for Q8_0 inputs on AVX-512 VNNI the rows again, in groups of 16.
+inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k) noexcept {
+  return n * compact_input_bytes(type, k) + detail::q8_0_groups(type, n) * detail::q8_0_group_bytes(k);
+}
+/// Writes compact_prepared_bytes(type, n, k) bytes.
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
                           unsigned char* out) noexcept {
   const std::size_t row_bytes = compact_input_bytes(type, k);
@@ -133,6 +173,10 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
       default: std::memcpy(out, xi, 4 * k);
     }
   }
+  const unsigned char* rows = out - n * row_bytes;  // out is past the rows now
+  for (std::size_t g = 0; g < detail::q8_0_groups(type, n); ++g)
+    detail::pack_q8_0_group(rows + g * detail::q8_0_group_rows * row_bytes, row_bytes, k,
+                            out + g * detail::q8_0_group_bytes(k));
 }
 
 /// out(i, j) = sum_c in(i, c) * w(j, c) for the n rows of `in` (prepare_input's) and output
@@ -333,6 +377,53 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+// q8_0_tile for a group of 16 input rows (pack_q8_0_group's layout) and row j of w, one int32
+// lane per input row: q8_0_block_dot's eight lanes (the products of bytes 4l .. 4l + 3 of each
+// block) are eight registers here, acc[l], added at the end in sum8's order. The inputs' +128
+// adds 128 x the four weights to lane l's sum, which the register starts without: the integers
+// are q8_0_block_dot's, the chain q8_0_tile's, and so are the bits.
+template <weight_type T>
+inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
+                            std::size_t ldo) noexcept {
+  using v16i = std::int32_t __attribute__((vector_size(64)));
+  constexpr block_layout layout = layout_of(T);
+  const unsigned char* row = w.row(j);
+  const std::size_t blocks = w.cols / layout.elements;
+  const unsigned char* scales = group + blocks * 8 * 64;
+  v16f acc[8] = {};
+  alignas(32) unsigned char unpacked[32];
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const unsigned char* wb = row + b * layout.bytes;
+    const unsigned char* wq = wb + 2;
+    if constexpr (T == weight_type::q4_0) {
+      q4_0_unpack(wb + 2, unpacked);
+      wq = unpacked;
+    }
+    __m256i q;
+    std::memcpy(&q, wq, 32);
+    // lane l's sums start from -128 x weights 4l .. 4l + 3, what the inputs' +128 adds
+    alignas(32) std::int32_t starts[8];
+    const __m256i offsets = _mm256_sub_epi32(_mm256_setzero_si256(), dot_u8_s8(_mm256_set1_epi8(-128), q));
+    std::memcpy(starts, &offsets, sizeof starts);
+    v16f dx;
+    std::memcpy(&dx, scales + 64 * b, sizeof dx);
+    const v16f scale = half_to_float(wb) * dx;
+    IPA_UNROLL(8)
+    for (int l = 0; l < 8; ++l) {
+      __m512i x;
+      std::memcpy(&x, group + (8 * b + std::size_t(l)) * 64, sizeof x);
+      const __m512i start = _mm512_set1_epi32(starts[l]);
+      const auto weights = _mm512_set1_epi32(std::int32_t(load_u32(wq + 4 * l)));
+      const v16i sums = (v16i)_mm512_dpbusd_epi32(start, x, weights);
+      acc[l] += scale * __builtin_convertvector(sums, v16f);
+    }
+  }
+  const v16f total = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (std::size_t r = 0; r < q8_0_group_rows; ++r) out[r * ldo + j] = total[r];
+}
+#endif
+
 // Q4_K and Q6_K against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K / vec_dot_q6_K_q8_K: a
 // block of 256 weights is unpacked once for the NR input rows into unsigned bytes (Q4_K's
 // nibbles 0..15; Q6_K's 6-bit q 0..63, offset by 32 in the product) in eight sub-blocks of 32,
@@ -503,6 +594,10 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
     if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+      for (const unsigned char* groups = in + n * ld_in; i + q8_0_group_rows <= n; i += q8_0_group_rows)
+        q8_0_group_tile<T>(groups + i / q8_0_group_rows * q8_0_group_bytes(w.cols), w, j, out + i * ldo, ldo);
+#endif
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else if constexpr (T == weight_type::q4_k || T == weight_type::q6_k) {
@@ -539,7 +634,7 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
 /// The same from f32 rows x (w.cols columns, leading dimension ldx), prepared here.
 inline void compact_matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
                            const compact_matrix& w, std::size_t j0, std::size_t j1) {
-  std::vector<unsigned char> in(n * compact_input_bytes(w.type, w.cols));
+  std::vector<unsigned char> in(compact_prepared_bytes(w.type, n, w.cols));
   prepare_input(w.type, x, ldx, n, w.cols, in.data());
   compact_matmul_prepared(out, ldo, in.data(), n, w, j0, j1);
 }
