@@ -93,7 +93,7 @@ TEST_CASE(
         ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
       if (k % ipa::layout_of(type).elements != 0) continue;
-      const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI's Q8_0 batches) and 7 more
+      const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI batches) and 7 more
       CAPTURE(ipa::weight_type_name(type));
       CAPTURE(k);
       const auto bytes = compact_bytes(type, m, k, rng);

@@ -107,43 +107,95 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
   return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 
-// Batches on AVX-512 VNNI: Q8_0 inputs also laid out 16 rows at a time, so that one vpdpbusd
-// multiplies four bytes of a weight row (broadcast) by four bytes of each of 16 input rows (one
-// int32 lane each), where the row-at-a-time tile spends ten instructions on 32 products of one
-// input row. Per block of 32 inputs: eight 64-byte pieces, piece l holding bytes 4l .. 4l + 3 of
-// the 16 rows (row r at 4r), each offset by 128 to be unsigned (vpdpbusd multiplies unsigned by
-// signed bytes); after all blocks, each block's 16 scales as floats.
+// Batches on AVX-512 VNNI: quantized inputs are also laid out 16 rows at a time (a group), so
+// that one instruction multiplies four bytes of a weight row (broadcast) by four bytes of each
+// of 16 input rows, one 32-bit lane per row, where the row-at-a-time tiles spend a register on
+// 32 bytes of one input row. In a group, "piece (s, l)" is 64 bytes: bytes 4l .. 4l + 3 of
+// sub-block s of a block, for each of the 16 rows (row r at 4r).
+// - Q8_0 inputs, per block of 32: pieces (0, 0 .. 7), each byte offset by 128 to be unsigned
+//   (vpdpbusd multiplies unsigned by signed bytes); after all blocks, each block's 16 scales
+//   (floats).
+// - Q8_K inputs, per block of 256: pieces (0 .. 7, 0 .. 7) as they are; the same pieces as
+//   int16 pairs 32 x (byte 2i + byte 2i + 1), Q6_K's offset of 32 (maddubs' pairs of 32 and the
+//   inputs); four pieces of int16 pairs (sums of sub-blocks 2p and 2p + 1, for Q4_K's mins); the
+//   16 scales.
 namespace detail {
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-inline constexpr bool q8_0_row_groups = true;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+inline constexpr bool row_groups = true;
 #else
-inline constexpr bool q8_0_row_groups = false;
+inline constexpr bool row_groups = false;
 #endif
-inline constexpr std::size_t q8_0_group_rows = 16;
-inline std::size_t q8_0_group_bytes(std::size_t k) noexcept { return k / q8_0_block * (8 * 64 + 4 * 16); }
-// How many groups of 16 rows follow the n prepared rows for `type`.
-inline std::size_t q8_0_groups(weight_type type, std::size_t n) noexcept {
-  return q8_0_row_groups && input_type(type) == weight_type::q8_0 ? n / q8_0_group_rows : 0;
+inline constexpr std::size_t group_rows = 16;
+inline constexpr std::size_t q8_k_group_block = 8 * 8 * 64 * 2 + 4 * 64 + 64;  // bytes per block of 256
+/// Bytes of one group of 16 rows of k inputs to `type` weights (0: no groups for this type).
+inline std::size_t group_bytes(weight_type type, std::size_t k) noexcept {
+  switch (input_type(type)) {
+    case weight_type::q8_0: return k / q8_0_block * (8 * 64 + 64);
+    case weight_type::q8_k: return k / 256 * q8_k_group_block;
+    default: return 0;
+  }
 }
-// 16 prepared Q8_0 rows (ld bytes apart) in the group layout above.
-inline void pack_q8_0_group(const unsigned char* rows, std::size_t ld, std::size_t k, unsigned char* out) noexcept {
-  const std::size_t blocks = k / q8_0_block;
-  unsigned char* scales = out + blocks * 8 * 64;
-  for (std::size_t r = 0; r < q8_0_group_rows; ++r)
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const unsigned char* q = rows + r * ld + b * q8_0_block_bytes + 2;
-      unsigned char offset[q8_0_block];
-      for (std::size_t c = 0; c < q8_0_block; ++c) offset[c] = q[c] ^ 0x80;  // int8 + 128, as uint8
-      for (std::size_t l = 0; l < 8; ++l) std::memcpy(out + (8 * b + l) * 64 + 4 * r, offset + 4 * l, 4);
-      std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
+/// How many groups follow the n prepared rows for `type`.
+inline std::size_t row_group_count(weight_type type, std::size_t n) noexcept {
+  const weight_type in = input_type(type);
+  return row_groups && (in == weight_type::q8_0 || in == weight_type::q8_k) ? n / group_rows : 0;
+}
+// Piece (s, l) of a group from the 32-byte sub-block at q of row r (transform: each 4 bytes).
+template <class Transform>
+inline void scatter_pieces(const unsigned char* q, std::size_t r, unsigned char* pieces, Transform transform) noexcept {
+  for (std::size_t l = 0; l < 8; ++l) {
+    unsigned char four[4];
+    transform(q + 4 * l, four);
+    std::memcpy(pieces + 64 * l + 4 * r, four, 4);
+  }
+}
+// 16 prepared rows (ld bytes apart) of k inputs to `type` weights in the group layout above.
+inline void pack_group(weight_type type, const unsigned char* rows, std::size_t ld, std::size_t k,
+                       unsigned char* out) noexcept {
+  auto as_is = [](const unsigned char* p, unsigned char* o) { std::memcpy(o, p, 4); };
+  if (input_type(type) == weight_type::q8_0) {
+    const std::size_t blocks = k / q8_0_block;
+    unsigned char* scales = out + blocks * 8 * 64;
+    auto unsigned_ = [](const unsigned char* p, unsigned char* o) {
+      for (int i = 0; i < 4; ++i) o[i] = p[i] ^ 0x80;  // int8 + 128, as uint8
+    };
+    for (std::size_t r = 0; r < group_rows; ++r)
+      for (std::size_t b = 0; b < blocks; ++b) {
+        scatter_pieces(rows + r * ld + b * q8_0_block_bytes + 2, r, out + 8 * 64 * b, unsigned_);
+        std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
+      }
+    return;
+  }
+  auto times_32 = [](const unsigned char* p, unsigned char* o) {
+    const std::int16_t pairs[2] = {std::int16_t(32 * (std::int8_t(p[0]) + std::int8_t(p[1]))),
+                                   std::int16_t(32 * (std::int8_t(p[2]) + std::int8_t(p[3])))};
+    std::memcpy(o, pairs, 4);
+  };
+  for (std::size_t b = 0; b < k / 256; ++b) {
+    unsigned char* block = out + b * q8_k_group_block;
+    for (std::size_t r = 0; r < group_rows; ++r) {
+      const unsigned char* x = rows + r * ld + b * 292;
+      for (std::size_t s = 0; s < 8; ++s) {
+        scatter_pieces(x + 4 + 32 * s, r, block + 8 * 64 * s, as_is);
+        scatter_pieces(x + 4 + 32 * s, r, block + 8 * 8 * 64 + 8 * 64 * s, times_32);
+      }
+      std::int16_t sums[16];
+      std::memcpy(sums, x + 260, sizeof sums);
+      for (std::size_t p = 0; p < 4; ++p) {
+        const std::int16_t pair[2] = {std::int16_t(sums[4 * p] + sums[4 * p + 1]),
+                                      std::int16_t(sums[4 * p + 2] + sums[4 * p + 3])};
+        std::memcpy(block + 2 * 8 * 8 * 64 + 64 * p + 4 * r, pair, 4);
+      }
+      std::memcpy(block + 2 * 8 * 8 * 64 + 4 * 64 + 4 * r, x, 4);
     }
+  }
 }
 }  // namespace detail
 
 /// Bytes prepare_input writes for n rows of k inputs to a product with `type` weights: the rows
-/// (compact_input_bytes each), then for Q8_0 inputs on AVX-512 VNNI the rows again, in groups of 16.
+/// (compact_input_bytes each), then for quantized inputs on AVX-512 VNNI the rows again in groups of 16.
 inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k) noexcept {
-  return n * compact_input_bytes(type, k) + detail::q8_0_groups(type, n) * detail::q8_0_group_bytes(k);
+  return n * compact_input_bytes(type, k) + detail::row_group_count(type, n) * detail::group_bytes(type, k);
 }
 /// Writes compact_prepared_bytes(type, n, k) bytes.
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
@@ -174,9 +226,9 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
     }
   }
   const unsigned char* rows = out - n * row_bytes;  // out is past the rows now
-  for (std::size_t g = 0; g < detail::q8_0_groups(type, n); ++g)
-    detail::pack_q8_0_group(rows + g * detail::q8_0_group_rows * row_bytes, row_bytes, k,
-                            out + g * detail::q8_0_group_bytes(k));
+  for (std::size_t g = 0; g < detail::row_group_count(type, n); ++g)
+    detail::pack_group(type, rows + g * detail::group_rows * row_bytes, row_bytes, k,
+                       out + g * detail::group_bytes(type, k));
 }
 
 /// out(i, j) = sum_c in(i, c) * w(j, c) for the n rows of `in` (prepare_input's) and output
@@ -377,8 +429,8 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-// q8_0_tile for a group of 16 input rows (pack_q8_0_group's layout) and row j of w, one int32
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// q8_0_tile for a group of 16 input rows (pack_group's layout) and row j of w, one int32
 // lane per input row: q8_0_block_dot's eight lanes (the products of bytes 4l .. 4l + 3 of each
 // block) are eight registers here, acc[l], added at the end in sum8's order. The inputs' +128
 // adds 128 x the four weights to lane l's sum, which the register starts without: the integers
@@ -420,7 +472,7 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
     }
   }
   const v16f total = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (std::size_t r = 0; r < q8_0_group_rows; ++r) out[r * ldo + j] = total[r];
+  for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r];
 }
 #endif
 
@@ -586,6 +638,68 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]) - mins[r];
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// k_quant_tile for a group of 16 input rows (pack_group's layout) and row j of w, one lane per
+// input row: k_block_dot's eight lanes are eight registers here (sums[l]: each sub-block's
+// bytes 4l .. 4l + 3, maddubs pairs times their scale by vpdpwssd), Q4_K's mins one more
+// (vpdpwssd of the inputs' sub-block sums and the mins, two sub-blocks a pair). The same
+// integers and the same chain as k_quant_tile, so the same bits.
+template <weight_type T>
+inline void k_quant_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
+                               std::size_t ldo) noexcept {
+  static_assert(T == weight_type::q4_k || T == weight_type::q6_k);
+  using v16i = std::int32_t __attribute__((vector_size(64)));
+  constexpr block_layout layout = layout_of(T);
+  const unsigned char* row = w.row(j);
+  v16f acc[8] = {}, mins = {};
+  k_block k;
+  for (std::size_t b = 0; b < w.cols / layout.elements; ++b) {
+    if constexpr (T == weight_type::q4_k) unpack_q4_k(row + b * layout.bytes, k);
+    else unpack_q6_k(row + b * layout.bytes, k);
+    const unsigned char* x = group + b * q8_k_group_block;  // pieces (s, l) at 64 (8s + l)
+    const unsigned char* x32 = x + 8 * 8 * 64;              // the same as pairs of 32 x inputs
+    const unsigned char* sub_sums = x32 + 8 * 8 * 64;
+    v16f dx;
+    std::memcpy(&dx, sub_sums + 4 * 64, sizeof dx);
+    IPA_UNROLL(8)
+    for (std::size_t l = 0; l < 8; ++l) {
+      __m512i sums = _mm512_setzero_si512();
+      IPA_UNROLL(8)
+      for (std::size_t s = 0; s < 8; ++s) {
+        __m512i piece;
+        std::memcpy(&piece, x + 64 * (8 * s + l), sizeof piece);
+        // u8 weights x s8 inputs into int16 pairs (<= 2 * 63 * 127: no saturation)
+        __m512i pairs = _mm512_maddubs_epi16(_mm512_set1_epi32(std::int32_t(load_u32(k.u + 32 * s + 4 * l))), piece);
+        if constexpr (T == weight_type::q6_k) {
+          __m512i offset;
+          std::memcpy(&offset, x32 + 64 * (8 * s + l), sizeof offset);
+          pairs = _mm512_sub_epi16(pairs, offset);
+        }
+        // both pairs of lane l share a scale: scale[s][2l] and [2l + 1] are equal
+        sums = _mm512_dpwssd_epi32(
+            sums, pairs,
+            _mm512_set1_epi32(std::int32_t(load_u32(reinterpret_cast<const unsigned char*>(k.scale[s] + 2 * l)))));
+      }
+      acc[l] += (k.d * dx) * __builtin_convertvector((v16i)sums, v16f);
+    }
+    if constexpr (T == weight_type::q4_k) {
+      __m512i m = _mm512_setzero_si512();
+      IPA_UNROLL(4)
+      for (std::size_t p = 0; p < 4; ++p) {
+        __m512i pair_sums;
+        std::memcpy(&pair_sums, sub_sums + 64 * p, sizeof pair_sums);
+        m = _mm512_dpwssd_epi32(
+            m, pair_sums,
+            _mm512_set1_epi32(std::int32_t(load_u32(reinterpret_cast<const unsigned char*>(k.min + 2 * p)))));
+      }
+      mins += (k.dmin * dx) * __builtin_convertvector((v16i)m, v16f);
+    }
+  }
+  const v16f total = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r] - mins[r];
+}
+#endif
+
 // One row of w at a time against the input rows three (quantized inputs: four) at a time.
 template <weight_type T>
 inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
@@ -594,13 +708,17 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
     if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-      for (const unsigned char* groups = in + n * ld_in; i + q8_0_group_rows <= n; i += q8_0_group_rows)
-        q8_0_group_tile<T>(groups + i / q8_0_group_rows * q8_0_group_bytes(w.cols), w, j, out + i * ldo, ldo);
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+      for (; i < row_group_count(T, n) * group_rows; i += group_rows)
+        q8_0_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
 #endif
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else if constexpr (T == weight_type::q4_k || T == weight_type::q6_k) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+      for (; i < row_group_count(T, n) * group_rows; i += group_rows)
+        k_quant_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
+#endif
       for (; i + 4 <= n; i += 4) k_quant_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) k_quant_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else {
