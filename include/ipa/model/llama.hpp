@@ -123,8 +123,8 @@ class llama_model {
   int team_size(std::size_t n) const noexcept { return team_threads(n * weight_bytes_); }
 
   // One thread's rows packed for a product: n tokens or m logit rows, of d or hd. pack_rows
-  // takes 4 bytes an input; prepare_input for compact weights less (compact_prepared_bytes: Q8_0
-  // with its groups of 16 rows 2.3, Q8_K 1.1, F16/BF16 4).
+  // takes 4 bytes an input; prepare_input for compact weights no more (compact_prepared_bytes,
+  // with the groups of 16 rows of AVX-512 builds: Q8_0 2.3, Q8_K 3.2; F16/BF16 4).
   std::size_t packed_rows_floats(std::size_t n, std::size_t m) const noexcept {
     return std::max(n, m) * std::max(std::size_t(config_.dim), std::size_t(config_.hidden_dim));
   }
