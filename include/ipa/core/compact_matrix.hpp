@@ -4,7 +4,8 @@
 // a block at a time in registers, never into an f32 copy, beside a plain scalar reference that
 // the tests compare against. As in matmul.hpp,
 // every output element is one fixed chain of operations whatever the batch size or the range of
-// rows a call computes, so a prompt gives the same bits alone or inside a batch.
+// rows a call computes, so a prompt gives the same bits alone or inside a batch (on AVX-512 VNNI
+// the quantized types take batches 16 input rows at a time, one lane per row: see pack_group).
 #pragma once
 #include <algorithm>
 #include <cmath>
