@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: MIT
+// A Llama model on compact weights of every quantized kind (a Q4_K_M-like layer, a Q8_0/Q4_0
+// layer) gives each row the same bits alone and inside a batch: a 20-token prompt fed at once
+// (16 rows a group on AVX-512 VNNI, then four) against one token at a time, and one step of 17
+// rows against each row in a state of its own. Built in ipa_tests (the AVX2 row tiles) and in
+// ipa_native_tests (-march=native: the group tiles where the CPU has them).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include <ipa/core/compact_matrix.hpp>
+#include <ipa/core/rng.hpp>
+#include <ipa/model/llama.hpp>
+
+namespace {
+// rows x cols random blocks of `type`: random quants, scales that keep the weights small.
+ipa::compact_matrix random_compact(ipa::weight_type type, std::size_t rows, std::size_t cols, ipa::xoshiro256& rng,
+                                   std::vector<std::shared_ptr<const void>>& storage) {
+  const ipa::block_layout b = ipa::layout_of(type);
+  const std::size_t row_bytes = ipa::compact_matrix::row_bytes(type, cols);
+  auto bytes = std::make_shared<std::vector<unsigned char>>(rows * row_bytes);
+  for (auto& v : *bytes) v = static_cast<unsigned char>(rng() & 0xFF);
+  auto put_half = [](unsigned char* p, double v) {
+    const std::uint16_t h = ipa::to_f16(float(v));
+    std::memcpy(p, &h, 2);
+  };
+  for (std::size_t i = 0; i < bytes->size() / b.bytes; ++i) {
+    unsigned char* block = bytes->data() + i * b.bytes;
+    const double d = 0.002 + 0.004 * ipa::uniform01(rng);
+    switch (type) {
+      case ipa::weight_type::q8_0:
+      case ipa::weight_type::q4_0: put_half(block, type == ipa::weight_type::q8_0 ? d / 16 : d); break;
+      case ipa::weight_type::q4_k:
+        put_half(block, d / 20);
+        put_half(block + 2, d / 40);
+        break;
+      case ipa::weight_type::q6_k: put_half(block + 208, d / 100); break;
+      default: break;
+    }
+  }
+  storage.push_back(bytes);
+  return {type, bytes->data(), rows, cols};
+}
+
+ipa::llama_model quantized_model() {
+  ipa::llama_compact_weights w;
+  ipa::llama_config& c = w.config;
+  c.dim = 256, c.hidden_dim = 768, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 512;
+  c.seq_len = 64, c.shared_classifier = false;
+  const auto d = std::size_t(c.dim), hd = std::size_t(c.hidden_dim), kv = std::size_t(c.kv_dim());
+  ipa::xoshiro256 rng(21);
+  using ipa::weight_type;
+  w.tok_embeddings = random_compact(weight_type::q8_0, 512, d, rng, w.storage);
+  w.output = random_compact(weight_type::q6_k, 512, d, rng, w.storage);
+  for (const bool k_quants : {true, false}) {
+    const weight_type main = k_quants ? weight_type::q4_k : weight_type::q8_0;
+    ipa::llama_compact_weights::layer l;
+    l.wq = random_compact(main, d, d, rng, w.storage);
+    l.wk = random_compact(main, kv, d, rng, w.storage);
+    l.wv = random_compact(k_quants ? weight_type::q6_k : weight_type::q4_0, kv, d, rng, w.storage);
+    l.wo = random_compact(main, d, d, rng, w.storage);
+    l.w1 = random_compact(main, hd, d, rng, w.storage);
+    l.w2 = random_compact(k_quants ? weight_type::q6_k : weight_type::q4_0, d, hd, rng, w.storage);
+    l.w3 = random_compact(main, hd, d, rng, w.storage);
+    w.layers.push_back(l);
+  }
+  w.attention_norm.assign(2 * d, 1.0f);
+  w.ffn_norm.assign(2 * d, 1.0f);
+  w.norm.assign(d, 1.0f);
+  return ipa::llama_model(std::move(w));
+}
+}  // namespace
+
+TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone and in a batch of 16 or more") {
+  const ipa::llama_model m = quantized_model();
+  const std::size_t V = m.vocab_size();
+  std::vector<ipa::token_id> prompt(20);
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = ipa::token_id((37 * i + 11) % 512);
+
+  // the prompt at once (every product sees 20 rows) against one token at a time
+  std::vector<float> at_once(V), one_by_one(V);
+  auto s = m.new_state(1, 32);
+  m.prefill(s, std::vector<std::vector<ipa::token_id>>{prompt}, at_once);
+  auto t = m.new_state(1, 32);
+  const int row0[] = {0};
+  for (const ipa::token_id token : prompt) m.step(t, row0, std::span(&token, 1), one_by_one);
+  bool finite = true;
+  for (float v : at_once) finite = finite && std::isfinite(v);
+  CHECK(finite);
+  CHECK(at_once == one_by_one);
+
+  // one step of 17 rows (the classifier too sees a group) against each row in its own state
+  constexpr int B = 17;
+  auto batch = m.new_state(B, 8);
+  std::vector<std::vector<ipa::token_id>> prompts;
+  for (int r = 0; r < B; ++r) prompts.push_back({ipa::token_id(r + 1), ipa::token_id(3 * r + 5)});
+  std::vector<float> logits(B * V);
+  m.prefill(batch, prompts, logits);
+  std::vector<int> rows(B);
+  std::vector<ipa::token_id> next(B);
+  for (int r = 0; r < B; ++r) rows[std::size_t(r)] = r, next[std::size_t(r)] = ipa::token_id(100 + r);
+  m.step(batch, rows, next, logits);
+  for (int r = 0; r < B; ++r) {
+    CAPTURE(r);
+    auto alone = m.new_state(1, 8);
+    std::vector<float> own(V);
+    m.prefill(alone, std::vector<std::vector<ipa::token_id>>{prompts[std::size_t(r)]}, own);
+    m.step(alone, row0, std::span(&next[std::size_t(r)], 1), own);
+    CHECK(std::equal(own.begin(), own.end(), logits.begin() + std::ptrdiff_t(r * V)));
+  }
+}
