@@ -106,7 +106,7 @@ TEST_CASE(
       ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);
       for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
       // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small
-      std::vector<unsigned char> f32_in(n * 4 * k);
+      std::vector<unsigned char> f32_in(ipa::compact_prepared_bytes(ipa::weight_type::f32, n, k));
       ipa::prepare_input(ipa::weight_type::f32, x.data(), k, n, k, f32_in.data());
       std::vector<float> dequantized(m * k);
       for (std::size_t j = 0; j < m; ++j) ipa::dequantize_row(w, j, dequantized.data() + j * k);
