@@ -121,11 +121,13 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
 //   inputs); four pieces of int16 pairs (sums of sub-blocks 2p and 2p + 1, for Q4_K's mins); the
 //   16 scales.
 namespace detail {
+// The group tiles need AVX-512 F and BW and VNNI.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-inline constexpr bool row_groups = true;
+#define IPA_DETAIL_ROW_GROUPS 1
 #else
-inline constexpr bool row_groups = false;
+#define IPA_DETAIL_ROW_GROUPS 0
 #endif
+inline constexpr bool row_groups = IPA_DETAIL_ROW_GROUPS;
 inline constexpr std::size_t group_rows = 16;
 inline constexpr std::size_t q8_k_group_block = 8 * 8 * 64 * 2 + 4 * 64 + 64;  // bytes per block of 256
 /// Bytes of one group of 16 rows of k inputs to `type` weights (0: no groups for this type).
@@ -175,7 +177,7 @@ inline void pack_group(weight_type type, const unsigned char* rows, std::size_t 
   for (std::size_t b = 0; b < k / 256; ++b) {
     unsigned char* block = out + b * q8_k_group_block;
     for (std::size_t r = 0; r < group_rows; ++r) {
-      const unsigned char* x = rows + r * ld + b * 292;
+      const unsigned char* x = rows + r * ld + b * layout_of(weight_type::q8_k).bytes;  // d, 256 q, 16 sums
       for (std::size_t s = 0; s < 8; ++s) {
         scatter_pieces(x + 4 + 32 * s, r, block + 8 * 64 * s, as_is);
         scatter_pieces(x + 4 + 32 * s, r, block + 8 * 8 * 64 + 8 * 64 * s, times_32);
@@ -302,9 +304,11 @@ inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noe
   }
 }
 
-// The lanes of v added in one fixed order.
-inline float sum8(v8f v) noexcept {
-  const float a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
+// The eight lanes of v added in one fixed order; or eight registers, lane by lane in the same
+// order (the group tiles keep a row tile's lanes as registers).
+template <class Eight>
+inline auto sum8(const Eight& v) noexcept {
+  const auto a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
   return a + b;
 }
 
@@ -430,7 +434,7 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if IPA_DETAIL_ROW_GROUPS
 // q8_0_tile for a group of 16 input rows (pack_group's layout) and row j of w, one int32
 // lane per input row: q8_0_block_dot's eight lanes (the products of bytes 4l .. 4l + 3 of each
 // block) are eight registers here, acc[l], added at the end in sum8's order. The inputs' +128
@@ -472,7 +476,7 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
       acc[l] += scale * __builtin_convertvector(sums, v16f);
     }
   }
-  const v16f total = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  const v16f total = sum8(acc);
   for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r];
 }
 #endif
@@ -639,7 +643,7 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]) - mins[r];
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if IPA_DETAIL_ROW_GROUPS
 // k_quant_tile for a group of 16 input rows (pack_group's layout) and row j of w, one lane per
 // input row: k_block_dot's eight lanes are eight registers here (sums[l]: each sub-block's
 // bytes 4l .. 4l + 3, maddubs pairs times their scale by vpdpwssd), Q4_K's mins one more
@@ -696,7 +700,7 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
       mins += (k.dmin * dx) * __builtin_convertvector((v16i)m, v16f);
     }
   }
-  const v16f total = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  const v16f total = sum8(acc);
   for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r] - mins[r];
 }
 #endif
@@ -709,14 +713,14 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
     if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)
         q8_0_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
 #endif
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else if constexpr (T == weight_type::q4_k || T == weight_type::q6_k) {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)
         k_quant_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
 #endif
