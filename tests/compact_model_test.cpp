@@ -10,8 +10,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <ipa/core/compact_matrix.hpp>
@@ -48,7 +52,8 @@ ipa::compact_matrix random_compact(ipa::weight_type type, std::size_t rows, std:
   return {type, bytes->data(), rows, cols};
 }
 
-ipa::llama_model quantized_model() {
+// A Q4_K_M-like layer and a Q8_0/Q4_0 layer, each matrix named in `sources` as a file's would be.
+ipa::llama_compact_weights quantized_weights() {
   ipa::llama_compact_weights w;
   ipa::llama_config& c = w.config;
   c.dim = 256, c.hidden_dim = 768, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 512;
@@ -73,8 +78,25 @@ ipa::llama_model quantized_model() {
   w.attention_norm.assign(2 * d, 1.0f);
   w.ffn_norm.assign(2 * d, 1.0f);
   w.norm.assign(d, 1.0f);
-  return ipa::llama_model(std::move(w));
+  auto name = [&](const ipa::compact_matrix& m, std::string n) { w.sources.push_back({"test", std::move(n), m}); };
+  name(w.tok_embeddings, "token_embd");
+  name(w.output, "output");
+  for (std::size_t l = 0; l < w.layers.size(); ++l) {
+    const auto& in = w.layers[l];
+    const std::string b = "blk." + std::to_string(l) + ".";
+    using named = std::pair<const ipa::compact_matrix*, const char*>;
+    for (const auto& [m, n] : std::initializer_list<named>{{&in.wq, "attn_q"},
+                                                           {&in.wk, "attn_k"},
+                                                           {&in.wv, "attn_v"},
+                                                           {&in.wo, "attn_output"},
+                                                           {&in.w1, "ffn_gate"},
+                                                           {&in.w2, "ffn_down"},
+                                                           {&in.w3, "ffn_up"}})
+      name(*m, b + n);
+  }
+  return w;
 }
+ipa::llama_model quantized_model() { return ipa::llama_model(quantized_weights()); }
 }  // namespace
 
 TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone and in a batch of 16 or more") {
@@ -114,4 +136,52 @@ TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone a
     m.step(alone, row0, std::span(&next[std::size_t(r)], 1), own);
     CHECK(std::equal(own.begin(), own.end(), logits.begin() + std::ptrdiff_t(r * V)));
   }
+}
+
+// The loaders leave the values of a file's matrices to the model (llama_compact_weights): a NaN
+// or Inf scale in any matrix of any quantized type reaches the logits of the first step (through
+// attention, the SwiGLU and the int8 inputs, whose scales carry it), which then names the matrix.
+TEST_CASE("a non-finite scale anywhere in a compact model: the first step names its matrix") {
+  ipa::llama_compact_weights w = quantized_weights();
+  const std::vector<ipa::token_id> prompt = {5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37};
+  const std::uint16_t nan_half = 0x7e00, inf_half = 0x7c00;
+  for (const ipa::llama_compact_weights::source& source : w.sources) {
+    const ipa::compact_matrix& m = source.matrix;
+    const ipa::block_layout b = ipa::layout_of(m.type);
+    // a block of the row of token 9 (the embeddings: a token of the prompt), or of a middle row
+    const std::size_t row = source.name == "token_embd" ? 9 : m.rows / 2, block = m.cols / b.elements / 2;
+    // the scale that block_is_finite reads: d first (Q4_K: d, then dmin), Q6_K's d at byte 208
+    const std::size_t scale_at = m.type == ipa::weight_type::q6_k ? 208 : 0;
+    auto* at = const_cast<unsigned char*>(m.row(row)) + block * b.bytes + scale_at;  // our own bytes
+    std::vector<std::size_t> offsets = {0};
+    if (m.type == ipa::weight_type::q4_k) offsets.push_back(2);  // dmin
+    for (const std::size_t offset : offsets)
+      for (const std::uint16_t bad : {nan_half, inf_half}) {
+        CAPTURE(source.name);
+        CAPTURE(offset);
+        CAPTURE(bad);
+        std::uint16_t kept;
+        std::memcpy(&kept, at + offset, 2);
+        std::memcpy(at + offset, &bad, 2);
+        const ipa::llama_model model(w);
+        for (const std::size_t n : {prompt.size(), std::size_t(1)}) {  // groups of 16 rows and one row
+          auto s = model.new_state(1, 32);
+          std::vector<float> logits(model.vocab_size());
+          const std::vector<std::vector<ipa::token_id>> p = {n == 1 ? std::vector<ipa::token_id>{9} : prompt};
+          CHECK_THROWS_WITH_AS(
+              model.prefill(s, p, logits),
+              doctest::Contains(("test: tensor '" + source.name + "' holds a non-finite value").c_str()),
+              ipa::io_error);
+        }
+        std::memcpy(at + offset, &kept, 2);
+      }
+  }
+  // finite weights whose activations overflow: no matrix to name, and the error says so
+  for (auto* norm : {&w.attention_norm, &w.ffn_norm, &w.norm})  // an RMS-normed row's largest |x| exceeds 1
+    norm->assign(norm->size(), std::numeric_limits<float>::max());
+  const ipa::llama_model overflowing(w);
+  auto s = overflowing.new_state(1, 4);
+  std::vector<float> logits(overflowing.vocab_size());
+  CHECK_THROWS_WITH_AS(overflowing.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+                       doctest::Contains("although every weight is finite: the activations overflowed"), ipa::error);
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <ipa/core/compact_matrix.hpp>
@@ -151,6 +152,29 @@ TEST_CASE("Q8_K quantization is ggml's: iscale = -127 / the largest-magnitude in
   ipa::quantize_row_q8_k(zeros.data(), 256, q.data());
   ipa::dequantize_row({ipa::weight_type::q8_k, q.data(), 1, 256}, 0, back.data());
   CHECK(std::all_of(back.begin(), back.begin() + 256, [](float v) { return v == 0.0f; }));
+}
+
+TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale (and stay defined)") {
+  // nearest_int is ggml's bit trick: round half to even, as std::nearbyint, where |v| < 2^22
+  for (float v : {0.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -126.5f, 126.49f, 127.0f, -127.0f, 4194303.0f, 1e-30f})
+    CHECK(ipa::detail::nearest_int(v) == int(std::nearbyint(v)));
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (float bad : {nan, inf, -inf}) {
+    CAPTURE(bad);
+    std::vector<float> x(512);
+    for (std::size_t c = 0; c < x.size(); ++c) x[c] = std::sin(0.37f * float(c));
+    x[300] = bad;  // block 1 of Q8_K, block 9 of Q8_0
+    std::vector<unsigned char> q8_k(2 * 292), q8_0(ipa::compact_input_bytes(ipa::weight_type::q8_0, 512));
+    ipa::quantize_row_q8_k(x.data(), x.size(), q8_k.data());
+    ipa::quantize_input_q8_0(x.data(), x.size(), q8_0.data());
+    float d0, d1;
+    std::memcpy(&d0, q8_k.data(), 4);
+    std::memcpy(&d1, q8_k.data() + 292, 4);
+    CHECK(std::isfinite(d0));  // the other blocks keep their scales
+    CHECK(!std::isfinite(d1));
+    for (std::size_t b = 0; b < 16; ++b)
+      CHECK(std::isfinite(ipa::detail::load_half(q8_0.data() + b * ipa::q8_0_block_bytes)) == (b != 9));
+  }
 }
 
 TEST_CASE("Q4_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {

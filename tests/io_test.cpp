@@ -7,7 +7,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <tuple>
@@ -110,15 +112,22 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(wrong_vocab.path), doctest::Contains("vocab_size=32000"),
                          ipa::io_error);
     bytes = good;
-    poke(bytes, 28 + 4 * 1000, std::numeric_limits<float>::quiet_NaN());  // token 15, weight 40
+    // token 15, weight 40: the matrices' values are checked when used (llama_compact_weights),
+    // and stories260K's classifier is its embeddings, so the first step's logits name it
+    poke(bytes, 28 + 4 * 1000, std::numeric_limits<float>::quiet_NaN());
     temp_file nan(bytes, "nan.bin");
-    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(nan.path), doctest::Contains("tok_embeddings row 15"),
-                         ipa::io_error);
+    const ipa::llama_model m(ipa::load_llama2c_compact(nan.path));
+    auto s = m.new_state(1, 4);
+    std::vector<float> logits(m.vocab_size());
+    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+                         doctest::Contains("tensor 'tok_embeddings' holds a non-finite value (row 15)"), ipa::io_error);
     bytes = good;
-    // the last final-norm weight, before the RoPE tables (seq_len 512 x head_size 8 floats)
+    // the last final-norm weight, before the RoPE tables (seq_len 512 x head_size 8 floats): the
+    // norms are checked at load
     poke(bytes, bytes.size() - 4 * 512 * 8 - 4, std::numeric_limits<float>::infinity());
     temp_file inf(bytes, "inf.bin");
-    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(inf.path), doctest::Contains("rms_final_weight row 0"),
+    CHECK_THROWS_WITH_AS(ipa::load_llama2c_compact(inf.path),
+                         doctest::Contains("tensor 'rms_final_weight' holds a non-finite value (row 0)"),
                          ipa::io_error);
   }
   SUBCASE("the untouched file loads") {
@@ -425,6 +434,22 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   CHECK(worst < 0.3);
   CHECK(worst > 0);
   CHECK(worst_in_place < 0.3);
+  {  // a NaN scale in one Q8_0 block of the file: it loads, and the first step names the tensor
+    std::ifstream in(gguf, std::ios::binary);
+    std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>{}};
+    const ipa::gguf_file clean(bytes, gguf);
+    const auto* base = static_cast<const std::string*>(clean.storage().get())->data();
+    const auto at = reinterpret_cast<const char*>(clean.compact("blk.3.ffn_up.weight", 172, 64).row(100)) - base;
+    const std::uint16_t nan_half = 0x7e00;
+    std::memcpy(bytes.data() + at, &nan_half, 2);
+    const ipa::gguf_file parsed(std::move(bytes), gguf);
+    const ipa::llama_model m(ipa::load_gguf_llama_compact(parsed));
+    auto s = m.new_state(1, 4);
+    std::vector<float> logits(m.vocab_size());
+    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+                         doctest::Contains("tensor 'blk.3.ffn_up.weight' holds a non-finite value (row 100)"),
+                         ipa::io_error);
+  }
 
   const std::string hf = (tmp / "hf").string();
   ipa::save_hf_llama(hf, w);
@@ -457,14 +482,18 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
   }
   CHECK_THROWS_WITH_AS(ipa::save_hf_llama(hf + "_x", w, "F64"), doctest::Contains("expected F32, F16 or BF16"),
                        ipa::config_error);
-  {  // a non-finite weight in a BF16 folder: named, before any decoding
+  {  // a non-finite weight in a BF16 folder: named by the first step (the widening load: at once)
     auto broken = w;
     broken.tensor("w2")[5] = std::numeric_limits<float>::quiet_NaN();
     const std::string folder = (tmp / "hf_nan").string();
     ipa::save_hf_llama(folder, broken, "BF16");
-    CHECK_THROWS_WITH_AS(ipa::load_hf_llama_compact(folder),
+    const ipa::llama_model m(ipa::load_hf_llama_compact(folder));
+    auto s = m.new_state(1, 4);
+    std::vector<float> logits(m.vocab_size());
+    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
                          doctest::Contains("tensor 'model.layers.0.mlp.down_proj.weight' holds a non-finite value"),
                          ipa::io_error);
+    CHECK_THROWS_WITH_AS(ipa::load_hf_llama(folder), doctest::Contains("non-finite"), ipa::io_error);
   }
 
   // corrupted copies

@@ -66,7 +66,7 @@ inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
   const block_layout b = layout_of(w.type);
   const unsigned char* row = w.row(r);
   // F32, F16, BF16: an exponent of all ones is Inf or NaN; a bit test the compiler vectorises
-  // (loaders check whole files: the per-weight check was 54% of a 110M .bin's load under perf)
+  // (llama_model checks every step's logits with it), and which -ffast-math cannot fold away
   auto no_exponent_all_ones = [&](auto load, std::size_t bytes, std::uint32_t exponent) {
     unsigned bad = 0;
     for (std::size_t c = 0; c < w.cols; ++c) bad |= (load(row + bytes * c) & exponent) == exponent;
@@ -81,11 +81,12 @@ inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
 }
 
 namespace detail {
-/// Throws io_error "`where`: tensor '`name`' holds a non-finite value" unless every weight of w
-/// is finite (quantized: every scale). For loaders, which check a file's tensors before use.
+/// Throws io_error "`where`: tensor '`name`' holds a non-finite value (row r)" unless every
+/// weight of w is finite (quantized: every scale).
 inline void require_finite(const compact_matrix& w, const std::string& where, const std::string& name) {
   for (std::size_t r = 0; r < w.rows; ++r)
-    if (!row_is_finite(w, r)) throw io_error(where + ": tensor '" + name + "' holds a non-finite value");
+    if (!row_is_finite(w, r))
+      throw io_error(where + ": tensor '" + name + "' holds a non-finite value (row " + std::to_string(r) + ")");
 }
 }  // namespace detail
 

@@ -110,8 +110,22 @@ inline void q4_k_scales(const unsigned char* q, std::uint8_t (&scale)[8], std::u
     }
   }
 }
-// ggml's nearest_int: round half to even (the default rounding mode), |v| < 2^22
-inline int nearest_int(float v) noexcept { return int(std::nearbyint(v)); }
+// ggml's nearest_int: round half to even for |v| < 2^22 (adding 1.5 x 2^23 leaves the integer
+// in the low mantissa bits); defined for every float, NaN included, where int(v) would not be
+inline int nearest_int(float v) noexcept {
+  const float shifted = v + 12582912.0f;
+  std::int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return (bits & 0x007fffff) - 0x00400000;
+}
+// 0 when every x is finite, NaN otherwise (x - x): added to a block's scale, it makes a
+// non-finite input reach the product's result, as float arithmetic would carry it, where the
+// integer quants alone would drop it (models read in place check their values that way)
+inline float non_finite_mark(const float* x, std::size_t n) noexcept {
+  float mark = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) mark += x[i] - x[i];
+  return mark;
+}
 }  // namespace detail
 
 /// The layout_of(t).elements weights of one block as floats, as ggml's dequantize_row_* computes them.
@@ -198,7 +212,7 @@ void q8_0_blocks(const float* x, std::size_t k, unsigned char* out, Quantize qua
   for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
     float amax = 0.0f;
     for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
-    const std::uint16_t h = to_f16(amax / 127.0f);
+    const std::uint16_t h = to_f16(amax / 127.0f + non_finite_mark(x, q8_0_block));
     std::memcpy(out, &h, 2);
     for (std::size_t c = 0; c < q8_0_block; ++c) out[2 + c] = static_cast<unsigned char>(quantize(x[c], amax));
   }
@@ -241,6 +255,7 @@ inline void quantize_row_q8_k(const float* x, std::size_t k, unsigned char* out)
       for (int j = 0; j < 256; ++j) q[j] = std::int8_t(std::min(127, detail::nearest_int(iscale * x[j])));
       d = 1.0f / iscale;
     }
+    d += detail::non_finite_mark(x, 256);
     std::int16_t sums[16];
     for (int j = 0; j < 16; ++j) {
       int s = 0;

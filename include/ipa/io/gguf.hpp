@@ -367,7 +367,8 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
 }
 
 /// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, BF16, Q4_0,
-/// Q8_0, Q4_K, Q6_K, as stored, no copy), its norms as floats; the result keeps the file (mapped) alive.
+/// Q8_0, Q4_K, Q6_K, as stored, no copy; their values checked when used, see
+/// llama_compact_weights), its norms as floats; the result keeps the file (mapped) alive.
 inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   llama_compact_weights w;
   w.config = detail::gguf_llama_config(f);
@@ -375,11 +376,12 @@ inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
   auto matrix = [&](const std::string& name, std::size_t rows, std::size_t cols) {
     const compact_matrix m = f.compact(name, rows, cols);
-    detail::require_finite(m, f.where(), name);
+    w.sources.push_back({f.where(), name, m});
     return m;
   };
   auto norm = [&](std::vector<float>& into, const std::string& name) {
-    const compact_matrix m = matrix(name, 1, d);
+    const compact_matrix m = f.compact(name, 1, d);
+    detail::require_finite(m, f.where(), name);
     into.resize(into.size() + d);
     dequantize_row(m, 0, into.data() + into.size() - d);
   };

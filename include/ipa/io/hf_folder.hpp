@@ -84,11 +84,14 @@ class hf_folder {
   }
 
   /// An F32, F16 or BF16 tensor of exactly `shape` (a matrix, or a vector as rows 1), read where
-  /// it lies, every value finite; valid while storage() lives.
+  /// it lies (its values unread: detail::require_finite checks them); valid while storage() lives.
   compact_matrix compact(const std::string& name, std::uint64_t rows, std::uint64_t cols) const {
-    const compact_matrix m = file_of(name).compact(name, rows, cols);
-    detail::require_finite(m, where(name), name);
-    return m;
+    return file_of(name).compact(name, rows, cols);
+  }
+  /// The file that holds tensor `name`, for messages.
+  std::string where(const std::string& name) const {
+    auto it = where_.find(name);
+    return dir_ + "/" + (it == where_.end() ? std::string("model.safetensors") : it->second);
   }
   /// What keeps the shards' bytes alive (their mappings).
   std::vector<std::shared_ptr<const void>> storage() const {
@@ -156,10 +159,6 @@ class hf_folder {
       for (const auto& [name, e] : files_[file]->tensors()) held_ += e.elements();
     }
     opened_ = true;
-  }
-  std::string where(const std::string& name) const {
-    auto it = where_.find(name);
-    return dir_ + "/" + (it == where_.end() ? std::string("model.safetensors") : it->second);
   }
   const safetensors_file& file_of(const std::string& name) const {
     open();

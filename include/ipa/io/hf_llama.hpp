@@ -186,33 +186,38 @@ inline llama_weights load_hf_llama(const hf_folder& folder) {
 }
 
 /// A Hugging Face Llama folder read where it lies (each shard mapped): its F32, F16 or BF16
-/// matrices compact, no copy, q and k rows as stored (rope_pairs::halves); norms as floats.
-/// The result keeps the files alive.
+/// matrices compact, no copy (their values checked when used, see llama_compact_weights), q and
+/// k rows as stored (rope_pairs::halves); norms as floats. The result keeps the files alive.
 inline llama_compact_weights load_hf_llama_compact(const hf_folder& folder) {
   llama_compact_weights w;
   w.config = detail::hf_llama_config(folder);
   const llama_config& c = w.config;
   const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, V = c.vocab_size;
   w.rope = rope_pairs::halves;
+  auto matrix = [&](const std::string& name, std::size_t rows, std::size_t cols) {
+    const compact_matrix m = folder.compact(name, rows, cols);
+    w.sources.push_back({folder.where(name), name, m});
+    return m;
+  };
   auto norm = [&](std::vector<float>& into, const std::string& name) {
     const std::vector<float> v = folder.floats(name, {d});
     into.insert(into.end(), v.begin(), v.end());
   };
-  w.tok_embeddings = folder.compact("model.embed_tokens.weight", V, d);
-  if (!c.shared_classifier) w.output = folder.compact("lm_head.weight", V, d);
+  w.tok_embeddings = matrix("model.embed_tokens.weight", V, d);
+  if (!c.shared_classifier) w.output = matrix("lm_head.weight", V, d);
   norm(w.norm, "model.norm.weight");
   for (std::size_t l = 0; l < std::size_t(c.n_layers); ++l) {
     const std::string b = "model.layers." + std::to_string(l) + ".";
     llama_compact_weights::layer& layer = w.layers.emplace_back();
     norm(w.attention_norm, b + "input_layernorm.weight");
     norm(w.ffn_norm, b + "post_attention_layernorm.weight");
-    layer.wq = folder.compact(b + "self_attn.q_proj.weight", d, d);
-    layer.wk = folder.compact(b + "self_attn.k_proj.weight", kv, d);
-    layer.wv = folder.compact(b + "self_attn.v_proj.weight", kv, d);
-    layer.wo = folder.compact(b + "self_attn.o_proj.weight", d, d);
-    layer.w1 = folder.compact(b + "mlp.gate_proj.weight", hd, d);
-    layer.w2 = folder.compact(b + "mlp.down_proj.weight", d, hd);
-    layer.w3 = folder.compact(b + "mlp.up_proj.weight", hd, d);
+    layer.wq = matrix(b + "self_attn.q_proj.weight", d, d);
+    layer.wk = matrix(b + "self_attn.k_proj.weight", kv, d);
+    layer.wv = matrix(b + "self_attn.v_proj.weight", kv, d);
+    layer.wo = matrix(b + "self_attn.o_proj.weight", d, d);
+    layer.w1 = matrix(b + "mlp.gate_proj.weight", hd, d);
+    layer.w2 = matrix(b + "mlp.down_proj.weight", d, hd);
+    layer.w3 = matrix(b + "mlp.up_proj.weight", hd, d);
   }
   w.storage = folder.storage();
   return w;

@@ -15,7 +15,6 @@
 
 #include "ipa/core/compact_matrix.hpp"
 #include "ipa/core/error.hpp"
-#include "ipa/core/parallel.hpp"
 #include "ipa/io/binary_reader.hpp"
 #include "ipa/io/mapped_file.hpp"
 #include "ipa/model/llama_weights.hpp"
@@ -92,10 +91,10 @@ inline llama_weights load_llama2c(const std::string& path) {
   return w;
 }
 
-/// The same checkpoint mapped read-only and used where it lies: F32 matrices in place, no copy,
-/// so start-up is the mapping and one pass that checks every weight is finite (spread over the
-/// threads). Decoding one or a few rows runs as fast as from load_llama2c's repacked copy;
-/// batches are faster repacked (bench/RESULTS.md, session 17).
+/// The same checkpoint mapped read-only and used where it lies: F32 matrices in place, no copy
+/// (their values checked when used, see llama_compact_weights), so start-up is the mapping.
+/// Decoding one or a few rows runs as fast as from load_llama2c's repacked copy; batches are
+/// faster repacked (bench/RESULTS.md, session 17).
 inline llama_compact_weights load_llama2c_compact(const std::string& path) {
   auto file = std::make_shared<const mapped_file>(path);
   const std::string_view bytes = file->bytes();
@@ -108,21 +107,20 @@ inline llama_compact_weights load_llama2c_compact(const std::string& path) {
   llama_compact_weights w;
   w.config = c;
   const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data()) + sizeof h;
-  // the next rows x cols floats, checked finite (sizes were checked against the file above)
-  auto take = [&](std::size_t rows, std::size_t cols, const char* name) {
+  // the next rows x cols floats (sizes were checked against the file above)
+  auto next = [&](std::size_t rows, std::size_t cols) {
     const compact_matrix m{weight_type::f32, at, rows, cols};
     at += 4 * rows * cols;
-    constexpr std::size_t chunk = 256;
-    parallel_for((rows + chunk - 1) / chunk, [&](std::size_t i) {
-      for (std::size_t r = i * chunk; r < std::min(rows, (i + 1) * chunk); ++r)
-        if (!row_is_finite(m, r))
-          throw io_error(path + ": corrupt weights: " + name + " row " + std::to_string(r) +
-                         " holds a non-finite value; a checkpoint holds finite floats only");
-    });
+    return m;
+  };
+  auto take = [&](std::size_t rows, std::size_t cols, const std::string& name) {
+    const compact_matrix m = next(rows, cols);
+    w.sources.push_back({path, name, m});
     return m;
   };
   auto floats = [&](std::vector<float>& into, std::size_t n, const char* name) {
-    const compact_matrix m = take(1, n, name);
+    const compact_matrix m = next(1, n);
+    detail::require_finite(m, path, name);
     into.resize(n);
     std::memcpy(into.data(), m.data, 4 * n);
   };
@@ -130,14 +128,20 @@ inline llama_compact_weights load_llama2c_compact(const std::string& path) {
   w.layers.resize(L);
   w.tok_embeddings = take(V, d, "tok_embeddings");
   floats(w.attention_norm, L * d, "rms_att_weight");
-  for (auto& l : w.layers) l.wq = take(d, d, "wq");
-  for (auto& l : w.layers) l.wk = take(kv, d, "wk");
-  for (auto& l : w.layers) l.wv = take(kv, d, "wv");
-  for (auto& l : w.layers) l.wo = take(d, d, "wo");
+  // llama2.c stores each kind of matrix for all layers in turn: "wq of layer 3" names one
+  auto each_layer = [&](compact_matrix llama_compact_weights::layer::*m, std::size_t rows, std::size_t cols,
+                        const std::string& name) {
+    for (std::size_t l = 0; l < L; ++l) w.layers[l].*m = take(rows, cols, name + " of layer " + std::to_string(l));
+  };
+  using layer = llama_compact_weights::layer;
+  each_layer(&layer::wq, d, d, "wq");
+  each_layer(&layer::wk, kv, d, "wk");
+  each_layer(&layer::wv, kv, d, "wv");
+  each_layer(&layer::wo, d, d, "wo");
   floats(w.ffn_norm, L * d, "rms_ffn_weight");
-  for (auto& l : w.layers) l.w1 = take(hd, d, "w1");
-  for (auto& l : w.layers) l.w2 = take(d, hd, "w2");
-  for (auto& l : w.layers) l.w3 = take(hd, d, "w3");
+  each_layer(&layer::w1, hd, d, "w1");
+  each_layer(&layer::w2, d, hd, "w2");
+  each_layer(&layer::w3, hd, d, "w3");
   floats(w.norm, d, "rms_final_weight");
   at += 4 * detail::llama2c_rope_floats(c);
   if (!c.shared_classifier) w.output = take(V, d, "wcls");

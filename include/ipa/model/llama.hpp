@@ -85,6 +85,7 @@ class llama_model {
     // split over the cores' caches (stories260K's 1 MB does not fit one core's L2).
     run_team(threads, [&](const team& t) noexcept { layers(t, s, rows, n, logit_items, logits); });
     for (std::size_t i = 0; i < n; ++i) s.length[rows[i]] = s.pos[i] + 1;
+    require_finite_logits(logits.first(logit_items.size() * std::size_t(c.vocab_size)));
   }
 
   /// Feeds each row's whole prompt (prompts.size() == batch rows, each non-empty, rows start
@@ -372,6 +373,21 @@ class llama_model {
     weight_bytes_ = classifier_.compact.bytes();
     for (const layer_kernels& k : layers_)
       for (const projection* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) weight_bytes_ += m->compact.bytes();
+  }
+
+  // Throws unless every logit is finite: a non-finite weight read in place is named (the loaders
+  // leave the values of its matrices to this check: llama_compact_weights), or else the
+  // activations overflowed. A bit test over the rows, next to nothing beside the classifier.
+  void require_finite_logits(std::span<const float> logits) const {
+    const compact_matrix as_row{weight_type::f32, reinterpret_cast<const unsigned char*>(logits.data()), 1,
+                                logits.size()};
+    if (row_is_finite(as_row, 0)) return;
+    if (is_compact()) require_finite(compact_);
+    const auto at = std::size_t(std::find_if(logits.begin(), logits.end(), [](float v) { return !std::isfinite(v); }) -
+                                logits.begin());
+    const std::size_t V = vocab_size();
+    throw error("llama_model: logit " + std::to_string(at % V) + " of output row " + std::to_string(at / V) + " is " +
+                std::to_string(logits[at]) + " although every weight is finite: the activations overflowed");
   }
 
   // Token t's embedding row into out (dim floats).

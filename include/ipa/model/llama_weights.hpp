@@ -121,6 +121,13 @@ enum class rope_pairs { interleaved, halves };
 /// A Llama model's weights as a file stores them (a mapped GGUF, llama2.c checkpoint or Hugging
 /// Face folder): the matrices compact (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) and read in place,
 /// the norms as floats. `storage` keeps the matrices' bytes alive.
+///
+/// The loaders check a file's structure (every offset, size and type) and its norms, but not the
+/// values of its matrices: that would read the whole file once more before the first token (a
+/// quarter of a 110M .bin's start-up). A non-finite weight makes every logit it reaches
+/// non-finite (NaN and Inf survive every product, and the quantized inputs carry them in their
+/// scales), so llama_model checks each step's logits and, when one is not finite, names the
+/// matrix from `sources` (require_finite below).
 struct llama_compact_weights {
   struct layer {
     compact_matrix wq, wk, wv, wo, w1, w2, w3;
@@ -132,7 +139,19 @@ struct llama_compact_weights {
   std::vector<float> attention_norm, ffn_norm, norm;  ///< (L, dim), (L, dim), (dim)
   rope_pairs rope = rope_pairs::interleaved;          ///< how wq's and wk's rows are ordered
   std::vector<std::shared_ptr<const void>> storage;   ///< the files (a sharded folder: several)
+  /// Each matrix with the file and the name it has there, for messages.
+  struct source {
+    std::string where, name;
+    compact_matrix matrix;
+  };
+  std::vector<source> sources;
 };
+
+/// Throws io_error naming the first of w's matrices (by its `sources`) that holds a non-finite
+/// value (quantized: a non-finite scale); returns when all are finite.
+inline void require_finite(const llama_compact_weights& w) {
+  for (const llama_compact_weights::source& s : w.sources) detail::require_finite(s.matrix, s.where, s.name);
+}
 
 /// All weights of a Llama model in one contiguous buffer (llama2.c's order).
 class llama_weights : public detail::flat_weights<llama_config> {
