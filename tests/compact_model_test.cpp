@@ -41,7 +41,8 @@ ipa::compact_matrix random_compact(ipa::weight_type type, std::size_t rows, std:
       case ipa::weight_type::q8_0:
       case ipa::weight_type::q4_0: put_half(block, type == ipa::weight_type::q8_0 ? d / 16 : d); break;
       case ipa::weight_type::q4_k:
-        put_half(block, d / 20);
+      case ipa::weight_type::q5_k:
+        put_half(block, type == ipa::weight_type::q5_k ? d / 40 : d / 20);
         put_half(block + 2, d / 40);
         break;
       case ipa::weight_type::q6_k: put_half(block + 208, d / 100); break;
@@ -67,7 +68,7 @@ ipa::llama_compact_weights quantized_weights() {
     const weight_type main = k_quants ? weight_type::q4_k : weight_type::q8_0;
     ipa::llama_compact_weights::layer l;
     l.wq = random_compact(main, d, d, rng, w.storage);
-    l.wk = random_compact(main, kv, d, rng, w.storage);
+    l.wk = random_compact(k_quants ? weight_type::q5_k : main, kv, d, rng, w.storage);  // Q5_K_M's
     l.wv = random_compact(k_quants ? weight_type::q6_k : weight_type::q4_0, kv, d, rng, w.storage);
     l.wo = random_compact(main, d, d, rng, w.storage);
     l.w1 = random_compact(main, hd, d, rng, w.storage);
@@ -150,11 +151,11 @@ TEST_CASE("a non-finite scale anywhere in a compact model: the first step names 
     const ipa::block_layout b = ipa::layout_of(m.type);
     // a block of the row of token 9 (the embeddings: a token of the prompt), or of a middle row
     const std::size_t row = source.name == "token_embd" ? 9 : m.rows / 2, block = m.cols / b.elements / 2;
-    // the scale that block_is_finite reads: d first (Q4_K: d, then dmin), Q6_K's d at byte 208
+    // the scale that block_is_finite reads: d first (Q4_K, Q5_K: d, then dmin), Q6_K's d at byte 208
     const std::size_t scale_at = m.type == ipa::weight_type::q6_k ? 208 : 0;
     auto* at = const_cast<unsigned char*>(m.row(row)) + block * b.bytes + scale_at;  // our own bytes
     std::vector<std::size_t> offsets = {0};
-    if (m.type == ipa::weight_type::q4_k) offsets.push_back(2);  // dmin
+    if (m.type == ipa::weight_type::q4_k || m.type == ipa::weight_type::q5_k) offsets.push_back(2);  // dmin
     for (const std::size_t offset : offsets)
       for (const std::uint16_t bad : {nan_half, inf_half}) {
         CAPTURE(source.name);

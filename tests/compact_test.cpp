@@ -49,8 +49,9 @@ std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, s
           unsigned char* block = row + blk * b.bytes;
           const float d = float(0.005 + 0.01 * ipa::uniform01(rng));
           if (type == ipa::weight_type::q4_0) put_half(block, d);
-          if (type == ipa::weight_type::q4_k) {  // weights d * (6-bit) * (4-bit) - dmin * (6-bit)
-            put_half(block, d / 20);
+          if (type == ipa::weight_type::q4_k ||
+              type == ipa::weight_type::q5_k) {  // d * (6-bit) * (4/5-bit) - dmin * (6-bit)
+            put_half(block, type == ipa::weight_type::q5_k ? d / 40 : d / 20);
             put_half(block + 2, d / 40);
           }
           if (type == ipa::weight_type::q6_k) put_half(block + 208, d / 100);  // d * (int8) * (6-bit - 32)
@@ -87,11 +88,12 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
 }
 
 TEST_CASE(
-    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) equals its scalar reference, batch- and range-invariant") {
+    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) equals its scalar reference, batch- and "
+    "range-invariant") {
   ipa::xoshiro256 rng(11);
   for (ipa::weight_type type :
        {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16, ipa::weight_type::q4_0,
-        ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q6_k})
+        ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q5_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
       if (k % ipa::layout_of(type).elements != 0) continue;
       const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI batches) and 7 more
@@ -177,7 +179,7 @@ TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale 
   }
 }
 
-TEST_CASE("Q4_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {
+TEST_CASE("Q4_K, Q5_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {
   // Q4_K: d = 1, dmin = 0.5; sub-block 1's scale 3 and min 2 (6-bit, packed in bytes 1 and 5);
   // sub-block 5's scale 33 and min 17 (low bits in byte 9, high bits in bytes 1 and 5)
   std::vector<unsigned char> b(144, 0);
@@ -205,4 +207,18 @@ TEST_CASE("Q4_K and Q6_K blocks decode as ggml lays them out: scales, mins and q
   ipa::dequantize_row({ipa::weight_type::q6_k, k.data(), 1, 256}, 0, w.data());
   CHECK(w[17] == 0.25f * -2 * float((5 | (2 << 4)) - 32));
   CHECK(w[0] == 0.0f);  // scale 0
+  // Q5_K: Q4_K's block with 32 bytes of fifth bits (qh) before the nibbles; weight 64j + l takes
+  // bit 2j of qh[l], weight 64j + 32 + l bit 2j + 1 (ggml's dequantize_row_q5_K)
+  std::vector<unsigned char> q5(176, 0);
+  std::copy(b.begin(), b.begin() + 16, q5.begin());  // d = 1, dmin = 0.5, the scales and mins above
+  q5[48 + 5] = 0x7 << 4;                             // weight 32 + 5 (sub-block 1): high nibble 7 ...
+  q5[16 + 5] = 1u << 1;                              // ... and bit 1 of qh[5]: 7 + 16
+  q5[48 + 64 + 2] = 0x9 << 4;                        // weight 160 + 2 (sub-block 5): 9, bit 5 of qh[2] clear
+  q5[16 + 3] = 1u << 5;  // bit 5 of qh[3]: weight 160 + 3 (sub-block 5, high nibble 0) gets 16
+  ipa::dequantize_row({ipa::weight_type::q5_k, q5.data(), 1, 256}, 0, w.data());
+  CHECK(w[37] == 3.0f * (7 + 16) - 0.5f * 2);
+  CHECK(w[162] == 33.0f * 9 - 0.5f * 17);
+  CHECK(w[163] == 33.0f * 16 - 0.5f * 17);
+  CHECK(w[36] == -0.5f * 2);
+  CHECK(w[0] == 0.0f);
 }

@@ -268,7 +268,9 @@ TEST_CASE("GGUF: truncated and corrupted files give clear errors") {
   std::string retyped = bytes;
   const std::size_t type_at = at + std::strlen("token_embd.weight") + 4 + 2 * 8;
   retyped[type_at] = 3;
-  CHECK_THROWS_WITH_AS(parse(retyped), doctest::Contains("ggml type 3"), ipa::io_error);
+  CHECK_THROWS_WITH_AS(parse(retyped), doctest::Contains("ggml type Q4_1 (3)"), ipa::io_error);
+  retyped[type_at] = 99;
+  CHECK_THROWS_WITH_AS(parse(retyped), doctest::Contains("ggml type unknown (99)"), ipa::io_error);
   retyped[type_at] = 12;
   CHECK_THROWS_WITH_AS(parse(retyped),
                        doctest::Contains("Q4_K tensor 'token_embd.weight' has rows of 64 weights, not a multiple of "

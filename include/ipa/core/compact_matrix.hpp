@@ -482,17 +482,18 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
 }
 #endif
 
-// Q4_K and Q6_K against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K / vec_dot_q6_K_q8_K: a
-// block of 256 weights is unpacked once for the NR input rows into unsigned bytes (Q4_K's
-// nibbles 0..15; Q6_K's 6-bit q 0..63, offset by 32 in the product) in eight sub-blocks of 32,
-// with an int16 scale for each 16 weights. Per input row, eight int32 lanes (lane l of a
-// sub-block: bytes 4l .. 4l + 3 times their scale, exact), times dw * dx, go into one 8-lane
-// accumulator; Q4_K's mins (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K
-// keeps per 16) into a second sum. The same chain whatever the tile.
+// Q4_K, Q5_K and Q6_K against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K (Q5_K's the same
+// with a fifth bit) / vec_dot_q6_K_q8_K: a block of 256 weights is unpacked once for the NR
+// input rows into unsigned bytes (Q4_K's nibbles 0..15, Q5_K's 0..31; Q6_K's 6-bit q 0..63,
+// offset by 32 in the product) in eight sub-blocks of 32, with an int16 scale for each 16
+// weights. Per input row, eight int32 lanes (lane l of a sub-block: bytes 4l .. 4l + 3 times
+// their scale, exact), times dw * dx, go into one 8-lane accumulator; Q4_K's and Q5_K's mins
+// (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K keeps per 16) into a second
+// sum. The same chain whatever the tile.
 struct k_block {
   alignas(32) std::uint8_t u[256];
   alignas(32) std::int16_t scale[8][16];  // sub-block s: scale of bytes 0-15 (x8), then of bytes 16-31 (x8)
-  alignas(16) std::int16_t min[8];        // Q4_K: the 6-bit min of each sub-block
+  alignas(16) std::int16_t min[8];        // Q4_K, Q5_K: the 6-bit min of each sub-block
   float d = 0, dmin = 0;
 };
 
@@ -508,7 +509,8 @@ inline void set_scales(k_block& k, int s, int lo, int hi) noexcept {
 #endif
 }
 
-inline void unpack_q4_k(const unsigned char* block, k_block& k) noexcept {
+// Q4_K's and Q5_K's first 16 bytes: d, dmin, and the sub-blocks' 6-bit scales and mins.
+inline void unpack_k_scales_mins(const unsigned char* block, k_block& k) noexcept {
   k.d = half_to_float(block);
   k.dmin = half_to_float(block + 2);
   std::uint8_t scale[8], min[8];
@@ -517,6 +519,10 @@ inline void unpack_q4_k(const unsigned char* block, k_block& k) noexcept {
     set_scales(k, s, scale[s], scale[s]);
     k.min[s] = min[s];
   }
+}
+
+inline void unpack_q4_k(const unsigned char* block, k_block& k) noexcept {
+  unpack_k_scales_mins(block, k);
   const unsigned char* q = block + 16;
   for (int j = 0; j < 4; ++j) {  // 32 bytes: weights 64j .. 64j + 31 low, 64j + 32 .. 64j + 63 high
 #if defined(__AVX2__)
@@ -533,6 +539,35 @@ inline void unpack_q4_k(const unsigned char* block, k_block& k) noexcept {
     }
 #endif
   }
+}
+
+// Q5_K: Q4_K's nibbles (after 32 bytes of fifth bits) plus 16 x bit 2j of qh[l] for weight
+// 64j + l, bit 2j + 1 for weight 64j + 32 + l.
+inline void unpack_q5_k(const unsigned char* block, k_block& k) noexcept {
+  unpack_k_scales_mins(block, k);
+  const unsigned char* qh = block + 16;
+  const unsigned char* q = block + 48;
+#if defined(__AVX2__)
+  __m256i h;
+  std::memcpy(&h, qh, 32);
+  const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
+  for (int j = 0; j < 4; ++j) {
+    __m256i v;
+    std::memcpy(&v, q + 32 * j, 32);
+    // bit b of each byte of qh, moved to bit 4 (shifts of 16-bit lanes, then masked per byte)
+    auto fifth = [&](int b) { return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, b), m1), 4); };
+    const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), fifth(2 * j));
+    const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), fifth(2 * j + 1));
+    std::memcpy(k.u + 64 * j, &lo, 32);
+    std::memcpy(k.u + 64 * j + 32, &hi, 32);
+  }
+#else
+  for (int j = 0; j < 4; ++j)
+    for (int l = 0; l < 32; ++l) {
+      k.u[64 * j + l] = std::uint8_t((q[32 * j + l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4));
+      k.u[64 * j + 32 + l] = std::uint8_t((q[32 * j + l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4));
+    }
+#endif
 }
 
 inline void unpack_q6_k(const unsigned char* block, k_block& k) noexcept {
@@ -567,6 +602,16 @@ inline void unpack_q6_k(const unsigned char* block, k_block& k) noexcept {
     }
 #endif
   }
+}
+
+// A K-quant block of type T unpacked; T has mins (Q4_K, Q5_K) or an offset of 32 (Q6_K).
+template <weight_type T>
+inline constexpr bool has_mins = T == weight_type::q4_k || T == weight_type::q5_k;
+template <weight_type T>
+inline void unpack_k_quant(const unsigned char* block, k_block& k) noexcept {
+  if constexpr (T == weight_type::q4_k) unpack_q4_k(block, k);
+  else if constexpr (T == weight_type::q5_k) unpack_q5_k(block, k);
+  else unpack_q6_k(block, k);
 }
 
 // The eight int32 lanes of a block against Q8_K inputs xq, as floats: sum over sub-blocks s of
@@ -623,7 +668,7 @@ inline int k_block_mins(const k_block& k, const unsigned char* bsums) noexcept {
 template <weight_type T, int NR>
 inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                          std::size_t ldo) noexcept {
-  static_assert(T == weight_type::q4_k || T == weight_type::q6_k);
+  static_assert(has_mins<T> || T == weight_type::q6_k);
   constexpr block_layout layout = layout_of(T), input = layout_of(weight_type::q8_k);
   const unsigned char* row = w.row(j);
   const std::size_t blocks = w.cols / layout.elements;
@@ -631,14 +676,13 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
   float mins[NR] = {};
   k_block k;
   for (std::size_t b = 0; b < blocks; ++b) {
-    if constexpr (T == weight_type::q4_k) unpack_q4_k(row + b * layout.bytes, k);
-    else unpack_q6_k(row + b * layout.bytes, k);
+    unpack_k_quant<T>(row + b * layout.bytes, k);
     IPA_UNROLL(4)
     for (int r = 0; r < NR; ++r) {
       const unsigned char* xb = in + std::size_t(r) * ld_in + b * input.bytes;
       const float dx = load_f32(xb);
       acc[r] += broadcast8(k.d * dx) * k_block_dot < T == weight_type::q6_k ? 32 : 0 > (k, xb + 4);
-      if constexpr (T == weight_type::q4_k) mins[r] += k.dmin * dx * float(k_block_mins(k, xb + 260));
+      if constexpr (has_mins<T>) mins[r] += k.dmin * dx * float(k_block_mins(k, xb + 260));
     }
   }
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]) - mins[r];
@@ -653,15 +697,14 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
 template <weight_type T>
 inline void k_quant_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
                                std::size_t ldo) noexcept {
-  static_assert(T == weight_type::q4_k || T == weight_type::q6_k);
+  static_assert(has_mins<T> || T == weight_type::q6_k);
   using v16i = std::int32_t __attribute__((vector_size(64)));
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
   v16f acc[8] = {}, mins = {};
   k_block k;
   for (std::size_t b = 0; b < w.cols / layout.elements; ++b) {
-    if constexpr (T == weight_type::q4_k) unpack_q4_k(row + b * layout.bytes, k);
-    else unpack_q6_k(row + b * layout.bytes, k);
+    unpack_k_quant<T>(row + b * layout.bytes, k);
     const unsigned char* x = group + b * q8_k_group_block;  // pieces (s, l) at 64 (8s + l)
     const unsigned char* x32 = x + 8 * 8 * 64;              // the same as pairs of 32 x inputs
     const unsigned char* sub_sums = x32 + 8 * 8 * 64;
@@ -688,7 +731,7 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
       }
       acc[l] += (k.d * dx) * __builtin_convertvector((v16i)sums, v16f);
     }
-    if constexpr (T == weight_type::q4_k) {
+    if constexpr (has_mins<T>) {
       __m512i m = _mm512_setzero_si512();
       IPA_UNROLL(4)
       for (std::size_t p = 0; p < 4; ++p) {
@@ -720,7 +763,7 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
 #endif
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
-    } else if constexpr (T == weight_type::q4_k || T == weight_type::q6_k) {
+    } else if constexpr (has_mins<T> || T == weight_type::q6_k) {
 #if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)
         k_quant_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
@@ -750,6 +793,7 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
     case weight_type::q4_0: detail::compact_matmul_typed<weight_type::q4_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q8_0: detail::compact_matmul_typed<weight_type::q8_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q4_k: detail::compact_matmul_typed<weight_type::q4_k>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q5_k: detail::compact_matmul_typed<weight_type::q5_k>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q6_k: detail::compact_matmul_typed<weight_type::q6_k>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q8_k: break;  // an input encoding, never a weight (the readers refuse it)
   }

@@ -10,19 +10,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 
 #include "ipa/core/bf16.hpp"
 
 namespace ipa {
 
 /// How a matrix's rows are stored, by ggml's type ids. Q8_K is an input encoding only (the
-/// inputs of Q4_K and Q6_K products); files never hold it.
+/// inputs of Q4_K, Q5_K and Q6_K products); files never hold it.
 enum class weight_type : std::uint32_t {
   f32 = 0,
   f16 = 1,
   q4_0 = 2,
   q8_0 = 8,
   q4_k = 12,
+  q5_k = 13,
   q6_k = 14,
   q8_k = 15,
   bf16 = 30
@@ -37,6 +39,7 @@ inline const char* weight_type_name(weight_type t) noexcept {
     case weight_type::q4_0: return "Q4_0";
     case weight_type::q8_0: return "Q8_0";
     case weight_type::q4_k: return "Q4_K";
+    case weight_type::q5_k: return "Q5_K";
     case weight_type::q6_k: return "Q6_K";
     case weight_type::q8_k: return "Q8_K";
   }
@@ -45,7 +48,17 @@ inline const char* weight_type_name(weight_type t) noexcept {
 
 /// True for the ggml type ids a model file may store and ipa reads.
 inline bool is_stored_weight_type(std::uint32_t id) noexcept {
-  return id == 0 || id == 1 || id == 30 || id == 2 || id == 8 || id == 12 || id == 14;
+  return id == 0 || id == 1 || id == 30 || id == 2 || id == 8 || id == 12 || id == 13 || id == 14;
+}
+
+/// ggml's name of a type id, for messages about files (those ipa does not read too).
+inline const char* ggml_type_name(std::uint32_t id) noexcept {
+  static constexpr const char* names[] = {
+      "F32",     "F16",   "Q4_0",   "Q4_1",  "Q4_2 (removed)", "Q4_3 (removed)", "Q5_0", "Q5_1",    "Q8_0",
+      "Q8_1",    "Q2_K",  "Q3_K",   "Q4_K",  "Q5_K",           "Q6_K",           "Q8_K", "IQ2_XXS", "IQ2_XS",
+      "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S",          "IQ4_XS",         "I8",   "I16",     "I32",
+      "I64",     "F64",   "IQ1_M",  "BF16"};
+  return id < std::size(names) ? names[id] : "unknown";
 }
 
 /// A type's block: `elements` weights in `bytes` bytes (F32, F16, BF16: one weight a block).
@@ -60,6 +73,7 @@ inline constexpr block_layout layout_of(weight_type t) noexcept {
     case weight_type::q4_0: return {32, 18};    // f16 d, 16 bytes of nibbles
     case weight_type::q8_0: return {32, 34};    // f16 d, 32 int8
     case weight_type::q4_k: return {256, 144};  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 of nibbles
+    case weight_type::q5_k: return {256, 176};  // Q4_K's, with 32 bytes of fifth bits before the nibbles
     case weight_type::q6_k: return {256, 210};  // 128 low nibbles, 64 of high bit pairs, 16 int8 scales, f16 d
     case weight_type::q8_k: return {256, 292};  // f32 d, 256 int8, 16 int16 sums of 16
   }
@@ -69,12 +83,13 @@ inline constexpr std::size_t q8_0_block = 32, q8_0_block_bytes = 34;
 
 /// The encoding of the inputs that llama.cpp's CPU build multiplies a type's weights with
 /// (ggml's vec_dot_type): F16 and BF16 weights take inputs rounded to their type (ipa keeps them
-/// as floats), Q4_0 and Q8_0 take Q8_0 inputs, Q4_K and Q6_K take Q8_K inputs.
+/// as floats), Q4_0 and Q8_0 take Q8_0 inputs, Q4_K, Q5_K and Q6_K take Q8_K inputs.
 inline constexpr weight_type input_type(weight_type t) noexcept {
   switch (t) {
     case weight_type::q4_0:
     case weight_type::q8_0: return weight_type::q8_0;
     case weight_type::q4_k:
+    case weight_type::q5_k:
     case weight_type::q6_k:
     case weight_type::q8_k: return weight_type::q8_k;
     default: return t;
@@ -161,6 +176,21 @@ inline void dequantize_block(weight_type t, const unsigned char* block, float* o
       }
       return;
     }
+    case weight_type::q5_k: {  // Q4_K's nibbles plus a fifth bit: weight 64j + l takes bit 2j of qh[l], 64j + 32 + l
+                               // bit 2j + 1
+      const float d = load_half(block), dmin = load_half(block + 2);
+      std::uint8_t scale[8], min[8];
+      detail::q4_k_scales(block + 4, scale, min);
+      const unsigned char* qh = block + 16;
+      const unsigned char* q = block + 48;
+      for (int j = 0; j < 4; ++j, q += 32) {
+        const float d1 = d * scale[2 * j], m1 = dmin * min[2 * j];
+        const float d2 = d * scale[2 * j + 1], m2 = dmin * min[2 * j + 1];
+        for (int l = 0; l < 32; ++l) *out++ = d1 * float((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) - m1;
+        for (int l = 0; l < 32; ++l) *out++ = d2 * float((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) - m2;
+      }
+      return;
+    }
     case weight_type::q6_k: {  // 6-bit q = low nibble | 2 high bits, minus 32; an int8 scale per 16 weights
       const unsigned char* ql = block;
       const unsigned char* qh = block + 128;
@@ -199,7 +229,8 @@ inline bool block_is_finite(weight_type t, const unsigned char* block) noexcept 
     case weight_type::f16:
     case weight_type::q4_0:
     case weight_type::q8_0: return std::isfinite(load_half(block));
-    case weight_type::q4_k: return std::isfinite(load_half(block)) && std::isfinite(load_half(block + 2));
+    case weight_type::q4_k:
+    case weight_type::q5_k: return std::isfinite(load_half(block)) && std::isfinite(load_half(block + 2));
     case weight_type::q6_k: return std::isfinite(load_half(block + 208));
   }
   return false;

@@ -131,8 +131,8 @@ class gguf_file {
         t.type = read<std::uint32_t>("the type of " + name);
         t.offset = read<std::uint64_t>("the offset of " + name);
         if (!is_stored_weight_type(t.type))
-          fail("tensor '" + name + "' has ggml type " + std::to_string(t.type) +
-               "; ipa reads F32 (0), F16 (1), BF16 (30), Q4_0 (2), Q8_0 (8), Q4_K (12), Q6_K (14)");
+          fail("tensor '" + name + "' has ggml type " + ggml_type_name(t.type) + " (" + std::to_string(t.type) +
+               "); ipa reads F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K (a Q4_K_M or Q5_K_M file)");
         if (const std::size_t block = layout_of(weight_type(t.type)).elements; t.dims[0] % block != 0)
           fail(std::string(weight_type_name(weight_type(t.type))) + " tensor '" + name + "' has rows of " +
                std::to_string(t.dims[0]) + " weights, not a multiple of its block of " + std::to_string(block));
