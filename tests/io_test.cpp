@@ -31,6 +31,12 @@
 #include "test_data.hpp"
 
 namespace {
+// The first step of a model (BOS): where a model read in place checks its weights' values.
+void first_step(const ipa::llama_model& m) {
+  auto s = m.new_state(1, 4);
+  std::vector<float> logits(m.vocab_size());
+  m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits);
+}
 
 std::vector<char> slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -116,10 +122,7 @@ TEST_CASE("llama2.c checkpoint: truncated, oversized and corrupted copies") {
     // and stories260K's classifier is its embeddings, so the first step's logits name it
     poke(bytes, 28 + 4 * 1000, std::numeric_limits<float>::quiet_NaN());
     temp_file nan(bytes, "nan.bin");
-    const ipa::llama_model m(ipa::load_llama2c_compact(nan.path));
-    auto s = m.new_state(1, 4);
-    std::vector<float> logits(m.vocab_size());
-    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+    CHECK_THROWS_WITH_AS(first_step(ipa::llama_model(ipa::load_llama2c_compact(nan.path))),
                          doctest::Contains("tensor 'tok_embeddings' holds a non-finite value (row 15)"), ipa::io_error);
     bytes = good;
     // the last final-norm weight, before the RoPE tables (seq_len 512 x head_size 8 floats): the
@@ -445,10 +448,7 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
     const std::uint16_t nan_half = 0x7e00;
     std::memcpy(bytes.data() + at, &nan_half, 2);
     const ipa::gguf_file parsed(std::move(bytes), gguf);
-    const ipa::llama_model m(ipa::load_gguf_llama_compact(parsed));
-    auto s = m.new_state(1, 4);
-    std::vector<float> logits(m.vocab_size());
-    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+    CHECK_THROWS_WITH_AS(first_step(ipa::llama_model(ipa::load_gguf_llama_compact(parsed))),
                          doctest::Contains("tensor 'blk.3.ffn_up.weight' holds a non-finite value (row 100)"),
                          ipa::io_error);
   }
@@ -489,10 +489,7 @@ TEST_CASE("stories260K written as GGUF (F32, F16) and as a Hugging Face folder l
     broken.tensor("w2")[5] = std::numeric_limits<float>::quiet_NaN();
     const std::string folder = (tmp / "hf_nan").string();
     ipa::save_hf_llama(folder, broken, "BF16");
-    const ipa::llama_model m(ipa::load_hf_llama_compact(folder));
-    auto s = m.new_state(1, 4);
-    std::vector<float> logits(m.vocab_size());
-    CHECK_THROWS_WITH_AS(m.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
+    CHECK_THROWS_WITH_AS(first_step(ipa::llama_model(ipa::load_hf_llama_compact(folder))),
                          doctest::Contains("tensor 'model.layers.0.mlp.down_proj.weight' holds a non-finite value"),
                          ipa::io_error);
     CHECK_THROWS_WITH_AS(ipa::load_hf_llama(folder), doctest::Contains("non-finite"), ipa::io_error);
