@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
@@ -383,8 +384,12 @@ class llama_model {
                                 logits.size()};
     if (row_is_finite(as_row, 0)) return;
     if (is_compact()) require_finite(compact_);
-    const auto at = std::size_t(std::find_if(logits.begin(), logits.end(), [](float v) { return !std::isfinite(v); }) -
-                                logits.begin());
+    auto non_finite = [](float v) {  // the bit test again: -ffast-math may fold std::isfinite to true
+      std::uint32_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      return (bits & 0x7f800000u) == 0x7f800000u;
+    };
+    const auto at = std::size_t(std::find_if(logits.begin(), logits.end(), non_finite) - logits.begin());
     const std::size_t V = vocab_size();
     throw error("llama_model: logit " + std::to_string(at % V) + " of output row " + std::to_string(at / V) + " is " +
                 std::to_string(logits[at]) + " although every weight is finite: the activations overflowed");
