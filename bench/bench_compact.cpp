@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Compact weights read in place (F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M GGUFs) beside llama.cpp's llama-bench
+// Compact weights read in place (F32, F16, Q8_0, Q4_0, Q3_K_M, Q4_K_M, Q5_K_M GGUFs) beside llama.cpp's llama-bench
 // on the same files, in one run: the 110M shape (dim 768, 12 layers, hidden 2048, vocab 32000)
-// with random weights, written by ipa once into IPA_BENCH_TMP (default /tmp); Q4_0, Q4_K_M and Q5_K_M
+// with random weights, written by ipa once into IPA_BENCH_TMP (default /tmp); Q4_0 and the K-quant mixes
 // made from the F32 file by llama-quantize. Per type: the time to load,
 // tokens/s at batch 1 and 16, prompt processing of 128 tokens; llama-bench's tg64 and pp128 right
 // after (2 threads each). ipa's f32 model repacked for its f32 kernels is the third column.
@@ -43,7 +43,7 @@ std::string peer(const std::string& name) {
   return std::string(peers ? peers : IPA_BENCH_PEERS_DIR) + "/llama.cpp/bin/" + name;
 }
 
-// The 110M-shape GGUF of a kind: F32, F16 and Q8_0 written by ipa; Q4_0, Q4_K_M and Q5_K_M made from
+// The 110M-shape GGUF of a kind: F32, F16 and Q8_0 written by ipa; Q4_0 and the K-quant mixes made from
 // the F32 file by llama-quantize (as users get them). Empty when llama-quantize is missing.
 std::string model_file(const std::string& kind) {
   const char* dir = std::getenv("IPA_BENCH_TMP");
@@ -237,6 +237,8 @@ BENCHMARK_CAPTURE(BM_ipa, q4_k_m_in_place, "Q4_K_M", false)->Arg(1)->Arg(16)->It
 BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_tg64, "Q4_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, q5_k_m_in_place, "Q5_K_M", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q5_k_m_tg64, "Q5_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q3_k_m_in_place, "Q3_K_M", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_llama_bench, q3_k_m_tg64, "Q3_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa_pp128, f32_repacked, "F32", true)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, f32_pp128, "F32", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place, "Q8_0", false)->Iterations(3)->Unit(benchmark::kSecond);

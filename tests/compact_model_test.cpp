@@ -46,6 +46,7 @@ ipa::compact_matrix random_compact(ipa::weight_type type, std::size_t rows, std:
         put_half(block + 2, d / 40);
         break;
       case ipa::weight_type::q6_k: put_half(block + 208, d / 100); break;
+      case ipa::weight_type::q3_k: put_half(block + 108, d / 3); break;
       default: break;
     }
   }
@@ -73,7 +74,7 @@ ipa::llama_compact_weights quantized_weights() {
     l.wo = random_compact(main, d, d, rng, w.storage);
     l.w1 = random_compact(main, hd, d, rng, w.storage);
     l.w2 = random_compact(k_quants ? weight_type::q6_k : weight_type::q4_0, d, hd, rng, w.storage);
-    l.w3 = random_compact(main, hd, d, rng, w.storage);
+    l.w3 = random_compact(k_quants ? weight_type::q3_k : main, hd, d, rng, w.storage);  // Q3_K_M's
     w.layers.push_back(l);
   }
   w.attention_norm.assign(2 * d, 1.0f);
@@ -151,8 +152,9 @@ TEST_CASE("a non-finite scale anywhere in a compact model: the first step names 
     const ipa::block_layout b = ipa::layout_of(m.type);
     // a block of the row of token 9 (the embeddings: a token of the prompt), or of a middle row
     const std::size_t row = source.name == "token_embd" ? 9 : m.rows / 2, block = m.cols / b.elements / 2;
-    // the scale that block_is_finite reads: d first (Q4_K, Q5_K: d, then dmin), Q6_K's d at byte 208
-    const std::size_t scale_at = m.type == ipa::weight_type::q6_k ? 208 : 0;
+    // the scale that block_is_finite reads: d first (Q4_K, Q5_K: d, then dmin), Q6_K's d at byte
+    // 208, Q3_K's at 108
+    const std::size_t scale_at = m.type == ipa::weight_type::q6_k ? 208 : m.type == ipa::weight_type::q3_k ? 108 : 0;
     auto* at = const_cast<unsigned char*>(m.row(row)) + block * b.bytes + scale_at;  // our own bytes
     std::vector<std::size_t> offsets = {0};
     if (m.type == ipa::weight_type::q4_k || m.type == ipa::weight_type::q5_k) offsets.push_back(2);  // dmin

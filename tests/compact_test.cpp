@@ -55,6 +55,7 @@ std::vector<unsigned char> compact_bytes(ipa::weight_type type, std::size_t m, s
             put_half(block + 2, d / 40);
           }
           if (type == ipa::weight_type::q6_k) put_half(block + 208, d / 100);  // d * (int8) * (6-bit - 32)
+          if (type == ipa::weight_type::q3_k) put_half(block + 108, d / 10);   // d * (6-bit - 32) * (3-bit - 4)
         }
       }
     }
@@ -88,12 +89,12 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
 }
 
 TEST_CASE(
-    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) equals its scalar reference, batch- and "
+    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K) equals its scalar reference, batch- and "
     "range-invariant") {
   ipa::xoshiro256 rng(11);
-  for (ipa::weight_type type :
-       {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16, ipa::weight_type::q4_0,
-        ipa::weight_type::q8_0, ipa::weight_type::q4_k, ipa::weight_type::q5_k, ipa::weight_type::q6_k})
+  for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16,
+                                ipa::weight_type::q4_0, ipa::weight_type::q8_0, ipa::weight_type::q3_k,
+                                ipa::weight_type::q4_k, ipa::weight_type::q5_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
       if (k % ipa::layout_of(type).elements != 0) continue;
       const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI batches) and 7 more
@@ -179,7 +180,7 @@ TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale 
   }
 }
 
-TEST_CASE("Q4_K, Q5_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {
+TEST_CASE("Q3_K, Q4_K, Q5_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {
   // Q4_K: d = 1, dmin = 0.5; sub-block 1's scale 3 and min 2 (6-bit, packed in bytes 1 and 5);
   // sub-block 5's scale 33 and min 17 (low bits in byte 9, high bits in bytes 1 and 5)
   std::vector<unsigned char> b(144, 0);
@@ -220,5 +221,25 @@ TEST_CASE("Q4_K, Q5_K and Q6_K blocks decode as ggml lays them out: scales, mins
   CHECK(w[162] == 33.0f * 9 - 0.5f * 17);
   CHECK(w[163] == 33.0f * 16 - 0.5f * 17);
   CHECK(w[36] == -0.5f * 2);
-  CHECK(w[0] == 0.0f);
+  CHECK(w[0] == 0.0f);  // scale and min 0
+  // Q3_K (ggml's dequantize_row_q3_K): weight 128h + 32j + l = d * (scale - 32) * (bits 2j of
+  // qs[32h + l] - 4 unless bit 4h + j of hmask[l]); scale 8h + 2j + l / 16 of sixteen 6-bit ones
+  // (low nibbles: bytes 0-7, low then high; high bit pairs: bytes 8-11, two bits per scale)
+  std::vector<unsigned char> q3(110, 0);
+  const std::uint16_t two = ipa::to_f16(2.0f);
+  std::memcpy(q3.data() + 108, &two, 2);
+  // scale 2 (h 0, j 1, l < 16) = 35 (0b100011: low nibble 3 in byte 96 + 2, high pair 2 in bits
+  // 0-1 of byte 96 + 8 + 2)
+  q3[96 + 2] = 3;
+  q3[96 + 8 + 2] = 2;
+  // scale 13 (h 1, j 2, l >= 16) = 10 (low nibble 10: the high nibble of byte 96 + 5; high pair 0)
+  q3[96 + 5] = 10 << 4;
+  q3[32 + 5] = 3 << 2;        // weight 32 + 5: bits 2-3 of qs[5] = 3, hmask bit 1 clear: 3 - 4
+  q3[32 + 32 + 20] = 2 << 4;  // weight 128 + 64 + 20: bits 4-5 of qs[32 + 20] = 2 ...
+  q3[20] = 1u << 6;           // ... bit 6 of hmask[20] set: 2
+  ipa::dequantize_row({ipa::weight_type::q3_k, q3.data(), 1, 256}, 0, w.data());
+  CHECK(w[37] == 2.0f * (35 - 32) * (3 - 4));
+  CHECK(w[212] == 2.0f * (10 - 32) * 2);
+  CHECK(w[36] == 2.0f * (35 - 32) * -4);  // quants 0, hmask clear: -4
+  CHECK(w[0] == 2.0f * -32 * -4);         // scale bits 0: -32
 }

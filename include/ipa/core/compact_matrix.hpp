@@ -119,8 +119,8 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
 //   (floats).
 // - Q8_K inputs, per block of 256: pieces (0 .. 7, 0 .. 7) as they are; the same pieces as
 //   int16 pairs 32 x (byte 2i + byte 2i + 1), Q6_K's offset of 32 (maddubs' pairs of 32 and the
-//   inputs); four pieces of int16 pairs (sums of sub-blocks 2p and 2p + 1, for Q4_K's mins); the
-//   16 scales.
+//   inputs; Q3_K's offset of 4 is the same shifted right by 3); four pieces of int16 pairs (sums
+//   of sub-blocks 2p and 2p + 1, for Q4_K's and Q5_K's mins); the 16 scales.
 namespace detail {
 // The group tiles need AVX-512 F and BW and VNNI.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -482,12 +482,12 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
 }
 #endif
 
-// Q4_K, Q5_K and Q6_K against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K (Q5_K's the same
-// with a fifth bit) / vec_dot_q6_K_q8_K: a block of 256 weights is unpacked once for the NR
-// input rows into unsigned bytes (Q4_K's nibbles 0..15, Q5_K's 0..31; Q6_K's 6-bit q 0..63,
-// offset by 32 in the product) in eight sub-blocks of 32, with an int16 scale for each 16
-// weights. Per input row, eight int32 lanes (lane l of a sub-block: bytes 4l .. 4l + 3 times
-// their scale, exact), times dw * dx, go into one 8-lane accumulator; Q4_K's and Q5_K's mins
+// The K-quants against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K (Q5_K's the same with a
+// fifth bit) / vec_dot_q6_K_q8_K (Q3_K's the same with 3 bits): a block of 256 weights is
+// unpacked once for the NR input rows into unsigned bytes (Q4_K's nibbles 0..15, Q5_K's 0..31;
+// Q6_K's 6-bit q 0..63 offset by 32 in the product, Q3_K's 0..7 offset by 4) in eight
+// sub-blocks of 32, with an int16 scale for each 16 weights. Per input row, eight int32 lanes (lane l of a sub-block:
+// bytes 4l .. 4l + 3 times their scale, exact), times dw * dx, go into one 8-lane accumulator; Q4_K's and Q5_K's mins
 // (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K keeps per 16) into a second
 // sum. The same chain whatever the tile.
 struct k_block {
@@ -604,12 +604,49 @@ inline void unpack_q6_k(const unsigned char* block, k_block& k) noexcept {
   }
 }
 
-// A K-quant block of type T unpacked; T has mins (Q4_K, Q5_K) or an offset of 32 (Q6_K).
+// Q3_K: q = 2 bits of qs | the hmask bit << 2 (0..7, offset by 4 in the product), one int8
+// scale (6-bit, minus 32) per 16 weights; sub-block 4h + j holds bits 2j of qs[32h + l] and bit
+// 4h + j of hmask[l].
+inline void unpack_q3_k(const unsigned char* block, k_block& k) noexcept {
+  std::int8_t scale[16];
+  q3_k_scales(block + 96, scale);
+  k.d = half_to_float(block + 108);
+  for (int s = 0; s < 8; ++s) set_scales(k, s, scale[2 * s], scale[2 * s + 1]);
+  const unsigned char* hmask = block;
+  for (int h = 0; h < 2; ++h) {
+    const unsigned char* qs = block + 32 + 32 * h;
+#if defined(__AVX2__)
+    __m256i q, hm;
+    std::memcpy(&q, qs, 32);
+    std::memcpy(&hm, hmask, 32);
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+      const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1), 2);
+      const __m256i u = _mm256_or_si256(low, high);
+      std::memcpy(k.u + 32 * (4 * h + j), &u, 32);
+    }
+#else
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l)
+        k.u[32 * (4 * h + j) + l] = std::uint8_t(((qs[l] >> (2 * j)) & 3) | (((hmask[l] >> (4 * h + j)) & 1) << 2));
+#endif
+  }
+}
+
+// A K-quant block of type T unpacked; T has mins (Q4_K, Q5_K) or an offset (Q3_K 4, Q6_K 32).
 template <weight_type T>
 inline constexpr bool has_mins = T == weight_type::q4_k || T == weight_type::q5_k;
 template <weight_type T>
+inline constexpr int k_offset = T == weight_type::q6_k   ? 32
+                                : T == weight_type::q3_k ? 4
+                                                         : 0;
+template <weight_type T>
+inline constexpr bool is_k_quant = has_mins<T> || k_offset<T> != 0;
+template <weight_type T>
 inline void unpack_k_quant(const unsigned char* block, k_block& k) noexcept {
-  if constexpr (T == weight_type::q4_k) unpack_q4_k(block, k);
+  if constexpr (T == weight_type::q3_k) unpack_q3_k(block, k);
+  else if constexpr (T == weight_type::q4_k) unpack_q4_k(block, k);
   else if constexpr (T == weight_type::q5_k) unpack_q5_k(block, k);
   else unpack_q6_k(block, k);
 }
@@ -668,7 +705,7 @@ inline int k_block_mins(const k_block& k, const unsigned char* bsums) noexcept {
 template <weight_type T, int NR>
 inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                          std::size_t ldo) noexcept {
-  static_assert(has_mins<T> || T == weight_type::q6_k);
+  static_assert(is_k_quant<T>);
   constexpr block_layout layout = layout_of(T), input = layout_of(weight_type::q8_k);
   const unsigned char* row = w.row(j);
   const std::size_t blocks = w.cols / layout.elements;
@@ -681,7 +718,7 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
     for (int r = 0; r < NR; ++r) {
       const unsigned char* xb = in + std::size_t(r) * ld_in + b * input.bytes;
       const float dx = load_f32(xb);
-      acc[r] += broadcast8(k.d * dx) * k_block_dot < T == weight_type::q6_k ? 32 : 0 > (k, xb + 4);
+      acc[r] += broadcast8(k.d * dx) * k_block_dot<k_offset<T>>(k, xb + 4);
       if constexpr (has_mins<T>) mins[r] += k.dmin * dx * float(k_block_mins(k, xb + 260));
     }
   }
@@ -697,7 +734,7 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
 template <weight_type T>
 inline void k_quant_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
                                std::size_t ldo) noexcept {
-  static_assert(has_mins<T> || T == weight_type::q6_k);
+  static_assert(is_k_quant<T>);
   using v16i = std::int32_t __attribute__((vector_size(64)));
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
@@ -719,9 +756,10 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
         std::memcpy(&piece, x + 64 * (8 * s + l), sizeof piece);
         // u8 weights x s8 inputs into int16 pairs (<= 2 * 63 * 127: no saturation)
         __m512i pairs = _mm512_maddubs_epi16(_mm512_set1_epi32(std::int32_t(load_u32(k.u + 32 * s + 4 * l))), piece);
-        if constexpr (T == weight_type::q6_k) {
+        if constexpr (k_offset<T> != 0) {  // the pieces hold 32 x the pairs: Q3_K's 4 x is an exact shift
           __m512i offset;
           std::memcpy(&offset, x32 + 64 * (8 * s + l), sizeof offset);
+          if constexpr (k_offset<T> == 4) offset = _mm512_srai_epi16(offset, 3);
           pairs = _mm512_sub_epi16(pairs, offset);
         }
         // both pairs of lane l share a scale: scale[s][2l] and [2l + 1] are equal
@@ -763,7 +801,7 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
 #endif
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
-    } else if constexpr (has_mins<T> || T == weight_type::q6_k) {
+    } else if constexpr (is_k_quant<T>) {
 #if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)
         k_quant_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
@@ -792,6 +830,7 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
     case weight_type::bf16: detail::compact_matmul_typed<weight_type::bf16>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q4_0: detail::compact_matmul_typed<weight_type::q4_0>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q8_0: detail::compact_matmul_typed<weight_type::q8_0>(out, ldo, in, n, w, j0, j1); break;
+    case weight_type::q3_k: detail::compact_matmul_typed<weight_type::q3_k>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q4_k: detail::compact_matmul_typed<weight_type::q4_k>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q5_k: detail::compact_matmul_typed<weight_type::q5_k>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::q6_k: detail::compact_matmul_typed<weight_type::q6_k>(out, ldo, in, n, w, j0, j1); break;

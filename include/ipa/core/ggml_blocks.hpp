@@ -17,12 +17,13 @@
 namespace ipa {
 
 /// How a matrix's rows are stored, by ggml's type ids. Q8_K is an input encoding only (the
-/// inputs of Q4_K, Q5_K and Q6_K products); files never hold it.
+/// inputs of the K-quants' products); files never hold it.
 enum class weight_type : std::uint32_t {
   f32 = 0,
   f16 = 1,
   q4_0 = 2,
   q8_0 = 8,
+  q3_k = 11,
   q4_k = 12,
   q5_k = 13,
   q6_k = 14,
@@ -38,6 +39,7 @@ inline const char* weight_type_name(weight_type t) noexcept {
     case weight_type::bf16: return "BF16";
     case weight_type::q4_0: return "Q4_0";
     case weight_type::q8_0: return "Q8_0";
+    case weight_type::q3_k: return "Q3_K";
     case weight_type::q4_k: return "Q4_K";
     case weight_type::q5_k: return "Q5_K";
     case weight_type::q6_k: return "Q6_K";
@@ -48,7 +50,7 @@ inline const char* weight_type_name(weight_type t) noexcept {
 
 /// True for the ggml type ids a model file may store and ipa reads.
 inline bool is_stored_weight_type(std::uint32_t id) noexcept {
-  return id == 0 || id == 1 || id == 30 || id == 2 || id == 8 || id == 12 || id == 13 || id == 14;
+  return id == 0 || id == 1 || id == 30 || id == 2 || id == 8 || id == 11 || id == 12 || id == 13 || id == 14;
 }
 
 /// ggml's name of a type id, for messages about files (those ipa does not read too).
@@ -72,6 +74,7 @@ inline constexpr block_layout layout_of(weight_type t) noexcept {
     case weight_type::bf16: return {1, 2};
     case weight_type::q4_0: return {32, 18};    // f16 d, 16 bytes of nibbles
     case weight_type::q8_0: return {32, 34};    // f16 d, 32 int8
+    case weight_type::q3_k: return {256, 110};  // 32 bytes of high bits, 64 of 2-bit pairs, 12 of 6-bit scales, f16 d
     case weight_type::q4_k: return {256, 144};  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 of nibbles
     case weight_type::q5_k: return {256, 176};  // Q4_K's, with 32 bytes of fifth bits before the nibbles
     case weight_type::q6_k: return {256, 210};  // 128 low nibbles, 64 of high bit pairs, 16 int8 scales, f16 d
@@ -83,11 +86,12 @@ inline constexpr std::size_t q8_0_block = 32, q8_0_block_bytes = 34;
 
 /// The encoding of the inputs that llama.cpp's CPU build multiplies a type's weights with
 /// (ggml's vec_dot_type): F16 and BF16 weights take inputs rounded to their type (ipa keeps them
-/// as floats), Q4_0 and Q8_0 take Q8_0 inputs, Q4_K, Q5_K and Q6_K take Q8_K inputs.
+/// as floats), Q4_0 and Q8_0 take Q8_0 inputs, the K-quants (Q3_K to Q6_K) Q8_K inputs.
 inline constexpr weight_type input_type(weight_type t) noexcept {
   switch (t) {
     case weight_type::q4_0:
     case weight_type::q8_0: return weight_type::q8_0;
+    case weight_type::q3_k:
     case weight_type::q4_k:
     case weight_type::q5_k:
     case weight_type::q6_k:
@@ -112,6 +116,14 @@ inline float load_f32(const unsigned char* p) noexcept {
   float f;
   std::memcpy(&f, p, 4);
   return f;
+}
+// Q3_K's sixteen 6-bit scales, packed in 12 bytes (low nibbles in bytes 0-7, high bit pairs in
+// 8-11), as signed scales (minus 32), in ggml's dequantize_row_q3_K order.
+inline void q3_k_scales(const unsigned char* packed, std::int8_t (&scale)[16]) noexcept {
+  for (int i = 0; i < 16; ++i) {
+    const int low = (packed[i % 8] >> (4 * (i / 8))) & 0xF, high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+    scale[i] = std::int8_t((low | (high << 4)) - 32);
+  }
 }
 // Q4_K's eight 6-bit scales and eight 6-bit mins, packed in 12 bytes (ggml's get_scale_min_k4).
 inline void q4_k_scales(const unsigned char* q, std::uint8_t (&scale)[8], std::uint8_t (&min)[8]) noexcept {
@@ -161,6 +173,20 @@ inline void dequantize_block(weight_type t, const unsigned char* block, float* o
     case weight_type::q8_0: {
       const float d = load_half(block);
       for (int j = 0; j < 32; ++j) out[j] = d * float(static_cast<std::int8_t>(block[2 + j]));
+      return;
+    }
+    case weight_type::q3_k: {  // weight 128h + 32j + l: bits 2j of qs[32h + l], minus 4 unless bit 4h + j of hmask[l]
+      const unsigned char* hmask = block;
+      const unsigned char* qs = block + 32;
+      std::int8_t scale[16];
+      detail::q3_k_scales(block + 96, scale);
+      const float d = load_half(block + 108);
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j)
+          for (int l = 0; l < 32; ++l) {
+            const int q = ((qs[32 * h + l] >> (2 * j)) & 3) - (((hmask[l] >> (4 * h + j)) & 1) ? 0 : 4);
+            *out++ = d * float(scale[8 * h + 2 * j + l / 16]) * float(q);
+          }
       return;
     }
     case weight_type::q4_k: {  // 64 weights per 32 bytes: low nibbles (scale 2j), then high nibbles (2j + 1)
@@ -232,6 +258,7 @@ inline bool block_is_finite(weight_type t, const unsigned char* block) noexcept 
     case weight_type::q4_k:
     case weight_type::q5_k: return std::isfinite(load_half(block)) && std::isfinite(load_half(block + 2));
     case weight_type::q6_k: return std::isfinite(load_half(block + 208));
+    case weight_type::q3_k: return std::isfinite(load_half(block + 108));
   }
   return false;
 }

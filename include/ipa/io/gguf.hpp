@@ -132,7 +132,7 @@ class gguf_file {
         t.offset = read<std::uint64_t>("the offset of " + name);
         if (!is_stored_weight_type(t.type))
           fail("tensor '" + name + "' has ggml type " + ggml_type_name(t.type) + " (" + std::to_string(t.type) +
-               "); ipa reads F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K (a Q4_K_M or Q5_K_M file)");
+               "); ipa reads F32, F16, BF16, Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K (Q3_K_M, Q4_K_M, Q5_K_M files)");
         if (const std::size_t block = layout_of(weight_type(t.type)).elements; t.dims[0] % block != 0)
           fail(std::string(weight_type_name(weight_type(t.type))) + " tensor '" + name + "' has rows of " +
                std::to_string(t.dims[0]) + " weights, not a multiple of its block of " + std::to_string(block));
