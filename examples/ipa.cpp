@@ -129,8 +129,8 @@ void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
 
 constexpr const char* model_formats =
     R"(MODEL is a llama2.c checkpoint (e.g. stories260K.bin), a GGUF file (llama or gpt2 architecture; F32, F16, BF16,
-Q8_0, Q4_0, Q4_K, Q6_K), a Hugging Face Llama or GPT-2 folder (config.json + safetensors), or the http:// URL of an inference
-server: llama.cpp's llama-server (http://HOST:PORT, native /completion) or an OpenAI-compatible
+Q8_0, Q4_0, Q3_K, Q4_K, Q5_K, Q6_K), a Hugging Face Llama or GPT-2 folder (config.json + safetensors), or the http://
+URL of an inference server: llama.cpp's llama-server (http://HOST:PORT, native /completion) or an OpenAI-compatible
 /v1/completions (http://HOST:PORT/v1: vLLM with --return-tokens-as-token-ids, llama-server's /v1); several
 servers as URL1,URL2 (rows are spread over them; --tokenizer is then required). TOK is a tokenizer.bin, a
 GGUF, or a GPT-2 BPE folder / tokenizer.json; by default the GGUF's own, else the tokenizer.bin next to

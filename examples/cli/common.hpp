@@ -179,7 +179,7 @@ inline std::string architecture_of(const std::string& path) {
 enum class f32_model { in_place, repacked };
 
 /// A Llama model to decode with (a base, a --policy): a GGUF that stores compact matrices (F16,
-/// BF16, Q4_0, Q8_0, Q4_K, Q6_K) or a Hugging Face folder of F16/BF16 matrices is read where it
+/// BF16, Q4_0, Q8_0, Q3_K-Q6_K) or a Hugging Face folder of F16/BF16 matrices is read where it
 /// lies, mapped, with no f32 copy; an f32 model as `f32` says; an adapter folder is loaded in f32
 /// and repacked.
 inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_model f32 = f32_model::repacked) {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Weight matrices kept in their stored encoding (ggml's F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K; the
+// Weight matrices kept in their stored encoding (ggml's F32, F16, BF16, Q4_0, Q8_0, Q3_K-Q6_K; the
 // blocks are in ggml_blocks.hpp), read where they lie (a mapped GGUF): out = x * w^T, unpacking
 // a block at a time in registers, never into an f32 copy, beside a plain scalar reference that
 // the tests compare against. As in matmul.hpp,
@@ -94,7 +94,7 @@ inline void require_finite(const compact_matrix& w, const std::string& where, co
 /// prepares them when it decodes one token (input_type(), ggml's vec_dot_type), so that ipa
 /// computes what llama.cpp computes: F32 weights take the f32 rows as they are; F16 takes them
 /// rounded to F16 (kept as floats here); Q4_0 and Q8_0 take them quantized per block of 32
-/// (quantize_input_q8_0), Q4_K and Q6_K per block of 256 (quantize_row_q8_k), and multiply int8
+/// (quantize_input_q8_0), the K-quants per block of 256 (quantize_row_q8_k), and multiply int8
 /// by int8 with exact integer sums. (llama.cpp's prompt processing multiplies F16 by unrounded
 /// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
 /// gives the same bits alone or in a batch.) A prepared Q8_0 row is followed by its blocks'
@@ -857,7 +857,7 @@ class compact_stack {
     for (const compact_matrix& p : parts_) {
       if (ipa::input_type(p.type) != ipa::input_type(parts_.front().type) || p.cols != parts_.front().cols)
         throw shape_error(std::string("compact_stack: parts of one product must share a width and an input "
-                                      "encoding (F32, F16, Q8_0 for Q4_0/Q8_0, Q8_K for Q4_K/Q6_K), found ") +
+                                      "encoding (F32, F16, Q8_0 for Q4_0/Q8_0, Q8_K for the K-quants), found ") +
                           weight_type_name(parts_.front().type) + " x " + std::to_string(parts_.front().cols) +
                           " and " + weight_type_name(p.type) + " x " + std::to_string(p.cols));
       rows_ += p.rows;

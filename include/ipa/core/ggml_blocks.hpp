@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // ggml's weight encodings, one block at a time, the plain scalar way: what a GGUF file's bytes
-// mean (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) and how llama.cpp quantizes the inputs of a product
+// mean (F32, F16, BF16, Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K) and how llama.cpp quantizes the inputs of a product
 // (Q8_0, Q8_K). The kernels in compact_matrix.hpp read the same bytes in registers; these
 // functions are their reference. Layouts and arithmetic follow ggml-common.h and
 // ggml-quants.c (llama.cpp b4748), so the weights decode to the same floats as in llama.cpp.

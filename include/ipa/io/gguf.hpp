@@ -3,7 +3,7 @@
 // metadata counts, metadata key/values of every GGUF type (nested arrays included), tensor
 // infos, then the data section aligned to general.alignment (32). The reader checks every count,
 // length and offset against the file before allocating. A file is mapped, not copied; tensors
-// F32, F16, BF16, Q4_0, Q8_0, Q4_K and Q6_K (ggml_blocks.hpp) are dequantised to float (floats()) or
+// F32, F16, BF16, Q4_0, Q8_0, Q3_K, Q4_K, Q5_K and Q6_K (ggml_blocks.hpp) are dequantised to float (floats()) or
 // seen as stored (compact()). `load_gguf_llama` maps the `llama` architecture onto llama_weights
 // (`load_gguf_llama_compact` keeps its matrices as stored) and the SentencePiece tokenizer in
 // the metadata onto llama2c_tokenizer.
@@ -62,7 +62,7 @@ struct gguf_value {
 /// One tensor's info: ggml dims (ne[0] is the contiguous one), type, offset in the data section.
 struct gguf_tensor {
   std::vector<std::uint64_t> dims;
-  std::uint32_t type = 0;  ///< ggml_type (is_stored_weight_type: F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K)
+  std::uint32_t type = 0;  ///< ggml_type (is_stored_weight_type: F32, F16, BF16, Q4_0, Q8_0, Q3_K-Q6_K)
   std::uint64_t offset = 0, bytes = 0;
   std::uint64_t elements() const noexcept {
     std::uint64_t n = 1;
@@ -367,7 +367,7 @@ inline llama_weights load_gguf_llama(const gguf_file& f) {
 }
 
 /// A Llama-architecture GGUF read where it lies: its matrices compact (F32, F16, BF16, Q4_0,
-/// Q8_0, Q4_K, Q6_K, as stored, no copy; their values checked when used, see
+/// Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, as stored, no copy; their values checked when used, see
 /// llama_compact_weights), its norms as floats; the result keeps the file (mapped) alive.
 inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
   llama_compact_weights w;

@@ -119,7 +119,7 @@ inline std::vector<tensor_slot> llama_layout(const llama_config& config) {
 enum class rope_pairs { interleaved, halves };
 
 /// A Llama model's weights as a file stores them (a mapped GGUF, llama2.c checkpoint or Hugging
-/// Face folder): the matrices compact (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K) and read in place,
+/// Face folder): the matrices compact (F32, F16, BF16, Q4_0, Q8_0, Q3_K to Q6_K) and read in place,
 /// the norms as floats. `storage` keeps the matrices' bytes alive.
 ///
 /// The loaders check a file's structure (every offset, size and type) and its norms, but not the
