@@ -290,6 +290,15 @@ TEST_CASE(
   std::filesystem::create_directories(dir);
   const std::string f32_path = (dir / "F32.gguf").string();
   ipa::save_gguf_llama(f32_path, weights, &tok, ipa::weight_type::f32);
+  // The K-quants agree to the last bits of llama.cpp's float chain, which fuses multiply-adds as
+  // an optimised build of ipa does; an unoptimised one (the sanitizer pass builds -O0) rounds
+  // them apart and flips an int8 input now and then (Q5_K_M at position 32): there, the
+  // quantized types' flip tolerance.
+#ifdef __OPTIMIZE__
+  constexpr double k_quant_tol = 1e-4;
+#else
+  constexpr double k_quant_tol = 0.4;
+#endif
   const struct {
     const char* name;
     ipa::weight_type written;  // by ipa; or f32, then llama-quantize to `name`
@@ -300,10 +309,10 @@ TEST_CASE(
                {"BF16", ipa::weight_type::f32, 5e-2, 5e-2},
                {"Q8_0", ipa::weight_type::q8_0, 0.4, 0.1},
                {"Q4_0", ipa::weight_type::f32, 0.4, 0.1},
-               {"Q4_K_M", ipa::weight_type::f32, 1e-4, 0.1},
-               {"Q5_K_M", ipa::weight_type::f32, 1e-4, 0.1},
+               {"Q4_K_M", ipa::weight_type::f32, k_quant_tol, 0.1},
+               {"Q5_K_M", ipa::weight_type::f32, k_quant_tol, 0.1},
                // (a Q3_K token embedding: llama-server's lookup differs, as for Q4_0: see above)
-               {"Q3_K_M", ipa::weight_type::f32, 1e-4, 0.1, "--token-embedding-type f32"}};
+               {"Q3_K_M", ipa::weight_type::f32, k_quant_tol, 0.1, "--token-embedding-type f32"}};
   for (const auto& [name, written, small_tol, tol_110m, options] : cases) {
     const double tol = shape_110m ? tol_110m : small_tol;
     CAPTURE(std::string(name));
