@@ -189,31 +189,21 @@ inline void dequantize_block(weight_type t, const unsigned char* block, float* o
           }
       return;
     }
-    case weight_type::q4_k: {  // 64 weights per 32 bytes: low nibbles (scale 2j), then high nibbles (2j + 1)
+    case weight_type::q4_k:
+    case weight_type::q5_k: {  // 64 weights per 32 bytes of nibbles: low (scale 2j), then high (2j + 1);
+                               // Q5_K adds bit 2j (low) or 2j + 1 (high) of qh[l] as 16, qh before the nibbles
       const float d = load_half(block), dmin = load_half(block + 2);
       std::uint8_t scale[8], min[8];
       detail::q4_k_scales(block + 4, scale, min);
-      const unsigned char* q = block + 16;
-      for (int j = 0; j < 4; ++j, q += 32) {
-        const float d1 = d * scale[2 * j], m1 = dmin * min[2 * j];
-        const float d2 = d * scale[2 * j + 1], m2 = dmin * min[2 * j + 1];
-        for (int l = 0; l < 32; ++l) *out++ = d1 * float(q[l] & 0xF) - m1;
-        for (int l = 0; l < 32; ++l) *out++ = d2 * float(q[l] >> 4) - m2;
-      }
-      return;
-    }
-    case weight_type::q5_k: {  // Q4_K's nibbles plus a fifth bit: weight 64j + l takes bit 2j of qh[l], 64j + 32 + l
-                               // bit 2j + 1
-      const float d = load_half(block), dmin = load_half(block + 2);
-      std::uint8_t scale[8], min[8];
-      detail::q4_k_scales(block + 4, scale, min);
+      const bool fifth = t == weight_type::q5_k;
       const unsigned char* qh = block + 16;
-      const unsigned char* q = block + 48;
+      const unsigned char* q = block + (fifth ? 48 : 16);
+      auto bit = [&](int l, int b) { return fifth ? ((qh[l] >> b) & 1) << 4 : 0; };
       for (int j = 0; j < 4; ++j, q += 32) {
         const float d1 = d * scale[2 * j], m1 = dmin * min[2 * j];
         const float d2 = d * scale[2 * j + 1], m2 = dmin * min[2 * j + 1];
-        for (int l = 0; l < 32; ++l) *out++ = d1 * float((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) - m1;
-        for (int l = 0; l < 32; ++l) *out++ = d2 * float((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) - m2;
+        for (int l = 0; l < 32; ++l) *out++ = d1 * float((q[l] & 0xF) | bit(l, 2 * j)) - m1;
+        for (int l = 0; l < 32; ++l) *out++ = d2 * float((q[l] >> 4) | bit(l, 2 * j + 1)) - m2;
       }
       return;
     }
