@@ -114,9 +114,9 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
 // of 16 input rows, one 32-bit lane per row, where the row-at-a-time tiles spend a register on
 // 32 bytes of one input row. In a group, "piece (s, l)" is 64 bytes: bytes 4l .. 4l + 3 of
 // sub-block s of a block, for each of the 16 rows (row r at 4r).
-// - Q8_0 inputs, per block of 32: pieces (0, 0 .. 7), each byte offset by 128 to be unsigned
-//   (vpdpbusd multiplies unsigned by signed bytes); after all blocks, each block's 16 scales
-//   (floats).
+// - Q8_0 inputs, per block of 32: pieces (0, 0 .. 7) as they are, then each row's -128 x the sum
+//   of its 32 inputs (int32: the weights go in + 128, unsigned, as vpdpbusd wants them); after
+//   all blocks, each block's 16 scales (floats).
 // - Q8_K inputs, per block of 256: pieces (0 .. 7, 0 .. 7) as they are; the same pieces as
 //   int16 pairs 32 x (byte 2i + byte 2i + 1), Q6_K's offset of 32 (maddubs' pairs of 32 and the
 //   inputs; Q3_K's offset of 4 is the same shifted right by 3); four pieces of int16 pairs (sums
@@ -130,11 +130,12 @@ namespace detail {
 #endif
 inline constexpr bool row_groups = IPA_DETAIL_ROW_GROUPS;
 inline constexpr std::size_t group_rows = 16;
+inline constexpr std::size_t q8_0_group_block = 8 * 64 + 64;                   // bytes per block of 32
 inline constexpr std::size_t q8_k_group_block = 8 * 8 * 64 * 2 + 4 * 64 + 64;  // bytes per block of 256
 /// Bytes of one group of 16 rows of k inputs to `type` weights (0: no groups for this type).
 inline std::size_t group_bytes(weight_type type, std::size_t k) noexcept {
   switch (input_type(type)) {
-    case weight_type::q8_0: return k / q8_0_block * (8 * 64 + 64);
+    case weight_type::q8_0: return k / q8_0_block * (q8_0_group_block + 64);
     case weight_type::q8_k: return k / 256 * q8_k_group_block;
     default: return 0;
   }
@@ -159,13 +160,14 @@ inline void pack_group(weight_type type, const unsigned char* rows, std::size_t 
   auto as_is = [](const unsigned char* p, unsigned char* o) { std::memcpy(o, p, 4); };
   if (input_type(type) == weight_type::q8_0) {
     const std::size_t blocks = k / q8_0_block;
-    unsigned char* scales = out + blocks * 8 * 64;
-    auto unsigned_ = [](const unsigned char* p, unsigned char* o) {
-      for (int i = 0; i < 4; ++i) o[i] = p[i] ^ 0x80;  // int8 + 128, as uint8
-    };
+    unsigned char* scales = out + blocks * q8_0_group_block;
     for (std::size_t r = 0; r < group_rows; ++r)
       for (std::size_t b = 0; b < blocks; ++b) {
-        scatter_pieces(rows + r * ld + b * q8_0_block_bytes + 2, r, out + 8 * 64 * b, unsigned_);
+        const unsigned char* q = rows + r * ld + b * q8_0_block_bytes + 2;
+        scatter_pieces(q, r, out + q8_0_group_block * b, as_is);
+        std::int32_t start = 0;
+        for (std::size_t c = 0; c < q8_0_block; ++c) start -= 128 * std::int8_t(q[c]);
+        std::memcpy(out + q8_0_group_block * b + 8 * 64 + 4 * r, &start, 4);
         std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
       }
     return;
@@ -369,46 +371,85 @@ inline __m256i add_dot_s16(__m256i sum, __m256i a, __m256i b) noexcept {
 }
 #endif
 
-// Q8_0 x Q8_0 for NR input rows and row j of w, as ggml's AVX2 vec_dot_q8_0_q8_0: per block,
-// eight int32 lanes (lane l: the products of bytes 4l .. 4l + 3, exact), times dw * dx, into one
-// 8-lane accumulator; then the lanes in sum8's order. The same chain whatever the tile.
-inline v8f q8_0_block_dot(const unsigned char* wq, const unsigned char* xq) noexcept {
-  v8f lanes;
+// Q8_0 and Q4_0 weights x Q8_0 inputs. Per input row and row j of w, block b of 32 gives an
+// exact int32 sum of its products, times dw * dx as floats, into accumulator b % 8; the eight are
+// added in sum8's order: the same chain whatever the tile. One conversion and one FMA per block:
+// a group of 16 input rows (below) spends eight vpdpbusd on a block and three vector
+// instructions besides. (ggml's vec_dot_q8_0_q8_0 keeps eight lanes of each block apart
+// instead, eight conversions per block in a group: the same integers, a float order a few ulp
+// apart.)
+using v8i = std::int32_t __attribute__((vector_size(32)));
+
+// The products of a block of 32 int8 weights and 32 int8 inputs in eight int32 lanes (lane l:
+// bytes 4l .. 4l + 3), exact.
+inline v8i q8_0_block_lanes(const unsigned char* wq, const unsigned char* xq) noexcept {
 #if defined(__AVX2__)
   __m256i a, b;
   std::memcpy(&a, wq, 32);
   std::memcpy(&b, xq, 32);
   // |a| as unsigned times b with a's sign, four products into each int32 lane
-  const __m256 f = _mm256_cvtepi32_ps(dot_u8_s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a)));
-  std::memcpy(&lanes, &f, sizeof lanes);
+  return (v8i)dot_u8_s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 #else
-  for (int l = 0; l < 8; ++l) {
-    int sum = 0;
-    for (int b = 4 * l; b < 4 * l + 4; ++b) sum += int(std::int8_t(wq[b])) * int(std::int8_t(xq[b]));
-    lanes[l] = float(sum);
-  }
-#endif
+  v8i lanes = {};
+  for (int l = 0; l < 8; ++l)
+    for (int b = 4 * l; b < 4 * l + 4; ++b) lanes[l] += int(std::int8_t(wq[b])) * int(std::int8_t(xq[b]));
   return lanes;
+#endif
 }
 
-// Q4_0's nibbles as int8 weights (low nibbles are weights 0-15, high nibbles 16-31; minus 8).
-inline void q4_0_unpack(const unsigned char* qs, unsigned char* w) noexcept {
+// Lane u: the sum of the eight lanes of v[u] (exact integers, so any order).
+inline v8i add_lanes(const v8i (&v)[8]) noexcept {
+#if defined(__AVX2__)
+  auto h = [](v8i a, v8i b) { return (v8i)_mm256_hadd_epi32((__m256i)a, (__m256i)b); };
+  // per 128-bit half: lane u of blocks 0-3 (a) and 4-7 (b) from bytes 0-15, then from bytes 16-31
+  const __m256i a = (__m256i)h(h(v[0], v[1]), h(v[2], v[3])), b = (__m256i)h(h(v[4], v[5]), h(v[6], v[7]));
+  return (v8i)_mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+#else
+  v8i sums = {};
+  for (int u = 0; u < 8; ++u)
+    for (int l = 0; l < 8; ++l) sums[u] += v[u][l];
+  return sums;
+#endif
+}
+
+// Q4_0's nibbles as bytes (low nibbles are weights 0-15, high nibbles 16-31) plus `offset`: -8
+// gives the int8 weights, 120 the weights + 128 as uint8.
+inline void q4_0_unpack(const unsigned char* qs, unsigned char* w, std::int8_t offset) noexcept {
 #if defined(__AVX2__)
   __m128i q;
   std::memcpy(&q, qs, 16);
   const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0xF));
-  const __m256i v = _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+  const __m256i v = _mm256_add_epi8(nibbles, _mm256_set1_epi8(offset));
   std::memcpy(w, &v, 32);
 #else
   for (int j = 0; j < 16; ++j) {
-    w[j] = static_cast<unsigned char>((qs[j] & 0xF) - 8);
-    w[j + 16] = static_cast<unsigned char>((qs[j] >> 4) - 8);
+    w[j] = static_cast<unsigned char>((qs[j] & 0xF) + offset);
+    w[j + 16] = static_cast<unsigned char>((qs[j] >> 4) + offset);
   }
 #endif
 }
 
-// Q8_0 and Q4_0 weights x Q8_0 inputs for NR input rows and row j of w (Q4_0 unpacked to int8
-// once for the NR rows, as ggml's vec_dot_q4_0_q8_0 has the same lanes).
+// Eight halves (each `stride` bytes from the last) as floats. (Into `out`: a function that
+// returns a 32-byte vector and is not inlined changes the ABI of a build without AVX.)
+inline void gather8_f16(const unsigned char* p, std::size_t stride, v8f& out) noexcept {
+#if defined(__F16C__)
+  __m128i h = _mm_cvtsi32_si128(load_u16(p));
+  h = _mm_insert_epi16(h, load_u16(p + stride), 1);
+  h = _mm_insert_epi16(h, load_u16(p + 2 * stride), 2);
+  h = _mm_insert_epi16(h, load_u16(p + 3 * stride), 3);
+  h = _mm_insert_epi16(h, load_u16(p + 4 * stride), 4);
+  h = _mm_insert_epi16(h, load_u16(p + 5 * stride), 5);
+  h = _mm_insert_epi16(h, load_u16(p + 6 * stride), 6);
+  h = _mm_insert_epi16(h, load_u16(p + 7 * stride), 7);
+  out = (v8f)_mm256_cvtph_ps(h);
+#else
+  for (std::size_t k = 0; k < 8; ++k) out[k] = from_f16(load_u16(p + k * stride));
+#endif
+}
+
+// NR input rows (prepared, ld_in bytes apart) and row j of w, eight blocks at a time: their
+// weights unpacked once for the NR rows, each row's eight block sums gathered into one vector.
+// A last partial eight is padded with zero blocks (their terms add +0).
 template <weight_type T, int NR>
 inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                       std::size_t ldo) noexcept {
@@ -417,30 +458,58 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   const unsigned char* row = w.row(j);
   const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols);
   v8f acc[NR] = {};
-  alignas(32) unsigned char unpacked[32];
-  for (std::size_t b = 0; b < blocks; ++b) {
-    const unsigned char* wb = row + b * layout.bytes;
-    const float dw = half_to_float(wb);
-    const unsigned char* wq = wb + 2;
-    if constexpr (T == weight_type::q4_0) {
-      q4_0_unpack(wb + 2, unpacked);
-      wq = unpacked;
-    }
+  // eight blocks of weights at wb, of input row r at x[r] (their scales: dx[r])
+  auto eight = [&](const unsigned char* wb, const unsigned char*(&x)[NR], const v8f(&dx)[NR]) {
+    v8f dw;
+    gather8_f16(wb, layout.bytes, dw);
+    alignas(32) unsigned char unpacked[8][32];
     IPA_UNROLL(4)
     for (int r = 0; r < NR; ++r) {
-      const unsigned char* x = in + std::size_t(r) * ld_in;
-      acc[r] += broadcast8(dw * load_f32(x + scales + 4 * b)) * q8_0_block_dot(wq, x + b * q8_0_block_bytes + 2);
+      v8i lanes[8];
+      IPA_UNROLL(8)
+      for (std::size_t u = 0; u < 8; ++u) {
+        const unsigned char* wq = wb + u * layout.bytes + 2;
+        if constexpr (T == weight_type::q4_0) {
+          if (r == 0) q4_0_unpack(wq, unpacked[u], -8);
+          wq = unpacked[u];
+        }
+        lanes[u] = q8_0_block_lanes(wq, x[r] + u * q8_0_block_bytes + 2);
+      }
+      acc[r] += (dw * dx[r]) * __builtin_convertvector(add_lanes(lanes), v8f);
     }
+  };
+  std::size_t b0 = 0;
+  for (; b0 + 8 <= blocks; b0 += 8) {
+    const unsigned char* x[NR];
+    v8f dx[NR];
+    for (int r = 0; r < NR; ++r) {
+      x[r] = in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes;
+      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, sizeof(v8f));
+    }
+    eight(row + b0 * layout.bytes, x, dx);
+  }
+  if (b0 < blocks) {  // the last blocks, copied beside zero ones
+    const std::size_t count = blocks - b0;
+    alignas(32) unsigned char wb[8 * layout.bytes] = {}, xb[NR][8 * q8_0_block_bytes] = {};
+    std::memcpy(wb, row + b0 * layout.bytes, count * layout.bytes);
+    const unsigned char* x[NR];
+    v8f dx[NR] = {};
+    for (int r = 0; r < NR; ++r) {
+      std::memcpy(xb[r], in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes, count * q8_0_block_bytes);
+      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, 4 * count);
+      x[r] = xb[r];
+    }
+    eight(wb, x, dx);
   }
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
 #if IPA_DETAIL_ROW_GROUPS
-// q8_0_tile for a group of 16 input rows (pack_group's layout) and row j of w, one int32
-// lane per input row: q8_0_block_dot's eight lanes (the products of bytes 4l .. 4l + 3 of each
-// block) are eight registers here, acc[l], added at the end in sum8's order. The inputs' +128
-// adds 128 x the four weights to lane l's sum, which the register starts without: the integers
-// are q8_0_block_dot's, the chain q8_0_tile's, and so are the bits.
+// q8_0_tile for a group of 16 input rows (pack_group's layout) and row j of w, one int32 lane
+// per input row. vpdpbusd multiplies unsigned by signed bytes: the weights + 128 (unsigned) by
+// the inputs, so a block's sums start from the group's -128 x (the sum of the input row's 32
+// bytes). q8_0_tile's eight lanes of blocks are eight registers here: the integers, the chain
+// and the bits are its.
 template <weight_type T>
 inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
                             std::size_t ldo) noexcept {
@@ -448,33 +517,35 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
   const std::size_t blocks = w.cols / layout.elements;
-  const unsigned char* scales = group + blocks * 8 * 64;
+  const unsigned char* scales = group + blocks * q8_0_group_block;
   v16f acc[8] = {};
-  alignas(32) unsigned char unpacked[32];
-  for (std::size_t b = 0; b < blocks; ++b) {
-    const unsigned char* wb = row + b * layout.bytes;
-    const unsigned char* wq = wb + 2;
-    if constexpr (T == weight_type::q4_0) {
-      q4_0_unpack(wb + 2, unpacked);
-      wq = unpacked;
-    }
-    __m256i q;
-    std::memcpy(&q, wq, 32);
-    // lane l's sums start from -128 x weights 4l .. 4l + 3, what the inputs' +128 adds
-    alignas(32) std::int32_t starts[8];
-    const __m256i offsets = _mm256_sub_epi32(_mm256_setzero_si256(), dot_u8_s8(_mm256_set1_epi8(-128), q));
-    std::memcpy(starts, &offsets, sizeof starts);
-    v16f dx;
-    std::memcpy(&dx, scales + 64 * b, sizeof dx);
-    const v16f scale = half_to_float(wb) * dx;
+  for (std::size_t b0 = 0; b0 < blocks; b0 += 8) {
     IPA_UNROLL(8)
-    for (int l = 0; l < 8; ++l) {
-      __m512i x;
-      std::memcpy(&x, group + (8 * b + std::size_t(l)) * 64, sizeof x);
-      const __m512i start = _mm512_set1_epi32(starts[l]);
-      const auto weights = _mm512_set1_epi32(std::int32_t(load_u32(wq + 4 * l)));
-      const v16i sums = (v16i)_mm512_dpbusd_epi32(start, x, weights);
-      acc[l] += scale * __builtin_convertvector(sums, v16f);
+    for (std::size_t u = 0; u < 8; ++u) {
+      const std::size_t b = b0 + u;
+      if (b == blocks) break;
+      const unsigned char* wb = row + b * layout.bytes;
+      const unsigned char* pieces = group + b * q8_0_group_block;
+      // four weights + 128 in every lane: Q8_0's broadcast straight from the row (a broadcast
+      // from memory takes no shuffle unit) and offset; Q4_0's from its unpacked block
+      alignas(32) unsigned char unpacked[32];
+      if constexpr (T == weight_type::q4_0) q4_0_unpack(wb + 2, unpacked, 120);
+      auto weights = [&](std::size_t l) {
+        if constexpr (T == weight_type::q4_0) return _mm512_set1_epi32(std::int32_t(load_u32(unpacked + 4 * l)));
+        return _mm512_xor_si512(_mm512_set1_epi32(std::int32_t(load_u32(wb + 2 + 4 * l))), _mm512_set1_epi8(-128));
+      };
+      __m512i sums[2];  // two chains of four: half the latency
+      std::memcpy(&sums[0], pieces + 8 * 64, 64);
+      sums[1] = _mm512_setzero_si512();
+      IPA_UNROLL(8)
+      for (std::size_t l = 0; l < 8; ++l) {
+        __m512i x;
+        std::memcpy(&x, pieces + 64 * l, sizeof x);
+        sums[l / 4] = _mm512_dpbusd_epi32(sums[l / 4], weights(l), x);
+      }
+      v16f dx;
+      std::memcpy(&dx, scales + 64 * b, sizeof dx);
+      acc[u] += (half_to_float(wb) * dx) * __builtin_convertvector((v16i)sums[0] + (v16i)sums[1], v16f);
     }
   }
   const v16f total = sum8(acc);
