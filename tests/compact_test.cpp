@@ -157,6 +157,27 @@ TEST_CASE("Q8_K quantization is ggml's: iscale = -127 / the largest-magnitude in
   CHECK(std::all_of(back.begin(), back.begin() + 256, [](float v) { return v == 0.0f; }));
 }
 
+TEST_CASE("quantize_input_q8_0 (AVX2 where built with it) equals its one-element-at-a-time reference, bit for bit") {
+  ipa::xoshiro256 rng(23);
+  std::vector<float> x(32 * 40);
+  for (std::size_t c = 0; c < x.size(); ++c) {
+    const std::size_t block = c / 32;
+    const double u = ipa::uniform01(rng) - 0.5;
+    x[c] = float(u * std::pow(10.0, double(block % 9) - 4.0));  // magnitudes 1e-4 .. 1e4
+    if (block == 3) x[c] = 0.0f;                                // an all-zero block: d = 0
+    if (block == 5) x[c] = float(int(c % 11) - 5) + 0.5f;       // with a 127 below: every x a tie
+    if (block == 6) x[c] = -x[c];
+  }
+  x[5 * 32] = 127.0f;                                // (127 / max = 1: x * 1 is x)
+  x[7 * 32 + 3] = -1e30f, x[8 * 32 + 31] = 3.4e38f;  // the largest magnitude last in its block
+  std::vector<unsigned char> fast(x.size() / 32 * ipa::q8_0_block_bytes), slow(fast.size());
+  ipa::quantize_input_q8_0(x.data(), x.size(), fast.data());
+  ipa::detail::quantize_input_q8_0_scalar(x.data(), x.size(), slow.data());
+  CHECK(fast == slow);
+  for (std::size_t c = 5 * 32 + 1; c < 6 * 32; ++c)  // halves to even, as ggml's AVX path rounds
+    CHECK(int(std::int8_t(fast[5 * ipa::q8_0_block_bytes + 2 + c % 32])) == int(std::nearbyint(x[c])));
+}
+
 TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale (and stay defined)") {
   // nearest_int is ggml's bit trick: round half to even, as std::nearbyint, where |v| < 2^22
   for (float v : {0.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -126.5f, 126.49f, 127.0f, -127.0f, 4194303.0f, 1e-30f})
