@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <ipa/core/compact_matrix.hpp>
@@ -176,6 +177,33 @@ TEST_CASE("quantize_input_q8_0 (AVX2 where built with it) equals its one-element
   CHECK(fast == slow);
   for (std::size_t c = 5 * 32 + 1; c < 6 * 32; ++c)  // halves to even, as ggml's AVX path rounds
     CHECK(int(std::int8_t(fast[5 * ipa::q8_0_block_bytes + 2 + c % 32])) == int(std::nearbyint(x[c])));
+}
+
+TEST_CASE("largest_magnitude is ggml's scan: the first input of the largest magnitude, NaNs skipped") {
+  auto scan = [](const float* x, std::size_t n) {  // quantize_row_q8_K_ref's loop
+    float amax = 0.0f, max = 0.0f;
+    for (std::size_t j = 0; j < n; ++j)
+      if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), max = x[j];
+    return std::pair{amax, max};
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  ipa::xoshiro256 rng(7);
+  for (int trial = 0; trial < 64; ++trial) {
+    CAPTURE(trial);
+    std::vector<float> x(256);
+    for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
+    const std::size_t a = std::size_t(ipa::uniform01(rng) * 256), b = std::size_t(ipa::uniform01(rng) * 256);
+    if (trial % 2 == 0) x[a] = -2.0f, x[b] = 2.0f;  // a tie of opposite signs: the first wins
+    if (trial % 3 == 0) x[(a + 1) % 256] = nan;
+    if (trial % 5 == 0) x[b] = trial % 10 == 0 ? -inf : inf;
+    if (trial == 7) std::fill(x.begin(), x.end(), 0.0f);
+    if (trial == 9) std::fill(x.begin(), x.end(), nan);
+    const auto [amax, max] = ipa::detail::largest_magnitude(x.data(), x.size());
+    const auto [scan_amax, scan_max] = scan(x.data(), x.size());
+    CHECK(amax == scan_amax);
+    CHECK(std::signbit(max) == std::signbit(scan_max));
+    CHECK(max == scan_max);
+  }
 }
 
 TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale (and stay defined)") {

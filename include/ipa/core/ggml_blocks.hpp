@@ -12,7 +12,7 @@
 #include <cstring>
 #include <iterator>
 
-#if defined(__AVX2__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -151,11 +151,58 @@ inline int nearest_int(float v) noexcept {
 }
 // 0 when every x is finite, NaN otherwise (x - x): added to a block's scale, it makes a
 // non-finite input reach the product's result, as float arithmetic would carry it, where the
-// integer quants alone would drop it (models read in place check their values that way)
+// integer quants alone would drop it (models read in place check their values that way). Any
+// order of the sum gives the same 0 or NaN, so eight lanes at a time where the build has AVX.
 inline float non_finite_mark(const float* x, std::size_t n) noexcept {
   float mark = 0.0f;
+#if defined(__AVX__)
+  if (n % 8 == 0) {
+    __m256 lanes = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      lanes = _mm256_add_ps(lanes, _mm256_sub_ps(v, v));
+    }
+    alignas(32) float l[8];
+    _mm256_store_ps(l, lanes);
+    for (float v : l) mark += v;
+    return mark;
+  }
+#endif
   for (std::size_t i = 0; i < n; ++i) mark += x[i] - x[i];
   return mark;
+}
+
+struct magnitude {
+  float amax, max;  ///< the largest |x| (NaNs skipped) and the first x of that magnitude, signed
+};
+// What ggml's quantize_row_q8_K_ref scans for: `if (|x| > amax) amax = |x|, max = x` in order.
+inline magnitude largest_magnitude(const float* x, std::size_t n) noexcept {
+  magnitude m{0.0f, 0.0f};
+#if defined(__AVX__)
+  if (n % 8 == 0) {  // the largest |x| (max returns its second operand on a NaN: skipped), then
+                     // the first x that has it
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 lanes = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 8) lanes = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), lanes);
+    alignas(32) float l[8];
+    _mm256_store_ps(l, lanes);
+    for (float v : l) m.amax = std::max(m.amax, v);
+    if (m.amax == 0.0f) return m;
+    const __m256 target = _mm256_set1_ps(m.amax);
+    for (std::size_t i = 0; i < n; i += 8) {
+      const __m256 magnitudes = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+      const int hits = _mm256_movemask_ps(_mm256_cmp_ps(magnitudes, target, _CMP_EQ_OQ));
+      if (hits != 0) {
+        m.max = x[i + std::size_t(__builtin_ctz(unsigned(hits)))];
+        break;
+      }
+    }
+    return m;
+  }
+#endif
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::fabs(x[i]) > m.amax) m.amax = std::fabs(x[i]), m.max = x[i];
+  return m;
 }
 }  // namespace detail
 
@@ -334,12 +381,7 @@ inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* ou
 /// when m > 0: the signs cancel), and the sums of each 16 q for the Q4_K mins.
 inline void quantize_row_q8_k(const float* x, std::size_t k, unsigned char* out) noexcept {
   for (std::size_t b = 0; b < k / 256; ++b, x += 256, out += 292) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < 256; ++j)
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
+    const auto [amax, max] = detail::largest_magnitude(x, 256);
     std::int8_t q[256] = {};
     float d = 0.0f;
     if (amax != 0.0f) {
