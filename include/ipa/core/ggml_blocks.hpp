@@ -149,12 +149,22 @@ inline int nearest_int(float v) noexcept {
   std::memcpy(&bits, &shifted, sizeof bits);
   return (bits & 0x007fffff) - 0x00400000;
 }
+#if defined(__AVX__)
+// The eight lanes of v combined by op (_mm_max_ps or _mm_add_ps on four lanes; exact here, so
+// any order), in three shuffles.
+template <class Op>
+inline float combine8(__m256 v, Op op) noexcept {
+  __m128 m = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = op(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(op(m, _mm_movehdup_ps(m)));
+}
+#endif
+
 // 0 when every x is finite, NaN otherwise (x - x): added to a block's scale, it makes a
 // non-finite input reach the product's result, as float arithmetic would carry it, where the
 // integer quants alone would drop it (models read in place check their values that way). Any
 // order of the sum gives the same 0 or NaN, so eight lanes at a time where the build has AVX.
 inline float non_finite_mark(const float* x, std::size_t n) noexcept {
-  float mark = 0.0f;
 #if defined(__AVX__)
   if (n % 8 == 0) {
     __m256 lanes = _mm256_setzero_ps();
@@ -162,47 +172,51 @@ inline float non_finite_mark(const float* x, std::size_t n) noexcept {
       const __m256 v = _mm256_loadu_ps(x + i);
       lanes = _mm256_add_ps(lanes, _mm256_sub_ps(v, v));
     }
-    alignas(32) float l[8];
-    _mm256_store_ps(l, lanes);
-    for (float v : l) mark += v;
-    return mark;
+    return combine8(lanes, [](__m128 a, __m128 b) { return _mm_add_ps(a, b); });
   }
 #endif
+  float mark = 0.0f;
   for (std::size_t i = 0; i < n; ++i) mark += x[i] - x[i];
   return mark;
+}
+
+// The largest |x|, NaNs skipped as std::max(amax, |x|) skips them (the maximum of the rest is
+// exact, so eight lanes at a time where the build has AVX: vmaxps returns its second operand,
+// the lanes so far, on a NaN). Every quantizer's block scale starts here.
+inline float max_magnitude(const float* x, std::size_t n) noexcept {
+#if defined(__AVX__)
+  if (n % 8 == 0) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 lanes = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 8) lanes = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), lanes);
+    return combine8(lanes, [](__m128 a, __m128 b) { return _mm_max_ps(a, b); });
+  }
+#endif
+  float amax = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  return amax;
 }
 
 struct magnitude {
   float amax, max;  ///< the largest |x| (NaNs skipped) and the first x of that magnitude, signed
 };
-// What ggml's quantize_row_q8_K_ref scans for: `if (|x| > amax) amax = |x|, max = x` in order.
+// What ggml's quantize_row_q8_K_ref scans for: `if (|x| > amax) amax = |x|, max = x` in order,
+// that is max_magnitude and the first x that has it.
 inline magnitude largest_magnitude(const float* x, std::size_t n) noexcept {
-  magnitude m{0.0f, 0.0f};
+  const float amax = max_magnitude(x, n);
+  if (amax == 0.0f) return {0.0f, 0.0f};
+  std::size_t i = 0;
 #if defined(__AVX__)
-  if (n % 8 == 0) {  // the largest |x| (max returns its second operand on a NaN: skipped), then
-                     // the first x that has it
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 lanes = _mm256_setzero_ps();
-    for (std::size_t i = 0; i < n; i += 8) lanes = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), lanes);
-    alignas(32) float l[8];
-    _mm256_store_ps(l, lanes);
-    for (float v : l) m.amax = std::max(m.amax, v);
-    if (m.amax == 0.0f) return m;
-    const __m256 target = _mm256_set1_ps(m.amax);
-    for (std::size_t i = 0; i < n; i += 8) {
-      const __m256 magnitudes = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
-      const int hits = _mm256_movemask_ps(_mm256_cmp_ps(magnitudes, target, _CMP_EQ_OQ));
-      if (hits != 0) {
-        m.max = x[i + std::size_t(__builtin_ctz(unsigned(hits)))];
-        break;
-      }
-    }
-    return m;
+  const __m256 sign = _mm256_set1_ps(-0.0f), target = _mm256_set1_ps(amax);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 magnitudes = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+    if (const int hits = _mm256_movemask_ps(_mm256_cmp_ps(magnitudes, target, _CMP_EQ_OQ)))
+      return {amax, x[i + std::size_t(__builtin_ctz(unsigned(hits)))]};
   }
 #endif
-  for (std::size_t i = 0; i < n; ++i)
-    if (std::fabs(x[i]) > m.amax) m.amax = std::fabs(x[i]), m.max = x[i];
-  return m;
+  for (; i < n; ++i)
+    if (std::fabs(x[i]) == amax) return {amax, x[i]};
+  return {amax, 0.0f};  // (not reached: amax is one of the |x|)
 }
 }  // namespace detail
 
@@ -309,8 +323,7 @@ namespace detail {
 template <class Quantize>
 void q8_0_blocks(const float* x, std::size_t k, unsigned char* out, Quantize quantize) noexcept {
   for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
-    float amax = 0.0f;
-    for (std::size_t c = 0; c < q8_0_block; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const float amax = max_magnitude(x, q8_0_block);
     const std::uint16_t h = to_f16(amax / 127.0f + non_finite_mark(x, q8_0_block));
     std::memcpy(out, &h, 2);
     for (std::size_t c = 0; c < q8_0_block; ++c) out[2 + c] = static_cast<unsigned char>(quantize(x[c], amax));
@@ -327,43 +340,24 @@ inline void quantize_row_q8_0(const float* x, std::size_t k, unsigned char* out)
   });
 }
 
-namespace detail {
-// quantize_input_q8_0 one element at a time: the reference for the AVX2 path below.
-inline void quantize_input_q8_0_scalar(const float* x, std::size_t k, unsigned char* out) noexcept {
-  q8_0_blocks(x, k, out,
-              [](float v, float amax) { return std::int8_t(nearest_int(v * (amax != 0.0f ? 127.0f / amax : 0.0f))); });
-}
-}  // namespace detail
-
 /// The same as llama.cpp's x86 build quantizes the inputs of a product (quantize_row_q8_0's AVX
-/// path, not the reference): q = nearest(x * (127 / max|x|)), ties to even. (Every step of a
-/// Q8_0 or Q4_0 product runs it on every input row: 32 floats a block in registers where the
-/// compiler leaves the max and the non-finite mark scalar.)
+/// path, not the reference): q = nearest(x * (127 / max|x|)), ties to even.
 inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* out) noexcept {
 #if defined(__AVX2__)
-  const __m256 sign = _mm256_set1_ps(-0.0f);
+  // q8_0_blocks' scale, then the 32 quants in registers: every step of a Q8_0 or Q4_0 product
+  // runs this on every input row, and at -O2 GCC leaves the element loop scalar (4x slower)
   for (std::size_t b = 0; b < k / q8_0_block; ++b, x += q8_0_block, out += q8_0_block_bytes) {
-    __m256 v[4], amax = _mm256_setzero_ps(), mark = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-      v[i] = _mm256_loadu_ps(x + 8 * i);
-      // |x| first: on a NaN, max returns its second operand, so NaNs are skipped as std::max skips them
-      amax = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), amax);
-      mark = _mm256_add_ps(mark, _mm256_sub_ps(v[i], v[i]));  // 0, or NaN (any order: the same)
-    }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    const float max = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-    __m128 n = _mm_add_ps(_mm256_castps256_ps128(mark), _mm256_extractf128_ps(mark, 1));
-    n = _mm_add_ps(n, _mm_movehl_ps(n, n));
-    const std::uint16_t h = to_f16(max / 127.0f + _mm_cvtss_f32(_mm_add_ss(n, _mm_movehdup_ps(n))));
+    const float amax = detail::max_magnitude(x, q8_0_block);
+    const std::uint16_t h = to_f16(amax / 127.0f + detail::non_finite_mark(x, q8_0_block));
     std::memcpy(out, &h, 2);
     // nearest_int's trick on eight lanes: add 1.5 x 2^23, keep the low mantissa bits
-    const __m256 scale = _mm256_set1_ps(max != 0.0f ? 127.0f / max : 0.0f), magic = _mm256_set1_ps(12582912.0f);
+    const __m256 scale = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), magic = _mm256_set1_ps(12582912.0f);
     __m256i q[4];
     for (int i = 0; i < 4; ++i)
-      q[i] = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(_mm256_mul_ps(v[i], scale), magic)),
-                                               _mm256_set1_epi32(0x007fffff)),
-                              _mm256_set1_epi32(0x00400000));
+      q[i] = _mm256_sub_epi32(
+          _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), scale), magic)),
+                           _mm256_set1_epi32(0x007fffff)),
+          _mm256_set1_epi32(0x00400000));
     // int32 -> int8 (|q| <= 127 for finite x), the packs' lane order undone by one permute
     const __m256i bytes =
         _mm256_permutevar8x32_epi32(_mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])),
@@ -371,7 +365,9 @@ inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* ou
     std::memcpy(out + 2, &bytes, 32);
   }
 #else
-  detail::quantize_input_q8_0_scalar(x, k, out);
+  detail::q8_0_blocks(x, k, out, [](float v, float amax) {
+    return std::int8_t(detail::nearest_int(v * (amax != 0.0f ? 127.0f / amax : 0.0f)));
+  });
 #endif
 }
 
