@@ -90,41 +90,65 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
 }
 
 TEST_CASE(
-    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K) equals its scalar reference, batch- and "
-    "range-invariant") {
+    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0 and Q8_0 interleaved, Q3_K, Q4_K, Q5_K, Q6_K) equals its scalar "
+    "reference, batch- and range-invariant") {
   ipa::xoshiro256 rng(11);
   for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16,
                                 ipa::weight_type::q4_0, ipa::weight_type::q8_0, ipa::weight_type::q3_k,
                                 ipa::weight_type::q4_k, ipa::weight_type::q5_k, ipa::weight_type::q6_k})
-    for (std::size_t k : {32u, 96u, 100u, 256u, 768u}) {
-      if (k % ipa::layout_of(type).elements != 0) continue;
-      const std::size_t m = 37, n = 39;  // two groups of 16 rows (AVX-512 VNNI batches) and 7 more
-      CAPTURE(ipa::weight_type_name(type));
-      CAPTURE(k);
-      const auto bytes = compact_bytes(type, m, k, rng);
-      const ipa::compact_matrix w{type, bytes.data(), m, k};
-      std::vector<float> x(n * k), out(n * m), ref(n * m), one(m), exact(n * m);
-      for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
-      std::vector<unsigned char> in(ipa::compact_prepared_bytes(type, n, k));
-      ipa::prepare_input(type, x.data(), k, n, k, in.data());
-      ipa::compact_matmul(out.data(), m, x.data(), k, n, w, 0, m);
-      ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);
-      for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
-      // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small
-      std::vector<unsigned char> f32_in(ipa::compact_prepared_bytes(ipa::weight_type::f32, n, k));
-      ipa::prepare_input(ipa::weight_type::f32, x.data(), k, n, k, f32_in.data());
-      std::vector<float> dequantized(m * k);
-      for (std::size_t j = 0; j < m; ++j) ipa::dequantize_row(w, j, dequantized.data() + j * k);
-      const ipa::compact_matrix as_f32{ipa::weight_type::f32,
-                                       reinterpret_cast<const unsigned char*>(dequantized.data()), m, k};
-      ipa::compact_matmul_reference(exact.data(), m, f32_in.data(), n, as_f32, 0, m);
-      for (std::size_t i = 0; i < n * m; ++i) CHECK(std::abs(out[i] - exact[i]) <= 0.01 * std::sqrt(double(k)));
-      for (std::size_t i = 0; i < n; ++i) {  // each row alone, in pieces of output columns: the same bits
-        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 0, 5);
-        ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 5, m);
-        for (std::size_t j = 0; j < m; ++j) CHECK(one[j] == out[i * m + j]);
+    for (std::size_t k : {32u, 96u, 100u, 256u, 768u})
+      for (const bool interleaved : {false, true}) {
+        if (k % ipa::layout_of(type).elements != 0 || (interleaved && type != ipa::weight_type::q8_0)) continue;
+        // two groups of 16 rows (of inputs on AVX-512 VNNI, of weights interleaved) and 7 and 5 more
+        const std::size_t m = 37, n = 39;
+        CAPTURE(ipa::weight_type_name(type));
+        CAPTURE(k);
+        CAPTURE(interleaved);
+        const auto bytes = compact_bytes(type, m, k, rng);
+        std::vector<unsigned char> interleaved_bytes(ipa::interleaved_q8_0_bytes(m, k));
+        const ipa::compact_matrix row_major{type, bytes.data(), m, k};
+        const ipa::compact_matrix w =
+            interleaved ? ipa::interleave_q8_0(row_major, interleaved_bytes.data()) : row_major;
+        std::vector<float> row(k), row_again(k);
+        for (std::size_t j = 0; interleaved && j < m; ++j) {  // the same weights
+          ipa::dequantize_row(row_major, j, row.data());
+          ipa::dequantize_row(w, j, row_again.data());
+          CHECK(row == row_again);
+        }
+        std::vector<float> x(n * k), out(n * m), ref(n * m), one(m), exact(n * m);
+        for (auto& v : x) v = float(ipa::uniform01(rng) - 0.5);
+        std::vector<unsigned char> in(ipa::compact_prepared_bytes(type, n, k));
+        ipa::prepare_input(type, x.data(), k, n, k, in.data());
+        ipa::compact_matmul(out.data(), m, x.data(), k, n, w, 0, m);
+        ipa::compact_matmul_reference(ref.data(), m, in.data(), n, w, 0, m);
+        if (interleaved) {  // the rows read without their groups of 16
+          std::vector<unsigned char> rows_only(ipa::compact_prepared_bytes(type, n, k, false));
+          ipa::prepare_input(type, x.data(), k, n, k, rows_only.data(), false);
+          std::vector<float> again(n * m);
+          ipa::compact_matmul_prepared(again.data(), m, rows_only.data(), n, w, 0, m);
+          CHECK(again == out);
+          // the scalar chain (builds without AVX-512 VNNI) gives the tile's bits
+          const std::size_t ld_in = ipa::compact_input_bytes(type, k);
+          for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < m; ++j)
+              CHECK(ipa::detail::q8_0_interleaved_dot(in.data() + i * ld_in, w, j) == out[i * m + j]);
+        }
+        for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
+        // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small
+        std::vector<unsigned char> f32_in(ipa::compact_prepared_bytes(ipa::weight_type::f32, n, k));
+        ipa::prepare_input(ipa::weight_type::f32, x.data(), k, n, k, f32_in.data());
+        std::vector<float> dequantized(m * k);
+        for (std::size_t j = 0; j < m; ++j) ipa::dequantize_row(w, j, dequantized.data() + j * k);
+        const ipa::compact_matrix as_f32{ipa::weight_type::f32,
+                                         reinterpret_cast<const unsigned char*>(dequantized.data()), m, k};
+        ipa::compact_matmul_reference(exact.data(), m, f32_in.data(), n, as_f32, 0, m);
+        for (std::size_t i = 0; i < n * m; ++i) CHECK(std::abs(out[i] - exact[i]) <= 0.01 * std::sqrt(double(k)));
+        for (std::size_t i = 0; i < n; ++i) {  // each row alone, in pieces of output columns: the same bits
+          ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 0, 5);
+          ipa::compact_matmul(one.data(), m, x.data() + i * k, k, 1, w, 5, m);
+          for (std::size_t j = 0; j < m; ++j) CHECK(one[j] == out[i * m + j]);
+        }
       }
-    }
 }
 
 TEST_CASE("Q8_K quantization is ggml's: iscale = -127 / the largest-magnitude input, sums of 16 kept") {

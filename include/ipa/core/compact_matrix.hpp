@@ -14,6 +14,8 @@
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__F16C__) || defined(__AVX2__)
@@ -29,11 +31,13 @@
 namespace ipa {
 
 /// A row-major matrix (rows x cols) in a compact encoding, seen where it lies; owns nothing.
-/// A row holds whole blocks (layout_of(type).elements divides cols).
+/// A row holds whole blocks (layout_of(type).elements divides cols). A Q8_0 matrix may instead
+/// be `interleaved` 16 rows at a time (interleave_q8_0), where row() has no meaning.
 struct compact_matrix {
   weight_type type = weight_type::f32;
   const unsigned char* data = nullptr;
   std::size_t rows = 0, cols = 0;
+  bool interleaved = false;
 
   /// Bytes of one row of `cols` weights.
   static std::size_t row_bytes(weight_type type, std::size_t cols) noexcept {
@@ -42,8 +46,61 @@ struct compact_matrix {
   }
   std::size_t row_bytes() const noexcept { return row_bytes(type, cols); }
   std::size_t bytes() const noexcept { return rows * row_bytes(); }
-  const unsigned char* row(std::size_t r) const noexcept { return data + r * row_bytes(); }
+  const unsigned char* row(std::size_t r) const noexcept {
+    IPA_ASSERT(!interleaved, "compact_matrix::row: an interleaved matrix has no rows in place");
+    return data + r * row_bytes();
+  }
 };
+
+// Q8_0 rows interleaved for the AVX-512 VNNI kernels: for each group of 16 rows and each block
+// of 32 columns, 544 bytes (what the 16 rows' blocks take row by row): the 16 scales (F16, row r
+// at 2r), then eight quads of 64 bytes, quad l holding weights 4l .. 4l + 3 of each row + 128
+// (unsigned, as vpdpbusd takes its first operand; row r at 4r). One 64-byte load then meets four
+// inputs of an input row broadcast, for 16 rows of w at once, and a batch reuses it for eight
+// input rows (row by row, a batch of 16 spent a load of inputs and a broadcast of weights on
+// every multiply). A last group of fewer than 16 rows is padded with zero scales and weights.
+namespace detail {
+inline constexpr std::size_t interleave_rows = 16, interleaved_block = interleave_rows * q8_0_block_bytes;
+
+// Block b of row r of an interleaved matrix back in ggml's layout (34 bytes: scale, 32 weights).
+inline void interleaved_block_of(const compact_matrix& w, std::size_t r, std::size_t b, unsigned char* out) noexcept {
+  const unsigned char* block = w.data + (r / interleave_rows * (w.cols / q8_0_block) + b) * interleaved_block;
+  const std::size_t lane = r % interleave_rows;
+  std::memcpy(out, block + 2 * lane, 2);
+  for (std::size_t l = 0; l < 8; ++l)
+    for (std::size_t i = 0; i < 4; ++i)
+      out[2 + 4 * l + i] = static_cast<unsigned char>(block[32 + 64 * l + 4 * lane + i] ^ 0x80);
+}
+}  // namespace detail
+
+/// Bytes of a rows x cols Q8_0 matrix interleaved (whole groups of 16 rows).
+inline std::size_t interleaved_q8_0_bytes(std::size_t rows, std::size_t cols) noexcept {
+  const std::size_t groups = (rows + detail::interleave_rows - 1) / detail::interleave_rows;
+  return groups * detail::interleave_rows * compact_matrix::row_bytes(weight_type::q8_0, cols);
+}
+
+/// w (row-major Q8_0) interleaved into out (interleaved_q8_0_bytes(w.rows, w.cols) bytes): the
+/// view of out.
+inline compact_matrix interleave_q8_0(const compact_matrix& w, unsigned char* out) noexcept {
+  IPA_ASSERT(w.type == weight_type::q8_0 && !w.interleaved, "interleave_q8_0 takes a row-major Q8_0 matrix");
+  using detail::interleave_rows, detail::interleaved_block;
+  const std::size_t blocks = w.cols / q8_0_block, groups = (w.rows + interleave_rows - 1) / interleave_rows;
+  for (std::size_t g = 0; g < groups; ++g)
+    for (std::size_t b = 0; b < blocks; ++b) {
+      unsigned char* block = out + (g * blocks + b) * interleaved_block;
+      for (std::size_t lane = 0; lane < interleave_rows; ++lane) {
+        const std::size_t r = g * interleave_rows + lane;
+        static constexpr unsigned char zero_block[q8_0_block_bytes] = {};
+        const unsigned char* in = r < w.rows ? w.data + r * w.row_bytes() + b * q8_0_block_bytes : zero_block;
+        std::memcpy(block + 2 * lane, in, 2);
+        for (std::size_t l = 0; l < 8; ++l) {
+          const std::uint32_t biased = detail::load_u32(in + 2 + 4 * l) ^ 0x80808080u;
+          std::memcpy(block + 32 + 64 * l + 4 * lane, &biased, 4);
+        }
+      }
+    }
+  return {weight_type::q8_0, out, w.rows, w.cols, true};
+}
 
 /// Weight c of a row, the plain scalar way.
 inline float compact_weight(weight_type type, const unsigned char* row, std::size_t c) noexcept {
@@ -56,6 +113,14 @@ inline float compact_weight(weight_type type, const unsigned char* row, std::siz
 /// Row r of w as floats (w.cols of them into out): the reference for every kernel below.
 inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) noexcept {
   const block_layout b = layout_of(w.type);
+  if (w.interleaved) {
+    unsigned char block[q8_0_block_bytes];
+    for (std::size_t i = 0; i < w.cols / q8_0_block; ++i) {
+      detail::interleaved_block_of(w, r, i, block);
+      dequantize_block(weight_type::q8_0, block, out + i * q8_0_block);
+    }
+    return;
+  }
   const unsigned char* row = w.row(r);
   for (std::size_t c = 0; c < w.cols; c += b.elements)
     dequantize_block(w.type, row + c / b.elements * b.bytes, out + c);
@@ -64,6 +129,14 @@ inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) n
 /// True when every weight of row r is finite (for blocks with scales: every scale).
 inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
   const block_layout b = layout_of(w.type);
+  if (w.interleaved) {
+    unsigned char block[q8_0_block_bytes];
+    for (std::size_t i = 0; i < w.cols / q8_0_block; ++i) {
+      detail::interleaved_block_of(w, r, i, block);
+      if (!block_is_finite(weight_type::q8_0, block)) return false;
+    }
+    return true;
+  }
   const unsigned char* row = w.row(r);
   // F32, F16, BF16: an exponent of all ones is Inf or NaN; a bit test the compiler vectorises
   // (llama_model checks every step's logits with it), and which -ffast-math cannot fold away
@@ -98,14 +171,17 @@ inline void require_finite(const compact_matrix& w, const std::string& where, co
 /// by int8 with exact integer sums. (llama.cpp's prompt processing multiplies F16 by unrounded
 /// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
 /// gives the same bits alone or in a batch.) A prepared Q8_0 row is followed by its blocks'
-/// scales as floats, converted once per product rather than once per row of weights.
+/// scales as floats, converted once per product rather than once per row of weights, and by
+/// -128 x the sum of each block's 32 inputs (int32: the interleaved weights are + 128).
 namespace detail {
 /// Where a prepared Q8_0 row of k inputs keeps its float scales: after its blocks.
 inline std::size_t q8_0_input_scales(std::size_t k) noexcept { return compact_matrix::row_bytes(weight_type::q8_0, k); }
+/// Where it keeps -128 x each block's sum: after the scales.
+inline std::size_t q8_0_input_offsets(std::size_t k) noexcept { return q8_0_input_scales(k) + 4 * (k / q8_0_block); }
 }  // namespace detail
 inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept {
   const weight_type in = input_type(type);
-  if (in == weight_type::q8_0) return detail::q8_0_input_scales(k) + 4 * (k / q8_0_block);
+  if (in == weight_type::q8_0) return detail::q8_0_input_offsets(k) + 4 * (k / q8_0_block);
   return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 
@@ -165,9 +241,7 @@ inline void pack_group(weight_type type, const unsigned char* rows, std::size_t 
       for (std::size_t b = 0; b < blocks; ++b) {
         const unsigned char* q = rows + r * ld + b * q8_0_block_bytes + 2;
         scatter_pieces(q, r, out + q8_0_group_block * b, as_is);
-        std::int32_t start = 0;
-        for (std::size_t c = 0; c < q8_0_block; ++c) start -= 128 * std::int8_t(q[c]);
-        std::memcpy(out + q8_0_group_block * b + 8 * 64 + 4 * r, &start, 4);
+        std::memcpy(out + q8_0_group_block * b + 8 * 64 + 4 * r, rows + r * ld + q8_0_input_offsets(k) + 4 * b, 4);
         std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
       }
     return;
@@ -199,13 +273,16 @@ inline void pack_group(weight_type type, const unsigned char* rows, std::size_t 
 }  // namespace detail
 
 /// Bytes prepare_input writes for n rows of k inputs to a product with `type` weights: the rows
-/// (compact_input_bytes each), then for quantized inputs on AVX-512 VNNI the rows again in groups of 16.
-inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k) noexcept {
-  return n * compact_input_bytes(type, k) + detail::row_group_count(type, n) * detail::group_bytes(type, k);
+/// (compact_input_bytes each), then for quantized inputs on AVX-512 VNNI the rows again in groups
+/// of 16, unless `with_groups` is false (weights that are all interleaved, which read the rows).
+inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k,
+                                          bool with_groups = true) noexcept {
+  const std::size_t groups = with_groups ? detail::row_group_count(type, n) : 0;
+  return n * compact_input_bytes(type, k) + groups * detail::group_bytes(type, k);
 }
-/// Writes compact_prepared_bytes(type, n, k) bytes.
+/// Writes compact_prepared_bytes(type, n, k, with_groups) bytes.
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
-                          unsigned char* out) noexcept {
+                          unsigned char* out, bool with_groups = true) noexcept {
   const std::size_t row_bytes = compact_input_bytes(type, k);
   for (std::size_t i = 0; i < n; ++i, out += row_bytes) {
     const float* xi = x + i * ldx;
@@ -219,9 +296,14 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
       case weight_type::q8_0: {
         quantize_input_q8_0(xi, k, out);
         unsigned char* scales = out + detail::q8_0_input_scales(k);
+        unsigned char* offsets = out + detail::q8_0_input_offsets(k);
         for (std::size_t b = 0; b < k / q8_0_block; ++b) {
           const float d = detail::load_half(out + b * q8_0_block_bytes);
           std::memcpy(scales + 4 * b, &d, 4);
+          std::int32_t sum = 0;
+          for (std::size_t c = 0; c < q8_0_block; ++c) sum += std::int8_t(out[b * q8_0_block_bytes + 2 + c]);
+          const std::int32_t offset = -128 * sum;
+          std::memcpy(offsets + 4 * b, &offset, 4);
         }
         break;
       }
@@ -232,7 +314,7 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
     }
   }
   const unsigned char* rows = out - n * row_bytes;  // out is past the rows now
-  for (std::size_t g = 0; g < detail::row_group_count(type, n); ++g)
+  for (std::size_t g = 0; with_groups && g < detail::row_group_count(type, n); ++g)
     detail::pack_group(type, rows + g * detail::group_rows * row_bytes, row_bytes, k,
                        out + g * detail::group_bytes(type, k));
 }
@@ -552,6 +634,106 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
   for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r];
 }
 #endif
+
+// Interleaved Q8_0 weights x Q8_0 inputs: per input row and row j of w, block b gives the exact
+// int32 sum of its products, then acc = fma(dw * dx, sum, acc), block after block. One chain
+// whatever the batch or the tile, and the same in every build: the scalar loop here and the
+// AVX-512 VNNI tile below round alike (an int32 sum converts to the nearest float either way).
+inline float q8_0_interleaved_dot(const unsigned char* x, const compact_matrix& w, std::size_t j) noexcept {
+  const std::size_t scales = q8_0_input_scales(w.cols);
+  float acc = 0;
+  unsigned char block[q8_0_block_bytes];
+  for (std::size_t b = 0; b < w.cols / q8_0_block; ++b) {
+    interleaved_block_of(w, j, b, block);
+    std::int32_t sum = 0;
+    for (std::size_t c = 0; c < q8_0_block; ++c)
+      sum += std::int8_t(block[2 + c]) * std::int8_t(x[b * q8_0_block_bytes + 2 + c]);
+    float dx;
+    std::memcpy(&dx, x + scales + 4 * b, sizeof dx);
+    acc = std::fma(load_half(block) * dx, float(sum), acc);
+  }
+  return acc;
+}
+
+#if IPA_DETAIL_ROW_GROUPS
+// NR input rows (prepared, ld_in bytes apart) and group g of an interleaved w, the group's 16 rows
+// in the lanes of a register: each quad of weights is loaded once for the NR rows, whose four
+// inputs come broadcast. A block's sums start from the input row's -128 x its sum (the weights are
+// + 128). Writes the group's rows in [j0, j1). With `fetch_ahead`, asks for the weights 16 blocks
+// on (8.5 KiB) while it computes: a batch computes long enough per block that the hardware's
+// prefetch alone left it waiting on memory (measured on one core, 8 input rows x 107 MB of
+// weights: 2.4 G vpdpbusd/s without, 3.8-4.2 with; the rows alone stream faster without).
+template <int NR>
+inline void q8_0_interleaved_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t g,
+                                  float* out, std::size_t ldo, std::size_t j0, std::size_t j1,
+                                  bool fetch_ahead) noexcept {
+  using v16i = std::int32_t __attribute__((vector_size(64)));
+  const std::size_t blocks = w.cols / q8_0_block, scales = q8_0_input_scales(w.cols),
+                    offsets = q8_0_input_offsets(w.cols);
+  const unsigned char* group = w.data + g * blocks * interleaved_block;
+  constexpr int chains = NR <= 2 ? 2 : 1;  // a row or two: two integer chains (vpdpbusd's latency)
+  __m512 acc[NR];
+  for (__m512& a : acc) a = _mm512_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const unsigned char* wb = group + b * interleaved_block;
+    if (fetch_ahead)
+      for (std::size_t c = 0; c < interleaved_block; c += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(wb + 16 * interleaved_block + c), _MM_HINT_T0);
+    __m512i sums[NR][chains];
+    for (int i = 0; i < NR; ++i) {
+      sums[i][0] = _mm512_set1_epi32(std::int32_t(load_u32(in + std::size_t(i) * ld_in + offsets + 4 * b)));
+      if constexpr (chains == 2) sums[i][1] = _mm512_setzero_si512();
+    }
+    IPA_UNROLL(8)
+    for (std::size_t l = 0; l < 8; ++l) {
+      __m512i q;
+      std::memcpy(&q, wb + 32 + 64 * l, sizeof q);
+      for (int i = 0; i < NR; ++i) {
+        const unsigned char* x = in + std::size_t(i) * ld_in + b * q8_0_block_bytes + 2 + 4 * l;
+        __m512i& sum = sums[i][l % chains];
+        sum = _mm512_dpbusd_epi32(sum, q, _mm512_set1_epi32(std::int32_t(load_u32(x))));
+      }
+    }
+    // (vector extensions where g++ 12's AVX-512 intrinsics warn falsely of undefined values)
+    const v8f dw_lo = load8_f16(wb), dw_hi = load8_f16(wb + 16);
+    const v16f dw = __builtin_shufflevector(dw_lo, dw_hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int i = 0; i < NR; ++i) {
+      float dx;
+      std::memcpy(&dx, in + std::size_t(i) * ld_in + scales + 4 * b, sizeof dx);
+      v16i sum = (v16i)sums[i][0];
+      if constexpr (chains == 2) sum += (v16i)sums[i][1];
+      acc[i] = _mm512_fmadd_ps(__m512(dw * dx), __m512(__builtin_convertvector(sum, v16f)), acc[i]);
+    }
+  }
+  const std::size_t first = g * interleave_rows, lo = std::max(j0, first) - first,
+                    hi = std::min({j1, w.rows, first + interleave_rows}) - first;
+  const auto lanes = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  for (int i = 0; i < NR; ++i) _mm512_mask_storeu_ps(out + std::size_t(i) * ldo + first, lanes, acc[i]);
+}
+#endif
+
+// compact_matmul_prepared for an interleaved w: on AVX-512 VNNI a group of 16 rows of w at a
+// time against the input rows eight at a time (the group's weights stay in cache between).
+inline void q8_0_interleaved_matmul(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
+                                    const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
+  const std::size_t ld_in = compact_input_bytes(weight_type::q8_0, w.cols);
+#if IPA_DETAIL_ROW_GROUPS
+  for (std::size_t g = j0 / interleave_rows; g * interleave_rows < j1; ++g) {
+    std::size_t i = 0;
+    auto tile = [&](auto rows) {  // the first pass over the group fetches ahead (a batch of 4 or more)
+      q8_0_interleaved_tile<rows()>(in + i * ld_in, ld_in, w, g, out + i * ldo, ldo, j0, j1, i == 0 && n >= 4);
+      i += rows();
+    };
+    while (i + 8 <= n) tile(std::integral_constant<int, 8>{});
+    if (n - i >= 4) tile(std::integral_constant<int, 4>{});
+    if (n - i >= 2) tile(std::integral_constant<int, 2>{});
+    if (n - i == 1) tile(std::integral_constant<int, 1>{});
+  }
+#else
+  for (std::size_t j = j0; j < j1; ++j)
+    for (std::size_t i = 0; i < n; ++i) out[i * ldo + j] = q8_0_interleaved_dot(in + i * ld_in, w, j);
+#endif
+}
 
 // The K-quants against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K (Q5_K's the same with a
 // fifth bit) / vec_dot_q6_K_q8_K (Q3_K's the same with 3 bits): a block of 256 weights is
@@ -895,6 +1077,7 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
 /// output columns j in [j0, j1): the kernel; compact_matmul_reference is the plain math.
 inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
                                     const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
+  if (w.interleaved) return detail::q8_0_interleaved_matmul(out, ldo, in, n, w, j0, j1);
   switch (w.type) {
     case weight_type::f32: detail::compact_matmul_typed<weight_type::f32>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::f16: detail::compact_matmul_typed<weight_type::f16>(out, ldo, in, n, w, j0, j1); break;
@@ -912,8 +1095,8 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
 /// The same from f32 rows x (w.cols columns, leading dimension ldx), prepared here.
 inline void compact_matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
                            const compact_matrix& w, std::size_t j0, std::size_t j1) {
-  std::vector<unsigned char> in(compact_prepared_bytes(w.type, n, w.cols));
-  prepare_input(w.type, x, ldx, n, w.cols, in.data());
+  std::vector<unsigned char> in(compact_prepared_bytes(w.type, n, w.cols, !w.interleaved));
+  prepare_input(w.type, x, ldx, n, w.cols, in.data(), !w.interleaved);
   compact_matmul_prepared(out, ldo, in.data(), n, w, j0, j1);
 }
 
@@ -924,7 +1107,8 @@ class compact_stack {
  public:
   compact_stack() = default;
   /// Throws shape_error when the parts differ in width or in the encoding of their inputs.
-  compact_stack(std::initializer_list<compact_matrix> parts) : parts_(parts) {
+  compact_stack(std::initializer_list<compact_matrix> parts) : compact_stack(std::vector<compact_matrix>(parts)) {}
+  explicit compact_stack(std::vector<compact_matrix> parts) : parts_(std::move(parts)) {
     for (const compact_matrix& p : parts_) {
       if (ipa::input_type(p.type) != ipa::input_type(parts_.front().type) || p.cols != parts_.front().cols)
         throw shape_error(std::string("compact_stack: parts of one product must share a width and an input "
@@ -940,6 +1124,11 @@ class compact_stack {
   weight_type input_type() const noexcept {
     return parts_.empty() ? weight_type::f32 : ipa::input_type(parts_.front().type);
   }
+  /// Whether prepare_input must add its groups of 16 rows (some part reads them).
+  bool needs_groups() const noexcept {
+    return std::any_of(parts_.begin(), parts_.end(), [](const compact_matrix& p) { return !p.interleaved; });
+  }
+  const std::vector<compact_matrix>& parts() const noexcept { return parts_; }
   /// Bytes read per product.
   std::size_t bytes() const noexcept {
     std::size_t b = 0;

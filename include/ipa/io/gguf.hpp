@@ -78,7 +78,9 @@ class gguf_file {
   static gguf_file load(const std::string& path) {
     auto mapped = std::make_shared<const mapped_file>(path);
     const std::string_view bytes = mapped->bytes();
-    return gguf_file(std::move(mapped), bytes, path);
+    gguf_file f(std::move(mapped), bytes, path);
+    f.is_mapped_ = true;
+    return f;
   }
   /// A GGUF held in memory (tests, fuzzing).
   gguf_file(std::string bytes, std::string where)
@@ -202,6 +204,8 @@ class gguf_file {
   }
   /// What keeps the bytes that compact() views alive (the mapping, or the bytes given).
   const std::shared_ptr<const void>& storage() const noexcept { return storage_; }
+  /// True when storage() is a read-only mapping of the file (load), not bytes in memory.
+  bool is_mapped() const noexcept { return is_mapped_; }
 
  private:
   // t's bytes as a rows x cols matrix (the constructor admits the stored types only)
@@ -266,6 +270,7 @@ class gguf_file {
   }
 
   std::shared_ptr<const void> storage_;
+  bool is_mapped_ = false;
   std::string_view bytes_;
   std::string where_;
   std::uint64_t at_ = 0, data_at_ = 0;
@@ -402,6 +407,7 @@ inline llama_compact_weights load_gguf_llama_compact(const gguf_file& f) {
     layer.w3 = matrix(b + "ffn_up.weight", hd, d);
   }
   w.storage = {f.storage()};
+  w.storage_is_mapped = f.is_mapped();
   return w;
 }
 

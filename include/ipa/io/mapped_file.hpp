@@ -4,6 +4,8 @@
 // costs no memory of its own beyond them.
 #pragma once
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -19,6 +21,18 @@
 #include "ipa/io/atomic_file.hpp"
 
 namespace ipa {
+
+namespace detail {
+/// Hands back the whole pages of [p, p + bytes), which must lie in a read-only file mapping
+/// (mapped_file): they leave the process's resident memory and read again from the file when
+/// touched. (On other memory MADV_DONTNEED would zero them: only for mappings.)
+inline void release_mapped_pages(const void* p, std::size_t bytes) noexcept {
+  const auto page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+  const std::uintptr_t first = (std::uintptr_t(p) + page - 1) / page * page,
+                       last = (std::uintptr_t(p) + bytes) / page * page;
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+}  // namespace detail
 
 /// A regular file mapped read-only (mmap, MAP_PRIVATE); move-only. Only its size at opening is
 /// mapped: every offset a reader takes from the file is checked against that size first.

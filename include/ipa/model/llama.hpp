@@ -10,16 +10,19 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "ipa/core/error.hpp"
+#include "ipa/core/huge_pages.hpp"
 #include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/parallel.hpp"
 #include "ipa/core/types.hpp"
+#include "ipa/io/mapped_file.hpp"
 #include "ipa/model/attention.hpp"
 #include "ipa/model/kv_cache.hpp"
 #include "ipa/model/llama_weights.hpp"
@@ -202,7 +205,7 @@ class llama_model {
                    const projection& p, float* xp, Done&& done) const noexcept {
     if (p.is_compact()) {  // each thread prepares the inputs (compact_matrix.hpp) into its own xp
       auto* prepared = reinterpret_cast<unsigned char*>(xp);
-      prepare_input(p.compact.input_type(), in, ldi, n, p.compact.cols(), prepared);
+      prepare_input(p.compact.input_type(), in, ldi, n, p.compact.cols(), prepared, p.compact.needs_groups());
       const std::size_t rows = p.compact.rows(), chunks = (rows + 15) / 16;
       auto product = [&](std::size_t q0, std::size_t q1) {
         const std::size_t c0 = 16 * q0, c1 = std::min(rows, 16 * q1);
@@ -371,9 +374,39 @@ class llama_model {
     if (c.shared_classifier) classifier.rows = V;  // the predicted rows of tok_embeddings
     expect(classifier, V, d, "output");
     classifier_.compact = compact_stack({classifier});
+    if constexpr (detail::row_groups) interleave_q8_0_matrices();
     weight_bytes_ = classifier_.compact.bytes();
     for (const layer_kernels& k : layers_)
       for (const projection* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) weight_bytes_ += m->compact.bytes();
+  }
+
+  // AVX-512 VNNI builds: every Q8_0 matrix interleaved 16 rows at a time (interleave_q8_0) into
+  // one buffer of the matrices' size, which copies of the model share. When the weights lie in a
+  // file mapping, its pages of each matrix go back once copied, so the model holds its weights
+  // once (the embedding rows, still read from the file, come back as tokens need them).
+  void interleave_q8_0_matrices() {
+    std::vector<compact_stack*> stacks = {&classifier_.compact};
+    for (layer_kernels& k : layers_)
+      for (projection* p : {&k.qkv, &k.wo, &k.w13, &k.w2}) stacks.push_back(&p->compact);
+    std::size_t bytes = 0;
+    for (const compact_stack* s : stacks)
+      for (const compact_matrix& m : s->parts())
+        if (m.type == weight_type::q8_0) bytes += interleaved_q8_0_bytes(m.rows, m.cols);
+    if (bytes == 0) return;
+    unsigned char* at = detail::huge_page_allocator<unsigned char>().allocate(bytes);
+    interleaved_.reset(
+        at, [bytes](unsigned char* p) { detail::huge_page_allocator<unsigned char>().deallocate(p, bytes); });
+    for (compact_stack* s : stacks) {
+      std::vector<compact_matrix> parts = s->parts();
+      for (compact_matrix& m : parts) {
+        if (m.type != weight_type::q8_0) continue;
+        const compact_matrix in_file = m;
+        m = ipa::interleave_q8_0(in_file, at);
+        at += interleaved_q8_0_bytes(m.rows, m.cols);
+        if (compact_.storage_is_mapped) detail::release_mapped_pages(in_file.data, in_file.bytes());
+      }
+      *s = compact_stack(std::move(parts));
+    }
   }
 
   // Throws unless every logit is finite: a non-finite weight read in place is named (the loaders
@@ -422,7 +455,8 @@ class llama_model {
   detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
   projection classifier_;
-  std::size_t weight_bytes_ = 0;  // weights read per token
+  std::shared_ptr<unsigned char> interleaved_;  // Q8_0 matrices as the kernels read them (interleave_q8_0)
+  std::size_t weight_bytes_ = 0;                // weights read per token
   // Over 8 MiB of weights a model no longer fits the private caches of a few cores
   // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
   bool streamed() const noexcept { return weight_bytes_ > (std::size_t{8} << 20); }
