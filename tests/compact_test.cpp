@@ -90,25 +90,26 @@ TEST_CASE("Q8_0 quantization is ggml's: d = max|x| / 127, q = round(x / d), and 
 }
 
 TEST_CASE(
-    "compact_matmul (F32, F16, BF16, Q4_0, Q8_0 and Q8_0 interleaved, Q3_K, Q4_K, Q5_K, Q6_K) equals its scalar "
-    "reference, batch- and range-invariant") {
+    "compact_matmul (F32, F16, BF16, Q4_0 and Q8_0 row by row and interleaved, Q3_K, Q4_K, Q5_K, Q6_K) equals its "
+    "scalar reference, batch- and range-invariant") {
   ipa::xoshiro256 rng(11);
   for (ipa::weight_type type : {ipa::weight_type::f32, ipa::weight_type::f16, ipa::weight_type::bf16,
                                 ipa::weight_type::q4_0, ipa::weight_type::q8_0, ipa::weight_type::q3_k,
                                 ipa::weight_type::q4_k, ipa::weight_type::q5_k, ipa::weight_type::q6_k})
     for (std::size_t k : {32u, 96u, 100u, 256u, 768u})
       for (const bool interleaved : {false, true}) {
-        if (k % ipa::layout_of(type).elements != 0 || (interleaved && type != ipa::weight_type::q8_0)) continue;
+        if (k % ipa::layout_of(type).elements != 0 ||
+            (interleaved && type != ipa::weight_type::q8_0 && type != ipa::weight_type::q4_0))
+          continue;
         // two groups of 16 rows (of inputs on AVX-512 VNNI, of weights interleaved) and 7 and 5 more
         const std::size_t m = 37, n = 39;
         CAPTURE(ipa::weight_type_name(type));
         CAPTURE(k);
         CAPTURE(interleaved);
         const auto bytes = compact_bytes(type, m, k, rng);
-        std::vector<unsigned char> interleaved_bytes(ipa::interleaved_q8_0_bytes(m, k));
+        std::vector<unsigned char> interleaved_bytes(ipa::interleaved_bytes(type, m, k));
         const ipa::compact_matrix row_major{type, bytes.data(), m, k};
-        const ipa::compact_matrix w =
-            interleaved ? ipa::interleave_q8_0(row_major, interleaved_bytes.data()) : row_major;
+        const ipa::compact_matrix w = interleaved ? ipa::interleave(row_major, interleaved_bytes.data()) : row_major;
         std::vector<float> row(k), row_again(k);
         for (std::size_t j = 0; interleaved && j < m; ++j) {  // the same weights
           ipa::dequantize_row(row_major, j, row.data());
@@ -131,7 +132,7 @@ TEST_CASE(
           const std::size_t ld_in = ipa::compact_input_bytes(type, k);
           for (std::size_t i = 0; i < n; ++i)
             for (std::size_t j = 0; j < m; ++j)
-              CHECK(ipa::detail::q8_0_interleaved_dot(in.data() + i * ld_in, w, j) == out[i * m + j]);
+              CHECK(ipa::detail::interleaved_dot(in.data() + i * ld_in, w, j) == out[i * m + j]);
         }
         for (std::size_t i = 0; i < n * m; ++i) CHECK(out[i] == doctest::Approx(ref[i]).epsilon(1e-5).scale(1.0));
         // the inputs' rounding (llama.cpp's: F16, Q8_0) against f32 inputs: small

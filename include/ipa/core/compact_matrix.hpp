@@ -31,8 +31,8 @@
 namespace ipa {
 
 /// A row-major matrix (rows x cols) in a compact encoding, seen where it lies; owns nothing.
-/// A row holds whole blocks (layout_of(type).elements divides cols). A Q8_0 matrix may instead
-/// be `interleaved` 16 rows at a time (interleave_q8_0), where row() has no meaning.
+/// A row holds whole blocks (layout_of(type).elements divides cols). A Q8_0 or Q4_0 matrix may
+/// instead be `interleaved` 16 rows at a time (interleave), where row() has no meaning.
 struct compact_matrix {
   weight_type type = weight_type::f32;
   const unsigned char* data = nullptr;
@@ -52,54 +52,63 @@ struct compact_matrix {
   }
 };
 
-// Q8_0 rows interleaved for the AVX-512 VNNI kernels: for each group of 16 rows and each block
-// of 32 columns, 544 bytes (what the 16 rows' blocks take row by row): the 16 scales (F16, row r
-// at 2r), then eight quads of 64 bytes, quad l holding weights 4l .. 4l + 3 of each row + 128
-// (unsigned, as vpdpbusd takes its first operand; row r at 4r). One 64-byte load then meets four
+// Q8_0 and Q4_0 rows interleaved for the AVX-512 VNNI kernels: for each group of 16 rows and
+// each block of 32 columns, what the 16 rows' blocks take row by row (Q8_0 544 bytes, Q4_0 288):
+// the 16 scales (F16, row r at 2r), then quads of 64 bytes, row r at 4r: Q8_0's quad l holds
+// weights 4l .. 4l + 3 of each row + 128 (unsigned, as vpdpbusd takes its first operand), eight
+// quads; Q4_0's quad l holds its bytes 4l .. 4l + 3 as stored (low nibbles: weights 4l .. 4l + 3
+// + 8, high nibbles: weights 16 + 4l .. + 3, + 8), four quads. One 64-byte load then meets four
 // inputs of an input row broadcast, for 16 rows of w at once, and a batch reuses it for eight
 // input rows (row by row, a batch of 16 spent a load of inputs and a broadcast of weights on
 // every multiply). A last group of fewer than 16 rows is padded with zero scales and weights.
 namespace detail {
-inline constexpr std::size_t interleave_rows = 16, interleaved_block = interleave_rows * q8_0_block_bytes;
+inline constexpr std::size_t interleave_rows = 16;
+inline bool can_interleave(weight_type type) noexcept { return type == weight_type::q8_0 || type == weight_type::q4_0; }
+// Bytes of one group's block: 16 blocks.
+inline std::size_t interleaved_block(weight_type type) noexcept { return interleave_rows * layout_of(type).bytes; }
 
-// Block b of row r of an interleaved matrix back in ggml's layout (34 bytes: scale, 32 weights).
+// Block b of row r of an interleaved matrix back in ggml's layout (scale, then the quants).
 inline void interleaved_block_of(const compact_matrix& w, std::size_t r, std::size_t b, unsigned char* out) noexcept {
-  const unsigned char* block = w.data + (r / interleave_rows * (w.cols / q8_0_block) + b) * interleaved_block;
-  const std::size_t lane = r % interleave_rows;
+  const unsigned char* block = w.data + (r / interleave_rows * (w.cols / q8_0_block) + b) * interleaved_block(w.type);
+  const bool q8_0 = w.type == weight_type::q8_0;
+  const std::size_t lane = r % interleave_rows, quads = q8_0 ? 8 : 4;
+  const unsigned char bias = q8_0 ? 0x80 : 0;
   std::memcpy(out, block + 2 * lane, 2);
-  for (std::size_t l = 0; l < 8; ++l)
+  for (std::size_t l = 0; l < quads; ++l)
     for (std::size_t i = 0; i < 4; ++i)
-      out[2 + 4 * l + i] = static_cast<unsigned char>(block[32 + 64 * l + 4 * lane + i] ^ 0x80);
+      out[2 + 4 * l + i] = static_cast<unsigned char>(block[32 + 64 * l + 4 * lane + i] ^ bias);
 }
 }  // namespace detail
 
-/// Bytes of a rows x cols Q8_0 matrix interleaved (whole groups of 16 rows).
-inline std::size_t interleaved_q8_0_bytes(std::size_t rows, std::size_t cols) noexcept {
+/// Bytes of a rows x cols Q8_0 or Q4_0 matrix interleaved (whole groups of 16 rows).
+inline std::size_t interleaved_bytes(weight_type type, std::size_t rows, std::size_t cols) noexcept {
   const std::size_t groups = (rows + detail::interleave_rows - 1) / detail::interleave_rows;
-  return groups * detail::interleave_rows * compact_matrix::row_bytes(weight_type::q8_0, cols);
+  return groups * detail::interleave_rows * compact_matrix::row_bytes(type, cols);
 }
 
-/// w (row-major Q8_0) interleaved into out (interleaved_q8_0_bytes(w.rows, w.cols) bytes): the
-/// view of out.
-inline compact_matrix interleave_q8_0(const compact_matrix& w, unsigned char* out) noexcept {
-  IPA_ASSERT(w.type == weight_type::q8_0 && !w.interleaved, "interleave_q8_0 takes a row-major Q8_0 matrix");
-  using detail::interleave_rows, detail::interleaved_block;
-  const std::size_t blocks = w.cols / q8_0_block, groups = (w.rows + interleave_rows - 1) / interleave_rows;
+/// w (row-major Q8_0 or Q4_0) interleaved into out (interleaved_bytes(w.type, w.rows, w.cols)
+/// bytes): the view of out.
+inline compact_matrix interleave(const compact_matrix& w, unsigned char* out) noexcept {
+  IPA_ASSERT(detail::can_interleave(w.type) && !w.interleaved, "interleave takes a row-major Q8_0 or Q4_0 matrix");
+  using detail::interleave_rows;
+  const std::size_t blocks = w.cols / q8_0_block, groups = (w.rows + interleave_rows - 1) / interleave_rows,
+                    block_bytes = layout_of(w.type).bytes, quads = (block_bytes - 2) / 4;
+  const std::uint32_t bias = w.type == weight_type::q8_0 ? 0x80808080u : 0;
   for (std::size_t g = 0; g < groups; ++g)
     for (std::size_t b = 0; b < blocks; ++b) {
-      unsigned char* block = out + (g * blocks + b) * interleaved_block;
+      unsigned char* block = out + (g * blocks + b) * detail::interleaved_block(w.type);
       for (std::size_t lane = 0; lane < interleave_rows; ++lane) {
         const std::size_t r = g * interleave_rows + lane;
-        static constexpr unsigned char zero_block[q8_0_block_bytes] = {};
-        const unsigned char* in = r < w.rows ? w.data + r * w.row_bytes() + b * q8_0_block_bytes : zero_block;
+        static constexpr unsigned char zero_block[q8_0_block_bytes] = {};  // (Q8_0 + 128: zeros)
+        const unsigned char* in = r < w.rows ? w.data + r * w.row_bytes() + b * block_bytes : zero_block;
         std::memcpy(block + 2 * lane, in, 2);
-        for (std::size_t l = 0; l < 8; ++l) {
-          const std::uint32_t biased = detail::load_u32(in + 2 + 4 * l) ^ 0x80808080u;
-          std::memcpy(block + 32 + 64 * l + 4 * lane, &biased, 4);
+        for (std::size_t l = 0; l < quads; ++l) {
+          const std::uint32_t quad = detail::load_u32(in + 2 + 4 * l) ^ bias;
+          std::memcpy(block + 32 + 64 * l + 4 * lane, &quad, 4);
         }
       }
     }
-  return {weight_type::q8_0, out, w.rows, w.cols, true};
+  return {w.type, out, w.rows, w.cols, true};
 }
 
 /// Weight c of a row, the plain scalar way.
@@ -114,10 +123,10 @@ inline float compact_weight(weight_type type, const unsigned char* row, std::siz
 inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) noexcept {
   const block_layout b = layout_of(w.type);
   if (w.interleaved) {
-    unsigned char block[q8_0_block_bytes];
+    unsigned char block[256] = {};  // (the size of any block: dequantize_block's other types)
     for (std::size_t i = 0; i < w.cols / q8_0_block; ++i) {
       detail::interleaved_block_of(w, r, i, block);
-      dequantize_block(weight_type::q8_0, block, out + i * q8_0_block);
+      dequantize_block(w.type, block, out + i * q8_0_block);
     }
     return;
   }
@@ -130,10 +139,10 @@ inline void dequantize_row(const compact_matrix& w, std::size_t r, float* out) n
 inline bool row_is_finite(const compact_matrix& w, std::size_t r) noexcept {
   const block_layout b = layout_of(w.type);
   if (w.interleaved) {
-    unsigned char block[q8_0_block_bytes];
+    unsigned char block[256] = {};  // (the size of any block: block_is_finite's other types)
     for (std::size_t i = 0; i < w.cols / q8_0_block; ++i) {
       detail::interleaved_block_of(w, r, i, block);
-      if (!block_is_finite(weight_type::q8_0, block)) return false;
+      if (!block_is_finite(w.type, block)) return false;
     }
     return true;
   }
@@ -172,7 +181,8 @@ inline void require_finite(const compact_matrix& w, const std::string& where, co
 /// f32 where rows are a multiple of 8 long; ipa rounds alike at every batch size, so a row
 /// gives the same bits alone or in a batch.) A prepared Q8_0 row is followed by its blocks'
 /// scales as floats, converted once per product rather than once per row of weights, and by
-/// -128 x the sum of each block's 32 inputs (int32: the interleaved weights are + 128).
+/// -128 x the sum of each block's 32 inputs (int32: interleaved Q8_0 weights are + 128; Q4_0's
+/// are + 8, a sixteenth of it).
 namespace detail {
 /// Where a prepared Q8_0 row of k inputs keeps its float scales: after its blocks.
 inline std::size_t q8_0_input_scales(std::size_t k) noexcept { return compact_matrix::row_bytes(weight_type::q8_0, k); }
@@ -635,19 +645,23 @@ inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w,
 }
 #endif
 
-// Interleaved Q8_0 weights x Q8_0 inputs: per input row and row j of w, block b gives the exact
-// int32 sum of its products, then acc = fma(dw * dx, sum, acc), block after block. One chain
-// whatever the batch or the tile, and the same in every build: the scalar loop here and the
+// Interleaved Q8_0 and Q4_0 weights x Q8_0 inputs: per input row and row j of w, block b gives
+// the exact int32 sum of its products, then acc = fma(dw * dx, sum, acc), block after block. One
+// chain whatever the batch or the tile, and the same in every build: the scalar loop here and the
 // AVX-512 VNNI tile below round alike (an int32 sum converts to the nearest float either way).
-inline float q8_0_interleaved_dot(const unsigned char* x, const compact_matrix& w, std::size_t j) noexcept {
+inline float interleaved_dot(const unsigned char* x, const compact_matrix& w, std::size_t j) noexcept {
   const std::size_t scales = q8_0_input_scales(w.cols);
   float acc = 0;
   unsigned char block[q8_0_block_bytes];
   for (std::size_t b = 0; b < w.cols / q8_0_block; ++b) {
     interleaved_block_of(w, j, b, block);
     std::int32_t sum = 0;
-    for (std::size_t c = 0; c < q8_0_block; ++c)
-      sum += std::int8_t(block[2 + c]) * std::int8_t(x[b * q8_0_block_bytes + 2 + c]);
+    for (std::size_t c = 0; c < q8_0_block; ++c) {
+      const int weight = w.type == weight_type::q8_0 ? std::int8_t(block[2 + c])
+                         : c < 16                    ? (block[2 + c] & 0xF) - 8
+                                                     : (block[2 + c - 16] >> 4) - 8;
+      sum += weight * std::int8_t(x[b * q8_0_block_bytes + 2 + c]);
+    }
     float dx;
     std::memcpy(&dx, x + scales + 4 * b, sizeof dx);
     acc = std::fma(load_half(block) * dx, float(sum), acc);
@@ -658,36 +672,49 @@ inline float q8_0_interleaved_dot(const unsigned char* x, const compact_matrix& 
 #if IPA_DETAIL_ROW_GROUPS
 // NR input rows (prepared, ld_in bytes apart) and group g of an interleaved w, the group's 16 rows
 // in the lanes of a register: each quad of weights is loaded once for the NR rows, whose four
-// inputs come broadcast. A block's sums start from the input row's -128 x its sum (the weights are
-// + 128). Writes the group's rows in [j0, j1). With `fetch_ahead`, asks for the weights 16 blocks
-// on (8.5 KiB) while it computes: a batch computes long enough per block that the hardware's
-// prefetch alone left it waiting on memory (measured on one core, 8 input rows x 107 MB of
-// weights: 2.4 G vpdpbusd/s without, 3.8-4.2 with; the rows alone stream faster without).
-template <int NR>
-inline void q8_0_interleaved_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t g,
-                                  float* out, std::size_t ldo, std::size_t j0, std::size_t j1,
-                                  bool fetch_ahead) noexcept {
+// inputs come broadcast. The weights are unsigned (Q8_0 + 128, Q4_0's nibbles + 8), so a block's
+// sums start from the input row's -128 (Q4_0: -8) x its sum. Writes the group's rows in [j0, j1).
+// With `fetch_ahead`, asks for the weights 16 blocks on while it computes: a batch computes long
+// enough per block that the hardware's prefetch alone left it waiting on memory (measured on one
+// core, 8 input rows x 107 MB of Q8_0 weights: 2.4 G vpdpbusd/s without, 3.8-4.2 with; one row
+// streams faster without).
+template <weight_type T, int NR>
+inline void interleaved_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t g,
+                             float* out, std::size_t ldo, std::size_t j0, std::size_t j1, bool fetch_ahead) noexcept {
   using v16i = std::int32_t __attribute__((vector_size(64)));
   const std::size_t blocks = w.cols / q8_0_block, scales = q8_0_input_scales(w.cols),
-                    offsets = q8_0_input_offsets(w.cols);
-  const unsigned char* group = w.data + g * blocks * interleaved_block;
+                    offsets = q8_0_input_offsets(w.cols), block_bytes = interleaved_block(T);
+  const unsigned char* group = w.data + g * blocks * block_bytes;
   constexpr int chains = NR <= 2 ? 2 : 1;  // a row or two: two integer chains (vpdpbusd's latency)
   __m512 acc[NR];
   for (__m512& a : acc) a = _mm512_setzero_ps();
   for (std::size_t b = 0; b < blocks; ++b) {
-    const unsigned char* wb = group + b * interleaved_block;
+    const unsigned char* wb = group + b * block_bytes;
     if (fetch_ahead)
-      for (std::size_t c = 0; c < interleaved_block; c += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(wb + 16 * interleaved_block + c), _MM_HINT_T0);
+      for (std::size_t c = 0; c < block_bytes; c += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(wb + 16 * block_bytes + c), _MM_HINT_T0);
     __m512i sums[NR][chains];
     for (int i = 0; i < NR; ++i) {
-      sums[i][0] = _mm512_set1_epi32(std::int32_t(load_u32(in + std::size_t(i) * ld_in + offsets + 4 * b)));
+      const auto offset = std::int32_t(load_u32(in + std::size_t(i) * ld_in + offsets + 4 * b));
+      sums[i][0] = _mm512_set1_epi32(T == weight_type::q8_0 ? offset : offset / 16);
       if constexpr (chains == 2) sums[i][1] = _mm512_setzero_si512();
     }
+    // weights 4l .. 4l + 3 of the 16 rows: Q8_0's quad l; Q4_0's low nibbles of quad l, or for
+    // l >= 4 the high nibbles of quad l - 4
+    auto weights = [&](std::size_t l) {
+      __m512i q;
+      if constexpr (T == weight_type::q8_0) {
+        std::memcpy(&q, wb + 32 + 64 * l, sizeof q);
+      } else {
+        std::memcpy(&q, wb + 32 + 64 * (l % 4), sizeof q);
+        if (l >= 4) q = _mm512_srli_epi16(q, 4);
+        q = _mm512_and_si512(q, _mm512_set1_epi8(0x0F));
+      }
+      return q;
+    };
     IPA_UNROLL(8)
     for (std::size_t l = 0; l < 8; ++l) {
-      __m512i q;
-      std::memcpy(&q, wb + 32 + 64 * l, sizeof q);
+      const __m512i q = weights(l);
       for (int i = 0; i < NR; ++i) {
         const unsigned char* x = in + std::size_t(i) * ld_in + b * q8_0_block_bytes + 2 + 4 * l;
         __m512i& sum = sums[i][l % chains];
@@ -714,14 +741,15 @@ inline void q8_0_interleaved_tile(const unsigned char* in, std::size_t ld_in, co
 
 // compact_matmul_prepared for an interleaved w: on AVX-512 VNNI a group of 16 rows of w at a
 // time against the input rows eight at a time (the group's weights stay in cache between).
-inline void q8_0_interleaved_matmul(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
-                                    const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
-  const std::size_t ld_in = compact_input_bytes(weight_type::q8_0, w.cols);
+template <weight_type T>
+inline void interleaved_matmul(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
+                               const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
+  const std::size_t ld_in = compact_input_bytes(T, w.cols);
 #if IPA_DETAIL_ROW_GROUPS
   for (std::size_t g = j0 / interleave_rows; g * interleave_rows < j1; ++g) {
     std::size_t i = 0;
     auto tile = [&](auto rows) {  // the first pass over the group fetches ahead (a batch of 4 or more)
-      q8_0_interleaved_tile<rows()>(in + i * ld_in, ld_in, w, g, out + i * ldo, ldo, j0, j1, i == 0 && n >= 4);
+      interleaved_tile<T, rows()>(in + i * ld_in, ld_in, w, g, out + i * ldo, ldo, j0, j1, i == 0 && n >= 4);
       i += rows();
     };
     while (i + 8 <= n) tile(std::integral_constant<int, 8>{});
@@ -731,7 +759,7 @@ inline void q8_0_interleaved_matmul(float* out, std::size_t ldo, const unsigned 
   }
 #else
   for (std::size_t j = j0; j < j1; ++j)
-    for (std::size_t i = 0; i < n; ++i) out[i * ldo + j] = q8_0_interleaved_dot(in + i * ld_in, w, j);
+    for (std::size_t i = 0; i < n; ++i) out[i * ldo + j] = interleaved_dot(in + i * ld_in, w, j);
 #endif
 }
 
@@ -1077,7 +1105,9 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
 /// output columns j in [j0, j1): the kernel; compact_matmul_reference is the plain math.
 inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned char* in, std::size_t n,
                                     const compact_matrix& w, std::size_t j0, std::size_t j1) noexcept {
-  if (w.interleaved) return detail::q8_0_interleaved_matmul(out, ldo, in, n, w, j0, j1);
+  if (w.interleaved && w.type == weight_type::q8_0)
+    return detail::interleaved_matmul<weight_type::q8_0>(out, ldo, in, n, w, j0, j1);
+  if (w.interleaved) return detail::interleaved_matmul<weight_type::q4_0>(out, ldo, in, n, w, j0, j1);
   switch (w.type) {
     case weight_type::f32: detail::compact_matmul_typed<weight_type::f32>(out, ldo, in, n, w, j0, j1); break;
     case weight_type::f16: detail::compact_matmul_typed<weight_type::f16>(out, ldo, in, n, w, j0, j1); break;

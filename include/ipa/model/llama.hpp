@@ -374,24 +374,24 @@ class llama_model {
     if (c.shared_classifier) classifier.rows = V;  // the predicted rows of tok_embeddings
     expect(classifier, V, d, "output");
     classifier_.compact = compact_stack({classifier});
-    if constexpr (detail::row_groups) interleave_q8_0_matrices();
+    if constexpr (detail::row_groups) interleave_matrices();
     weight_bytes_ = classifier_.compact.bytes();
     for (const layer_kernels& k : layers_)
       for (const projection* m : {&k.qkv, &k.wo, &k.w13, &k.w2}) weight_bytes_ += m->compact.bytes();
   }
 
-  // AVX-512 VNNI builds: every Q8_0 matrix interleaved 16 rows at a time (interleave_q8_0) into
-  // one buffer of the matrices' size, which copies of the model share. When the weights lie in a
-  // file mapping, its pages of each matrix go back once copied, so the model holds its weights
-  // once (the embedding rows, still read from the file, come back as tokens need them).
-  void interleave_q8_0_matrices() {
+  // AVX-512 VNNI builds: every Q8_0 and Q4_0 matrix interleaved 16 rows at a time (interleave)
+  // into one buffer of the matrices' size, which copies of the model share. When the weights lie
+  // in a file mapping, its pages of each matrix go back once copied, so the model holds its
+  // weights once (the embedding rows, still read from the file, come back as tokens need them).
+  void interleave_matrices() {
     std::vector<compact_stack*> stacks = {&classifier_.compact};
     for (layer_kernels& k : layers_)
       for (projection* p : {&k.qkv, &k.wo, &k.w13, &k.w2}) stacks.push_back(&p->compact);
     std::size_t bytes = 0;
     for (const compact_stack* s : stacks)
       for (const compact_matrix& m : s->parts())
-        if (m.type == weight_type::q8_0) bytes += interleaved_q8_0_bytes(m.rows, m.cols);
+        if (detail::can_interleave(m.type)) bytes += interleaved_bytes(m.type, m.rows, m.cols);
     if (bytes == 0) return;
     unsigned char* at = detail::huge_page_allocator<unsigned char>().allocate(bytes);
     interleaved_.reset(
@@ -399,10 +399,10 @@ class llama_model {
     for (compact_stack* s : stacks) {
       std::vector<compact_matrix> parts = s->parts();
       for (compact_matrix& m : parts) {
-        if (m.type != weight_type::q8_0) continue;
+        if (!detail::can_interleave(m.type)) continue;
         const compact_matrix in_file = m;
-        m = ipa::interleave_q8_0(in_file, at);
-        at += interleaved_q8_0_bytes(m.rows, m.cols);
+        m = interleave(in_file, at);
+        at += interleaved_bytes(m.type, m.rows, m.cols);
         if (compact_.storage_is_mapped) detail::release_mapped_pages(in_file.data, in_file.bytes());
       }
       *s = compact_stack(std::move(parts));
@@ -455,7 +455,7 @@ class llama_model {
   detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
   projection classifier_;
-  std::shared_ptr<unsigned char> interleaved_;  // Q8_0 matrices as the kernels read them (interleave_q8_0)
+  std::shared_ptr<unsigned char> interleaved_;  // Q8_0, Q4_0 matrices as the kernels read them (interleave)
   std::size_t weight_bytes_ = 0;                // weights read per token
   // Over 8 MiB of weights a model no longer fits the private caches of a few cores
   // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
