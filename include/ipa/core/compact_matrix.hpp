@@ -5,7 +5,8 @@
 // the tests compare against. As in matmul.hpp,
 // every output element is one fixed chain of operations whatever the batch size or the range of
 // rows a call computes, so a prompt gives the same bits alone or inside a batch (on AVX-512 VNNI
-// the quantized types take batches 16 input rows at a time, one lane per row: see pack_group).
+// the K-quants take batches 16 input rows at a time, one lane per row: see pack_group; Q8_0 and
+// Q4_0 weights are interleaved 16 rows at a time instead, one lane per row of w: see interleave).
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -46,8 +46,9 @@ class llama_model {
     pack();
     init();
   }
-  /// A model read where its file stores it (compact matrices, see compact_matrix.hpp): no copy
-  /// of the weights.
+  /// A model read where its file stores it (compact matrices, see compact_matrix.hpp): no f32
+  /// copy of the weights. (AVX-512 VNNI builds keep Q8_0 and Q4_0 matrices interleaved instead,
+  /// in the same bytes, and hand the file's pages of them back: interleave_matrices.)
   explicit llama_model(llama_compact_weights weights) : config_(weights.config), compact_(std::move(weights)) {
     config_.validate();
     use_compact();
@@ -113,7 +114,7 @@ class llama_model {
 
  private:
   // A product's weights as the kernels read them: f32 repacked into panels (packed_matrix), or
-  // compact rows read where the file holds them (compact_stack).
+  // compact rows read where the file holds them or interleaved (compact_stack).
   struct projection {
     packed_matrix packed;
     compact_stack compact;
