@@ -10,7 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <span>
@@ -18,8 +21,11 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include <ipa/core/compact_matrix.hpp>
 #include <ipa/core/rng.hpp>
+#include <ipa/io/gguf.hpp>
 #include <ipa/model/llama.hpp>
 
 namespace {
@@ -187,4 +193,48 @@ TEST_CASE("a non-finite scale anywhere in a compact model: the first step names 
   std::vector<float> logits(overflowing.vocab_size());
   CHECK_THROWS_WITH_AS(overflowing.prefill(s, std::vector<std::vector<ipa::token_id>>{{1}}, logits),
                        doctest::Contains("although every weight is finite: the activations overflowed"), ipa::error);
+}
+
+// AVX-512 VNNI builds interleave a model's Q8_0 and Q4_0 matrices when it loads and hand the
+// mapped file's pages of them back: what the mapping shows afterwards is still the file (the pages
+// read again from it), bytes held in memory are never handed back (that would zero them), and the
+// two models give the same logits.
+TEST_CASE("a Q8_0 GGUF read from its mapping: the file's bytes and the logits of the same bytes held in memory") {
+  ipa::llama_config c;
+  c.dim = 64, c.hidden_dim = 128, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 512;
+  c.seq_len = 32, c.shared_classifier = true;
+  const auto path =
+      std::filesystem::temp_directory_path() / ("ipa_mapped_q8_0_" + std::to_string(::getpid()) + ".gguf");
+  ipa::save_gguf_llama(path.string(), ipa::llama_weights::random(c, 17), nullptr, ipa::weight_type::q8_0);
+  const ipa::gguf_file mapped = ipa::gguf_file::load(path.string());
+  std::ifstream file(path, std::ios::binary);
+  const ipa::gguf_file in_memory(std::string(std::istreambuf_iterator<char>(file), {}), path.string());
+  std::filesystem::remove(path);  // (the mapping keeps the file)
+  CHECK(mapped.is_mapped());
+  CHECK(!in_memory.is_mapped());
+  const ipa::llama_compact_weights from_mapping = ipa::load_gguf_llama_compact(mapped),
+                                   from_memory = ipa::load_gguf_llama_compact(in_memory);
+  CHECK(from_mapping.storage_is_mapped);
+  CHECK(!from_memory.storage_is_mapped);
+  const ipa::llama_model a(from_mapping), b(from_memory);
+  REQUIRE(from_mapping.sources.size() == from_memory.sources.size());
+  for (std::size_t i = 0; i < from_mapping.sources.size(); ++i) {
+    const ipa::compact_matrix &m = from_mapping.sources[i].matrix, &n = from_memory.sources[i].matrix;
+    CAPTURE(from_mapping.sources[i].name);
+    CHECK(m.type == ipa::weight_type::q8_0);
+    CHECK(std::memcmp(m.data, n.data, m.bytes()) == 0);
+  }
+  const std::vector<std::vector<ipa::token_id>> prompts = {{1, 5, 9, 200, 300, 511}, {7, 7, 400}};
+  std::vector<float> la(2 * a.vocab_size()), lb(2 * b.vocab_size());
+  auto sa = a.new_state(2, 16), sb = b.new_state(2, 16);
+  a.prefill(sa, prompts, la);
+  b.prefill(sb, prompts, lb);
+  CHECK(la == lb);
+  const int rows[] = {0, 1};
+  for (const ipa::token_id t : {3, 100, 450}) {
+    const ipa::token_id next[] = {t, ipa::token_id(t + 1)};
+    a.step(sa, rows, next, la);
+    b.step(sb, rows, next, lb);
+    CHECK(la == lb);
+  }
 }
