@@ -196,15 +196,13 @@ inline std::size_t compact_input_bytes(weight_type type, std::size_t k) noexcept
   return in == weight_type::q8_k ? compact_matrix::row_bytes(in, k) : 4 * k;
 }
 
-// Batches on AVX-512 VNNI: quantized inputs are also laid out 16 rows at a time (a group), so
+// K-quant batches on AVX-512 VNNI: Q8_K inputs are also laid out 16 rows at a time (a group), so
 // that one instruction multiplies four bytes of a weight row (broadcast) by four bytes of each
 // of 16 input rows, one 32-bit lane per row, where the row-at-a-time tiles spend a register on
 // 32 bytes of one input row. In a group, "piece (s, l)" is 64 bytes: bytes 4l .. 4l + 3 of
-// sub-block s of a block, for each of the 16 rows (row r at 4r).
-// - Q8_0 inputs, per block of 32: pieces (0, 0 .. 7) as they are, then each row's -128 x the sum
-//   of its 32 inputs (int32: the weights go in + 128, unsigned, as vpdpbusd wants them); after
-//   all blocks, each block's 16 scales (floats).
-// - Q8_K inputs, per block of 256: pieces (0 .. 7, 0 .. 7) as they are; the same pieces as
+// sub-block s of a block, for each of the 16 rows (row r at 4r). (Q8_0 and Q4_0 weights are
+// interleaved instead, which reads the rows as they are: see interleave.)
+// Per block of 256: pieces (0 .. 7, 0 .. 7) as they are; the same pieces as
 //   int16 pairs 32 x (byte 2i + byte 2i + 1), Q6_K's offset of 32 (maddubs' pairs of 32 and the
 //   inputs; Q3_K's offset of 4 is the same shifted right by 3); four pieces of int16 pairs (sums
 //   of sub-blocks 2p and 2p + 1, for Q4_K's and Q5_K's mins); the 16 scales.
@@ -217,12 +215,10 @@ namespace detail {
 #endif
 inline constexpr bool row_groups = IPA_DETAIL_ROW_GROUPS;
 inline constexpr std::size_t group_rows = 16;
-inline constexpr std::size_t q8_0_group_block = 8 * 64 + 64;                   // bytes per block of 32
 inline constexpr std::size_t q8_k_group_block = 8 * 8 * 64 * 2 + 4 * 64 + 64;  // bytes per block of 256
 /// Bytes of one group of 16 rows of k inputs to `type` weights (0: no groups for this type).
 inline std::size_t group_bytes(weight_type type, std::size_t k) noexcept {
   switch (input_type(type)) {
-    case weight_type::q8_0: return k / q8_0_block * (q8_0_group_block + 64);
     case weight_type::q8_k: return k / 256 * q8_k_group_block;
     default: return 0;
   }
@@ -230,7 +226,7 @@ inline std::size_t group_bytes(weight_type type, std::size_t k) noexcept {
 /// How many groups follow the n prepared rows for `type`.
 inline std::size_t row_group_count(weight_type type, std::size_t n) noexcept {
   const weight_type in = input_type(type);
-  return row_groups && (in == weight_type::q8_0 || in == weight_type::q8_k) ? n / group_rows : 0;
+  return row_groups && in == weight_type::q8_k ? n / group_rows : 0;
 }
 // Piece (s, l) of a group from the 32-byte sub-block at q of row r (transform: each 4 bytes).
 template <class Transform>
@@ -241,22 +237,9 @@ inline void scatter_pieces(const unsigned char* q, std::size_t r, unsigned char*
     std::memcpy(pieces + 64 * l + 4 * r, four, 4);
   }
 }
-// 16 prepared rows (ld bytes apart) of k inputs to `type` weights in the group layout above.
-inline void pack_group(weight_type type, const unsigned char* rows, std::size_t ld, std::size_t k,
-                       unsigned char* out) noexcept {
+// 16 prepared rows (ld bytes apart) of k Q8_K inputs in the group layout above.
+inline void pack_group(const unsigned char* rows, std::size_t ld, std::size_t k, unsigned char* out) noexcept {
   auto as_is = [](const unsigned char* p, unsigned char* o) { std::memcpy(o, p, 4); };
-  if (input_type(type) == weight_type::q8_0) {
-    const std::size_t blocks = k / q8_0_block;
-    unsigned char* scales = out + blocks * q8_0_group_block;
-    for (std::size_t r = 0; r < group_rows; ++r)
-      for (std::size_t b = 0; b < blocks; ++b) {
-        const unsigned char* q = rows + r * ld + b * q8_0_block_bytes + 2;
-        scatter_pieces(q, r, out + q8_0_group_block * b, as_is);
-        std::memcpy(out + q8_0_group_block * b + 8 * 64 + 4 * r, rows + r * ld + q8_0_input_offsets(k) + 4 * b, 4);
-        std::memcpy(scales + 64 * b + 4 * r, rows + r * ld + q8_0_input_scales(k) + 4 * b, 4);
-      }
-    return;
-  }
   auto times_32 = [](const unsigned char* p, unsigned char* o) {
     const std::int16_t pairs[2] = {std::int16_t(32 * (std::int8_t(p[0]) + std::int8_t(p[1]))),
                                    std::int16_t(32 * (std::int8_t(p[2]) + std::int8_t(p[3])))};
@@ -284,16 +267,13 @@ inline void pack_group(weight_type type, const unsigned char* rows, std::size_t 
 }  // namespace detail
 
 /// Bytes prepare_input writes for n rows of k inputs to a product with `type` weights: the rows
-/// (compact_input_bytes each), then for quantized inputs on AVX-512 VNNI the rows again in groups
-/// of 16, unless `with_groups` is false (weights that are all interleaved, which read the rows).
-inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k,
-                                          bool with_groups = true) noexcept {
-  const std::size_t groups = with_groups ? detail::row_group_count(type, n) : 0;
-  return n * compact_input_bytes(type, k) + groups * detail::group_bytes(type, k);
+/// (compact_input_bytes each), then for the K-quants on AVX-512 VNNI the rows again in groups of 16.
+inline std::size_t compact_prepared_bytes(weight_type type, std::size_t n, std::size_t k) noexcept {
+  return n * compact_input_bytes(type, k) + detail::row_group_count(type, n) * detail::group_bytes(type, k);
 }
-/// Writes compact_prepared_bytes(type, n, k, with_groups) bytes.
+/// Writes compact_prepared_bytes(type, n, k) bytes.
 inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std::size_t n, std::size_t k,
-                          unsigned char* out, bool with_groups = true) noexcept {
+                          unsigned char* out) noexcept {
   const std::size_t row_bytes = compact_input_bytes(type, k);
   for (std::size_t i = 0; i < n; ++i, out += row_bytes) {
     const float* xi = x + i * ldx;
@@ -325,9 +305,8 @@ inline void prepare_input(weight_type type, const float* x, std::size_t ldx, std
     }
   }
   const unsigned char* rows = out - n * row_bytes;  // out is past the rows now
-  for (std::size_t g = 0; with_groups && g < detail::row_group_count(type, n); ++g)
-    detail::pack_group(type, rows + g * detail::group_rows * row_bytes, row_bytes, k,
-                       out + g * detail::group_bytes(type, k));
+  for (std::size_t g = 0; g < detail::row_group_count(type, n); ++g)
+    detail::pack_group(rows + g * detail::group_rows * row_bytes, row_bytes, k, out + g * detail::group_bytes(type, k));
 }
 
 /// out(i, j) = sum_c in(i, c) * w(j, c) for the n rows of `in` (prepare_input's) and output
@@ -464,13 +443,11 @@ inline __m256i add_dot_s16(__m256i sum, __m256i a, __m256i b) noexcept {
 }
 #endif
 
-// Q8_0 and Q4_0 weights x Q8_0 inputs. Per input row and row j of w, block b of 32 gives an
+// Row-major Q8_0 and Q4_0 weights x Q8_0 inputs (builds without AVX-512 VNNI; with it the model
+// interleaves them: interleaved_matmul). Per input row and row j of w, block b of 32 gives an
 // exact int32 sum of its products, times dw * dx as floats, into accumulator b % 8; the eight are
-// added in sum8's order: the same chain whatever the tile. One conversion and one FMA per block:
-// a group of 16 input rows (below) spends eight vpdpbusd on a block and three vector
-// instructions besides. (ggml's vec_dot_q8_0_q8_0 keeps eight lanes of each block apart
-// instead, eight conversions per block in a group: the same integers, a float order a few ulp
-// apart.)
+// added in sum8's order: the same chain whatever the tile. (ggml's vec_dot_q8_0_q8_0 keeps eight
+// lanes of each block apart instead: the same integers, a float order a few ulp apart.)
 using v8i = std::int32_t __attribute__((vector_size(32)));
 
 // The products of a block of 32 int8 weights and 32 int8 inputs in eight int32 lanes (lane l:
@@ -596,55 +573,6 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
   }
   for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
-
-#if IPA_DETAIL_ROW_GROUPS
-// q8_0_tile for a group of 16 input rows (pack_group's layout) and row j of w, one int32 lane
-// per input row. vpdpbusd multiplies unsigned by signed bytes: the weights + 128 (unsigned) by
-// the inputs, so a block's sums start from the group's -128 x (the sum of the input row's 32
-// bytes). q8_0_tile's eight lanes of blocks are eight registers here: the integers, the chain
-// and the bits are its.
-template <weight_type T>
-inline void q8_0_group_tile(const unsigned char* group, const compact_matrix& w, std::size_t j, float* out,
-                            std::size_t ldo) noexcept {
-  using v16i = std::int32_t __attribute__((vector_size(64)));
-  constexpr block_layout layout = layout_of(T);
-  const unsigned char* row = w.row(j);
-  const std::size_t blocks = w.cols / layout.elements;
-  const unsigned char* scales = group + blocks * q8_0_group_block;
-  v16f acc[8] = {};
-  for (std::size_t b0 = 0; b0 < blocks; b0 += 8) {
-    IPA_UNROLL(8)
-    for (std::size_t u = 0; u < 8; ++u) {
-      const std::size_t b = b0 + u;
-      if (b == blocks) break;
-      const unsigned char* wb = row + b * layout.bytes;
-      const unsigned char* pieces = group + b * q8_0_group_block;
-      // four weights + 128 in every lane: Q8_0's broadcast straight from the row (a broadcast
-      // from memory takes no shuffle unit) and offset; Q4_0's from its unpacked block
-      alignas(32) unsigned char unpacked[32];
-      if constexpr (T == weight_type::q4_0) q4_0_unpack(wb + 2, unpacked, 120);
-      auto weights = [&](std::size_t l) {
-        if constexpr (T == weight_type::q4_0) return _mm512_set1_epi32(std::int32_t(load_u32(unpacked + 4 * l)));
-        return _mm512_xor_si512(_mm512_set1_epi32(std::int32_t(load_u32(wb + 2 + 4 * l))), _mm512_set1_epi8(-128));
-      };
-      __m512i sums[2];  // two chains of four: half the latency
-      std::memcpy(&sums[0], pieces + 8 * 64, 64);
-      sums[1] = _mm512_setzero_si512();
-      IPA_UNROLL(8)
-      for (std::size_t l = 0; l < 8; ++l) {
-        __m512i x;
-        std::memcpy(&x, pieces + 64 * l, sizeof x);
-        sums[l / 4] = _mm512_dpbusd_epi32(sums[l / 4], weights(l), x);
-      }
-      v16f dx;
-      std::memcpy(&dx, scales + 64 * b, sizeof dx);
-      acc[u] += (half_to_float(wb) * dx) * __builtin_convertvector((v16i)sums[0] + (v16i)sums[1], v16f);
-    }
-  }
-  const v16f total = sum8(acc);
-  for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r];
-}
-#endif
 
 // Interleaved Q8_0 and Q4_0 weights x Q8_0 inputs: per input row and row j of w, block b gives
 // the exact int32 sum of its products, then acc = fma(dw * dx, sum, acc), block after block. One
@@ -1076,11 +1004,7 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   const std::size_t ld_in = compact_input_bytes(T, w.cols);
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
-    if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {
-#if IPA_DETAIL_ROW_GROUPS
-      for (; i < row_group_count(T, n) * group_rows; i += group_rows)
-        q8_0_group_tile<T>(in + n * ld_in + i / group_rows * group_bytes(T, w.cols), w, j, out + i * ldo, ldo);
-#endif
+    if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {  // (interleaved: interleaved_matmul)
       for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
       for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else if constexpr (is_k_quant<T>) {
@@ -1126,8 +1050,8 @@ inline void compact_matmul_prepared(float* out, std::size_t ldo, const unsigned 
 /// The same from f32 rows x (w.cols columns, leading dimension ldx), prepared here.
 inline void compact_matmul(float* out, std::size_t ldo, const float* x, std::size_t ldx, std::size_t n,
                            const compact_matrix& w, std::size_t j0, std::size_t j1) {
-  std::vector<unsigned char> in(compact_prepared_bytes(w.type, n, w.cols, !w.interleaved));
-  prepare_input(w.type, x, ldx, n, w.cols, in.data(), !w.interleaved);
+  std::vector<unsigned char> in(compact_prepared_bytes(w.type, n, w.cols));
+  prepare_input(w.type, x, ldx, n, w.cols, in.data());
   compact_matmul_prepared(out, ldo, in.data(), n, w, j0, j1);
 }
 
@@ -1154,10 +1078,6 @@ class compact_stack {
   /// How the parts' inputs are prepared (prepare_input).
   weight_type input_type() const noexcept {
     return parts_.empty() ? weight_type::f32 : ipa::input_type(parts_.front().type);
-  }
-  /// Whether prepare_input must add its groups of 16 rows (some part reads them).
-  bool needs_groups() const noexcept {
-    return std::any_of(parts_.begin(), parts_.end(), [](const compact_matrix& p) { return !p.interleaved; });
   }
   const std::vector<compact_matrix>& parts() const noexcept { return parts_; }
   /// Bytes read per product.

@@ -76,27 +76,27 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
     for (std::size_t j = 8; j < hs; j += 8) acc += load8(qg + j) * load8(k + j);
     return acc;
   };
-  // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
-  // same order, as tree_sum8 on one position)
   // The cache is read once per step and not again before the weights have gone through the
   // caches: ask for the next eight keys and these eight values ahead of their use.
   auto fetch = [&](const float* row) {
     for (std::size_t j = 0; j < hs; j += 16) __builtin_prefetch(row + j);
   };
+  // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
+  // same order, as tree_sum8 on one position)
   std::size_t t = 0;
-  for (; t + 8 <= positions; t += 8)
+  for (; t + 8 <= positions; t += 8) {
+    for (std::size_t u = 0; u < 8; ++u) {
+      if (t + 8 + u < positions) fetch(k0 + (t + 8 + u) * stride);
+      fetch(v0 + (t + u) * stride);
+    }
     for (int g = 0; g < H; ++g) {
-      if (g == 0)
-        for (std::size_t u = 0; u < 8; ++u) {
-          if (t + 8 + u < positions) fetch(k0 + (t + 8 + u) * stride);
-          fetch(v0 + (t + u) * stride);
-        }
       v8f prod[8];
       IPA_UNROLL(8)
       for (std::size_t u = 0; u < 8; ++u) prod[u] = products(g, t + u);
       const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
       std::memcpy(sc + g * sc_stride + t, &dots, sizeof dots);
     }
+  }
   for (; t < positions; ++t)
     for (int g = 0; g < H; ++g) sc[g * sc_stride + t] = tree_sum8(products(g, t)) * scale;
   for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);

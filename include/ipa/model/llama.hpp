@@ -130,7 +130,7 @@ class llama_model {
 
   // One thread's rows packed for a product: n tokens or m logit rows, of d or hd. pack_rows
   // takes 4 bytes an input; prepare_input for compact weights no more (compact_prepared_bytes,
-  // with the groups of 16 rows of AVX-512 builds: Q8_0 2.3, Q8_K 3.2; F16/BF16 4).
+  // with the groups of 16 rows of AVX-512 builds: Q8_0 1.3, Q8_K 3.2; F16/BF16 4).
   std::size_t packed_rows_floats(std::size_t n, std::size_t m) const noexcept {
     return std::max(n, m) * std::max(std::size_t(config_.dim), std::size_t(config_.hidden_dim));
   }
@@ -206,7 +206,7 @@ class llama_model {
                    const projection& p, float* xp, Done&& done) const noexcept {
     if (p.is_compact()) {  // each thread prepares the inputs (compact_matrix.hpp) into its own xp
       auto* prepared = reinterpret_cast<unsigned char*>(xp);
-      prepare_input(p.compact.input_type(), in, ldi, n, p.compact.cols(), prepared, p.compact.needs_groups());
+      prepare_input(p.compact.input_type(), in, ldi, n, p.compact.cols(), prepared);
       const std::size_t rows = p.compact.rows(), chunks = (rows + 15) / 16;
       auto product = [&](std::size_t q0, std::size_t q1) {
         const std::size_t c0 = 16 * q0, c1 = std::min(rows, 16 * q1);

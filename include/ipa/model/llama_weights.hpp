@@ -140,7 +140,7 @@ struct llama_compact_weights {
   rope_pairs rope = rope_pairs::interleaved;          ///< how wq's and wk's rows are ordered
   std::vector<std::shared_ptr<const void>> storage;   ///< the files (a sharded folder: several)
   /// True when `storage` is read-only file mappings: a model that copies a matrix elsewhere may
-  /// hand its pages back (they read again from the file), as llama_model does for Q8_0 ones.
+  /// hand its pages back (they read again from the file), as llama_model does for Q8_0 and Q4_0 ones.
   bool storage_is_mapped = false;
   /// Each matrix with the file and the name it has there, for messages.
   struct source {
