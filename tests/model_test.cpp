@@ -67,6 +67,133 @@ TEST_CASE("silu_mul (vectorised SwiGLU gate) matches the scalar formula within a
   }
 }
 
+namespace {
+
+// llama.cpp's arithmetic, written out one scalar operation at a time from ggml's AVX2 code (the
+// llama-server of ../shared/peers): the references for exp8 and attention below.
+float ggml_expf(float x) {
+  auto bits = [](float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  auto from = [](std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  const float r = 0x1.8p23f, z = std::fma(x, 0x1.715476p+0f, r), n = z - r;
+  const float b = std::fma(-n, 0x1.7f7d1cp-20f, std::fma(-n, 0x1.62e4p-1f, x));
+  const std::uint32_t e = bits(z) << 23;
+  const float k = from(e + bits(1.0f)), u = b * b;
+  const float j =
+      std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+               0x1.ffffecp-1f * b);
+  if (!(std::fabs(n) > 126.0f)) return std::fma(k, j, k);
+  const std::uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+  const float s1 = from(g + 0x7f000000u), s2 = from(e - g);
+  return std::fabs(n) > 192.0f ? s1 * s1 : std::fma(s2, j, s2) * s1;
+}
+
+// ggml_vec_dot_f32: four accumulators of eight lanes over steps of 32, reduced (2 into 0, 3 into
+// 1, 1 into 0, then lanes ((0+4)+(1+5))+((2+6)+(3+7))), the rest eight products at a time, each
+// rounded, added one by one (as GCC vectorises that loop)
+float ggml_dot(const float* x, const float* y, std::size_t n) {
+  float sum[4][8] = {};
+  const std::size_t steps = n - n % 32;
+  for (std::size_t i = 0; i < steps; i += 32)
+    for (std::size_t a = 0; a < 4; ++a)
+      for (std::size_t l = 0; l < 8; ++l) sum[a][l] = std::fma(x[i + 8 * a + l], y[i + 8 * a + l], sum[a][l]);
+  float lane[8];
+  for (std::size_t l = 0; l < 8; ++l) lane[l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
+  float total = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+  for (std::size_t i = steps; i < n; ++i) {
+    volatile float product = x[i] * y[i];  // (rounded on its own)
+    total += product;
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("exp8 is llama.cpp's expf (ggml_v_expf) to the bit, within 2 ulp of exp") {
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<float> wide(-110.0f, 90.0f);
+  std::normal_distribution<float> narrow(0.0f, 4.0f);
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           1.0f,
+                           -1.0f,
+                           88.0f,
+                           88.5f,
+                           -87.0f,
+                           -100.0f,
+                           -104.0f,
+                           -200.0f,
+                           -std::numeric_limits<float>::infinity()};
+  for (int i = 0; i < 200000; ++i) xs.push_back(i % 2 ? wide(gen) : narrow(gen));
+  while (xs.size() % 8) xs.push_back(0.5f);
+  int mismatches = 0;
+  for (std::size_t i = 0; i < xs.size(); i += 8) {
+    ipa::detail::v8f_math v;
+    std::memcpy(&v, xs.data() + i, sizeof v);
+    const ipa::detail::v8f_math e = ipa::detail::exp8(v);
+    for (int l = 0; l < 8; ++l) {
+      const float x = xs[i + std::size_t(l)], want = ggml_expf(x);
+      mismatches += std::memcmp(&want, &e[l], sizeof want) != 0;
+      const double exact = std::exp(double(x));
+      if (exact > 1e-37 && exact < 1e38)
+        CHECK(std::fabs(e[l] - exact) <=
+              2.0 * (std::nextafter(float(exact), std::numeric_limits<float>::infinity()) - float(exact)));
+    }
+  }
+#ifdef __OPTIMIZE__
+  CHECK(mismatches == 0);  // (an unoptimised build rounds a * b + c in two steps, not as one FMA)
+#endif
+}
+
+TEST_CASE("attention computes llama.cpp's scores, weights and outputs, bit for bit") {
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (std::size_t hs : {8, 64, 80})
+    for (std::size_t positions = 1; positions <= 70; positions += 3) {
+      CAPTURE(hs);
+      CAPTURE(positions);
+      std::vector<float> q(hs), k(positions * hs), v(positions * hs), scores(80), out(hs);
+      for (auto* x : {&q, &k, &v})
+        for (float& f : *x) f = normal(gen);
+      ipa::detail::attend_heads(q.data(), 1, k.data(), v.data(), hs, hs, positions, scores.data(), 80, out.data());
+      // llama.cpp: scores over a row padded to 32 positions with masked ones, soft_max_ext, then
+      // each output the dot product of its transposed value row with the weights
+      const std::size_t padded = (positions + 31) / 32 * 32;
+      std::vector<float> w(padded, -std::numeric_limits<float>::infinity()), p(padded), column(padded, 0.0f);
+      const float scale = 1.0f / std::sqrt(float(hs));
+      for (std::size_t t = 0; t < positions; ++t) w[t] = ggml_dot(k.data() + t * hs, q.data(), hs) * scale;
+      float max = w[0];
+      for (float x : w) max = std::max(max, x);
+      double sum = 0.0;
+      for (std::size_t t = 0; t < padded; t += 8) {
+        for (std::size_t l = 0; l < 8; ++l) p[t + l] = ggml_expf(w[t + l] - max);
+        const float* e = p.data() + t;
+        sum += double(((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7])));
+      }
+      const float inv_sum = float(1.0 / sum);
+      for (float& x : p) x *= inv_sum;
+      for (std::size_t j = 0; j < hs; ++j) {
+        for (std::size_t t = 0; t < positions; ++t) column[t] = v[t * hs + j];
+        const float want = ggml_dot(column.data(), p.data(), padded);
+#ifdef __OPTIMIZE__
+        CHECK(std::memcmp(&want, &out[j], sizeof want) == 0);
+#else
+        CHECK(std::fabs(want - out[j]) <= 1e-5f);
+#endif
+      }
+#ifdef __OPTIMIZE__
+      CHECK(std::memcmp(p.data(), scores.data(), positions * sizeof(float)) == 0);
+#endif
+    }
+}
+
 TEST_CASE("thread_limit caps the threads of the regions this thread starts, and restores them") {
   const int all = ipa::max_threads();
   {

@@ -214,14 +214,15 @@ std::vector<ipa::token_id> story_sequence(const ipa::llama_weights& weights, con
 // llama.cpp is the oracle for compact weights: stories260K written by ipa as F16 and as Q8_0
 // (ffn_down, rows of 172, falls back to F16 as llama-quantize does), served by llama-server and
 // read in place by ipa (llama_compact_weights). Both round the inputs of each product as ggml
-// does (F16; Q8_0 per block of 32). Measured here: Q8_0 agrees within 4e-6 over the first 32
-// positions; later the two drift apart (up to 0.14, mean 0.011 over 64 positions): a float
-// summed in another order (1e-7) flips the rounding of one input to int8 now and then, and the
-// flip travels on through the KV cache. F16 differs by up to 0.008 (mean 0.0012): llama-server
-// itself gives a position log-probs up to 1.4e-3 apart depending on whether it evaluated the
-// token alone (inputs rounded to F16) or in a batch with others (f32 inputs, llamafile's sgemm),
-// and its prompt cache makes it re-evaluate a few tokens together now and then. A wrong kernel
-// is off by whole units.
+// does (F16; Q8_0 per block of 32). ipa computes F16 products, RMSNorm, RoPE, attention and
+// SwiGLU in llama.cpp's order, operation for operation (attention.hpp), so F16 agrees to the
+// printed digits: 1.9e-6 over 64 positions (0.008 before that). Q8_0 agrees within 4e-6 over
+// the first 32 positions, then drifts (up to 0.14, mean 0.011): its blocks' sums are added in
+// another float order than ggml's eight lanes (compact_matrix.hpp), a few ulp apart, which flips
+// the rounding of an int8 input now and then, and the flip travels on through the KV cache. An
+// unoptimised build (the sanitizer pass, -O0) rounds multiply-adds in two steps where
+// llama.cpp fuses them, and F16 inputs flip too: there, F16 gets the flip tolerance. A wrong
+// kernel is off by whole units.
 TEST_CASE("compact GGUF (F16, Q8_0): ipa's in-place model equals llama-server's top-20 at every position") {
   if (!have_server() || !ipa_test::have(ipa_test::model_path())) return;
   const auto weights = ipa::load_llama2c(ipa_test::model_path());
@@ -230,10 +231,15 @@ TEST_CASE("compact GGUF (F16, Q8_0): ipa's in-place model equals llama-server's 
   std::filesystem::create_directories(dir);
   const std::vector<ipa::token_id> sequence = story_sequence(weights, tok);
   REQUIRE(sequence.size() == 64);
+#ifdef __OPTIMIZE__
+  constexpr double f16_tol = 1e-4;
+#else
+  constexpr double f16_tol = 2e-2;
+#endif
   const struct {
     ipa::weight_type type;
     double early_tol, tol;
-  } cases[] = {{ipa::weight_type::f16, 2e-2, 2e-2}, {ipa::weight_type::q8_0, 1e-4, 0.4}};
+  } cases[] = {{ipa::weight_type::f16, f16_tol, f16_tol}, {ipa::weight_type::q8_0, 1e-4, 0.4}};
   for (const auto& [type, early_tol, tol] : cases) {
     CAPTURE(std::string(ipa::weight_type_name(type)));
     const std::string path = (dir / (std::string(ipa::weight_type_name(type)) + ".gguf")).string();
@@ -251,10 +257,10 @@ TEST_CASE("compact GGUF (F16, Q8_0): ipa's in-place model equals llama-server's 
 // tokens) written by ipa as F32, F16 and Q8_0, and turned into Q4_0 and Q4_K_M (Q4_K with Q6_K
 // for attn_v, ffn_down and output, as llama.cpp mixes them) by llama-quantize. Its classifier is
 // scaled up (logits of a few units), which also magnifies the int8 rounding flips above.
-// Measured here (largest / mean gap over 64 positions x top 20): F32 3.3e-6 / 8e-7; Q4_K_M
-// 2.4e-6 / 6e-7 and Q5_K_M 2.9e-6 / 6e-7 (the Q4_K, Q5_K and Q6_K kernels compute what
-// llama.cpp's compute); F16 0.004 /
-// 0.0006; Q8_0 0.074 / 0.013 (flips from position 8 on); Q4_0 0.12 / 0.028 from the first
+// Measured here (largest / mean gap over 64 positions x top 20): F32 1.9e-6 / 5e-7; F16 1.9e-6 /
+// 4e-7 (0.004 before ipa followed llama.cpp's order in F16 products, norms and attention);
+// Q4_K_M 2.9e-6 / 5e-7 and Q5_K_M 2.9e-6 / 6e-7 (the Q4_K, Q5_K and Q6_K kernels compute what
+// llama.cpp's compute); Q8_0 0.074 / 0.013 (flips from position 8 on); Q4_0 0.11 / 0.027 from the first
 // position on. That one is the token embedding: the same Q4_0 file with its token_embd kept F32
 // (llama-quantize --token-embedding-type f32) agrees within 2.4e-6 over 32 positions, so the
 // Q4_0 products are llama.cpp's; ipa's Q4_0 rows are ggml's dequantize_row_q4_0 and reproduce
@@ -263,13 +269,15 @@ TEST_CASE("compact GGUF (F16, Q8_0): ipa's in-place model equals llama-server's 
 // first position; with token_embd F32, Q3_K_M agrees within 2.9e-6 over 64 positions), although
 // ipa dequantizes every tensor of these files exactly as llama.cpp's own to_float does (the
 // next test): the Q3_K_M case keeps its embedding F32.
-// With IPA_ORACLE_110M=1 the same runs on the 110M shape of issue 21 (random weights as they come,
-// the made-up 32000-piece vocabulary; 20 s). Measured there (largest / mean gap): F32 8.6e-6 /
-// 2.8e-6, F16 1.3e-3 / 2.6e-4, Q8_0 0.027 / 0.0046, Q4_0 0.033 / 0.0075, Q4_K_M 0.029 / 0.0066,
-// Q5_K_M 0.027 / 0.0048:
-// with 12 layers of 768-wide inputs quantized per token, rounding flips come within a few
-// positions (Q4_K_M from position 8), so the quantized types cannot hold issue 21's 1e-3 / 2e-2
-// without every float upstream of each quantization equal to llama.cpp's, bit for bit.
+// With IPA_ORACLE_110M=1 (ctest's ipa_oracle_110m) the same runs on the 110M shape of issue 21
+// (random weights as they come, the made-up 32000-piece vocabulary; 80 s). Measured there
+// (largest / mean gap): F32 8.6e-6 / 2.8e-6, F16 9.5e-6 / 2.4e-6 (1.3e-3 / 2.6e-4 before: F16
+// inputs round like int8 ones, and with llama.cpp's order nothing upstream of them differs),
+// Q8_0 0.027 / 0.0053, Q4_0 0.035 / 0.0073, Q4_K_M 0.035 / 0.0063, Q5_K_M 0.026 / 0.0054,
+// Q3_K_M 0.036 / 0.0058. The quantized types flip int8 roundings within a few positions (the
+// K-quants from position 4 or 5: 12 layers of 768- and 2048-wide inputs quantized per token
+// meet a last-bit difference not yet traced, rarer than one in 200000 inputs; Q8_0 and Q4_0
+// from the first, their block sums' order), so they do not hold issue 21's 1e-3 / 2e-2.
 TEST_CASE(
     "compact GGUF (F32, F16, BF16, Q8_0, Q4_0, Q3_K_M, Q4_K_M, Q5_K_M): ipa's in-place model equals llama-server's "
     "top-20") {
@@ -295,17 +303,17 @@ TEST_CASE(
   // them apart and flips an int8 input now and then (Q5_K_M at position 32): there, the
   // quantized types' flip tolerance.
 #ifdef __OPTIMIZE__
-  constexpr double k_quant_tol = 1e-4;
+  constexpr double k_quant_tol = 1e-4, f16_tol = 1e-4;
 #else
-  constexpr double k_quant_tol = 0.4;
+  constexpr double k_quant_tol = 0.4, f16_tol = 2e-2;
 #endif
   const struct {
     const char* name;
     ipa::weight_type written;  // by ipa; or f32, then llama-quantize to `name`
     double tol, tol_110m;      // (the 110M shape's: issue 21's acceptance)
     const char* options = "";  // llama-quantize's
-  } cases[] = {{"F32", ipa::weight_type::f32, 1e-4, 1e-3},
-               {"F16", ipa::weight_type::f16, 2e-2, 5e-3},
+  } cases[] = {{"F32", ipa::weight_type::f32, 1e-4, 1e-4},
+               {"F16", ipa::weight_type::f16, f16_tol, f16_tol},
                {"BF16", ipa::weight_type::f32, 5e-2, 5e-2},
                {"Q8_0", ipa::weight_type::q8_0, 0.4, 0.1},
                {"Q4_0", ipa::weight_type::f32, 0.4, 0.1},

@@ -389,8 +389,11 @@ inline auto sum8(const Eight& v) noexcept {
 
 // F32/F16/BF16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
-// chains hide the FMA latency at batch 1), added pairwise and then in sum8's order, then the
-// columns past the last full group (rows of any length) one by one. A group of 32 weights is
+// chains hide the FMA latency at batch 1), the third added to the first and the fourth to the
+// second, those two added, then the lanes in sum8's order, then the columns past the last full
+// group (rows of any length) one by one: ggml_vec_dot_f32/_f16's chain as llama.cpp builds it
+// for AVX2, so that F32 and F16 products equal llama.cpp's to the bit (F16 adds the last columns
+// in double, as ggml does). A group of 32 weights is
 // converted once for the NR rows. (Two rows of w at a time, interleaving two streams from
 // memory, measured slower at batch 1 during development: one row at a time.)
 template <weight_type T, int NR>
@@ -410,9 +413,19 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
     }
   }
   for (int r = 0; r < NR; ++r) {
-    float total = sum8((acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]));
-    for (std::size_t c = 32 * groups; c < w.cols; ++c) total += compact_weight(T, row, c) * x[std::size_t(r) * ldx + c];
-    out[std::size_t(r) * ldo + j] = total;
+    const float* xr = x + std::size_t(r) * ldx;
+    if constexpr (T == weight_type::f16) {  // ggml_vec_dot_f16: the columns past the groups in double
+      double total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
+      for (std::size_t c = 32 * groups; c < w.cols; ++c) {
+        const float product = compact_weight(T, row, c) * xr[c];
+        total += double(product);
+      }
+      out[std::size_t(r) * ldo + j] = float(total);
+    } else {
+      float total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
+      for (std::size_t c = 32 * groups; c < w.cols; ++c) total += compact_weight(T, row, c) * xr[c];
+      out[std::size_t(r) * ldo + j] = total;
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -45,42 +46,100 @@ struct attention_shape {
   std::size_t group() const noexcept { return heads / kv_heads; }
 };
 
-// softmax of sc[0, positions) in place: exp(s - max) and its sum in one vectorised pass (with
-// head size 8, stories260K, a scalar exp was a fifth of decoding), then scaled by 1 / sum
+// What follows computes attention in llama.cpp's order, operation for operation (ggml's CPU
+// backend as built for AVX2, KV cache in f32, without flash attention): its scores, weights and
+// outputs are then llama.cpp's to the bit, and a quantized model fed by them rounds its int8
+// inputs as llama.cpp does (one float summed in another order flips such a rounding now and then,
+// and the flip travels on through the KV cache). ggml's dot product of two f32 rows keeps four
+// accumulators of 8 lanes, element i of a 32-wide step in accumulator (i % 32) / 8, lane i % 8;
+// then adds accumulator 2 to 0 and 3 to 1, then 1 to 0, then the lanes as
+// ((0+4)+(1+5))+((2+6)+(3+7)); elements past the last whole step follow one by one.
+
+/// The lanes of ggml's reduced accumulators, reordered so that tree_sum8 adds them as ggml does.
+inline v8f ggml_lane_order(v8f acc0, v8f acc1, v8f acc2, v8f acc3) noexcept {
+  const v8f x = (acc0 + acc2) + (acc1 + acc3);
+  return __builtin_shufflevector(x, x, 0, 4, 1, 5, 2, 6, 3, 7);
+}
+
+/// q . k over hs floats in ggml_vec_dot_f32's order (see above): the vector part's lanes, in
+/// tree_sum8 order; `tail` adds the elements past the last whole step of 32.
+inline v8f ggml_dot_lanes(const float* q, const float* k, std::size_t hs) noexcept {
+  v8f acc[4] = {};
+  for (std::size_t i = 0; i + 32 <= hs; i += 32)
+    for (std::size_t j = 0; j < 4; ++j) acc[j] += load8(q + i + 8 * j) * load8(k + i + 8 * j);
+  return ggml_lane_order(acc[0], acc[1], acc[2], acc[3]);
+}
+// (GCC vectorises ggml's loop over those elements: eight products at a time, each rounded, then
+// added one by one; hs is a multiple of 8 here. A product taken out of a vector is not fused
+// into the add.)
+inline float ggml_dot_tail(float sum, const float* q, const float* k, std::size_t hs) noexcept {
+  for (std::size_t i = hs - hs % 32; i < hs; i += 8) {
+    const v8f products = load8(q + i) * load8(k + i);
+    for (int l = 0; l < 8; ++l) sum += products[l];
+  }
+  return sum;
+}
+
+// softmax of sc[0, positions) in place, as ggml_soft_max_ext: exp(s - max) eight at a time (the
+// row is padded with masked positions, so the last eight too), each eight's sum in float as
+// ((0+4)+(2+6))+((1+5)+(3+7)) added to a double, then scaled by float(1 / sum)
 inline void softmax_scores(float* sc, std::size_t positions) noexcept {
   const float max = max_of(std::span<const float>(sc, positions));
-  const std::size_t n8 = positions - positions % 8;
-  v8f sum8 = {};
-  for (std::size_t t = 0; t < n8; t += 8) {
-    const v8f e = exp8(load8(sc + t) - broadcast8(max));
-    sum8 += e;
-    std::memcpy(sc + t, &e, sizeof e);
+  double sum = 0.0;
+  for (std::size_t t = 0; t < positions; t += 8) {
+    v8f x = broadcast8(-std::numeric_limits<float>::infinity());
+    const std::size_t m = std::min<std::size_t>(8, positions - t);
+    std::memcpy(&x, sc + t, m * sizeof(float));
+    const v8f e = exp8(x - broadcast8(max));
+    std::memcpy(sc + t, &e, m * sizeof(float));
+    sum += double(((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7])));
   }
-  double sum = ((double(sum8[0]) + sum8[4]) + (double(sum8[1]) + sum8[5])) +
-               ((double(sum8[2]) + sum8[6]) + (double(sum8[3]) + sum8[7]));
-  for (std::size_t t = n8; t < positions; ++t) sum += (sc[t] = std::exp(sc[t] - max));
-  const float inv_sum = 1.0f / float(sum);
+  const float inv_sum = float(1.0 / sum);
   for (std::size_t t = 0; t < positions; ++t) sc[t] *= inv_sum;
+}
+
+/// out[0, 8 C) = sum over t < positions of p[t] * v[t * stride + (0, 8 C)], each output as ggml's
+/// dot product of its (transposed) value row with the weights: position t in accumulator
+/// (t % 32) / 8, lane t % 8 (padding positions add nothing). The lanes here hold outputs, so
+/// lane l's four accumulators run over positions l, l + 8, l + 16, ... in turn, are reduced as
+/// ggml reduces them, and the eight lanes' results are added in ggml's lane order. C blocks of 8
+/// outputs share the passes (and the loads of the weights).
+template <int C>
+inline void ggml_weighted_sum(const float* p, const float* v, std::size_t stride, std::size_t positions,
+                              float* out) noexcept {
+  v8f lanes[C][8];
+  for (std::size_t l = 0; l < 8; ++l) {
+    v8f acc[C][4] = {};
+    auto add = [&](std::size_t t, int a) {
+      const v8f w = broadcast8(p[t]);
+      for (int c = 0; c < C; ++c) acc[c][a] += w * load8(v + t * stride + 8 * c);
+    };
+    std::size_t t = l;
+    for (; t + 24 < positions; t += 32)
+      for (int a = 0; a < 4; ++a) add(t + 8 * std::size_t(a), a);
+    for (int a = 0; t + 8 * std::size_t(a) < positions; ++a) add(t + 8 * std::size_t(a), a);
+    for (int c = 0; c < C; ++c) lanes[c][l] = (acc[c][0] + acc[c][2]) + (acc[c][1] + acc[c][3]);
+  }
+  for (int c = 0; c < C; ++c) {
+    const v8f(&x)[8] = lanes[c];
+    const v8f total = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+    std::memcpy(out + 8 * c, &total, sizeof total);
+  }
 }
 
 /// H query heads (1 or 2) that share one kv head, head_size a multiple of 8, in one pass over
 /// the keys and one over the values: head g's query at q + g * hs, scores at sc + g * sc_stride,
 /// output at out + g * hs. Keys and values at k0/v0 + t * stride. Each head's arithmetic is the
-/// same as alone (H = 1).
+/// same as alone (H = 1), and llama.cpp's (above).
 template <int H>
 inline void wide_heads(const float* q, const float* k0, const float* v0, std::size_t stride, std::size_t hs,
                        std::size_t positions, float scale, float* sc, std::size_t sc_stride, float* out) noexcept {
-  auto products = [&](int g, std::size_t t) {  // q_g * k_t, 8 lanes (summed over the head's chunks)
-    const float *k = k0 + t * stride, *qg = q + g * hs;
-    v8f acc = load8(qg) * load8(k);
-    for (std::size_t j = 8; j < hs; j += 8) acc += load8(qg + j) * load8(k + j);
-    return acc;
-  };
   // The cache is read once per step and not again before the weights have gone through the
   // caches: ask for the next eight keys and these eight values ahead of their use.
   auto fetch = [&](const float* row) {
     for (std::size_t j = 0; j < hs; j += 16) __builtin_prefetch(row + j);
   };
+  const bool whole_steps = hs % 32 == 0;
   // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
   // same order, as tree_sum8 on one position)
   std::size_t t = 0;
@@ -90,33 +149,35 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
       fetch(v0 + (t + u) * stride);
     }
     for (int g = 0; g < H; ++g) {
-      v8f prod[8];
+      const float* qg = q + g * hs;
+      v8f lanes[8];
       IPA_UNROLL(8)
-      for (std::size_t u = 0; u < 8; ++u) prod[u] = products(g, t + u);
-      const v8f dots = tree_sum8x8(prod) * broadcast8(scale);
+      for (std::size_t u = 0; u < 8; ++u) lanes[u] = ggml_dot_lanes(qg, k0 + (t + u) * stride, hs);
+      v8f dots = tree_sum8x8(lanes);
+      if (!whole_steps)
+        for (std::size_t u = 0; u < 8; ++u) dots[u] = ggml_dot_tail(dots[u], qg, k0 + (t + u) * stride, hs);
+      dots *= broadcast8(scale);
       std::memcpy(sc + g * sc_stride + t, &dots, sizeof dots);
     }
   }
   for (; t < positions; ++t)
-    for (int g = 0; g < H; ++g) sc[g * sc_stride + t] = tree_sum8(products(g, t)) * scale;
-  for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);
-  // 8 outputs at a time, accumulated in registers over the positions, four chains per head
-  // (positions t mod 4) to hide the FMA latency
-  for (std::size_t j = 0; j < hs; j += 8) {
-    const float* v = v0 + j;
-    v8f acc[H][4] = {};
-    auto add = [&](std::size_t position, int chain) {
-      const v8f vt = load8(v + position * stride);
-      for (int g = 0; g < H; ++g) acc[g][chain] += broadcast8(sc[g * sc_stride + position]) * vt;
-    };
-    t = 0;
-    for (; t + 4 <= positions; t += 4)
-      for (int chain = 0; chain < 4; ++chain) add(t + chain, chain);
-    for (int chain = 0; t + chain < positions; ++chain) add(t + chain, chain);
     for (int g = 0; g < H; ++g) {
-      const v8f total = (acc[g][0] + acc[g][1]) + (acc[g][2] + acc[g][3]);
-      std::memcpy(out + g * hs + j, &total, sizeof total);
+      const float *qg = q + g * hs, *k = k0 + t * stride;
+      sc[g * sc_stride + t] = ggml_dot_tail(tree_sum8(ggml_dot_lanes(qg, k, hs)), qg, k, hs) * scale;
     }
+  for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);
+  // Output j of head g is ggml's dot product of the values' column j with the weights (llama.cpp
+  // keeps the values transposed), its rows padded with masked positions (weight 0, adding
+  // nothing) to whole steps of 32: position t goes to accumulator (t % 32) / 8, lane t % 8. Here
+  // the lanes are 8 outputs instead, so lane l's four accumulators are summed over positions
+  // l, l + 8, l + 16, ... in turn, reduced as ggml reduces them, and the eight lanes' results
+  // added in ggml's lane order: the same sums, position-major, with nothing transposed.
+  for (int g = 0; g < H; ++g) {
+    const float* p = sc + g * sc_stride;
+    if (hs % 16 == 0)
+      for (std::size_t j = 0; j < hs; j += 16) ggml_weighted_sum<2>(p, v0 + j, stride, positions, out + g * hs + j);
+    else
+      for (std::size_t j = 0; j < hs; j += 8) ggml_weighted_sum<1>(p, v0 + j, stride, positions, out + g * hs + j);
   }
 }
 

@@ -295,13 +295,18 @@ class llama_model {
                          s.att.data() + i * d + h0 * hs);
   }
 
-  // out = x * w / sqrt(mean(x^2) + eps), row by row
+  // out = x * w / sqrt(mean(x^2) + eps), row by row, as ggml_rms_norm computes it (the squares
+  // rounded to float and summed in double, the mean rounded to float), so that the quantized
+  // products that follow get llama.cpp's inputs to the bit (see attention.hpp)
   void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, std::size_t d) const noexcept {
     for (std::size_t i = 0; i < n; ++i) {
       const float* xi = x + i * d;
-      float ss = 0.0f;
-      for (std::size_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
-      const float scale = 1.0f / std::sqrt(ss / float(d) + config_.norm_eps);
+      double ss = 0.0;
+      for (std::size_t j = 0; j < d; ++j) {
+        const float square = xi[j] * xi[j];
+        ss += double(square);
+      }
+      const float scale = 1.0f / std::sqrt(float(ss / double(d)) + config_.norm_eps);
       for (std::size_t j = 0; j < d; ++j) out[i * d + j] = weight[j] * (scale * xi[j]);
     }
   }
@@ -318,8 +323,9 @@ class llama_model {
       for (std::size_t i = 0; i < half; ++i) {
         float* x = v + h0 + stride * i;
         const float a = x[0], b = x[partner];
-        x[0] = a * cs[i] - b * sn[i];
-        x[partner] = a * sn[i] + b * cs[i];
+        // the multiply-adds ggml's rope compiles to (GCC, FMA): the second product rounded first
+        x[0] = std::fma(a, cs[i], -(b * sn[i]));
+        x[partner] = std::fma(a, sn[i], b * cs[i]);
       }
   }
 

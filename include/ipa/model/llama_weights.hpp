@@ -42,12 +42,17 @@ struct llama_config {
     const int half = head_size() / 2;
     cos.resize(std::size_t(seq_len) * std::size_t(half));
     sin.resize(cos.size());
-    for (int p = 0; p < seq_len; ++p)
+    // as ggml_rope computes the angles (llama.cpp is the oracle for GGUF models): in float, each
+    // pair's from the last one's times theta^(-2 / head_size)
+    const float theta_scale = std::pow(float(rope_theta), -2.0f / float(head_size()));
+    for (int p = 0; p < seq_len; ++p) {
+      float angle = float(p);
       for (int i = 0; i < half; ++i) {
-        const double freq = std::pow(double(rope_theta), -2.0 * i / head_size());
-        cos[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::cos(p * freq));
-        sin[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::sin(p * freq));
+        cos[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::cos(angle));
+        sin[std::size_t(p) * std::size_t(half) + std::size_t(i)] = T(std::sin(angle));
+        angle *= theta_scale;
       }
+    }
   }
   /// Ids the model reads: the vocabulary plus the input-only tokens.
   int input_vocab() const noexcept { return vocab_size + extra_tokens; }
