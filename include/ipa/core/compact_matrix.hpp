@@ -387,6 +387,14 @@ inline auto sum8(const Eight& v) noexcept {
   return a + b;
 }
 
+// The eight lanes of v (or eight registers, lane by lane) added as ggml's hsum_float_8 adds them,
+// ((0+4)+(2+6))+((1+5)+(3+7)): the K-quants' vec_dot ends with it.
+template <class Eight>
+inline auto ggml_hsum8(const Eight& v) noexcept {
+  const auto a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
+}
+
 // F32/F16/BF16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
 // chains hide the FMA latency at batch 1), the third added to the first and the fourth to the
@@ -706,13 +714,15 @@ inline void interleaved_matmul(float* out, std::size_t ldo, const unsigned char*
 }
 
 // The K-quants against Q8_K inputs, as ggml's AVX2 vec_dot_q4_K_q8_K (Q5_K's the same with a
-// fifth bit) / vec_dot_q6_K_q8_K (Q3_K's the same with 3 bits): a block of 256 weights is
+// fifth bit) / vec_dot_q6_K_q8_K (Q3_K's the same with 3 bits), float for float: a block of 256 weights is
 // unpacked once for the NR input rows into unsigned bytes (Q4_K's nibbles 0..15, Q5_K's 0..31;
 // Q6_K's 6-bit q 0..63 offset by 32 in the product, Q3_K's 0..7 offset by 4) in eight
 // sub-blocks of 32, with an int16 scale for each 16 weights. Per input row, eight int32 lanes (lane l of a sub-block:
 // bytes 4l .. 4l + 3 times their scale, exact), times dw * dx, go into one 8-lane accumulator; Q4_K's and Q5_K's mins
-// (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K keeps per 16) into a second
-// sum. The same chain whatever the tile.
+// (dmin * min_s * the sum of the inputs of sub-block s, which Q8_K keeps per 16) into four more
+// lanes for Q4_K (two sub-blocks each), one chain for Q5_K, as ggml keeps them. The end adds the
+// lanes in hsum_float_8's order (ggml_hsum8), less the mins' lanes (0+2)+(1+3). The same chain
+// whatever the tile.
 struct k_block {
   alignas(32) std::uint8_t u[256];
   alignas(32) std::int16_t scale[8][16];  // sub-block s: scale of bytes 0-15 (x8), then of bytes 16-31 (x8)
@@ -906,22 +916,22 @@ inline v8f k_block_dot(const k_block& k, const unsigned char* xq) noexcept {
   return lanes;
 }
 
-// Q4_K's mins against one Q8_K input block: sum over s of min_s * (bsums[2s] + bsums[2s + 1]).
-inline int k_block_mins(const k_block& k, const unsigned char* bsums) noexcept {
+// Q4_K's and Q5_K's mins against one Q8_K input block, in ggml's four lanes: lane m is
+// min_2m * (sum of sub-block 2m's inputs) + min_2m+1 * (sub-block 2m + 1's), the sums of 32
+// inputs being bsums[2s] + bsums[2s + 1] (|.| <= 4064).
+inline void k_block_mins(const k_block& k, const unsigned char* bsums, int (&lanes)[4]) noexcept {
 #if defined(__AVX2__)
   __m128i lo, hi, mins;
   std::memcpy(&lo, bsums, 16);
   std::memcpy(&hi, bsums + 16, 16);
   std::memcpy(&mins, k.min, 16);
-  const __m128i prod = _mm_madd_epi16(mins, _mm_hadd_epi16(lo, hi));  // sums of 32 inputs: |.| <= 4064
-  const __m128i two = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4E));
-  return _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32(two, 0xB1)));
+  const __m128i prod = _mm_madd_epi16(mins, _mm_hadd_epi16(lo, hi));
+  std::memcpy(lanes, &prod, 16);
 #else
   std::int16_t sums[16];
   std::memcpy(sums, bsums, 32);
-  int total = 0;
-  for (int s = 0; s < 8; ++s) total += k.min[s] * (sums[2 * s] + sums[2 * s + 1]);
-  return total;
+  for (int m = 0; m < 4; ++m)
+    lanes[m] = k.min[2 * m] * (sums[4 * m] + sums[4 * m + 1]) + k.min[2 * m + 1] * (sums[4 * m + 2] + sums[4 * m + 3]);
 #endif
 }
 
@@ -933,7 +943,7 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
   const unsigned char* row = w.row(j);
   const std::size_t blocks = w.cols / layout.elements;
   v8f acc[NR] = {};
-  float mins[NR] = {};
+  float mins[NR][4] = {};  // (Q4_K: ggml's acc_m lanes, negated; Q5_K: its one summs chain in [0])
   k_block k;
   for (std::size_t b = 0; b < blocks; ++b) {
     unpack_k_quant<T>(row + b * layout.bytes, k);
@@ -942,10 +952,18 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
       const unsigned char* xb = in + std::size_t(r) * ld_in + b * input.bytes;
       const float dx = load_f32(xb);
       acc[r] += broadcast8(k.d * dx) * k_block_dot<k_offset<T>>(k, xb + 4);
-      if constexpr (has_mins<T>) mins[r] += k.dmin * dx * float(k_block_mins(k, xb + 260));
+      if constexpr (has_mins<T>) {
+        int lanes[4];
+        k_block_mins(k, xb + 260, lanes);
+        const float dm = k.dmin * dx;
+        if constexpr (T == weight_type::q4_k)
+          for (int m = 0; m < 4; ++m) mins[r][m] += dm * float(lanes[m]);
+        else mins[r][0] += dm * float((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
+      }
     }
   }
-  for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]) - mins[r];
+  for (int r = 0; r < NR; ++r)
+    out[std::size_t(r) * ldo + j] = ggml_hsum8(acc[r]) - ((mins[r][0] + mins[r][2]) + (mins[r][1] + mins[r][3]));
 }
 
 #if IPA_DETAIL_ROW_GROUPS
@@ -961,7 +979,7 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
   using v16i = std::int32_t __attribute__((vector_size(64)));
   constexpr block_layout layout = layout_of(T);
   const unsigned char* row = w.row(j);
-  v16f acc[8] = {}, mins = {};
+  v16f acc[8] = {}, mins[4] = {};  // (as k_quant_tile's mins)
   k_block k;
   for (std::size_t b = 0; b < w.cols / layout.elements; ++b) {
     unpack_k_quant<T>(row + b * layout.bytes, k);
@@ -993,20 +1011,25 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
       acc[l] += (k.d * dx) * __builtin_convertvector((v16i)sums, v16f);
     }
     if constexpr (has_mins<T>) {
-      __m512i m = _mm512_setzero_si512();
+      __m512i m[4];
       IPA_UNROLL(4)
       for (std::size_t p = 0; p < 4; ++p) {
         __m512i pair_sums;
         std::memcpy(&pair_sums, sub_sums + 64 * p, sizeof pair_sums);
-        m = _mm512_dpwssd_epi32(
-            m, pair_sums,
+        m[p] = _mm512_dpwssd_epi32(
+            _mm512_setzero_si512(), pair_sums,
             _mm512_set1_epi32(std::int32_t(load_u32(reinterpret_cast<const unsigned char*>(k.min + 2 * p)))));
       }
-      mins += (k.dmin * dx) * __builtin_convertvector((v16i)m, v16f);
+      const v16f dm = k.dmin * dx;
+      if constexpr (T == weight_type::q4_k)
+        for (std::size_t p = 0; p < 4; ++p) mins[p] += dm * __builtin_convertvector((v16i)m[p], v16f);
+      else
+        mins[0] += dm * __builtin_convertvector(
+                            (v16i)_mm512_add_epi32(_mm512_add_epi32(m[0], m[1]), _mm512_add_epi32(m[2], m[3])), v16f);
     }
   }
-  const v16f total = sum8(acc);
-  for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r] - mins[r];
+  const v16f total = ggml_hsum8(acc) - ((mins[0] + mins[2]) + (mins[1] + mins[3]));
+  for (std::size_t r = 0; r < group_rows; ++r) out[r * ldo + j] = total[r];
 }
 #endif
 
