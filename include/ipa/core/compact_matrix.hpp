@@ -379,22 +379,6 @@ inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noe
   }
 }
 
-// The eight lanes of v added in one fixed order; or eight registers, lane by lane in the same
-// order (the group tiles keep a row tile's lanes as registers).
-template <class Eight>
-inline auto sum8(const Eight& v) noexcept {
-  const auto a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
-  return a + b;
-}
-
-// The eight lanes of v (or eight registers, lane by lane) added as ggml's hsum_float_8 adds them,
-// ((0+4)+(2+6))+((1+5)+(3+7)): the K-quants' vec_dot ends with it.
-template <class Eight>
-inline auto ggml_hsum8(const Eight& v) noexcept {
-  const auto a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
-  return a + b;
-}
-
 // F32/F16/BF16: out(i, j) for NR rows of x and row j of w. Each output is the same chain whatever the tile:
 // four 8-lane accumulators (weights 0-7, 8-15, 16-23, 24-31 of every group: four independent FMA
 // chains hide the FMA latency at batch 1), the third added to the first and the fourth to the
@@ -421,19 +405,14 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
     }
   }
   for (int r = 0; r < NR; ++r) {
+    using sum_type = std::conditional_t<T == weight_type::f16, double, float>;  // (ggml_vec_dot_f16's tail)
     const float* xr = x + std::size_t(r) * ldx;
-    if constexpr (T == weight_type::f16) {  // ggml_vec_dot_f16: the columns past the groups in double
-      double total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
-      for (std::size_t c = 32 * groups; c < w.cols; ++c) {
-        const float product = compact_weight(T, row, c) * xr[c];
-        total += double(product);
-      }
-      out[std::size_t(r) * ldo + j] = float(total);
-    } else {
-      float total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
-      for (std::size_t c = 32 * groups; c < w.cols; ++c) total += compact_weight(T, row, c) * xr[c];
-      out[std::size_t(r) * ldo + j] = total;
+    sum_type total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
+    for (std::size_t c = 32 * groups; c < w.cols; ++c) {
+      const float product = compact_weight(T, row, c) * xr[c];
+      total += sum_type(product);
     }
+    out[std::size_t(r) * ldo + j] = float(total);
   }
 }
 

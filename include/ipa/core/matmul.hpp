@@ -68,6 +68,23 @@ namespace detail {
 
 inline v8f broadcast8(float a) noexcept { return v8f{a, a, a, a, a, a, a, a}; }
 
+// The eight lanes of v added in one fixed order; or eight registers, lane by lane in the same
+// order (the group tiles keep a row tile's lanes as registers): ggml_vec_dot_f32's
+// order.
+template <class Eight>
+inline auto sum8(const Eight& v) noexcept {
+  const auto a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
+  return a + b;
+}
+
+// The eight lanes of v (or eight registers, lane by lane) added as ggml's hsum_float_8 adds them,
+// ((0+4)+(2+6))+((1+5)+(3+7)): the K-quants' vec_dot ends with it.
+template <class Eight>
+inline auto ggml_hsum8(const Eight& v) noexcept {
+  const auto a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
+}
+
 // The 8-wide kernels (AVX2, or SSE pairs): a 16-wide panel is two 8-lane halves per row.
 
 // Weight prefetch distance of the 8-wide kernels, in steps of p (one 64-byte line per panel

@@ -81,8 +81,8 @@ inline float ggml_dot_tail(float sum, const float* q, const float* k, std::size_
 }
 
 // softmax of sc[0, positions) in place, as ggml_soft_max_ext: exp(s - max) eight at a time (the
-// row is padded with masked positions, so the last eight too), each eight's sum in float as
-// ((0+4)+(2+6))+((1+5)+(3+7)) added to a double, then scaled by float(1 / sum)
+// row is padded with masked positions, so the last eight too), each eight summed in float
+// as ggml_hsum8 adds them, into a double, then scaled by float(1 / sum)
 inline void softmax_scores(float* sc, std::size_t positions) noexcept {
   const float max = max_of(std::span<const float>(sc, positions));
   double sum = 0.0;
@@ -92,7 +92,7 @@ inline void softmax_scores(float* sc, std::size_t positions) noexcept {
     std::memcpy(&x, sc + t, m * sizeof(float));
     const v8f e = exp8(x - broadcast8(max));
     std::memcpy(sc + t, &e, m * sizeof(float));
-    sum += double(((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7])));
+    sum += double(ggml_hsum8(e));
   }
   const float inv_sum = float(1.0 / sum);
   for (std::size_t t = 0; t < positions; ++t) sc[t] *= inv_sum;
@@ -121,8 +121,7 @@ inline void ggml_weighted_sum(const float* p, const float* v, std::size_t stride
     for (int c = 0; c < C; ++c) lanes[c][l] = (acc[c][0] + acc[c][2]) + (acc[c][1] + acc[c][3]);
   }
   for (int c = 0; c < C; ++c) {
-    const v8f(&x)[8] = lanes[c];
-    const v8f total = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+    const v8f total = sum8(lanes[c]);
     std::memcpy(out + 8 * c, &total, sizeof total);
   }
 }
