@@ -181,6 +181,15 @@ TEST_CASE("Q8_K quantization is ggml's: iscale = -127 / the largest-magnitude in
   CHECK(std::all_of(back.begin(), back.begin() + 256, [](float v) { return v == 0.0f; }));
 }
 
+namespace {
+// x * y rounded to float, then to the nearest integer, ties to even: what llama.cpp's quantizers
+// compute (the volatile keeps the compiler from fusing the product into the rounding)
+int rounded_product(float x, float y) {
+  const volatile float product = x * y;
+  return int(std::nearbyint(product));
+}
+}  // namespace
+
 TEST_CASE("quantize_input_q8_0 (its max and mark in AVX lanes where built with it) equals the element-wise formula") {
   // one element at a time, as ggml's AVX path computes it: d = max|x| / 127 (NaNs skipped), plus
   // the non-finite mark; q = nearest(x * 127 / max|x|), ties to even
@@ -191,7 +200,7 @@ TEST_CASE("quantize_input_q8_0 (its max and mark in AVX lanes where built with i
       const std::uint16_t h = ipa::to_f16(amax / 127.0f + mark);
       std::memcpy(out, &h, 2);
       for (std::size_t c = 0; c < 32; ++c)
-        out[2 + c] = static_cast<unsigned char>(ipa::detail::nearest_int(x[c] * (amax != 0.0f ? 127.0f / amax : 0.0f)));
+        out[2 + c] = static_cast<unsigned char>(rounded_product(x[c], amax != 0.0f ? 127.0f / amax : 0.0f));
     }
   };
   ipa::xoshiro256 rng(23);
@@ -212,6 +221,50 @@ TEST_CASE("quantize_input_q8_0 (its max and mark in AVX lanes where built with i
   CHECK(fast == slow);
   for (std::size_t c = 5 * 32 + 1; c < 6 * 32; ++c)  // halves to even, as ggml's AVX path rounds
     CHECK(int(std::int8_t(fast[5 * ipa::q8_0_block_bytes + 2 + c % 32])) == int(std::nearbyint(x[c])));
+}
+
+// Rows that are multiples of one step (a Q4_0 or Q6_K token embedding, normalised) put inputs on
+// or within an ulp of x.5 once scaled: llama.cpp rounds the scaled input to float before rounding
+// it to an integer, and a compiler with FMA fuses the two roundings of the plain formula into one
+// that goes the other way now and then (llama-server's first position was 0.03 off with such an
+// embedding before ipa rounded the product first).
+TEST_CASE("Q8_0 and Q8_K inputs on a lattice: the scaled input is rounded to float, then to an integer") {
+  ipa::xoshiro256 rng(31);
+  std::vector<float> x(256 * 24);
+  for (std::size_t b = 0; b < x.size() / 256; ++b) {
+    const float step = float(0.001 + 0.01 * ipa::uniform01(rng)), scale = float(0.5 + 2.0 * ipa::uniform01(rng));
+    for (std::size_t c = 0; c < 256; ++c)
+      x[256 * b + c] = float(int(ipa::uniform01(rng) * 16) - 8) * step * scale;  // Q4_0's 16 levels
+  }
+  int fused_differs = 0;  // inputs where rounding the exact product (as a fused multiply-add does) differs
+  auto count_fused = [&](float v, float s) {
+    fused_differs += int(std::nearbyint(double(v) * double(s))) != rounded_product(v, s);
+  };
+  std::vector<unsigned char> q8_0(x.size() / 32 * ipa::q8_0_block_bytes), q8_k(x.size() / 256 * 292);
+  ipa::quantize_input_q8_0(x.data(), x.size(), q8_0.data());
+  ipa::quantize_row_q8_k(x.data(), x.size(), q8_k.data());
+  for (std::size_t b = 0; b < x.size() / 32; ++b) {
+    float amax = 0.0f;
+    for (std::size_t c = 0; c < 32; ++c) amax = std::max(amax, std::fabs(x[32 * b + c]));
+    for (std::size_t c = 0; c < 32; ++c) {
+      CAPTURE(b);
+      CAPTURE(c);
+      CHECK(int(std::int8_t(q8_0[b * ipa::q8_0_block_bytes + 2 + c])) == rounded_product(x[32 * b + c], 127.0f / amax));
+      count_fused(x[32 * b + c], 127.0f / amax);
+    }
+  }
+  for (std::size_t b = 0; b < x.size() / 256; ++b) {
+    const auto [amax, max] = ipa::detail::largest_magnitude(x.data() + 256 * b, 256);
+    const float iscale = -127.0f / max;
+    for (std::size_t c = 0; c < 256; ++c) {
+      CAPTURE(b);
+      CAPTURE(c);
+      CHECK(int(std::int8_t(q8_k[292 * b + 4 + c])) == std::min(127, rounded_product(iscale, x[256 * b + c])));
+      count_fused(iscale, x[256 * b + c]);
+    }
+  }
+  MESSAGE(fused_differs << " of " << x.size() * 2 << " inputs round otherwise from the exact product");
+  CHECK(fused_differs > 0);  // (the rows reach the case at all)
 }
 
 TEST_CASE("largest_magnitude is ggml's scan: the first input of the largest magnitude, NaNs skipped") {
@@ -262,6 +315,98 @@ TEST_CASE("the input quantizers carry a NaN or Inf input into the block's scale 
     for (std::size_t b = 0; b < 16; ++b)
       CHECK(std::isfinite(ipa::detail::load_half(q8_0.data() + b * ipa::q8_0_block_bytes)) == (b != 9));
   }
+}
+
+// llama.cpp's AVX2 ggml_vec_dot_q4_K_q8_K and ggml_vec_dot_q6_K_q8_K, one scalar step at a time:
+// per block, eight int32 lanes (lane l: the products of bytes 4l..4l+3 of each 32, times their
+// scales) each fused into its float accumulator with d * the input's d; Q4_K's mins in four float
+// lanes (one per pair of sub-blocks); at the end hsum_float_8's order ((0+4)+(2+6))+((1+5)+(3+7))
+// and the mins' ((0+2)+(1+3)). ipa's tiles end so (k_quant_tile): random rows of 1-8 blocks give
+// the same bits where ipa is built with FMA and optimised (as llama.cpp's build fuses these
+// multiply-adds), else within float rounding.
+TEST_CASE("Q4_K and Q6_K rows times a Q8_K input: ggml's AVX2 vec_dot, step for step") {
+  auto hsum8 = [](const float* a) { return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])); };
+  ipa::xoshiro256 rng(41);
+  auto byte = [&] { return static_cast<unsigned char>(ipa::uniform01(rng) * 256); };
+  auto small_scale = [&] { return ipa::to_f16(float(0.001 + 0.01 * ipa::uniform01(rng))); };
+  int differ = 0, rows = 0;
+  for (int trial = 0; trial < 80; ++trial) {
+    const std::size_t blocks = 1 + std::size_t(trial % 8), k = 256 * blocks;
+    std::vector<float> x(k);
+    for (float& v : x) v = float(ipa::uniform01(rng) - 0.5);
+    std::vector<unsigned char> q(292 * blocks);
+    ipa::quantize_row_q8_k(x.data(), k, q.data());
+    for (const ipa::weight_type type : {ipa::weight_type::q4_k, ipa::weight_type::q6_k}) {
+      CAPTURE(trial);
+      CAPTURE(std::string(ipa::weight_type_name(type)));
+      const bool q4 = type == ipa::weight_type::q4_k;
+      const std::size_t block_bytes = q4 ? 144 : 210;
+      std::vector<unsigned char> w(block_bytes * blocks);
+      for (auto& b : w) b = byte();
+      for (std::size_t b = 0; b < blocks; ++b) {  // finite scales of a realistic size
+        const std::uint16_t d = small_scale(), dmin = small_scale();
+        std::memcpy(&w[block_bytes * b + (q4 ? 0 : 208)], &d, 2);
+        if (q4) std::memcpy(&w[block_bytes * b + 2], &dmin, 2);
+      }
+      float acc[8] = {}, mins[4] = {};
+      for (std::size_t b = 0; b < blocks; ++b) {
+        const unsigned char* y = q.data() + 292 * b;
+        float yd;
+        std::memcpy(&yd, y, 4);
+        const auto* q8 = reinterpret_cast<const std::int8_t*>(y + 4);
+        std::int16_t sums[16];
+        std::memcpy(sums, y + 260, 32);
+        const unsigned char* wb = w.data() + block_bytes * b;
+        int lane[8] = {};
+        float d;
+        if (q4) {
+          d = yd * ipa::detail::half_to_float(wb);
+          const float dmin = -yd * ipa::detail::half_to_float(wb + 2);
+          std::uint8_t scale[8], min[8];
+          ipa::detail::q4_k_scales(wb + 4, scale, min);
+          for (int m = 0; m < 4; ++m)
+            mins[m] = std::fma(dmin,
+                               float(min[2 * m] * (sums[4 * m] + sums[4 * m + 1]) +
+                                     min[2 * m + 1] * (sums[4 * m + 2] + sums[4 * m + 3])),
+                               mins[m]);
+          for (int j = 0; j < 4; ++j)  // 64 weights: 32 low nibbles, then 32 high ones
+            for (int l = 0; l < 8; ++l) {
+              int lo = 0, hi = 0;
+              for (int e = 4 * l; e < 4 * l + 4; ++e) {
+                lo += (wb[16 + 32 * j + e] & 0xF) * q8[64 * j + e];
+                hi += (wb[16 + 32 * j + e] >> 4) * q8[64 * j + 32 + e];
+              }
+              lane[l] += scale[2 * j] * lo + scale[2 * j + 1] * hi;
+            }
+        } else {
+          d = yd * ipa::detail::half_to_float(wb + 208);
+          const unsigned char *ql = wb, *qh = wb + 128;
+          const auto* scale = reinterpret_cast<const std::int8_t*>(wb + 192);
+          for (int j = 0; j < 2; ++j)    // 128 weights each
+            for (int c = 0; c < 4; ++c)  // in four runs of 32
+              for (int l = 0; l < 8; ++l) {
+                int sum = 0;
+                for (int e = 4 * l; e < 4 * l + 4; ++e) {
+                  const int low = c < 2 ? ql[64 * j + 32 * (c % 2) + e] & 0xF : ql[64 * j + 32 * (c % 2) + e] >> 4;
+                  sum += ((low | (((qh[32 * j + e] >> (2 * c)) & 3) << 4)) - 32) * q8[128 * j + 32 * c + e];
+                }
+                lane[l] += scale[8 * j + 2 * c + (l >= 4)] * sum;  // 16 weights per scale
+              }
+        }
+        for (int l = 0; l < 8; ++l) acc[l] = std::fma(d, float(lane[l]), acc[l]);
+      }
+      const float ggml = hsum8(acc) + (q4 ? (mins[0] + mins[2]) + (mins[1] + mins[3]) : 0.0f);
+      float ours = 0.0f;
+      ipa::compact_matmul(&ours, 1, x.data(), k, 1, ipa::compact_matrix{type, w.data(), 1, k}, 0, 1);
+#if defined(__FMA__) && defined(__OPTIMIZE__)
+      CHECK(ours == ggml);
+#else
+      CHECK(std::abs(ours - ggml) <= 1e-5f * (1.0f + std::abs(ggml)));
+#endif
+      differ += ours != ggml, ++rows;
+    }
+  }
+  MESSAGE(differ << " of " << rows << " rows differ from the transcription in their last bits");
 }
 
 TEST_CASE("Q3_K, Q4_K, Q5_K and Q6_K blocks decode as ggml lays them out: scales, mins and quants in place") {

@@ -26,6 +26,7 @@
 #include "ipa/core/bf16.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/core/ggml_blocks.hpp"
+#include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"
 #include "ipa/core/vector_abi.hpp"
 
@@ -384,8 +385,9 @@ inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noe
 // chains hide the FMA latency at batch 1), the third added to the first and the fourth to the
 // second, those two added, then the lanes in sum8's order, then the columns past the last full
 // group (rows of any length) one by one: ggml_vec_dot_f32/_f16's chain as llama.cpp builds it
-// for AVX2, so that F32 and F16 products equal llama.cpp's to the bit (F16 adds the last columns
-// in double, as ggml does). A group of 32 weights is
+// for AVX2 (and ggml_vec_dot_bf16's, whose lanes end in hsum_float_8's order), so that these
+// products equal llama.cpp's to the bit (F16 and BF16 add the last columns in double, as ggml
+// does). A group of 32 weights is
 // converted once for the NR rows. (Two rows of w at a time, interleaving two streams from
 // memory, measured slower at batch 1 during development: one row at a time.)
 template <weight_type T, int NR>
@@ -405,9 +407,11 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
     }
   }
   for (int r = 0; r < NR; ++r) {
-    using sum_type = std::conditional_t<T == weight_type::f16, double, float>;  // (ggml_vec_dot_f16's tail)
+    // (ggml_vec_dot_f16 and _bf16 add the tail in double; _bf16 ends its lanes in hsum_float_8's order)
+    using sum_type = std::conditional_t<T == weight_type::f32, float, double>;
     const float* xr = x + std::size_t(r) * ldx;
-    sum_type total = sum8((acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]));
+    const v8f lanes = (acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]);
+    sum_type total = T == weight_type::bf16 ? ggml_hsum8(lanes) : sum8(lanes);
     for (std::size_t c = 32 * groups; c < w.cols; ++c) {
       const float product = compact_weight(T, row, c) * xr[c];
       total += sum_type(product);
@@ -444,10 +448,13 @@ inline __m256i add_dot_s16(__m256i sum, __m256i a, __m256i b) noexcept {
 #endif
 
 // Row-major Q8_0 and Q4_0 weights x Q8_0 inputs (builds without AVX-512 VNNI; with it the model
-// interleaves them: interleaved_matmul). Per input row and row j of w, block b of 32 gives an
-// exact int32 sum of its products, times dw * dx as floats, into accumulator b % 8; the eight are
-// added in sum8's order: the same chain whatever the tile. (ggml's vec_dot_q8_0_q8_0 keeps eight
-// lanes of each block apart instead: the same integers, a float order a few ulp apart.)
+// interleaves them: interleaved_matmul), in the float order of what llama.cpp's AVX2 build runs,
+// so that its int8 roundings downstream come out the same. Q8_0 as ggml_vec_dot_q8_0_q8_0 (and
+// llamafile's tinyBLAS, the same order): block b's products in eight exact int32 lanes (lane l:
+// bytes 4l .. 4l + 3), each fused into its float lane with dw * dx, block after block; the lanes
+// added in hsum_float_8's order. Q4_0 as ggml_gemv_q4_0_8x8_q8_0 (llama.cpp repacks Q4_0 for
+// AVX2): block b's whole int32 sum fused into one float chain with dw * dx. The same chain
+// whatever the tile.
 using v8i = std::int32_t __attribute__((vector_size(32)));
 
 // The products of a block of 32 int8 weights and 32 int8 inputs in eight int32 lanes (lane l:
@@ -517,61 +524,51 @@ inline void gather8_f16(const unsigned char* p, std::size_t stride, v8f& out) no
 #endif
 }
 
-// NR input rows (prepared, ld_in bytes apart) and row j of w, eight blocks at a time: their
-// weights unpacked once for the NR rows, each row's eight block sums gathered into one vector.
-// A last partial eight is padded with zero blocks (their terms add +0).
-template <weight_type T, int NR>
+// R rows of w from row j against NR input rows (prepared, ld_in bytes apart), block after block
+// (see above for the order each type keeps). Q8_0: one 8-lane accumulator per input row and row
+// of w, R rows of w in flight so that their chains overlap. Q4_0 (R = 8 or 1): the R rows' chains
+// in the lanes of one accumulator per input row, as ggml_gemv_q4_0_8x8_q8_0 keeps its 8 rows.
+template <weight_type T, int NR, int R>
 inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                       std::size_t ldo) noexcept {
-  static_assert(T == weight_type::q8_0 || T == weight_type::q4_0);
+  static_assert(T == weight_type::q8_0 || (T == weight_type::q4_0 && (R == 8 || R == 1)));
   constexpr block_layout layout = layout_of(T);
-  const unsigned char* row = w.row(j);
-  const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols);
-  v8f acc[NR] = {};
-  // eight blocks of weights at wb, of input row r at x[r] (their scales: dx[r])
-  auto eight = [&](const unsigned char* wb, const unsigned char*(&x)[NR], const v8f(&dx)[NR]) {
-    v8f dw;
-    gather8_f16(wb, layout.bytes, dw);
-    alignas(32) unsigned char unpacked[8][32];
-    IPA_UNROLL(4)
-    for (int r = 0; r < NR; ++r) {
-      v8i lanes[8];
-      IPA_UNROLL(8)
-      for (std::size_t u = 0; u < 8; ++u) {
-        const unsigned char* wq = wb + u * layout.bytes + 2;
-        if constexpr (T == weight_type::q4_0) {
-          if (r == 0) q4_0_unpack(wq, unpacked[u], -8);
-          wq = unpacked[u];
-        }
-        lanes[u] = q8_0_block_lanes(wq, x[r] + u * q8_0_block_bytes + 2);
+  const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols), row_bytes = w.row_bytes();
+  const unsigned char* rows = w.row(j);
+  auto dx = [&](int r, std::size_t b) { return load_f32(in + std::size_t(r) * ld_in + scales + 4 * b); };
+  auto xq = [&](int r, std::size_t b) { return in + std::size_t(r) * ld_in + b * q8_0_block_bytes + 2; };
+  if constexpr (T == weight_type::q8_0) {
+    v8f acc[NR][R] = {};
+    for (std::size_t b = 0; b < blocks; ++b) IPA_UNROLL(4)
+    for (int i = 0; i < R; ++i) {
+      const unsigned char* wb = rows + std::size_t(i) * row_bytes + b * layout.bytes;
+      const float dw = half_to_float(wb);
+      for (int r = 0; r < NR; ++r)
+        acc[r][i] = fma8(broadcast8(dw * dx(r, b)), __builtin_convertvector(q8_0_block_lanes(wb + 2, xq(r, b)), v8f),
+                         acc[r][i]);
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < R; ++i) out[std::size_t(r) * ldo + j + std::size_t(i)] = ggml_hsum8(acc[r][i]);
+  } else {
+    v8f acc[NR] = {};  // lane i: row j + i
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const unsigned char* wb = rows + b * layout.bytes;
+      v8f dw;
+      if constexpr (R == 8) gather8_f16(wb, row_bytes, dw);
+      else dw = broadcast8(half_to_float(wb));
+      alignas(32) unsigned char unpacked[R][32];
+      for (int i = 0; i < R; ++i) q4_0_unpack(wb + std::size_t(i) * row_bytes + 2, unpacked[i], -8);
+      for (int r = 0; r < NR; ++r) {
+        v8i lanes[8] = {};
+        IPA_UNROLL(8)
+        for (int i = 0; i < R; ++i) lanes[i] = q8_0_block_lanes(unpacked[i], xq(r, b));
+        const v8i sums = add_lanes(lanes);  // lane i: block b's sum for row j + i
+        acc[r] = fma8(dw * broadcast8(dx(r, b)), __builtin_convertvector(sums, v8f), acc[r]);
       }
-      acc[r] += (dw * dx[r]) * __builtin_convertvector(add_lanes(lanes), v8f);
     }
-  };
-  std::size_t b0 = 0;
-  for (; b0 + 8 <= blocks; b0 += 8) {
-    const unsigned char* x[NR];
-    v8f dx[NR];
-    for (int r = 0; r < NR; ++r) {
-      x[r] = in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes;
-      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, sizeof(v8f));
-    }
-    eight(row + b0 * layout.bytes, x, dx);
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < R; ++i) out[std::size_t(r) * ldo + j + std::size_t(i)] = acc[r][i];
   }
-  if (b0 < blocks) {  // the last blocks, copied beside zero ones
-    const std::size_t count = blocks - b0;
-    alignas(32) unsigned char wb[8 * layout.bytes] = {}, xb[NR][8 * q8_0_block_bytes] = {};
-    std::memcpy(wb, row + b0 * layout.bytes, count * layout.bytes);
-    const unsigned char* x[NR];
-    v8f dx[NR] = {};
-    for (int r = 0; r < NR; ++r) {
-      std::memcpy(xb[r], in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes, count * q8_0_block_bytes);
-      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, 4 * count);
-      x[r] = xb[r];
-    }
-    eight(wb, x, dx);
-  }
-  for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = sum8(acc[r]);
 }
 
 // Interleaved Q8_0 and Q4_0 weights x Q8_0 inputs: per input row and row j of w, block b gives
@@ -1020,8 +1017,21 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
     if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {  // (interleaved: interleaved_matmul)
-      for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
-      for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+      // rows of w per tile: Q4_0's eight lanes; for Q8_0 as many chains as the registers hold
+      constexpr int R = T == weight_type::q4_0 ? 8 : 4;
+      auto tiles = [&](auto rows) {
+        // (four input rows: Q8_0's rows of w two at a time, eight accumulators)
+        constexpr int R4 = T == weight_type::q8_0 && rows() > 2 ? 2 : rows();
+        for (; i + 4 <= n; i += 4)
+          for (int s = 0; s < rows(); s += R4) q8_0_tile<T, 4, R4>(in + i * ld_in, ld_in, w, j + s, out + i * ldo, ldo);
+        for (; i < n; ++i) q8_0_tile<T, 1, rows()>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+      };
+      if (j + R <= j1) {
+        tiles(std::integral_constant<int, R>{});
+        j += R - 1;
+      } else {
+        tiles(std::integral_constant<int, 1>{});
+      }
     } else if constexpr (is_k_quant<T>) {
 #if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)

@@ -149,6 +149,13 @@ inline int nearest_int(float v) noexcept {
   std::memcpy(&bits, &shifted, sizeof bits);
   return (bits & 0x007fffff) - 0x00400000;
 }
+// nearest_int(a * b) with the product rounded to float first, as llama.cpp's quantizers round
+// it (their x86 build multiplies, then rounds in another instruction). Written plainly, a
+// compiler with FMA fuses the multiply into nearest_int's add, rounds the exact product, and an
+// input within an ulp of a tie goes the other way: a Q4_0 or Q6_K token embedding, whose rows
+// are multiples of one step, puts dozens of exact ties into the first layer's inputs.
+// (nearbyint rounds half to even as well; the product cannot fuse into it.)
+inline int nearest_int_of_product(float a, float b) noexcept { return nearest_int(std::nearbyint(a * b)); }
 #if defined(__AVX__)
 // The eight lanes of v combined by op (_mm_max_ps or _mm_add_ps on four lanes; exact here, so
 // any order), in three shuffles.
@@ -350,14 +357,12 @@ inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* ou
     const float amax = detail::max_magnitude(x, q8_0_block);
     const std::uint16_t h = to_f16(amax / 127.0f + detail::non_finite_mark(x, q8_0_block));
     std::memcpy(out, &h, 2);
-    // nearest_int's trick on eight lanes: add 1.5 x 2^23, keep the low mantissa bits
-    const __m256 scale = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), magic = _mm256_set1_ps(12582912.0f);
+    // llama.cpp's instructions: multiply, round half to even, convert (nearest_int_of_product)
+    const __m256 scale = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
     __m256i q[4];
     for (int i = 0; i < 4; ++i)
-      q[i] = _mm256_sub_epi32(
-          _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), scale), magic)),
-                           _mm256_set1_epi32(0x007fffff)),
-          _mm256_set1_epi32(0x00400000));
+      q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), scale),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     // int32 -> int8 (|q| <= 127 for finite x), the packs' lane order undone by one permute
     const __m256i bytes =
         _mm256_permutevar8x32_epi32(_mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])),
@@ -366,7 +371,7 @@ inline void quantize_input_q8_0(const float* x, std::size_t k, unsigned char* ou
   }
 #else
   detail::q8_0_blocks(x, k, out, [](float v, float amax) {
-    return std::int8_t(detail::nearest_int(v * (amax != 0.0f ? 127.0f / amax : 0.0f)));
+    return std::int8_t(detail::nearest_int_of_product(v, amax != 0.0f ? 127.0f / amax : 0.0f));
   });
 #endif
 }
@@ -382,7 +387,7 @@ inline void quantize_row_q8_k(const float* x, std::size_t k, unsigned char* out)
     float d = 0.0f;
     if (amax != 0.0f) {
       const float iscale = -127.0f / max;
-      for (int j = 0; j < 256; ++j) q[j] = std::int8_t(std::min(127, detail::nearest_int(iscale * x[j])));
+      for (int j = 0; j < 256; ++j) q[j] = std::int8_t(std::min(127, detail::nearest_int_of_product(iscale, x[j])));
       d = 1.0f / iscale;
     }
     d += detail::non_finite_mark(x, 256);
