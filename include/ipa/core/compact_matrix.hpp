@@ -403,7 +403,7 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
     for (int r = 0; r < NR; ++r) {
       const float* xg = x + std::size_t(r) * ldx + 32 * g;
       IPA_UNROLL(4)
-      for (std::size_t q = 0; q < 4; ++q) acc[r][q] += wg[q] * load8(xg + 8 * q);
+      for (std::size_t q = 0; q < 4; ++q) acc[r][q] = fma8(wg[q], load8(xg + 8 * q), acc[r][q]);
     }
   }
   for (int r = 0; r < NR; ++r) {
@@ -927,14 +927,14 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
     for (int r = 0; r < NR; ++r) {
       const unsigned char* xb = in + std::size_t(r) * ld_in + b * input.bytes;
       const float dx = load_f32(xb);
-      acc[r] += broadcast8(k.d * dx) * k_block_dot<k_offset<T>>(k, xb + 4);
+      acc[r] = fma8(broadcast8(k.d * dx), k_block_dot<k_offset<T>>(k, xb + 4), acc[r]);
       if constexpr (has_mins<T>) {
         int lanes[4];
         k_block_mins(k, xb + 260, lanes);
         const float dm = k.dmin * dx;
         if constexpr (T == weight_type::q4_k)
-          for (int m = 0; m < 4; ++m) mins[r][m] += dm * float(lanes[m]);
-        else mins[r][0] += dm * float((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
+          for (int m = 0; m < 4; ++m) mins[r][m] = fma1(dm, float(lanes[m]), mins[r][m]);
+        else mins[r][0] = fma1(dm, float((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])), mins[r][0]);
       }
     }
   }
@@ -943,6 +943,9 @@ inline void k_quant_tile(const unsigned char* in, std::size_t ld_in, const compa
 }
 
 #if IPA_DETAIL_ROW_GROUPS
+// fma8 on sixteen lanes (AVX-512 has FMA).
+inline v16f fma16(v16f a, v16f b, v16f c) noexcept { return (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+
 // k_quant_tile for a group of 16 input rows (pack_group's layout) and row j of w, one lane per
 // input row: k_block_dot's eight lanes are eight registers here (sums[l]: each sub-block's
 // bytes 4l .. 4l + 3, maddubs pairs times their scale by vpdpwssd), Q4_K's mins one more
@@ -984,7 +987,7 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
             sums, pairs,
             _mm512_set1_epi32(std::int32_t(load_u32(reinterpret_cast<const unsigned char*>(k.scale[s] + 2 * l)))));
       }
-      acc[l] += (k.d * dx) * __builtin_convertvector((v16i)sums, v16f);
+      acc[l] = fma16(k.d * dx, __builtin_convertvector((v16i)sums, v16f), acc[l]);
     }
     if constexpr (has_mins<T>) {
       __m512i m[4];
@@ -998,10 +1001,12 @@ inline void k_quant_group_tile(const unsigned char* group, const compact_matrix&
       }
       const v16f dm = k.dmin * dx;
       if constexpr (T == weight_type::q4_k)
-        for (std::size_t p = 0; p < 4; ++p) mins[p] += dm * __builtin_convertvector((v16i)m[p], v16f);
+        for (std::size_t p = 0; p < 4; ++p) mins[p] = fma16(dm, __builtin_convertvector((v16i)m[p], v16f), mins[p]);
       else
-        mins[0] += dm * __builtin_convertvector(
-                            (v16i)_mm512_add_epi32(_mm512_add_epi32(m[0], m[1]), _mm512_add_epi32(m[2], m[3])), v16f);
+        mins[0] = fma16(dm,
+                        __builtin_convertvector(
+                            (v16i)_mm512_add_epi32(_mm512_add_epi32(m[0], m[1]), _mm512_add_epi32(m[2], m[3])), v16f),
+                        mins[0]);
     }
   }
   const v16f total = ggml_hsum8(acc) - ((mins[0] + mins[2]) + (mins[1] + mins[3]));

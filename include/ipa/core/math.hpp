@@ -28,13 +28,22 @@ inline v8f_math blend(v8i_math mask, v8f_math yes, v8f_math no) noexcept {
   return out;
 }
 
-/// a * b + c rounded once, lane by lane (one instruction where the build has FMA).
+// a * b + c lane by lane, rounded once where the build has FMA and twice where it has not, as
+// llama.cpp's build computes its multiply-adds (GGML_F32_VEC_FMA, _mm256_fmadd_ps). Written out,
+// so that it holds whatever the compiler's -ffp-contract (ISO C++ modes turn contraction off).
 inline v8f_math fma8(v8f_math a, v8f_math b, v8f_math c) noexcept {
 #if defined(__FMA__)
   return __builtin_ia32_vfmaddps256(a, b, c);
 #else
-  for (int l = 0; l < 8; ++l) c[l] = std::fma(a[l], b[l], c[l]);
-  return c;
+  return a * b + c;
+#endif
+}
+// The same for one float.
+inline float fma1(float a, float b, float c) noexcept {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
 #endif
 }
 

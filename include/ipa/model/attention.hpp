@@ -66,7 +66,7 @@ inline v8f ggml_lane_order(v8f acc0, v8f acc1, v8f acc2, v8f acc3) noexcept {
 inline v8f ggml_dot_lanes(const float* q, const float* k, std::size_t hs) noexcept {
   v8f acc[4] = {};
   for (std::size_t i = 0; i + 32 <= hs; i += 32)
-    for (std::size_t j = 0; j < 4; ++j) acc[j] += load8(q + i + 8 * j) * load8(k + i + 8 * j);
+    for (std::size_t j = 0; j < 4; ++j) acc[j] = fma8(load8(q + i + 8 * j), load8(k + i + 8 * j), acc[j]);
   return ggml_lane_order(acc[0], acc[1], acc[2], acc[3]);
 }
 // (GCC vectorises ggml's loop over those elements: eight products at a time, each rounded, then
@@ -112,7 +112,7 @@ inline void ggml_weighted_sum(const float* p, const float* v, std::size_t stride
     v8f acc[C][4] = {};
     auto add = [&](std::size_t t, int a) {
       const v8f w = broadcast8(p[t]);
-      for (int c = 0; c < C; ++c) acc[c][a] += w * load8(v + t * stride + 8 * c);
+      for (int c = 0; c < C; ++c) acc[c][a] = fma8(w, load8(v + t * stride + 8 * c), acc[c][a]);
     };
     std::size_t t = l;
     for (; t + 24 < positions; t += 32)
