@@ -524,51 +524,74 @@ inline void gather8_f16(const unsigned char* p, std::size_t stride, v8f& out) no
 #endif
 }
 
-// R rows of w from row j against NR input rows (prepared, ld_in bytes apart), block after block
-// (see above for the order each type keeps). Q8_0: one 8-lane accumulator per input row and row
-// of w, R rows of w in flight so that their chains overlap. Q4_0 (R = 8 or 1): the R rows' chains
-// in the lanes of one accumulator per input row, as ggml_gemv_q4_0_8x8_q8_0 keeps its 8 rows.
-template <weight_type T, int NR, int R>
+// NR input rows (prepared, ld_in bytes apart) and row j of w, eight blocks at a time: their
+// weights unpacked once for the NR rows, each row's blocks then added in the order above (Q8_0:
+// eight lanes, one FMA per block; Q4_0: the eight blocks' sums, one FMA each, in one chain). A
+// last partial eight is padded with zero blocks (their terms add +0). (Rows of w side by side,
+// eight Q4_0 rows in the lanes as ggml's gemv keeps them, measured 1.5-2x slower at batch 1 in
+// the model than one row at a time: bench/RESULTS.md, session 26.)
+template <weight_type T, int NR>
 inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_matrix& w, std::size_t j, float* out,
                       std::size_t ldo) noexcept {
-  static_assert(T == weight_type::q8_0 || (T == weight_type::q4_0 && (R == 8 || R == 1)));
+  static_assert(T == weight_type::q8_0 || T == weight_type::q4_0);
   constexpr block_layout layout = layout_of(T);
-  const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols), row_bytes = w.row_bytes();
-  const unsigned char* rows = w.row(j);
-  auto dx = [&](int r, std::size_t b) { return load_f32(in + std::size_t(r) * ld_in + scales + 4 * b); };
-  auto xq = [&](int r, std::size_t b) { return in + std::size_t(r) * ld_in + b * q8_0_block_bytes + 2; };
-  if constexpr (T == weight_type::q8_0) {
-    v8f acc[NR][R] = {};
-    for (std::size_t b = 0; b < blocks; ++b) IPA_UNROLL(4)
-    for (int i = 0; i < R; ++i) {
-      const unsigned char* wb = rows + std::size_t(i) * row_bytes + b * layout.bytes;
-      const float dw = half_to_float(wb);
-      for (int r = 0; r < NR; ++r)
-        acc[r][i] = fma8(broadcast8(dw * dx(r, b)), __builtin_convertvector(q8_0_block_lanes(wb + 2, xq(r, b)), v8f),
-                         acc[r][i]);
-    }
-    for (int r = 0; r < NR; ++r)
-      for (int i = 0; i < R; ++i) out[std::size_t(r) * ldo + j + std::size_t(i)] = ggml_hsum8(acc[r][i]);
-  } else {
-    v8f acc[NR] = {};  // lane i: row j + i
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const unsigned char* wb = rows + b * layout.bytes;
-      v8f dw;
-      if constexpr (R == 8) gather8_f16(wb, row_bytes, dw);
-      else dw = broadcast8(half_to_float(wb));
-      alignas(32) unsigned char unpacked[R][32];
-      for (int i = 0; i < R; ++i) q4_0_unpack(wb + std::size_t(i) * row_bytes + 2, unpacked[i], -8);
-      for (int r = 0; r < NR; ++r) {
-        v8i lanes[8] = {};
+  const unsigned char* row = w.row(j);
+  const std::size_t blocks = w.cols / layout.elements, scales = q8_0_input_scales(w.cols);
+  v8f acc[NR] = {};      // Q8_0: ggml's eight lanes
+  float chain[NR] = {};  // Q4_0: the one chain
+  // eight blocks of weights at wb, of input row r at x[r] (their scales: dx[r])
+  auto eight = [&](const unsigned char* wb, const unsigned char*(&x)[NR], const v8f(&dx)[NR]) {
+    v8f dw;
+    gather8_f16(wb, layout.bytes, dw);
+    alignas(32) unsigned char unpacked[8][32];
+    IPA_UNROLL(4)
+    for (int r = 0; r < NR; ++r) {
+      v8i lanes[8];
+      IPA_UNROLL(8)
+      for (std::size_t u = 0; u < 8; ++u) {
+        const unsigned char* wq = wb + u * layout.bytes + 2;
+        if constexpr (T == weight_type::q4_0) {
+          if (r == 0) q4_0_unpack(wq, unpacked[u], -8);
+          wq = unpacked[u];
+        }
+        lanes[u] = q8_0_block_lanes(wq, x[r] + u * q8_0_block_bytes + 2);
+      }
+      const v8f scale = dw * dx[r];
+      if constexpr (T == weight_type::q8_0) {
         IPA_UNROLL(8)
-        for (int i = 0; i < R; ++i) lanes[i] = q8_0_block_lanes(unpacked[i], xq(r, b));
-        const v8i sums = add_lanes(lanes);  // lane i: block b's sum for row j + i
-        acc[r] = fma8(dw * broadcast8(dx(r, b)), __builtin_convertvector(sums, v8f), acc[r]);
+        for (std::size_t u = 0; u < 8; ++u)
+          acc[r] = fma8(broadcast8(scale[u]), __builtin_convertvector(lanes[u], v8f), acc[r]);
+      } else {
+        const v8i sums = add_lanes(lanes);
+        IPA_UNROLL(8)
+        for (std::size_t u = 0; u < 8; ++u) chain[r] = fma1(scale[u], float(sums[u]), chain[r]);
       }
     }
-    for (int r = 0; r < NR; ++r)
-      for (int i = 0; i < R; ++i) out[std::size_t(r) * ldo + j + std::size_t(i)] = acc[r][i];
+  };
+  std::size_t b0 = 0;
+  for (; b0 + 8 <= blocks; b0 += 8) {
+    const unsigned char* x[NR];
+    v8f dx[NR];
+    for (int r = 0; r < NR; ++r) {
+      x[r] = in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes;
+      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, sizeof(v8f));
+    }
+    eight(row + b0 * layout.bytes, x, dx);
   }
+  if (b0 < blocks) {  // the last blocks, copied beside zero ones
+    const std::size_t count = blocks - b0;
+    alignas(32) unsigned char wb[8 * layout.bytes] = {}, xb[NR][8 * q8_0_block_bytes] = {};
+    std::memcpy(wb, row + b0 * layout.bytes, count * layout.bytes);
+    const unsigned char* x[NR];
+    v8f dx[NR] = {};
+    for (int r = 0; r < NR; ++r) {
+      std::memcpy(xb[r], in + std::size_t(r) * ld_in + b0 * q8_0_block_bytes, count * q8_0_block_bytes);
+      std::memcpy(&dx[r], in + std::size_t(r) * ld_in + scales + 4 * b0, 4 * count);
+      x[r] = xb[r];
+    }
+    eight(wb, x, dx);
+  }
+  for (int r = 0; r < NR; ++r) out[std::size_t(r) * ldo + j] = T == weight_type::q8_0 ? ggml_hsum8(acc[r]) : chain[r];
 }
 
 // Interleaved Q8_0 and Q4_0 weights x Q8_0 inputs: per input row and row j of w, block b gives
@@ -1022,21 +1045,8 @@ inline void compact_matmul_typed(float* out, std::size_t ldo, const unsigned cha
   for (std::size_t j = j0; j < j1; ++j) {
     std::size_t i = 0;
     if constexpr (T == weight_type::q8_0 || T == weight_type::q4_0) {  // (interleaved: interleaved_matmul)
-      // rows of w per tile: Q4_0's eight lanes; for Q8_0 as many chains as the registers hold
-      constexpr int R = T == weight_type::q4_0 ? 8 : 4;
-      auto tiles = [&](auto rows) {
-        // (four input rows: Q8_0's rows of w two at a time, eight accumulators)
-        constexpr int R4 = T == weight_type::q8_0 && rows() > 2 ? 2 : rows();
-        for (; i + 4 <= n; i += 4)
-          for (int s = 0; s < rows(); s += R4) q8_0_tile<T, 4, R4>(in + i * ld_in, ld_in, w, j + s, out + i * ldo, ldo);
-        for (; i < n; ++i) q8_0_tile<T, 1, rows()>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
-      };
-      if (j + R <= j1) {
-        tiles(std::integral_constant<int, R>{});
-        j += R - 1;
-      } else {
-        tiles(std::integral_constant<int, 1>{});
-      }
+      for (; i + 4 <= n; i += 4) q8_0_tile<T, 4>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
+      for (; i < n; ++i) q8_0_tile<T, 1>(in + i * ld_in, ld_in, w, j, out + i * ldo, ldo);
     } else if constexpr (is_k_quant<T>) {
 #if IPA_DETAIL_ROW_GROUPS
       for (; i < row_group_count(T, n) * group_rows; i += group_rows)
