@@ -598,6 +598,9 @@ inline void q8_0_tile(const unsigned char* in, std::size_t ld_in, const compact_
 // the exact int32 sum of its products, then acc = fma(dw * dx, sum, acc), block after block. One
 // chain whatever the batch or the tile, and the same in every build: the scalar loop here and the
 // AVX-512 VNNI tile below round alike (an int32 sum converts to the nearest float either way).
+// For Q4_0 that is ggml_gemv_q4_0_8x8_q8_0's chain; for Q8_0 it is not ggml's eight lanes per
+// row (q8_0_tile), a few ulp apart: eight accumulators per row would not fit the batch tiles'
+// registers, so VNNI builds' Q8_0 products are not llama.cpp's AVX2 bits.
 inline float interleaved_dot(const unsigned char* x, const compact_matrix& w, std::size_t j) noexcept {
   const std::size_t scales = q8_0_input_scales(w.cols);
   float acc = 0;
