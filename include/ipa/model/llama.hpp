@@ -136,7 +136,7 @@ class llama_model {
   }
 
   // Scratch for n tokens, m of them with logits, on `threads` threads (each has its own normalised
-  // input, SwiGLU activations and rows packed for the products).
+  // input and rows packed for the products; the SwiGLU activations are shared).
   void grow(llama_state& s, std::size_t n, std::size_t m, std::size_t threads) const {
     const llama_config& c = config_;
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim;
@@ -149,7 +149,7 @@ class llama_model {
     at_least(s.att, n * d);
     at_least(s.proj, n * d);
     at_least(s.h13, n * 2 * hd);
-    at_least(s.hb, threads * n * hd);
+    at_least(s.hb, n * hd);
     at_least(s.logits_x, threads * m * d);
     at_least(s.packed_rows, threads * packed_rows_floats(n, m));
     at_least(s.scores, n * c.n_heads * std::size_t(s.capacity));
@@ -163,7 +163,7 @@ class llama_model {
     const std::size_t d = c.dim, kv = c.kv_dim(), hd = c.hidden_dim, qkv_w = d + 2 * kv;
     float* x = s.x.data();
     float* xb = s.xb.data() + t.rank() * n * d;  // this thread's
-    float* hb = s.hb.data() + t.rank() * n * hd;
+    float* hb = s.hb.data();                     // shared
     float* xp = s.packed_rows.data() + t.rank() * packed_rows_floats(n, logit_items.size());
     for (int l = 0; l < c.n_layers; ++l) {
       const layer_kernels& lk = layers_[l];
@@ -180,16 +180,21 @@ class llama_model {
       rmsnorm(xb, x, ffn_norm(l), n, d);
       team_matmul(t, s.h13.data(), 2 * hd, xb, d, n, lk.w13, xp);
       t.sync();
-      for (std::size_t i = 0; i < n; ++i) {  // every thread needs all of it for its w2 panels
-        const float* h = s.h13.data() + i * 2 * hd;
-        silu_mul({h, hd}, {h + hd, hd}, {hb + i * hd, hd});
+      {  // each thread gates its share of the rows; every thread needs all of them for its w2 panels
+        const auto [first, last] = t.share(n);
+        for (std::size_t i = first; i < last; ++i) {
+          const float* h = s.h13.data() + i * 2 * hd;
+          silu_mul({h, hd}, {h + hd, hd}, {hb + i * hd, hd});
+        }
       }
+      t.sync();
       add_product(t, x, hb, hd, n, lk.w2, xp, s.proj.data());
       t.sync();
     }
     const std::size_t m = logit_items.size();
     float* lx = s.logits_x.data() + t.rank() * m * d;
-    for (std::size_t j = 0; j < m; ++j) rmsnorm(lx + j * d, x + logit_items[j] * d, final_norm(), 1, d);
+    rmsnorm_rows(
+        lx, [&](std::size_t j) { return x + logit_items[j] * d; }, final_norm(), m, d);
     team_matmul(t, logits.data(), c.vocab_size, lx, d, m, classifier_, xp);
   }
 
@@ -259,6 +264,18 @@ class llama_model {
     const std::size_t kvh_count = attention_.kv_heads;
     if (kvh_count >= t.size()) {
       const auto [first, last] = t.share(kvh_count);
+      // The positions about to be written are lines no one has touched for a step (a batch's
+      // caches do not stay in the cores' caches): ask for them all at once, so that their
+      // misses overlap, rather than one copy's at a time.
+      const std::size_t hs = attention_.head_size;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t kvh = first; kvh < last; ++kvh) {
+          const std::size_t at = s.offset(std::size_t(l), rows[i], kvh) + std::size_t(s.pos[i]) * hs;
+          for (std::size_t j = 0; j < hs; j += 16) {
+            __builtin_prefetch(s.key_cache.data() + at + j, 1);
+            __builtin_prefetch(s.value_cache.data() + at + j, 1);
+          }
+        }
       for (std::size_t i = 0; i < n; ++i)
         for (std::size_t kvh = first; kvh < last; ++kvh) {
           append_kv(s, l, rows, i, kvh);
@@ -297,18 +314,32 @@ class llama_model {
 
   // out = x * w / sqrt(mean(x^2) + eps), row by row, as ggml_rms_norm computes it (the squares
   // rounded to float and summed in double, the mean rounded to float), so that the quantized
-  // products that follow get llama.cpp's inputs to the bit (see attention.hpp)
-  void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, std::size_t d) const noexcept {
-    for (std::size_t i = 0; i < n; ++i) {
-      const float* xi = x + i * d;
-      double ss = 0.0;
-      for (std::size_t j = 0; j < d; ++j) {
-        const float square = xi[j] * xi[j];
-        ss += double(square);
+  // products that follow get llama.cpp's inputs to the bit (see attention.hpp). Rows go four at
+  // a time: ggml's sum is one chain of dependent double adds, and four rows' chains side by side
+  // take the time of one (a batch of 16 spent 3% of its step waiting on them one after another).
+  // Row i is at row(i).
+  template <class Row>
+  void rmsnorm_rows(float* out, Row&& row, const float* weight, std::size_t n, std::size_t d) const noexcept {
+    constexpr std::size_t R = 4;
+    for (std::size_t i0 = 0; i0 < n; i0 += R) {
+      const float* xs[R];
+      double ss[R] = {};
+      for (std::size_t k = 0; k < R; ++k) xs[k] = row(std::min(i0 + k, n - 1));  // (past n: the last again)
+      for (std::size_t j = 0; j < d; ++j)
+        for (std::size_t k = 0; k < R; ++k) {
+          const float square = xs[k][j] * xs[k][j];
+          ss[k] += double(square);
+        }
+      for (std::size_t k = 0; k < R && i0 + k < n; ++k) {
+        const float scale = 1.0f / std::sqrt(float(ss[k] / double(d)) + config_.norm_eps);
+        float* o = out + (i0 + k) * d;
+        for (std::size_t j = 0; j < d; ++j) o[j] = weight[j] * (scale * xs[k][j]);
       }
-      const float scale = 1.0f / std::sqrt(float(ss / double(d)) + config_.norm_eps);
-      for (std::size_t j = 0; j < d; ++j) out[i * d + j] = weight[j] * (scale * xi[j]);
     }
+  }
+  void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, std::size_t d) const noexcept {
+    rmsnorm_rows(
+        out, [&](std::size_t i) { return x + i * d; }, weight, n, d);
   }
 
   // Rotates pair i of every head by pos * theta^(-2i/head_size): (v[2i], v[2i+1]), or
