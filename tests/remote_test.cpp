@@ -305,27 +305,20 @@ TEST_CASE(
   const struct {
     const char* name;
     ipa::weight_type written;  // by ipa; or f32, then llama-quantize to `name`
-    double tol, tol_110m;      // (the 110M shape's: issue 21's acceptance)
-    const char* options = "";  // llama-quantize's
-  } cases[] = {{"F32", ipa::weight_type::f32, 1e-4, 1e-4},
-               {"F16", ipa::weight_type::f16, f16_tol, f16_tol},
-               {"BF16", ipa::weight_type::f32, bf16_tol, bf16_tol},
-               {"Q8_0", ipa::weight_type::q8_0, quant_tol, quant_tol},
-               {"Q4_0", ipa::weight_type::f32, quant_tol, quant_tol},
-               {"Q4_K_M", ipa::weight_type::f32, quant_tol, quant_tol},
-               {"Q5_K_M", ipa::weight_type::f32, quant_tol, quant_tol},
-               {"Q3_K_M", ipa::weight_type::f32, quant_tol, quant_tol},
-               {"Q6_K", ipa::weight_type::f32, quant_tol, quant_tol}};
-  for (const auto& [name, written, small_tol, tol_110m, options] : cases) {
-    const double tol = shape_110m ? tol_110m : small_tol;
+    double tol;                // (both shapes; on the 110M shape issue 21 asks 1e-3 and 2e-2)
+  } cases[] = {{"F32", ipa::weight_type::f32, 1e-4},         {"F16", ipa::weight_type::f16, f16_tol},
+               {"BF16", ipa::weight_type::f32, bf16_tol},    {"Q8_0", ipa::weight_type::q8_0, quant_tol},
+               {"Q4_0", ipa::weight_type::f32, quant_tol},   {"Q4_K_M", ipa::weight_type::f32, quant_tol},
+               {"Q5_K_M", ipa::weight_type::f32, quant_tol}, {"Q3_K_M", ipa::weight_type::f32, quant_tol},
+               {"Q6_K", ipa::weight_type::f32, quant_tol}};
+  for (const auto& [name, written, tol] : cases) {
     CAPTURE(std::string(name));
     const std::string path = (dir / (std::string(name) + ".gguf")).string();
     if (std::string(name) == "F32") {
     } else if (written != ipa::weight_type::f32) {
       ipa::save_gguf_llama(path, weights, &tok, written);
     } else {
-      const std::string command =
-          quantize + " " + options + " " + f32_path + " " + path + " " + name + " > " + path + ".log 2>&1";
+      const std::string command = quantize + " " + f32_path + " " + path + " " + name + " > " + path + ".log 2>&1";
       REQUIRE(std::system(command.c_str()) == 0);
     }
     const oracle_gaps gaps = compare_with_server(std::string(name) == "F32" ? f32_path : path, sequence, tok, tol, tol);

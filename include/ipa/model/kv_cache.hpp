@@ -71,6 +71,17 @@ struct kv_cache_state {
     std::copy_n(value, head_size, value_cache.data() + at);
   }
 
+  /// Asks for the cache lines append_head(l, row, h, p, ...) will write. A batch's caches do not
+  /// stay in the cores' caches between steps: a caller that asks for all of a stage's positions
+  /// first has their misses overlap, rather than wait on one copy's at a time.
+  void fetch_for_append(std::size_t l, int row, std::size_t h, int p) const noexcept {
+    const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
+    for (std::size_t j = 0; j < head_size; j += 16) {  // (16 floats: a 64-byte line)
+      __builtin_prefetch(key_cache.data() + at + j, 1);
+      __builtin_prefetch(value_cache.data() + at + j, 1);
+    }
+  }
+
   /// Writes position p's keys and values (kv_heads * head_size floats each) into layer l, row `row`.
   void append(std::size_t l, int row, int p, const float* keys, const float* values) noexcept {
     for (std::size_t h = 0; h < kv_heads; ++h) append_head(l, row, h, p, keys + h * head_size, values + h * head_size);

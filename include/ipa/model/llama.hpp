@@ -264,18 +264,8 @@ class llama_model {
     const std::size_t kvh_count = attention_.kv_heads;
     if (kvh_count >= t.size()) {
       const auto [first, last] = t.share(kvh_count);
-      // The positions about to be written are lines no one has touched for a step (a batch's
-      // caches do not stay in the cores' caches): ask for them all at once, so that their
-      // misses overlap, rather than one copy's at a time.
-      const std::size_t hs = attention_.head_size;
-      for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t kvh = first; kvh < last; ++kvh) {
-          const std::size_t at = s.offset(std::size_t(l), rows[i], kvh) + std::size_t(s.pos[i]) * hs;
-          for (std::size_t j = 0; j < hs; j += 16) {
-            __builtin_prefetch(s.key_cache.data() + at + j, 1);
-            __builtin_prefetch(s.value_cache.data() + at + j, 1);
-          }
-        }
+      for (std::size_t i = 0; i < n; ++i)  // every position this stage writes, asked for at once
+        for (std::size_t kvh = first; kvh < last; ++kvh) s.fetch_for_append(std::size_t(l), rows[i], kvh, s.pos[i]);
       for (std::size_t i = 0; i < n; ++i)
         for (std::size_t kvh = first; kvh < last; ++kvh) {
           append_kv(s, l, rows, i, kvh);
