@@ -5,6 +5,7 @@
 // made from the F32 file by llama-quantize. Per type: the time to load,
 // tokens/s at batch 1 and 16, prompt processing of 128 tokens; llama-bench's tg64 and pp128 right
 // after (2 threads each). ipa's f32 model repacked for its f32 kernels is the third column.
+// ipa's KV cache is f32, and for Q8_0 and Q4_K_M also f16 (the _kv_f16 rows), as llama-bench's is.
 // Then the whole process to the first token: `ipa generate` against run.c on the same llama2.c
 // checkpoint and llama-cli on the same GGUFs (wall time, peak resident memory).
 #include <benchmark/benchmark.h>
@@ -73,13 +74,14 @@ std::optional<ipa::llama_model> load(const std::string& kind, bool repacked) {
 // As llama-bench measures tg64 and pp128: one state made before the clock starts and reset
 // between runs (its context made once and cleared), a warm-up run first, the prompt outside the
 // time of the steps.
-void BM_ipa(benchmark::State& state, const char* kind, bool repacked) {
+void BM_ipa(benchmark::State& state, const char* kind, bool repacked, ipa::kv_cache_type kv = ipa::kv_cache_type::f32) {
   const int B = int(state.range(0));
   model_file(kind);  // (written or quantized before the clock starts)
   const auto t0 = clock_type::now();
-  const auto loaded = load(kind, repacked);
+  auto loaded = load(kind, repacked);
   if (!loaded) return state.SkipWithError("SKIPPED: no llama-quantize to make the file");
-  const ipa::llama_model& m = *loaded;
+  ipa::llama_model& m = *loaded;
+  m.set_kv_cache_type(kv);
   state.counters["load_s"] = std::chrono::duration<double>(clock_type::now() - t0).count();
   std::vector<float> logits(std::size_t(B) * m.vocab_size());
   std::vector<int> rows(static_cast<std::size_t>(B));
@@ -107,10 +109,12 @@ void BM_ipa(benchmark::State& state, const char* kind, bool repacked) {
 }
 
 // Prompt processing: one prompt of 128 tokens, the state made once and reset between runs.
-void BM_ipa_pp128(benchmark::State& state, const char* kind, bool repacked) {
-  const auto loaded = load(kind, repacked);
+void BM_ipa_pp128(benchmark::State& state, const char* kind, bool repacked,
+                  ipa::kv_cache_type kv = ipa::kv_cache_type::f32) {
+  auto loaded = load(kind, repacked);
   if (!loaded) return state.SkipWithError("SKIPPED: no llama-quantize to make the file");
-  const ipa::llama_model& m = *loaded;
+  ipa::llama_model& m = *loaded;
+  m.set_kv_cache_type(kv);
   std::vector<float> logits(m.vocab_size());
   std::vector<ipa::token_id> prompt(128);
   for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = ipa::token_id(3 + i * 7 % 31000);
@@ -224,16 +228,27 @@ void BM_startup(benchmark::State& state, const char* kind) {
 }
 
 // ipa and llama-bench alternate, type by type, so that both see the same moment of the host.
+// (llama-bench keeps its KV cache in f16, its default; the _kv_f16 rows are ipa doing the same.)
 BENCHMARK_CAPTURE(BM_ipa, f32_repacked, "F32", true)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, f32_in_place, "F32", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, f32_tg64, "F32", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, f16_in_place, "F16", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, f16_tg64, "F16", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, q8_0_in_place, "Q8_0", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q8_0_in_place_kv_f16, "Q8_0", false, ipa::kv_cache_type::f16)
+    ->Arg(1)
+    ->Arg(16)
+    ->Iterations(3)
+    ->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q8_0_tg64, "Q8_0", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, q4_0_in_place, "Q4_0", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q4_0_tg64, "Q4_0", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, q4_k_m_in_place, "Q4_K_M", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa, q4_k_m_in_place_kv_f16, "Q4_K_M", false, ipa::kv_cache_type::f16)
+    ->Arg(1)
+    ->Arg(16)
+    ->Iterations(3)
+    ->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_tg64, "Q4_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa, q5_k_m_in_place, "Q5_K_M", false)->Arg(1)->Arg(16)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q5_k_m_tg64, "Q5_K_M", "tg64")->Iterations(1)->Unit(benchmark::kSecond);
@@ -242,6 +257,9 @@ BENCHMARK_CAPTURE(BM_llama_bench, q3_k_m_tg64, "Q3_K_M", "tg64")->Iterations(1)-
 BENCHMARK_CAPTURE(BM_ipa_pp128, f32_repacked, "F32", true)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, f32_pp128, "F32", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place, "Q8_0", false)->Iterations(3)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(BM_ipa_pp128, q8_0_in_place_kv_f16, "Q8_0", false, ipa::kv_cache_type::f16)
+    ->Iterations(3)
+    ->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q8_0_pp128, "Q8_0", "pp128")->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_ipa_pp128, q4_k_m_in_place, "Q4_K_M", false)->Iterations(3)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(BM_llama_bench, q4_k_m_pp128, "Q4_K_M", "pp128")->Iterations(1)->Unit(benchmark::kSecond);

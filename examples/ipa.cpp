@@ -108,6 +108,12 @@ struct adapter_options {
   }
 };
 
+void add_kv_cache(CLI::App& sub, std::string& kv_cache) {
+  sub.add_option("--kv-cache", kv_cache,
+                 "what a local base's KV cache stores: f32, or f16 (llama.cpp's default: half the memory)")
+      ->check(CLI::IsMember({"f32", "f16"}));
+}
+
 void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
   const char* group = "Base behind a server (--base http://HOST:PORT[/v1][,URL2...])";
   sub.add_option("--base-top-k", r.top_k, "log-probs the server returns per step")
@@ -176,6 +182,7 @@ void add_generate(CLI::App& app, ipa_cli::generate_options& o, adapter_options& 
       ->check(whole_in(1, 1 << 16));
   sub->add_flag("--json", o.json,
                 "one JSON object per line (prompt, text, prompt_ids, ids, logprobs, tailored_logprobs, finish_reason)");
+  add_kv_cache(*sub, o.kv_cache);
   add_remote_options(*sub, o.remote);
   sub->footer(std::string("\n") + model_formats +
               "\n\nPrompts decode in batches of --batch; each continuation is printed as llama2.c's run.c prints it "
@@ -257,6 +264,7 @@ void add_train(CLI::App& app, ipa_cli::train_request& r, CLI::Option*& steps, CL
       ->check(whole_in(0, 1 << 20));
   sub->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only at the end)")->check(whole_in(0));
   sub->add_option("--seed", o.seed, "seed of the run")->check(whole_in(0));
+  add_kv_cache(*sub, o.kv_cache);
   add_remote_options(*sub, o.remote);
   sub->footer(std::string("\nWrites DIR/metrics.jsonl (one JSON line per step), DIR/checkpoint-N/ and DIR/adapter (for "
                           "`ipa generate --adapter DIR/adapter`). --base, --reward and --prompts are required unless "
@@ -291,6 +299,7 @@ void add_eval(CLI::App& app, ipa_cli::eval_options& o, adapter_options& adapters
                              "Hugging Face's bad_words_ids): the decoding-time baseline"));
   sub->add_option("--prompt-suffix", o.prompt_suffix, "TEXT: appended to every prompt");
   sub->add_flag("--json", o.json, "print the summary as one JSON object");
+  add_kv_cache(*sub, o.kv_cache);
   add_remote_options(*sub, o.remote);
   sub->footer(std::string("\n") + reward_spec);
 }

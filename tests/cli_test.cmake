@@ -90,6 +90,7 @@ foreach(case  # option;value;what the message must say
     "--min-p;abc;--min-p: expects a number, found 'abc'"
     "--alpha;1;--alpha must follow the --adapter it weights"
     "--base-protocol;grpc;--base-protocol: grpc not in {llama,openai}"
+    "--kv-cache;q8;--kv-cache: q8 not in {f32,f16}"
     "--prompts-file;/no/such/file;--prompts-file: File does not exist: /no/such/file"
     "--no-such-option;1;The following arguments? w.* not expected: .*--no-such-option")
   list(GET case 0 option)
@@ -186,6 +187,15 @@ if(EXISTS ${MODEL_DIR}/stories260K.gguf)
                           --temperature 0 --max-new-tokens 60 OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
   if(rc OR NOT out STREQUAL golden)
     message(FATAL_ERROR "ipa generate on stories260K.gguf printed:\n${out}${err}\nexpected:\n${golden}")
+  endif()
+  # keys and values kept as halves (llama.cpp's default cache, which llama-cli prints this text
+  # with too): the same greedy text, log-probs a little apart
+  set(gguf_args --base ${MODEL_DIR}/stories260K.gguf --prompt "Once upon a time" --temperature 0 --max-new-tokens 60)
+  execute_process(COMMAND ${IPA} generate ${gguf_args} --kv-cache f16 OUTPUT_VARIABLE out RESULT_VARIABLE rc ERROR_VARIABLE err)
+  execute_process(COMMAND ${IPA} generate ${gguf_args} --kv-cache f16 --json OUTPUT_VARIABLE json16 RESULT_VARIABLE rc2)
+  execute_process(COMMAND ${IPA} generate ${gguf_args} --json OUTPUT_VARIABLE json32 RESULT_VARIABLE rc3)
+  if(rc OR rc2 OR rc3 OR NOT out STREQUAL golden OR json16 STREQUAL json32)
+    message(FATAL_ERROR "--kv-cache f16 printed:\n${out}${err}\n(json: ${json16})\nexpected the golden text, other log-probs")
   endif()
   # as an adapter, the GGUF's own token table is checked against the base's (tok512.bin): the
   # same tables, so the same text as the adapter without a stored tokenizer

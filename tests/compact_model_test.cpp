@@ -107,8 +107,10 @@ ipa::llama_compact_weights quantized_weights() {
 ipa::llama_model quantized_model() { return ipa::llama_model(quantized_weights()); }
 }  // namespace
 
-TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone and in a batch of 16 or more") {
-  const ipa::llama_model m = quantized_model();
+namespace {
+void same_bits_alone_and_batched(ipa::kv_cache_type kv) {
+  ipa::llama_model m = quantized_model();
+  m.set_kv_cache_type(kv);
   const std::size_t V = m.vocab_size();
   std::vector<ipa::token_id> prompt(20);
   for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = ipa::token_id((37 * i + 11) % 512);
@@ -144,6 +146,12 @@ TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone a
     m.step(alone, row0, std::span(&next[std::size_t(r)], 1), own);
     CHECK(std::equal(own.begin(), own.end(), logits.begin() + std::ptrdiff_t(r * V)));
   }
+}
+}  // namespace
+
+TEST_CASE("a compact Q4_K/Q6_K/Q8_0/Q4_0 model gives a row the same bits alone and in a batch of 16 or more") {
+  SUBCASE("f32 KV cache") { same_bits_alone_and_batched(ipa::kv_cache_type::f32); }
+  SUBCASE("f16 KV cache") { same_bits_alone_and_batched(ipa::kv_cache_type::f16); }
 }
 
 // The loaders leave the values of a file's matrices to the model (llama_compact_weights): a NaN

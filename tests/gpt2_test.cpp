@@ -265,6 +265,14 @@ TEST_CASE("GPT-2 GGUF (llama.cpp's gpt2 names): F32 round trip exact, F16 close,
   half.prefill(s2, ipa::prompt_list{{tokens.begin(), tokens.begin() + 20}}, l2);
   CHECK(max_abs_diff(l1, l2) < 1e-3);
   CHECK(max_abs_diff(l1, l2) > 0.0);
+  ipa::gpt2_model f16_cache(w);  // keys and values kept as halves: close, not equal
+  f16_cache.set_kv_cache_type(ipa::kv_cache_type::f16);
+  auto s3 = f16_cache.new_state(1);
+  CHECK(s3.key_cache.bytes() * 2 == s1.key_cache.bytes());
+  std::vector<float> l3(512);
+  f16_cache.prefill(s3, ipa::prompt_list{{tokens.begin(), tokens.begin() + 20}}, l3);
+  CHECK(max_abs_diff(l1, l3) < 1e-2);
+  CHECK(max_abs_diff(l1, l3) > 0.0);
   CHECK_THROWS_WITH_AS(ipa::load_gguf_llama(file), doctest::Contains("'gpt2' is not supported"), ipa::io_error);
 
   // dims of one projection swapped: the header names the tensor and both shapes

@@ -202,6 +202,13 @@ inline ipa::llama_model load_llama_for_decoding(const std::string& path, f32_mod
   return compact ? ipa::llama_model(ipa::load_gguf_llama_compact(f)) : ipa::llama_model(ipa::load_gguf_llama(f));
 }
 
+/// --kv-cache's value as a kv_cache_type (a resumed run's stored value is checked here too).
+inline ipa::kv_cache_type kv_cache_type_of(const std::string& name) {
+  if (name == "f32") return ipa::kv_cache_type::f32;
+  if (name == "f16") return ipa::kv_cache_type::f16;
+  throw ipa::config_error("--kv-cache: expected f32 or f16, found \"" + name + "\"");
+}
+
 /// A base model of either architecture, by format.
 inline ipa::any_model load_any_model(const std::string& path, f32_model f32 = f32_model::repacked) {
   if (architecture_of(path) == "gpt2") {

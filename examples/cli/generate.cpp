@@ -136,7 +136,8 @@ int generate(const generate_options& o) {
   }
   // a few prompts: start at once from the file where it lies; many: decode them in repacked batches
   const bool few_rows = o.prompts_file.empty() && o.prompts.size() <= 4;
-  const ipa::any_model base = load_any_model(o.base, few_rows ? f32_model::in_place : f32_model::repacked);
+  ipa::any_model base = load_any_model(o.base, few_rows ? f32_model::in_place : f32_model::repacked);
+  base.set_kv_cache_type(kv_cache_type_of(o.kv_cache));
   const any_tokenizer tok(o.base, o.tokenizer, base.vocab_size());
   const loaded_adapters adapters(o.adapters, tok.table(), base.vocab_size());
   return decode(ipa::ipa_decoder(base, adapters.experts), tok, adapters, o.batch);

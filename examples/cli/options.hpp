@@ -50,6 +50,7 @@ struct generate_options {
   double top_p = 1.0, min_p = 0.0, prompts_wait = 60;
   std::uint64_t seed = 42;
   bool json = false;
+  std::string kv_cache = "f32";  // the base's KV cache: f32 or f16
   remote_flags remote;
 };
 
@@ -70,7 +71,8 @@ struct train_options {
   bool tune_base = false;
   std::vector<std::string> frozen;
   std::uint64_t seed = 1;
-  remote_flags remote;  // a --base URL's settings
+  std::string kv_cache = "f32";  // the local base's KV cache: f32 or f16
+  remote_flags remote;           // a --base URL's settings
 
   // (with defaults: a checkpoint written before an option existed still resumes)
   NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(train_options, base, tokenizer, reward, prompts, out, adapter_init, algo,
@@ -79,7 +81,7 @@ struct train_options {
                                               adapter_heads, lr, top_p, kl_coef, kl_target, entropy_coef, clip, gamma,
                                               lambda, alpha, temperature, tune_base, frozen, seed, quark_updates, pool,
                                               remote, reward_timeout, quark_minibatch, adam_eps, max_grad_norm,
-                                              quark_train_bins, control_check, control_check_prompts)
+                                              quark_train_bins, control_check, control_check_prompts, kv_cache)
 };
 
 /// What `ipa train` takes besides the run's stored options.
@@ -100,6 +102,7 @@ struct eval_options {
   double top_p = 1.0, reward_timeout = 60, prompts_wait = 60;
   std::uint64_t seed = 1;
   bool json = false;
+  std::string kv_cache = "f32";  // the base's KV cache: f32 or f16
   remote_flags remote;
 };
 

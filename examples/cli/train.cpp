@@ -282,7 +282,8 @@ int train(train_request r) {
     return run_training(trainer);
 #endif
   }
-  const ipa::llama_model base = stored([&] { return load_llama_for_decoding(o.base); });
+  ipa::llama_model base = stored([&] { return load_llama_for_decoding(o.base); });
+  base.set_kv_cache_type(kv_cache_type_of(o.kv_cache));
   std::optional<ipa::llama_weights> base_weights;  // only to start from a copy of the base
   if (o.tune_base || o.adapter_init == "base") base_weights = stored([&] { return load_model(o.base); });
   const auto tok = stored([&] { return load_tokenizer(o.base, o.tokenizer, base.vocab_size()); });
@@ -399,7 +400,8 @@ nlohmann::json sample_and_score(const eval_options& o) {
                     });
 #endif
   }
-  const ipa::llama_model base = load_llama_for_decoding(base_path);
+  ipa::llama_model base = load_llama_for_decoding(base_path);
+  base.set_kv_cache_type(kv_cache_type_of(o.kv_cache));
   const auto tok = load_tokenizer(base_path, tok_path, base.vocab_size());
   const loaded_adapters adapters(o.adapters, ipa::table_of(tok), base.vocab_size());
   std::optional<ipa::llama_model> policy;

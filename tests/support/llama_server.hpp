@@ -46,9 +46,13 @@ inline int free_port() {
 /// llama-server on 127.0.0.1; the process ends with the object.
 class llama_server {
  public:
-  llama_server(std::string binary, std::string model, int slots, int context, int port = 0, int threads = 1)
+  /// `kv_cache`: the server's KV cache type, "f32" (the tests' default: exact against ipa's f32
+  /// caches) or "f16" (llama-server's own default).
+  llama_server(std::string binary, std::string model, int slots, int context, int port = 0, int threads = 1,
+               std::string kv_cache = "f32")
       : binary_(std::move(binary)),
         model_(std::move(model)),
+        kv_cache_(std::move(kv_cache)),
         slots_(slots),
         context_(context),
         port_(port ? port : free_port()),
@@ -73,9 +77,8 @@ class llama_server {
       ::dup2(null, 1);
       ::dup2(null, 2);
       ::execl(binary_.c_str(), binary_.c_str(), "-m", model_.c_str(), "--host", "127.0.0.1", "--port", port.c_str(),
-              "-np", np.c_str(), "-c", ctx.c_str(), "-t", threads.c_str(),
-              // an F32 KV cache: the default F16 one moves stories260K's log-probs by ~1e-3
-              "-ctk", "f32", "-ctv", "f32", static_cast<char*>(nullptr));
+              "-np", np.c_str(), "-c", ctx.c_str(), "-t", threads.c_str(), "-ctk", kv_cache_.c_str(), "-ctv",
+              kv_cache_.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     ipa::http_options o;
@@ -106,7 +109,7 @@ class llama_server {
   }
 
  private:
-  std::string binary_, model_;
+  std::string binary_, model_, kv_cache_;
   int slots_, context_, port_, threads_;
   pid_t pid_ = -1;
 };

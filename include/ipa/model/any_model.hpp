@@ -32,6 +32,10 @@ class any_model {
   std::size_t context_length() const noexcept {
     return std::visit([](const auto& m) { return m.context_length(); }, m_);
   }
+  /// What the KV caches of states made from now on store (f16: llama.cpp's default).
+  void set_kv_cache_type(kv_cache_type type) noexcept {
+    std::visit([&](auto& m) { m.set_kv_cache_type(type); }, m_);
+  }
   state_type new_state(int batch, int capacity = 0) const {
     return std::visit([&](const auto& m) { return state_type(m.new_state(batch, capacity)); }, m_);
   }

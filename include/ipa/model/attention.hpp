@@ -6,11 +6,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <vector>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "ipa/core/bf16.hpp"
 #include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"  // v8f helpers
 #include "ipa/core/parallel.hpp"
@@ -37,6 +44,28 @@ inline v8f tree_sum8x8(const v8f (&a)[8]) noexcept {
          __builtin_shufflevector(c0, c1, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// A KV cache's elements as floats: f32 as stored, f16 widened (exact). Kv is float or
+// std::uint16_t (half bits).
+inline v8f load8_kv(const float* p) noexcept { return load8(p); }
+inline v8f load8_kv(const std::uint16_t* p) noexcept {
+  v8f v;
+#if defined(__F16C__)
+  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  std::memcpy(&v, &f, sizeof v);
+#else
+  for (int k = 0; k < 8; ++k) v[k] = from_f16(p[k]);
+#endif
+  return v;
+}
+inline float kv_at(const float* p, std::size_t i) noexcept { return p[i]; }
+inline float kv_at(const std::uint16_t* p, std::size_t i) noexcept { return from_f16(p[i]); }
+
+/// x rounded to the nearest half, as a float: what llama.cpp's products with an f16 cache see of
+/// their f32 operand (the query, the softmax's weights), which ggml converts to f16 first.
+inline void round_to_f16(float* x, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) x[i] = from_f16(to_f16(x[i]));
+}
+
 /// Head layout of one attention layer.
 struct attention_shape {
   std::size_t heads = 0, kv_heads = 0, head_size = 0;
@@ -47,13 +76,16 @@ struct attention_shape {
 };
 
 // What follows computes attention in llama.cpp's order, operation for operation (ggml's CPU
-// backend as built for AVX2, KV cache in f32, without flash attention): its scores, weights and
+// backend as built for AVX2, KV cache in f32 or f16, without flash attention): its scores, weights and
 // outputs are then llama.cpp's to the bit, and a quantized model fed by them rounds its int8
 // inputs as llama.cpp does (one float summed in another order flips such a rounding now and then,
 // and the flip travels on through the KV cache). ggml's dot product of two f32 rows keeps four
 // accumulators of 8 lanes, element i of a 32-wide step in accumulator (i % 32) / 8, lane i % 8;
 // then adds accumulator 2 to 0 and 3 to 1, then 1 to 0, then the lanes as
-// ((0+4)+(1+5))+((2+6)+(3+7)); elements past the last whole step follow one by one.
+// ((0+4)+(1+5))+((2+6)+(3+7)); elements past the last whole step follow one by one. With an f16
+// cache ggml converts the other operand (the query; the softmax's weights) to f16 and runs
+// ggml_vec_dot_f16: the same steps on halves widened to float, the elements past the last step
+// added in double (llama-server's default cache; remote_test checks both against it).
 
 /// The lanes of ggml's reduced accumulators, reordered so that tree_sum8 adds them as ggml does.
 inline v8f ggml_lane_order(v8f acc0, v8f acc1, v8f acc2, v8f acc3) noexcept {
@@ -63,10 +95,12 @@ inline v8f ggml_lane_order(v8f acc0, v8f acc1, v8f acc2, v8f acc3) noexcept {
 
 /// q . k over hs floats in ggml_vec_dot_f32's order (see above): the vector part's lanes, in
 /// tree_sum8 order; `tail` adds the elements past the last whole step of 32.
-inline v8f ggml_dot_lanes(const float* q, const float* k, std::size_t hs) noexcept {
+/// (ggml_vec_dot_f16, for an f16 cache, has the same steps, lanes and order, on halves widened.)
+template <class Kv>
+inline v8f ggml_dot_lanes(const float* q, const Kv* k, std::size_t hs) noexcept {
   v8f acc[4] = {};
   for (std::size_t i = 0; i + 32 <= hs; i += 32)
-    for (std::size_t j = 0; j < 4; ++j) acc[j] = fma8(load8(q + i + 8 * j), load8(k + i + 8 * j), acc[j]);
+    for (std::size_t j = 0; j < 4; ++j) acc[j] = fma8(load8(q + i + 8 * j), load8_kv(k + i + 8 * j), acc[j]);
   return ggml_lane_order(acc[0], acc[1], acc[2], acc[3]);
 }
 // (GCC vectorises ggml's loop over those elements: eight products at a time, each rounded, then
@@ -78,6 +112,12 @@ inline float ggml_dot_tail(float sum, const float* q, const float* k, std::size_
     for (int l = 0; l < 8; ++l) sum += products[l];
   }
   return sum;
+}
+// ggml_vec_dot_f16 adds those elements' products (each rounded to float) in double.
+inline float ggml_dot_tail(float sum, const float* q, const std::uint16_t* k, std::size_t hs) noexcept {
+  double total = sum;
+  for (std::size_t i = hs - hs % 32; i < hs; ++i) total += double(q[i] * from_f16(k[i]));
+  return float(total);
 }
 
 // softmax of sc[0, positions) in place, as ggml_soft_max_ext: exp(s - max) eight at a time (the
@@ -104,15 +144,15 @@ inline void softmax_scores(float* sc, std::size_t positions) noexcept {
 /// lane l's four accumulators run over positions l, l + 8, l + 16, ... in turn, are reduced as
 /// ggml reduces them, and the eight lanes' results are added in ggml's lane order. C blocks of 8
 /// outputs share the passes (and the loads of the weights).
-template <int C>
-inline void ggml_weighted_sum(const float* p, const float* v, std::size_t stride, std::size_t positions,
+template <int C, class Kv>
+inline void ggml_weighted_sum(const float* p, const Kv* v, std::size_t stride, std::size_t positions,
                               float* out) noexcept {
   v8f lanes[C][8];
   for (std::size_t l = 0; l < 8; ++l) {
     v8f acc[C][4] = {};
     auto add = [&](std::size_t t, int a) {
       const v8f w = broadcast8(p[t]);
-      for (int c = 0; c < C; ++c) acc[c][a] = fma8(w, load8(v + t * stride + 8 * c), acc[c][a]);
+      for (int c = 0; c < C; ++c) acc[c][a] = fma8(w, load8_kv(v + t * stride + 8 * c), acc[c][a]);
     };
     std::size_t t = l;
     for (; t + 24 < positions; t += 32)
@@ -130,13 +170,13 @@ inline void ggml_weighted_sum(const float* p, const float* v, std::size_t stride
 /// the keys and one over the values: head g's query at q + g * hs, scores at sc + g * sc_stride,
 /// output at out + g * hs. Keys and values at k0/v0 + t * stride. Each head's arithmetic is the
 /// same as alone (H = 1), and llama.cpp's (above).
-template <int H>
-inline void wide_heads(const float* q, const float* k0, const float* v0, std::size_t stride, std::size_t hs,
+template <int H, class Kv>
+inline void wide_heads(const float* q, const Kv* k0, const Kv* v0, std::size_t stride, std::size_t hs,
                        std::size_t positions, float scale, float* sc, std::size_t sc_stride, float* out) noexcept {
   // The cache is read once per step and not again before the weights have gone through the
   // caches: ask for the next eight keys and these eight values ahead of their use.
-  auto fetch = [&](const float* row) {
-    for (std::size_t j = 0; j < hs; j += 16) __builtin_prefetch(row + j);
+  auto fetch = [&](const Kv* row) {
+    for (std::size_t j = 0; j < hs * sizeof(Kv); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + j);
   };
   const bool whole_steps = hs % 32 == 0;
   // eight positions at a time, their lane sums in one transposing tree (the same sums, in the
@@ -161,10 +201,14 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
   }
   for (; t < positions; ++t)
     for (int g = 0; g < H; ++g) {
-      const float *qg = q + g * hs, *k = k0 + t * stride;
+      const float* qg = q + g * hs;
+      const Kv* k = k0 + t * stride;
       sc[g * sc_stride + t] = ggml_dot_tail(tree_sum8(ggml_dot_lanes(qg, k, hs)), qg, k, hs) * scale;
     }
-  for (int g = 0; g < H; ++g) softmax_scores(sc + g * sc_stride, positions);
+  for (int g = 0; g < H; ++g) {
+    softmax_scores(sc + g * sc_stride, positions);
+    if constexpr (!std::is_same_v<Kv, float>) round_to_f16(sc + g * sc_stride, positions);
+  }
   // Output j of head g is ggml's dot product of the values' column j with the weights (llama.cpp
   // keeps the values transposed), its rows padded with masked positions (weight 0, adding
   // nothing) to whole steps of 32: position t goes to accumulator (t % 32) / 8, lane t % 8. Here
@@ -183,9 +227,13 @@ inline void wide_heads(const float* q, const float* k0, const float* v0, std::si
 /// `heads` query heads (consecutive, q + g * hs) sharing one kv head: scores q.k_t / sqrt(hs)
 /// over t < positions (key t at k0 + t * stride, value t at v0 + t * stride), softmax, output
 /// head g at out + g * hs = sum_t p_t v_t. Scores of head g at sc + g * sc_stride (scratch).
-inline void attend_heads(const float* q, std::size_t heads, const float* k0, const float* v0, std::size_t stride,
-                         std::size_t hs, std::size_t positions, float* sc, std::size_t sc_stride, float* out) noexcept {
+/// With an f16 cache (Kv = std::uint16_t) the queries are rounded to half in place first, and
+/// the softmax's weights after it, as llama.cpp's products with an f16 cache round them.
+template <class Kv>
+inline void attend_heads(float* q, std::size_t heads, const Kv* k0, const Kv* v0, std::size_t stride, std::size_t hs,
+                         std::size_t positions, float* sc, std::size_t sc_stride, float* out) noexcept {
   const float scale = 1.0f / std::sqrt(float(hs));
+  if constexpr (!std::is_same_v<Kv, float>) round_to_f16(q, heads * hs);
   if (hs % 8 == 0) {  // real models: 8 .. 128; pairs of heads share the passes over K and V
     std::size_t g = 0;
     for (; g + 2 <= heads; g += 2)
@@ -198,23 +246,37 @@ inline void attend_heads(const float* q, std::size_t heads, const float* k0, con
     const float* qg = q + g * hs;
     float* sg = sc + g * sc_stride;
     for (std::size_t t = 0; t < positions; ++t) {
-      const float* k = k0 + t * stride;
+      const Kv* k = k0 + t * stride;
       float dot = 0.0f;
-      for (std::size_t j = 0; j < hs; ++j) dot += qg[j] * k[j];
+      for (std::size_t j = 0; j < hs; ++j) dot += qg[j] * kv_at(k, j);
       sg[t] = dot * scale;
     }
     softmax_scores(sg, positions);
+    if constexpr (!std::is_same_v<Kv, float>) round_to_f16(sg, positions);
     float* o = out + g * hs;
     std::fill_n(o, hs, 0.0f);
     for (std::size_t t = 0; t < positions; ++t)
-      for (std::size_t j = 0; j < hs; ++j) o[j] += sg[t] * v0[t * stride + j];
+      for (std::size_t j = 0; j < hs; ++j) o[j] += sg[t] * kv_at(v0, t * stride + j);
   }
+}
+
+/// attend_heads on layer l, row `row`, kv head kvh of a state's cache, whichever its type.
+inline void attend_cached(float* q, std::size_t heads, const kv_cache_state& s, std::size_t l, int row, std::size_t kvh,
+                          std::size_t positions, float* sc, std::size_t sc_stride, float* out) noexcept {
+  const std::size_t hs = s.head_size, at = s.offset(l, row, kvh);
+  if (s.type == kv_cache_type::f16)
+    attend_heads(q, heads, s.key_cache.as<std::uint16_t>() + at, s.value_cache.as<std::uint16_t>() + at, hs, hs,
+                 positions, sc, sc_stride, out);
+  else
+    attend_heads(q, heads, s.key_cache.as<float>() + at, s.value_cache.as<float>() + at, hs, hs, positions, sc,
+                 sc_stride, out);
 }
 
 /// Decoding: n fed tokens (token i of row rows[i] at position pos[i], its Q|K|V in qkv, its K
 /// and V already in the cache) attend over their row's positions 0..pos[i] of layer l's cache;
-/// att receives (n, q_width); s.scores holds n * heads * capacity floats of scratch.
-inline void cached_attention(const attention_shape& a, const float* qkv, const int* rows, const int* pos, std::size_t n,
+/// att receives (n, q_width); s.scores holds n * heads * capacity floats of scratch. (An f16
+/// cache rounds the queries in qkv to half, in place.)
+inline void cached_attention(const attention_shape& a, float* qkv, const int* rows, const int* pos, std::size_t n,
                              kv_cache_state& s, std::size_t l, float* att) {
   const std::size_t hs = a.head_size, d = a.q_width(), heads = a.heads, group = a.group(), w = a.row_width(),
                     capacity = std::size_t(s.capacity);
@@ -223,9 +285,9 @@ inline void cached_attention(const attention_shape& a, const float* qkv, const i
   parallel_for(
       n * heads,
       [&](std::size_t task) {
-        const std::size_t i = task / heads, h = task % heads, cache0 = s.offset(l, rows[i], h / group);
-        attend_heads(qkv + i * w + h * hs, 1, s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
-                     std::size_t(pos[i]) + 1, s.scores.data() + task * capacity, capacity, att + i * d + h * hs);
+        const std::size_t i = task / heads, h = task % heads;
+        attend_cached(qkv + i * w + h * hs, 1, s, l, rows[i], h / group, std::size_t(pos[i]) + 1,
+                      s.scores.data() + task * capacity, capacity, att + i * d + h * hs);
       },
       work >= (std::size_t{1} << 16));
 }

@@ -45,11 +45,15 @@ class gpt2_model {
   std::size_t vocab_size() const noexcept { return std::size_t(w_.config().vocab_size); }
   std::size_t context_length() const noexcept { return std::size_t(w_.config().seq_len); }
 
+  /// What the KV caches of states made from now on store (as llama_model::set_kv_cache_type).
+  void set_kv_cache_type(kv_cache_type type) noexcept { kv_type_ = type; }
+  kv_cache_type kv_cache() const noexcept { return kv_type_; }
+
   gpt2_state new_state(int batch, int capacity = 0) const {
     const gpt2_config& c = w_.config();
     gpt2_state s;
     detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_heads),
-                          std::size_t(c.dim / c.n_heads), "gpt2_model");
+                          std::size_t(c.dim / c.n_heads), kv_type_, "gpt2_model");
     return s;
   }
 
@@ -152,6 +156,7 @@ class gpt2_model {
   detail::attention_shape attention_;
   std::vector<layer_kernels> layers_;
   packed_matrix classifier_;
+  kv_cache_type kv_type_ = kv_cache_type::f32;  // what new_state's caches store
 };
 
 }  // namespace ipa

@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <iterator>
 #include <memory>
@@ -12,36 +13,72 @@
 #include <string>
 #include <vector>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "ipa/core/bf16.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/core/types.hpp"
 
 namespace ipa {
 
-/// A KV cache's floats, left unwritten until a token writes them: attention reads only the
+/// What a KV cache stores per element: f32, or IEEE half (llama.cpp's default cache type, `-ctk
+/// f16 -ctv f16`): half the memory and half the bytes attention reads, each key and value rounded
+/// to nearest even as it is written.
+enum class kv_cache_type { f32, f16 };
+
+/// Bytes per element of a kv_cache_type.
+inline std::size_t element_bytes(kv_cache_type t) noexcept { return t == kv_cache_type::f16 ? 2 : 4; }
+
+/// A KV cache's bytes, left unwritten until a token writes them: attention reads only the
 /// positions a row holds, so a row's unused capacity is never touched, and in a large cache
 /// (which the allocator maps fresh) never becomes resident memory. Zeroing a 16-row cache of a
 /// 110M model's 256 positions took a quarter of a batch-16 decode of 32 tokens (bench_compact).
-class cache_floats {
+class cache_buffer {
  public:
-  cache_floats() = default;
-  explicit cache_floats(std::size_t n) : data_(new float[n]), size_(n) {}  // (default-initialised: no writes)
-  cache_floats(const cache_floats& other) : cache_floats(other.size_) {
-    if (size_ != 0) std::memcpy(data_.get(), other.data_.get(), size_ * sizeof(float));  // bytes, written or not
+  cache_buffer() = default;
+  explicit cache_buffer(std::size_t bytes) : data_(new float[(bytes + 3) / 4]), size_(bytes) {}  // (no writes)
+  cache_buffer(const cache_buffer& other) : cache_buffer(other.size_) {
+    if (size_ != 0) std::memcpy(data_.get(), other.data_.get(), size_);  // bytes, written or not
   }
-  cache_floats& operator=(const cache_floats& other) {
-    if (this != &other) *this = cache_floats(other);
+  cache_buffer& operator=(const cache_buffer& other) {
+    if (this != &other) *this = cache_buffer(other);
     return *this;
   }
-  cache_floats(cache_floats&&) noexcept = default;
-  cache_floats& operator=(cache_floats&&) noexcept = default;
-  float* data() noexcept { return data_.get(); }
-  const float* data() const noexcept { return data_.get(); }
-  std::size_t size() const noexcept { return size_; }
+  cache_buffer(cache_buffer&&) noexcept = default;
+  cache_buffer& operator=(cache_buffer&&) noexcept = default;
+  /// The elements as T (float for an f32 cache, std::uint16_t half bits for an f16 one).
+  template <class T>
+  T* as() noexcept {
+    return reinterpret_cast<T*>(data_.get());
+  }
+  template <class T>
+  const T* as() const noexcept {
+    return reinterpret_cast<const T*>(data_.get());
+  }
+  std::size_t bytes() const noexcept { return size_; }
 
  private:
-  std::unique_ptr<float[]> data_;
+  std::unique_ptr<float[]> data_;  // (floats: aligned for either element type)
   std::size_t size_ = 0;
 };
+
+namespace detail {
+
+/// n floats -> IEEE half bits, round to nearest even (vcvtps2ph where the build has F16C: the
+/// same rounding as to_f16, which ggml's F16C build uses too).
+inline void store_f16(const float* x, std::size_t n, std::uint16_t* out) noexcept {
+  std::size_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) out[i] = to_f16(x[i]);
+}
+
+}  // namespace detail
 
 /// KV caches of a batch and each row's length; scratch grows once and is reused.
 struct kv_cache_state {
@@ -49,7 +86,8 @@ struct kv_cache_state {
   int capacity = 0;  ///< S: positions per row
   std::size_t kv_heads = 0, head_size = 0;
   std::vector<int> length;  ///< tokens already in each row's cache
-  cache_floats key_cache, value_cache;
+  kv_cache_type type = kv_cache_type::f32;
+  cache_buffer key_cache, value_cache;
   std::vector<int> pos, next_pos;
   std::vector<std::size_t> items;
   std::vector<float> scores;
@@ -64,21 +102,27 @@ struct kv_cache_state {
     return ((l * std::size_t(batch) + std::size_t(row)) * kv_heads + h) * std::size_t(capacity) * head_size;
   }
 
-  /// Writes kv head h's key and value (head_size floats each) at position p of layer l, row `row`.
+  /// Writes kv head h's key and value (head_size floats each) at position p of layer l, row
+  /// `row` (rounded to half for an f16 cache).
   void append_head(std::size_t l, int row, std::size_t h, int p, const float* key, const float* value) noexcept {
     const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
-    std::copy_n(key, head_size, key_cache.data() + at);
-    std::copy_n(value, head_size, value_cache.data() + at);
+    if (type == kv_cache_type::f16) {
+      detail::store_f16(key, head_size, key_cache.as<std::uint16_t>() + at);
+      detail::store_f16(value, head_size, value_cache.as<std::uint16_t>() + at);
+      return;
+    }
+    std::copy_n(key, head_size, key_cache.as<float>() + at);
+    std::copy_n(value, head_size, value_cache.as<float>() + at);
   }
 
   /// Asks for the cache lines append_head(l, row, h, p, ...) will write. A batch's caches do not
   /// stay in the cores' caches between steps: a caller that asks for all of a stage's positions
   /// first has their misses overlap, rather than wait on one copy's at a time.
   void fetch_for_append(std::size_t l, int row, std::size_t h, int p) const noexcept {
-    const std::size_t at = offset(l, row, h) + std::size_t(p) * head_size;
-    for (std::size_t j = 0; j < head_size; j += 16) {  // (16 floats: a 64-byte line)
-      __builtin_prefetch(key_cache.data() + at + j, 1);
-      __builtin_prefetch(value_cache.data() + at + j, 1);
+    const std::size_t bytes = element_bytes(type), at = (offset(l, row, h) + std::size_t(p) * head_size) * bytes;
+    for (std::size_t j = 0; j < head_size * bytes; j += 64) {  // (a 64-byte line at a time)
+      __builtin_prefetch(key_cache.as<char>() + at + j, 1);
+      __builtin_prefetch(value_cache.as<char>() + at + j, 1);
     }
   }
 
@@ -92,7 +136,7 @@ namespace detail {
 
 /// Sizes a fresh state; `who` names the model in messages.
 inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int context, int layers, std::size_t kv_heads,
-                          std::size_t head_size, const char* who) {
+                          std::size_t head_size, kv_cache_type type, const char* who) {
   if (batch <= 0)
     throw config_error(std::string(who) + "::new_state: batch must be >= 1, found " + std::to_string(batch));
   if (capacity <= 0) capacity = context;
@@ -105,8 +149,9 @@ inline void init_kv_cache(kv_cache_state& s, int batch, int capacity, int contex
   s.head_size = head_size;
   s.length.assign(std::size_t(batch), 0);
   const std::size_t cache = std::size_t(layers) * std::size_t(batch) * std::size_t(capacity) * kv_heads * head_size;
-  s.key_cache = cache_floats(cache);
-  s.value_cache = cache_floats(cache);
+  s.type = type;
+  s.key_cache = cache_buffer(cache * element_bytes(type));
+  s.value_cache = cache_buffer(cache * element_bytes(type));
 }
 
 /// Checks a forward call before it touches any state and writes each token's position into

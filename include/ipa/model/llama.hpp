@@ -65,12 +65,17 @@ class llama_model {
   std::size_t vocab_size() const noexcept { return std::size_t(config_.vocab_size); }
   std::size_t context_length() const noexcept { return std::size_t(config_.seq_len); }
 
+  /// What the KV caches of states made from now on store (default f32; f16 is llama.cpp's
+  /// default: half the cache's memory, and its arithmetic, see attend_heads).
+  void set_kv_cache_type(kv_cache_type type) noexcept { kv_type_ = type; }
+  kv_cache_type kv_cache() const noexcept { return kv_type_; }
+
   /// A state for `batch` rows holding up to `capacity` positions each (default: the context).
   llama_state new_state(int batch, int capacity = 0) const {
     const llama_config& c = config_;
     llama_state s;
     detail::init_kv_cache(s, batch, capacity, c.seq_len, c.n_layers, std::size_t(c.n_kv_heads),
-                          std::size_t(c.head_size()), "llama_model");
+                          std::size_t(c.head_size()), kv_type_, "llama_model");
     return s;
   }
 
@@ -293,13 +298,13 @@ class llama_model {
   // 0..pos (all in the cache already).
   void attend(llama_state& s, int l, std::span<const int> rows, std::size_t i, std::size_t kvh) const noexcept {
     const std::size_t hs = attention_.head_size, d = attention_.q_width(), h0 = kvh * attention_.group(),
-                      capacity = std::size_t(s.capacity), cache0 = s.offset(std::size_t(l), rows[i], kvh);
+                      capacity = std::size_t(s.capacity);
     float* q = s.qkv.data() + i * attention_.row_width() + h0 * hs;
     const int p = s.pos[i];
     for (std::size_t g = 0; g < attention_.group(); ++g) rope(q + g * hs, hs, p);
-    detail::attend_heads(q, attention_.group(), s.key_cache.data() + cache0, s.value_cache.data() + cache0, hs, hs,
-                         std::size_t(p) + 1, s.scores.data() + (i * attention_.heads + h0) * capacity, capacity,
-                         s.att.data() + i * d + h0 * hs);
+    detail::attend_cached(q, attention_.group(), s, std::size_t(l), rows[i], kvh, std::size_t(p) + 1,
+                          s.scores.data() + (i * attention_.heads + h0) * capacity, capacity,
+                          s.att.data() + i * d + h0 * hs);
   }
 
   // out = x * w / sqrt(mean(x^2) + eps), row by row, as ggml_rms_norm computes it (the squares
@@ -485,6 +490,7 @@ class llama_model {
   projection classifier_;
   std::shared_ptr<unsigned char> interleaved_;  // Q8_0, Q4_0 matrices as the kernels read them (interleave)
   std::size_t weight_bytes_ = 0;                // weights read per token
+  kv_cache_type kv_type_ = kv_cache_type::f32;  // what new_state's caches store
   // Over 8 MiB of weights a model no longer fits the private caches of a few cores
   // (stories260K's 1 MB does; the 15M shape's 60 MB does not).
   bool streamed() const noexcept { return weight_bytes_ > (std::size_t{8} << 20); }
