@@ -63,7 +63,12 @@ inline float kv_at(const std::uint16_t* p, std::size_t i) noexcept { return from
 /// x rounded to the nearest half, as a float: what llama.cpp's products with an f16 cache see of
 /// their f32 operand (the query, the softmax's weights), which ggml converts to f16 first.
 inline void round_to_f16(float* x, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) x[i] = from_f16(to_f16(x[i]));
+  std::size_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+  for (; i < n; ++i) x[i] = from_f16(to_f16(x[i]));
 }
 
 /// Head layout of one attention layer.
