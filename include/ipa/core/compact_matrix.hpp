@@ -390,11 +390,43 @@ inline void load_group(const unsigned char* row, std::size_t g, v8f (&w)[4]) noe
 // does). A group of 32 weights is
 // converted once for the NR rows. (Two rows of w at a time, interleaving two streams from
 // memory, measured slower at batch 1 during development: one row at a time.)
+// (AVX-512 builds hold accumulators 0 and 1, and 2 and 3, side by side in 16 lanes: the same
+// chains in half the instructions, which lets the core overlap more rows' chains at batch 1.)
 template <weight_type T, int NR>
 inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& w, std::size_t j, float* out,
                          std::size_t ldo) noexcept {
   const unsigned char* row = w.row(j);
   const std::size_t groups = w.cols / 32;
+#if defined(__AVX512F__)
+  // (masked and vector-extension forms: g++ 12's plain AVX-512 intrinsics here warn falsely of
+  // undefined values)
+  using v16u16 = std::uint16_t __attribute__((vector_size(32)));
+  using v16u = std::uint32_t __attribute__((vector_size(64)));
+  __m512 acc[NR][2];
+  for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+  for (std::size_t g = 0; g < groups; ++g) {
+    __m512 wg[2];  // weights 32g .. 32g + 15, then 32g + 16 .. 32g + 31
+    for (std::size_t h = 0; h < 2; ++h) {
+      const unsigned char* p = row + (32 * g + 16 * h) * (T == weight_type::f32 ? 4 : 2);
+      if constexpr (T == weight_type::f32) {
+        wg[h] = _mm512_loadu_ps(p);
+      } else if constexpr (T == weight_type::f16) {
+        wg[h] =
+            _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      } else {
+        v16u16 b;
+        std::memcpy(&b, p, sizeof b);
+        const v16u wide = __builtin_convertvector(b, v16u) << 16;
+        std::memcpy(&wg[h], &wide, sizeof wide);
+      }
+    }
+    IPA_UNROLL(4)
+    for (int r = 0; r < NR; ++r) {
+      const float* xg = x + std::size_t(r) * ldx + 32 * g;
+      for (std::size_t h = 0; h < 2; ++h) acc[r][h] = _mm512_fmadd_ps(wg[h], _mm512_loadu_ps(xg + 16 * h), acc[r][h]);
+    }
+  }
+#else
   v8f acc[NR][4] = {};
   for (std::size_t g = 0; g < groups; ++g) {
     v8f wg[4];
@@ -406,11 +438,21 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
       for (std::size_t q = 0; q < 4; ++q) acc[r][q] = fma8(wg[q], load8(xg + 8 * q), acc[r][q]);
     }
   }
+#endif
   for (int r = 0; r < NR; ++r) {
     // (ggml_vec_dot_f16 and _bf16 add the tail in double; _bf16 ends its lanes in hsum_float_8's order)
     using sum_type = std::conditional_t<T == weight_type::f32, float, double>;
     const float* xr = x + std::size_t(r) * ldx;
+#if defined(__AVX512F__)
+    // (acc0 + acc2) + (acc1 + acc3), as below: the halves of the two 16-lane sums added
+    v16f pairs;
+    const __m512 sum = _mm512_add_ps(acc[r][0], acc[r][1]);
+    std::memcpy(&pairs, &sum, sizeof pairs);
+    const v8f lanes = __builtin_shufflevector(pairs, pairs, 0, 1, 2, 3, 4, 5, 6, 7) +
+                      __builtin_shufflevector(pairs, pairs, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
     const v8f lanes = (acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]);
+#endif
     sum_type total = T == weight_type::bf16 ? ggml_hsum8(lanes) : sum8(lanes);
     for (std::size_t c = 32 * groups; c < w.cols; ++c) {
       const float product = compact_weight(T, row, c) * xr[c];
