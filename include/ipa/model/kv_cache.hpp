@@ -38,7 +38,7 @@ inline std::size_t element_bytes(kv_cache_type t) noexcept { return t == kv_cach
 class cache_buffer {
  public:
   cache_buffer() = default;
-  explicit cache_buffer(std::size_t bytes) : data_(new float[(bytes + 3) / 4]), size_(bytes) {}  // (no writes)
+  explicit cache_buffer(std::size_t bytes) : data_(new std::byte[bytes]), size_(bytes) {}  // (no writes)
   cache_buffer(const cache_buffer& other) : cache_buffer(other.size_) {
     if (size_ != 0) std::memcpy(data_.get(), other.data_.get(), size_);  // bytes, written or not
   }
@@ -60,7 +60,7 @@ class cache_buffer {
   std::size_t bytes() const noexcept { return size_; }
 
  private:
-  std::unique_ptr<float[]> data_;  // (floats: aligned for either element type)
+  std::unique_ptr<std::byte[]> data_;  // (storage for floats or halves; new[] aligns it for either)
   std::size_t size_ = 0;
 };
 
