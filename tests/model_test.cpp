@@ -19,7 +19,10 @@
 #include <ipa/io/npy.hpp>
 #include <ipa/model/llama.hpp>
 
+#include "ggml_reference.hpp"
 #include "test_data.hpp"
+
+using ipa_test::ggml_expf;
 
 TEST_CASE("matmul_nt matches the double-precision reference for every tile remainder") {
   ipa::xoshiro256 rng(7);
@@ -68,69 +71,6 @@ TEST_CASE("silu_mul (vectorised SwiGLU gate) matches the scalar formula within a
   }
 }
 
-namespace {
-
-// llama.cpp's arithmetic, written out one scalar operation at a time from ggml's AVX2 code (the
-// llama-server of ../shared/peers): the references for exp8 and attention below.
-float ggml_expf(float x) {
-  auto bits = [](float f) {
-    std::uint32_t u;
-    std::memcpy(&u, &f, 4);
-    return u;
-  };
-  auto from = [](std::uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  };
-  const float r = 0x1.8p23f, z = std::fma(x, 0x1.715476p+0f, r), n = z - r;
-  const float b = std::fma(-n, 0x1.7f7d1cp-20f, std::fma(-n, 0x1.62e4p-1f, x));
-  const std::uint32_t e = bits(z) << 23;
-  const float k = from(e + bits(1.0f)), u = b * b;
-  const float j =
-      std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
-               0x1.ffffecp-1f * b);
-  if (!(std::fabs(n) > 126.0f)) return std::fma(k, j, k);
-  const std::uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
-  const float s1 = from(g + 0x7f000000u), s2 = from(e - g);
-  return std::fabs(n) > 192.0f ? s1 * s1 : std::fma(s2, j, s2) * s1;
-}
-
-// ggml_vec_dot_f32: four accumulators of eight lanes over steps of 32, reduced (2 into 0, 3 into
-// 1, 1 into 0, then lanes ((0+4)+(1+5))+((2+6)+(3+7))), the rest eight products at a time, each
-// rounded, added one by one (as GCC vectorises that loop)
-float ggml_dot(const float* x, const float* y, std::size_t n) {
-  float sum[4][8] = {};
-  const std::size_t steps = n - n % 32;
-  for (std::size_t i = 0; i < steps; i += 32)
-    for (std::size_t a = 0; a < 4; ++a)
-      for (std::size_t l = 0; l < 8; ++l) sum[a][l] = std::fma(x[i + 8 * a + l], y[i + 8 * a + l], sum[a][l]);
-  float lane[8];
-  for (std::size_t l = 0; l < 8; ++l) lane[l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
-  float total = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
-  for (std::size_t i = steps; i < n; ++i) {
-    volatile float product = x[i] * y[i];  // (rounded on its own)
-    total += product;
-  }
-  return total;
-}
-
-// ggml_vec_dot_f16 (a KV cache in f16): the same steps and lanes on the halves widened, but the
-// rest's products added in double
-float ggml_dot_f16(const float* x, const float* y, std::size_t n) {
-  const std::size_t steps = n - n % 32;
-  double total = steps ? ggml_dot(x, y, steps) : 0.0;
-  for (std::size_t i = steps; i < n; ++i) {
-    volatile float product = x[i] * y[i];
-    total += double(product);
-  }
-  return float(total);
-}
-
-float to_half(float x) { return ipa::from_f16(ipa::to_f16(x)); }
-
-}  // namespace
-
 TEST_CASE("exp8 is llama.cpp's expf (ggml_v_expf) to the bit, within 2 ulp of exp") {
   std::mt19937 gen(7);
   std::uniform_real_distribution<float> wide(-110.0f, 90.0f);
@@ -165,64 +105,6 @@ TEST_CASE("exp8 is llama.cpp's expf (ggml_v_expf) to the bit, within 2 ulp of ex
 #ifdef __OPTIMIZE__
   CHECK(mismatches == 0);  // (an unoptimised build rounds a * b + c in two steps, not as one FMA)
 #endif
-}
-
-// (An f16 cache: ggml converts the query and the softmax's weights to f16 for its products.)
-TEST_CASE("attention computes llama.cpp's scores, weights and outputs, bit for bit, from an f32 or an f16 cache") {
-  std::mt19937 gen(3);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (const bool half : {false, true})
-    for (std::size_t hs : {8, 64, 80})
-      for (std::size_t positions = 1; positions <= 70; positions += 3) {
-        CAPTURE(half);
-        CAPTURE(hs);
-        CAPTURE(positions);
-        std::vector<float> q(hs), k(positions * hs), v(positions * hs), scores(80), out(hs);
-        for (auto* x : {&q, &k, &v})
-          for (float& f : *x) f = normal(gen);
-        std::vector<float> q_in = q;  // (rounded in place by an f16 attention)
-        if (half) {
-          std::vector<std::uint16_t> k16(k.size()), v16(v.size());
-          for (std::size_t i = 0; i < k.size(); ++i) k16[i] = ipa::to_f16(k[i]), v16[i] = ipa::to_f16(v[i]);
-          ipa::detail::attend_heads(q_in.data(), 1, k16.data(), v16.data(), hs, hs, positions, scores.data(), 80,
-                                    out.data());
-          for (auto* x : {&q, &k, &v})
-            for (float& f : *x) f = to_half(f);
-          CHECK(q_in == q);
-        } else {
-          ipa::detail::attend_heads(q_in.data(), 1, k.data(), v.data(), hs, hs, positions, scores.data(), 80,
-                                    out.data());
-        }
-        const auto dot = half ? ggml_dot_f16 : ggml_dot;
-        // llama.cpp: scores over a row padded to 32 positions with masked ones, soft_max_ext, then
-        // each output the dot product of its transposed value row with the weights
-        const std::size_t padded = (positions + 31) / 32 * 32;
-        std::vector<float> w(padded, -std::numeric_limits<float>::infinity()), p(padded), column(padded, 0.0f);
-        const float scale = 1.0f / std::sqrt(float(hs));
-        for (std::size_t t = 0; t < positions; ++t) w[t] = dot(k.data() + t * hs, q.data(), hs) * scale;
-        float max = w[0];
-        for (float x : w) max = std::max(max, x);
-        double sum = 0.0;
-        for (std::size_t t = 0; t < padded; t += 8) {
-          for (std::size_t l = 0; l < 8; ++l) p[t + l] = ggml_expf(w[t + l] - max);
-          const float* e = p.data() + t;
-          sum += double(((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7])));
-        }
-        const float inv_sum = float(1.0 / sum);
-        for (float& x : p) x = half ? to_half(x * inv_sum) : x * inv_sum;
-        for (std::size_t j = 0; j < hs; ++j) {
-          for (std::size_t t = 0; t < positions; ++t) column[t] = v[t * hs + j];
-          const float want = dot(column.data(), p.data(), padded);
-#ifdef __OPTIMIZE__
-          CHECK(std::memcmp(&want, &out[j], sizeof want) == 0);
-#else
-          CHECK(std::fabs(want - out[j]) <= 1e-5f);
-#endif
-        }
-#ifdef __OPTIMIZE__
-        CHECK(std::memcmp(p.data(), scores.data(), positions * sizeof(float)) == 0);
-#endif
-      }
 }
 
 TEST_CASE("thread_limit caps the threads of the regions this thread starts, and restores them") {

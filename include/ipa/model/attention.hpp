@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -57,6 +57,21 @@ inline v8f load8_kv(const std::uint16_t* p) noexcept {
 #endif
   return v;
 }
+#if defined(__AVX512F__)
+// Sixteen elements as floats (masked forms: g++ 12's plain AVX-512 intrinsics warn falsely of
+// undefined values).
+inline __m512 load16_kv(const float* p) noexcept { return _mm512_loadu_ps(p); }
+inline __m512 load16_kv(const std::uint16_t* p) noexcept {
+  return _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// Lanes 0-7 plus lanes 8-15.
+inline v8f halves_added(__m512 v) noexcept {
+  v16f x;
+  std::memcpy(&x, &v, sizeof x);
+  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+#endif
 inline float kv_at(const float* p, std::size_t i) noexcept { return p[i]; }
 inline float kv_at(const std::uint16_t* p, std::size_t i) noexcept { return from_f16(p[i]); }
 
@@ -101,12 +116,23 @@ inline v8f ggml_lane_order(v8f acc0, v8f acc1, v8f acc2, v8f acc3) noexcept {
 /// q . k over hs floats in ggml_vec_dot_f32's order (see above): the vector part's lanes, in
 /// tree_sum8 order; `tail` adds the elements past the last whole step of 32.
 /// (ggml_vec_dot_f16, for an f16 cache, has the same steps, lanes and order, on halves widened.)
+/// (AVX-512 builds hold accumulators 0|1 and 2|3 side by side in 16 lanes: the same chains.)
 template <class Kv>
 inline v8f ggml_dot_lanes(const float* q, const Kv* k, std::size_t hs) noexcept {
+#if defined(__AVX512F__)
+  __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+  for (std::size_t i = 0; i + 32 <= hs; i += 32) {
+    acc01 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16_kv(k + i), acc01);
+    acc23 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), load16_kv(k + i + 16), acc23);
+  }
+  const v8f x = halves_added(_mm512_add_ps(acc01, acc23));  // (acc0 + acc2) + (acc1 + acc3)
+  return __builtin_shufflevector(x, x, 0, 4, 1, 5, 2, 6, 3, 7);
+#else
   v8f acc[4] = {};
   for (std::size_t i = 0; i + 32 <= hs; i += 32)
     for (std::size_t j = 0; j < 4; ++j) acc[j] = fma8(load8(q + i + 8 * j), load8_kv(k + i + 8 * j), acc[j]);
   return ggml_lane_order(acc[0], acc[1], acc[2], acc[3]);
+#endif
 }
 // (GCC vectorises ggml's loop over those elements: eight products at a time, each rounded, then
 // added one by one; hs is a multiple of 8 here. A product taken out of a vector is not fused
@@ -152,6 +178,31 @@ inline void softmax_scores(float* sc, std::size_t positions) noexcept {
 template <int C, class Kv>
 inline void ggml_weighted_sum(const float* p, const Kv* v, std::size_t stride, std::size_t positions,
                               float* out) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (C == 2) {  // the two blocks of 8 outputs in one register's halves: the same chains
+    v8f lanes[C][8];
+    for (std::size_t l = 0; l < 8; ++l) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      auto add = [&](std::size_t t, int a) {
+        acc[a] = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), load16_kv(v + t * stride), acc[a]);
+      };
+      std::size_t t = l;
+      for (; t + 24 < positions; t += 32)
+        for (int a = 0; a < 4; ++a) add(t + 8 * std::size_t(a), a);
+      for (int a = 0; t + 8 * std::size_t(a) < positions; ++a) add(t + 8 * std::size_t(a), a);
+      v16f sum;
+      const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+      std::memcpy(&sum, &s, sizeof sum);
+      lanes[0][l] = __builtin_shufflevector(sum, sum, 0, 1, 2, 3, 4, 5, 6, 7);
+      lanes[1][l] = __builtin_shufflevector(sum, sum, 8, 9, 10, 11, 12, 13, 14, 15);
+    }
+    for (int c = 0; c < C; ++c) {
+      const v8f total = sum8(lanes[c]);
+      std::memcpy(out + 8 * c, &total, sizeof total);
+    }
+    return;
+  }
+#endif
   v8f lanes[C][8];
   for (std::size_t l = 0; l < 8; ++l) {
     v8f acc[C][4] = {};
