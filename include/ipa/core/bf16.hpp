@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: MIT
 // 16-bit floats: bfloat16 (the top 16 bits of an IEEE float, rounded to nearest even; halves the
-// memory of stored base logits) and IEEE half (F16 weights and the scales of quantized blocks).
+// memory of stored base logits) and IEEE half (F16 weights, the scales of quantized blocks, f16
+// KV caches).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace ipa {
 
@@ -67,5 +73,32 @@ inline std::uint16_t to_f16(float f) noexcept {
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: fine
   return std::uint16_t(sign | h);
 }
+
+namespace detail {
+
+/// n floats -> IEEE half bits, round to nearest even: to_f16, eight at a time (vcvtps2ph) where
+/// the build has F16C, the rounding ggml's F16C build uses too (an f16 KV cache's writes).
+inline void store_f16(const float* x, std::size_t n, std::uint16_t* out) noexcept {
+  std::size_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) out[i] = to_f16(x[i]);
+}
+
+/// x rounded to the nearest half, as floats, in place: what llama.cpp's products with an f16
+/// cache see of their f32 operand (the query, the softmax's weights), which ggml converts first.
+inline void round_to_f16(float* x, std::size_t n) noexcept {
+  std::size_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+  for (; i < n; ++i) x[i] = from_f16(to_f16(x[i]));
+}
+
+}  // namespace detail
 
 }  // namespace ipa

@@ -346,6 +346,20 @@ inline v8f load8_f16(const unsigned char* p) noexcept {
 #endif
   return v;
 }
+#if defined(__AVX512F__)
+// Sixteen halves as floats (the masked form: g++ 12's plain AVX-512 intrinsics warn falsely of
+// undefined values).
+inline __m512 load16_f16(const unsigned char* p) noexcept {
+  return _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// Lanes 0-7 of v plus lanes 8-15: two 8-lane accumulators held side by side, added.
+inline v8f add_halves(__m512 v) noexcept {
+  v16f x;
+  std::memcpy(&x, &v, sizeof x);
+  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+#endif
 inline float half_to_float(const unsigned char* p) noexcept {
 #if defined(__F16C__)
   return _cvtsh_ss(load_u16(p));
@@ -398,7 +412,7 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
   const unsigned char* row = w.row(j);
   const std::size_t groups = w.cols / 32;
 #if defined(__AVX512F__)
-  // (masked and vector-extension forms: g++ 12's plain AVX-512 intrinsics here warn falsely of
+  // (a vector extension for BF16: g++ 12's plain AVX-512 intrinsics here warn falsely of
   // undefined values)
   using v16u16 = std::uint16_t __attribute__((vector_size(32)));
   using v16u = std::uint32_t __attribute__((vector_size(64)));
@@ -411,8 +425,7 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
       if constexpr (T == weight_type::f32) {
         wg[h] = _mm512_loadu_ps(p);
       } else if constexpr (T == weight_type::f16) {
-        wg[h] =
-            _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        wg[h] = load16_f16(p);
       } else {
         v16u16 b;
         std::memcpy(&b, p, sizeof b);
@@ -445,11 +458,7 @@ inline void compact_tile(const float* x, std::size_t ldx, const compact_matrix& 
     const float* xr = x + std::size_t(r) * ldx;
 #if defined(__AVX512F__)
     // (acc0 + acc2) + (acc1 + acc3), as below: the halves of the two 16-lane sums added
-    v16f pairs;
-    const __m512 sum = _mm512_add_ps(acc[r][0], acc[r][1]);
-    std::memcpy(&pairs, &sum, sizeof pairs);
-    const v8f lanes = __builtin_shufflevector(pairs, pairs, 0, 1, 2, 3, 4, 5, 6, 7) +
-                      __builtin_shufflevector(pairs, pairs, 8, 9, 10, 11, 12, 13, 14, 15);
+    const v8f lanes = add_halves(_mm512_add_ps(acc[r][0], acc[r][1]));
 #else
     const v8f lanes = (acc[r][0] + acc[r][2]) + (acc[r][1] + acc[r][3]);
 #endif

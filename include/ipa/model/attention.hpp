@@ -13,11 +13,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "ipa/core/bf16.hpp"
+#include "ipa/core/compact_matrix.hpp"  // load8_f16, load16_f16, add_halves
 #include "ipa/core/math.hpp"
 #include "ipa/core/matmul.hpp"  // v8f helpers
 #include "ipa/core/parallel.hpp"
@@ -47,44 +44,15 @@ inline v8f tree_sum8x8(const v8f (&a)[8]) noexcept {
 // A KV cache's elements as floats: f32 as stored, f16 widened (exact). Kv is float or
 // std::uint16_t (half bits).
 inline v8f load8_kv(const float* p) noexcept { return load8(p); }
-inline v8f load8_kv(const std::uint16_t* p) noexcept {
-  v8f v;
-#if defined(__F16C__)
-  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  std::memcpy(&v, &f, sizeof v);
-#else
-  for (int k = 0; k < 8; ++k) v[k] = from_f16(p[k]);
-#endif
-  return v;
-}
+inline v8f load8_kv(const std::uint16_t* p) noexcept { return load8_f16(reinterpret_cast<const unsigned char*>(p)); }
 #if defined(__AVX512F__)
-// Sixteen elements as floats (masked forms: g++ 12's plain AVX-512 intrinsics warn falsely of
-// undefined values).
 inline __m512 load16_kv(const float* p) noexcept { return _mm512_loadu_ps(p); }
 inline __m512 load16_kv(const std::uint16_t* p) noexcept {
-  return _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-// Lanes 0-7 plus lanes 8-15.
-inline v8f halves_added(__m512 v) noexcept {
-  v16f x;
-  std::memcpy(&x, &v, sizeof x);
-  return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-         __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  return load16_f16(reinterpret_cast<const unsigned char*>(p));
 }
 #endif
 inline float kv_at(const float* p, std::size_t i) noexcept { return p[i]; }
 inline float kv_at(const std::uint16_t* p, std::size_t i) noexcept { return from_f16(p[i]); }
-
-/// x rounded to the nearest half, as a float: what llama.cpp's products with an f16 cache see of
-/// their f32 operand (the query, the softmax's weights), which ggml converts to f16 first.
-inline void round_to_f16(float* x, std::size_t n) noexcept {
-  std::size_t i = 0;
-#if defined(__F16C__)
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
-#endif
-  for (; i < n; ++i) x[i] = from_f16(to_f16(x[i]));
-}
 
 /// Head layout of one attention layer.
 struct attention_shape {
@@ -125,7 +93,7 @@ inline v8f ggml_dot_lanes(const float* q, const Kv* k, std::size_t hs) noexcept 
     acc01 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16_kv(k + i), acc01);
     acc23 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), load16_kv(k + i + 16), acc23);
   }
-  const v8f x = halves_added(_mm512_add_ps(acc01, acc23));  // (acc0 + acc2) + (acc1 + acc3)
+  const v8f x = add_halves(_mm512_add_ps(acc01, acc23));  // (acc0 + acc2) + (acc1 + acc3)
   return __builtin_shufflevector(x, x, 0, 4, 1, 5, 2, 6, 3, 7);
 #else
   v8f acc[4] = {};

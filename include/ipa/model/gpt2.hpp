@@ -47,7 +47,6 @@ class gpt2_model {
 
   /// What the KV caches of states made from now on store (as llama_model::set_kv_cache_type).
   void set_kv_cache_type(kv_cache_type type) noexcept { kv_type_ = type; }
-  kv_cache_type kv_cache() const noexcept { return kv_type_; }
 
   gpt2_state new_state(int batch, int capacity = 0) const {
     const gpt2_config& c = w_.config();

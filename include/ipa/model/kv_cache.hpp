@@ -13,10 +13,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include "ipa/core/bf16.hpp"
 #include "ipa/core/error.hpp"
 #include "ipa/core/types.hpp"
@@ -63,22 +59,6 @@ class cache_buffer {
   std::unique_ptr<std::byte[]> data_;  // (storage for floats or halves; new[] aligns it for either)
   std::size_t size_ = 0;
 };
-
-namespace detail {
-
-/// n floats -> IEEE half bits, round to nearest even (vcvtps2ph where the build has F16C: the
-/// same rounding as to_f16, which ggml's F16C build uses too).
-inline void store_f16(const float* x, std::size_t n, std::uint16_t* out) noexcept {
-  std::size_t i = 0;
-#if defined(__F16C__)
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
-  for (; i < n; ++i) out[i] = to_f16(x[i]);
-}
-
-}  // namespace detail
 
 /// KV caches of a batch and each row's length; scratch grows once and is reused.
 struct kv_cache_state {

@@ -68,7 +68,6 @@ class llama_model {
   /// What the KV caches of states made from now on store (default f32; f16 is llama.cpp's
   /// default: half the cache's memory, and its arithmetic, see attend_heads).
   void set_kv_cache_type(kv_cache_type type) noexcept { kv_type_ = type; }
-  kv_cache_type kv_cache() const noexcept { return kv_type_; }
 
   /// A state for `batch` rows holding up to `capacity` positions each (default: the context).
   llama_state new_state(int batch, int capacity = 0) const {
