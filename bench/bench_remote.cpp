@@ -4,11 +4,14 @@
 // request holding every row, n_predict N): for stories260K.gguf and for a 110M-shape GGUF with
 // random weights that the bench writes (llama2.c's stories110M shape: dim 768, 12 layers, vocab
 // 32000), at B = 1 and B = 8 rows (8 slots), with and without the default adapter (2 layers, dim
-// 64), with ipa's steps batched (one request a step, the default) or one request per row. Both
+// 64), with ipa's steps batched (one request a step, the default) or one request per row, and
+// batched with the top-k renormalised (remote_options::renormalize_top_k, what `ipa generate`
+// and `ipa train` ask for: llama-server then ranks the top 20 with a partial sort). Both
 // sides run greedy from the same one-token prompt; every number is tokens per second of wall time
 // over all rows, and `ratio` is ipa's over the server's, measured in the same round. Two more
 // yardsticks from the same round: the server alone also reporting the top-20 (what every ipa
-// step asks for), and a bare client sending ipa's requests one after the other (`stepwise`).
+// step asks for, in the same form), and a bare client sending ipa's requests one after the other
+// (`stepwise`).
 //   ./build/bench/bench_remote                 (~3 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
 #include <benchmark/benchmark.h>
 
@@ -68,16 +71,20 @@ ipa_test::llama_server& server(model_kind m) {
 
 // The server alone: B rows (one request holding B prompts, one slot each) generating N tokens
 // each; with `probs`, reporting the top-20 log-probs of every token as well (what each ipa step
-// asks for). One connection: llama-server gives each kept-alive connection one of its HTTP threads.
-double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N, bool probs = false) {
+// asks for; `renormalized`: as post-sampling probabilities after a top_k sampler of 20, the server
+// then sampling among them). One connection: llama-server gives each kept-alive connection one of
+// its HTTP threads.
+double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N, bool probs = false,
+                            bool renormalized = false) {
   static ipa::http_batch_client client;
-  const nlohmann::json body = {{"prompt", std::vector<std::vector<int>>(B, {1})},
-                               {"n_predict", N},
-                               {"ignore_eos", true},
-                               {"cache_prompt", false},
-                               {"samplers", {"top_k"}},
-                               {"top_k", 1},
-                               {"n_probs", probs ? 20 : 0}};
+  nlohmann::json body = {{"prompt", std::vector<std::vector<int>>(B, {1})},
+                         {"n_predict", N},
+                         {"ignore_eos", true},
+                         {"cache_prompt", false},
+                         {"samplers", {"top_k"}},
+                         {"top_k", 1},
+                         {"n_probs", probs ? 20 : 0}};
+  if (probs && renormalized) body["post_sampling_probs"] = true, body["top_k"] = 20;
   const auto start = std::chrono::steady_clock::now();
   const auto reply = client.run({{s.url() + "/completion", body.dump()}});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -93,11 +100,12 @@ double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_
 // The floor of any client that asks one token at a time: the same requests as ipa's batched
 // steps (all B rows in one request, top-20, the prompt growing by one token a step), sent one
 // after the other with nothing computed between them.
-double server_stepwise_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N) {
+double server_stepwise_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N, bool renormalized) {
   static ipa::http_batch_client client;
   std::vector<std::vector<ipa::token_id>> rows(B, std::vector<ipa::token_id>{1});
   ipa::top_k_request r;
   r.k = 20;
+  r.renormalized = renormalized;
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t t = 0; t < N; ++t) {
     std::vector<std::span<const ipa::token_id>> prompts(rows.begin(), rows.end());
@@ -133,9 +141,10 @@ double process_cpu_seconds() {
   return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
-// How ipa's requests go out: all rows in one request a step (remote_options::batch_rows), one
-// request per row pinned to a slot on kept-alive connections, or the same on fresh connections.
-enum request_form { batched, per_row, per_row_fresh };
+// How ipa's requests go out: all rows in one request a step (remote_options::batch_rows), the
+// same with the top-k renormalised, one request per row pinned to a slot on kept-alive
+// connections, or the same on fresh connections.
+enum request_form { batched, per_row, per_row_fresh, renormalized };
 
 // args: model, rows, tokens per row, with the default adapter (0/1), request_form
 void BM_remote_decode(benchmark::State& state) {
@@ -146,8 +155,9 @@ void BM_remote_decode(benchmark::State& state) {
   ipa_test::llama_server& s = server(m);
   ipa::remote_options o;
   o.urls = {s.url()};
-  o.batch_rows = form == batched;
+  o.batch_rows = form == batched || form == renormalized;
   o.reuse_connections = form != per_row_fresh;
+  o.renormalize_top_k = form == renormalized;
   const ipa::remote_base base(o);
   std::unique_ptr<ipa::llama_model> adapter;
   if (with_adapter) {
@@ -159,8 +169,8 @@ void BM_remote_decode(benchmark::State& state) {
   std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates, stepwise_rates;
   for (auto _ : state) {
     const double alone = server_alone_seconds(s, B, N);
-    probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true));
-    stepwise_rates.push_back(double(B * N) / server_stepwise_seconds(s, B, N));
+    probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true, form == renormalized));
+    stepwise_rates.push_back(double(B * N) / server_stepwise_seconds(s, B, N, form == renormalized));
     const double cpu = process_cpu_seconds();
     const double through = ipa_seconds(base, adapter.get(), B, N);
     client_cpu.push_back((process_cpu_seconds() - cpu) / double(B * N) * 1e3);
@@ -183,9 +193,10 @@ void BM_remote_decode(benchmark::State& state) {
   state.counters["client_cpu_ms/row"] = median(client_cpu);  // ipa's own CPU per row and step (JSON, HTTP, fusion)
   state.SetLabel(std::string(m == stories260K ? "stories260K" : "110M-shape") + " B=" + std::to_string(B) +
                  (with_adapter ? " +adapter" : "") +
-                 (form == batched   ? " batched"
-                  : form == per_row ? " per-row"
-                                    : " per-row fresh"));
+                 (form == batched        ? " batched"
+                  : form == renormalized ? " batched renormalized"
+                  : form == per_row      ? " per-row"
+                                         : " per-row fresh"));
 }
 
 }  // namespace
@@ -195,11 +206,17 @@ BENCHMARK(BM_remote_decode)
     ->Args({stories260K, 8, 100, 0, batched})
     ->Args({stories260K, 8, 100, 0, per_row})
     ->Args({stories260K, 1, 100, 0, per_row_fresh})
+    ->Args({stories260K, 1, 100, 0, renormalized})
+    ->Args({stories260K, 8, 100, 0, renormalized})
     ->Args({random110M, 1, 32, 0, batched})
     ->Args({random110M, 1, 32, 1, batched})
     ->Args({random110M, 8, 32, 0, batched})
     ->Args({random110M, 8, 32, 0, per_row})
     ->Args({random110M, 8, 32, 1, batched})
+    ->Args({random110M, 1, 32, 0, renormalized})
+    ->Args({random110M, 1, 32, 1, renormalized})
+    ->Args({random110M, 8, 32, 0, renormalized})
+    ->Args({random110M, 8, 32, 1, renormalized})
     ->Iterations(5)
     ->Unit(benchmark::kSecond);
 

@@ -98,14 +98,19 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
   const auto table = ipa::table_of(f.tok);
   const ipa::top_k_view local(f.base, 20);
 
-  // one request a step holding every row (the server matches rows to its caches), and one request
-  // per row pinned to a slot
-  for (const bool batched : {true, false})
+  // one request a step holding every row (the server matches rows to its caches), one request
+  // per row pinned to a slot, and batched with the top-k renormalised (the local rows then too)
+  struct request_form {
+    bool batched, renormalized;
+  };
+  for (const auto [batched, renormalized] : {request_form{true, false}, {false, false}, {true, true}})
     for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
       CAPTURE(batched);
+      CAPTURE(renormalized);
       CAPTURE(B);
       ipa::remote_options o = options_for(server->url());
       o.batch_rows = batched;
+      o.renormalize_top_k = renormalized;
       const ipa::remote_base remote(o, f.base.vocab_size(), &table);
       REQUIRE(remote.servers().size() == 1);
       CHECK(remote.servers()[0].vocab == 512);
@@ -126,9 +131,16 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
       std::vector<float> rlp(B * k), llp(B * k);
       std::size_t positions = 0;
       auto compare = [&](std::size_t n) {
-        for (std::size_t j = 0; j < n; ++j, ++positions)
+        for (std::size_t j = 0; j < n; ++j, ++positions) {
+          if (renormalized) {  // the server's top k sum to 1; so must the local ones
+            double mass = 0;
+            for (std::size_t i = 0; i < k; ++i) mass += std::exp(double(rlp[j * k + i]));
+            REQUIRE(std::abs(mass - 1.0) < 1e-5);
+            ipa::renormalize_top_k({llp.data() + j * k, k});
+          }
           check_same_top_k({rid.data() + j * k, k}, {rlp.data() + j * k, k}, {lid.data() + j * k, k},
                            {llp.data() + j * k, k}, 1e-4);
+        }
       };
       remote.prefill_top_k(rs, prompts, rid, rlp);
       local.prefill_top_k(ls, prompts, lid, llp);
@@ -141,7 +153,9 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
         if (rows.empty()) break;
         const std::size_t sent = remote.requests_sent();
         remote.step_top_k(rs, rows, next, rid, rlp);
-        CHECK(remote.requests_sent() - sent == (batched ? 1 : rows.size()));
+        // (renormalised, the server samples among the top k: a partial UTF-8 pick is asked again)
+        if (renormalized) CHECK(remote.requests_sent() - sent >= 1);
+        else CHECK(remote.requests_sent() - sent == (batched ? 1 : rows.size()));
         local.step_top_k(ls, rows, next, lid, llp);
         compare(rows.size());
       }
@@ -696,6 +710,64 @@ TEST_CASE("remote base: every malformed reply is a clear remote_error, transient
     CHECK_THROWS_WITH_AS(prefill_against(c.r, 1.0, 300), doctest::Contains(c.message), ipa::remote_error);
     CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 8.0);
   }
+}
+
+TEST_CASE("remote base: renormalised top-k; a reply without probabilities is asked again in the raw form") {
+  // the renormalised form's reply: probabilities, not log-probs
+  nlohmann::json top = nlohmann::json::array();
+  for (std::size_t i = 0; i < 4; ++i) top.push_back({{"id", 10 + i}, {"prob", 0.4 - 0.1 * double(i)}});
+  const std::string probs_reply =
+      nlohmann::json{{"completion_probabilities", {{{"id", 11}, {"prob", 0.3}, {"top_probs", top}}}}}.dump();
+  std::vector<ipa::token_id> ids(4);
+  std::vector<float> lps(4);
+  ipa::parse_top_k_reply(ipa::remote_protocol::llama_cpp, probs_reply, 4, 512, ids, lps);
+  CHECK(ids == std::vector<ipa::token_id>{10, 11, 12, 13});
+  CHECK(lps[1] == doctest::Approx(std::log(0.3)));
+  for (const char* bad : {"1.5", "-0.1", "null"}) {
+    CAPTURE(bad);
+    const std::string r = std::string(R"({"completion_probabilities":[{"top_probs":[{"id":3,"prob":)") + bad + "}]}]}";
+    CHECK_THROWS_WITH_AS(ipa::parse_top_k_reply(ipa::remote_protocol::llama_cpp, r, 1, 512, ids, lps),
+                         doctest::Contains("top_probs[0].prob is"), ipa::remote_error);
+  }
+  // renormalize_top_k: log p_i - log sum p (of good_reply(4)'s -0.5, -1.5, -2.5, -3.5)
+  std::vector<float> raw = {-0.5f, -1.5f, -2.5f, -3.5f};
+  ipa::renormalize_top_k(raw);
+  double mass = 0;
+  for (float lp : raw) mass += std::exp(double(lp));
+  CHECK(mass == doctest::Approx(1.0).epsilon(1e-6));
+  CHECK(raw[0] - raw[1] == doctest::Approx(1.0).epsilon(1e-6));
+
+  // against a responder: the first request is the renormalised form and gets no probabilities
+  // (llama-server's partial UTF-8 pick); the retry is the raw form, renormalised on arrival
+  std::vector<nlohmann::json> bodies;
+  ipa_test::canned_responder responder([&](const std::string& path, const std::string& body) {
+    if (path == "/v1/models")
+      return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
+    if (path == "/props")
+      return ipa_test::canned_responder::reply{200, R"({"total_slots":2,"default_generation_settings":{"n_ctx":128}})"};
+    bodies.push_back(nlohmann::json::parse(body));
+    if (bodies.back().value("post_sampling_probs", false))
+      return ipa_test::canned_responder::reply{
+          200, R"([{"index":0,"truncated":false},)" +
+                   nlohmann::json::parse(probs_reply).dump().insert(1, R"("index":1,)") + "]"};
+    return ipa_test::canned_responder::reply{200, good_reply(4)};
+  });
+  ipa::remote_options o = options_for(responder.url(), 4);
+  o.renormalize_top_k = true;
+  const ipa::remote_base remote(o, 512);
+  auto s = remote.new_state(2, 8);
+  std::vector<ipa::token_id> both_ids(8);
+  std::vector<float> both_lps(8);
+  remote.prefill_top_k(s, {{1, 403}, {1, 407}}, both_ids, both_lps);
+  REQUIRE(bodies.size() == 2);
+  CHECK(bodies[0]["samplers"] == nlohmann::json({"top_k"}));
+  CHECK(bodies[0]["top_k"] == 4);
+  CHECK(!bodies[1].contains("post_sampling_probs"));  // the retry: raw, row 0 alone
+  CHECK(bodies[1]["prompt"] == nlohmann::json::parse("[[1, 403]]"));
+  CHECK(both_ids[0] == 10);
+  for (std::size_t i = 0; i < 4; ++i) CHECK(both_lps[i] == doctest::Approx(raw[i]).epsilon(1e-6));  // row 0: raw
+  CHECK(both_ids[4] == 10);
+  CHECK(both_lps[5] == doctest::Approx(std::log(0.3 / 1.0)).epsilon(1e-6));  // row 1: its top_probs sum to 1
 }
 
 TEST_CASE("remote base: a batched reply is split by index; one that does not add up is a clear remote_error") {

@@ -420,7 +420,11 @@ inline bool is_url(const std::string& base) { return base.rfind("http://", 0) ==
 
 #if IPA_CLI_REMOTE
 /// Connects to the server(s) named by `urls` (comma-separated), whose tokenizer is `tok_path`.
-inline ipa::remote_base connect_remote(const std::string& urls, const std::string& tok_path, const remote_flags& f) {
+/// `renormalize_top_k` where only the tailored policy is read (the CLI decodes with
+/// tail_policy::restrict_to_top_k, to which a constant per row makes no difference), not where
+/// the base's own log-probs are (eval's base perplexity).
+inline ipa::remote_base connect_remote(const std::string& urls, const std::string& tok_path, const remote_flags& f,
+                                       bool renormalize_top_k) {
   if (tok_path.empty()) throw usage_error("a --base URL needs --tokenizer TOK (the served model's tokenizer)");
   ipa::remote_options o;
   for (std::size_t at = 0; at <= urls.size();) {
@@ -436,6 +440,7 @@ inline ipa::remote_base connect_remote(const std::string& urls, const std::strin
   o.top_k = f.top_k;
   o.give_up_after_s = f.give_up_after_s;
   o.batch_rows = !f.per_row;
+  o.renormalize_top_k = renormalize_top_k;
   return ipa::remote_base(std::move(o));
 }
 #endif

@@ -124,7 +124,7 @@ int generate(const generate_options& o) {
   if (is_url(o.base)) {
     require_remote_build(o.base);
 #if IPA_CLI_REMOTE
-    const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote);
+    const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote, /*renormalize_top_k=*/true);
     const any_tokenizer tok(o.tokenizer, o.tokenizer, base.vocab_size());
     base.check_tokens(tok.table());
     const loaded_adapters adapters(o.adapters, tok.table(), base.vocab_size());

@@ -269,7 +269,7 @@ int train(train_request r) {
   if (is_url(o.base)) {
     require_remote_build(o.base);
 #if IPA_CLI_REMOTE
-    const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote);
+    const ipa::remote_base base = connect_remote(o.base, o.tokenizer, o.remote, /*renormalize_top_k=*/true);
     const auto tok = load_tokenizer(o.tokenizer, o.tokenizer, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
     ipa::prompt_list prompts;
@@ -379,7 +379,7 @@ nlohmann::json sample_and_score(const eval_options& o) {
     require_remote_build(base_path);
 #if IPA_CLI_REMOTE
     if (!o.policy.empty()) throw usage_error("--policy samples from a local model; it needs a local --base");
-    const ipa::remote_base base = connect_remote(base_path, tok_path, o.remote);
+    const ipa::remote_base base = connect_remote(base_path, tok_path, o.remote, /*renormalize_top_k=*/false);
     const auto tok = load_tokenizer(tok_path, tok_path, base.vocab_size());
     base.check_tokens(ipa::table_of(tok));
     const loaded_adapters adapters(o.adapters, ipa::table_of(tok), base.vocab_size());

@@ -6,6 +6,8 @@
 //   llama_cpp: llama.cpp's llama-server, native POST /completion
 //              {"prompt":[ids], "n_predict":1, "n_probs":K, "cache_prompt":true, "id_slot":s}
 //              -> completion_probabilities[0].top_logprobs[] = {id, logprob}
+//              or, renormalised: + "post_sampling_probs":true, "samplers":["top_k"], "top_k":K
+//              -> completion_probabilities[0].top_probs[] = {id, prob}
 //   openai:    POST /v1/completions {"prompt":[ids], "max_tokens":1, "logprobs":K}, as vLLM
 //              (return_tokens_as_token_ids) and llama-server's /v1 serve it
 //              -> choices[0].logprobs.top_logprobs[0] = {"token_id:<id>": logprob}   (vLLM)
@@ -13,7 +15,11 @@
 // Several prompts go as a list of id lists in one request (both servers queue them together);
 // split_top_k_replies splits the answer back into one reply per prompt.
 // The values are the raw softmax at temperature 1 in both servers: temperature, top-k/p and the
-// fusion stay local. Sources: ../shared/peers/REMOTE-PROTOCOLS.md (llama.cpp c392e509, vLLM main).
+// fusion stay local. Renormalised (llama-server only), they are the same top K's probabilities
+// divided by their sum: llama-server then ranks the top K with a partial sort, where the raw form
+// sorts the whole vocabulary for every row and token on its main thread (bench_remote, 110M
+// shape, 8 rows: 333 against 214 tok/s). Sources: ../shared/peers/REMOTE-PROTOCOLS.md
+// (llama.cpp c392e509, vLLM main).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -43,7 +49,10 @@ struct top_k_request {
   std::size_t k = 20;
   int slot = -1;              ///< llama-server's id_slot (the row's prompt cache); -1: the server picks
   token_id server_pick = -1;  ///< llama-server: make it sample this token (see below); -1: off
-  std::string model;          ///< OpenAI's "model" field; empty: left out
+  /// llama-server: the top k's probabilities renormalised over themselves (see above; the server
+  /// then samples its own token among them, and server_pick is not used)
+  bool renormalized = false;
+  std::string model;  ///< OpenAI's "model" field; empty: left out
 };
 
 namespace detail {
@@ -64,7 +73,12 @@ inline std::string top_k_request_body(remote_protocol protocol, nlohmann::json p
     if (!r.model.empty()) j["model"] = r.model;
   }
   if (r.slot >= 0) j["id_slot"] = r.slot;
-  if (r.server_pick >= 0) {
+  if (protocol == remote_protocol::llama_cpp && r.renormalized) {
+    // the probabilities after a top_k sampler: its partial sort, then a softmax over the k
+    j["post_sampling_probs"] = true;
+    j["samplers"] = {"top_k"};
+    j["top_k"] = r.k;
+  } else if (r.server_pick >= 0) {
     // llama-server drops a token's probabilities when the token it sampled is a partial UTF-8
     // sequence; making it pick one complete token (EOS) avoids that. The probabilities ipa reads
     // are computed before sampling and do not change.
@@ -133,14 +147,26 @@ inline const nlohmann::json& field(const nlohmann::json& j, const char* key, con
   return j[key];
 }
 
-// llama-server's list of {id, logprob} under `where`top_logprobs (both of its endpoints).
+// A probability as JSON gives it (llama-server's post_sampling_probs), as a log-prob.
+inline float checked_prob_as_log(const nlohmann::json& v, const std::string& where) {
+  if (!v.is_number()) throw bad_reply(where + " is " + (v.is_null() ? "null" : v.dump()) + ", expected a number");
+  const double p = v.get<double>();
+  if (!(p >= 0.0 && p <= 1.0 + 1e-4)) throw bad_reply(where + " is " + v.dump() + ", expected a probability in [0, 1]");
+  return p == 0.0 ? -std::numeric_limits<float>::infinity() : float(std::min(std::log(p), 0.0));
+}
+
+// llama-server's list of {id, logprob} under `where`top_logprobs (both of its endpoints), or of
+// {id, prob} under `where`top_probs (post_sampling_probs).
 inline void read_id_entries(const nlohmann::json& parent, const std::string& where, std::size_t vocab,
                             std::vector<std::pair<float, token_id>>& entries) {
-  const auto& top = field(parent, "top_logprobs", where);
-  if (!top.is_array()) throw bad_reply(where + "top_logprobs is not a list");
+  const bool probs = parent.is_object() && !parent.contains("top_logprobs") && parent.contains("top_probs");
+  const std::string list = probs ? "top_probs" : "top_logprobs", value = probs ? "prob" : "logprob";
+  const auto& top = field(parent, list.c_str(), where);
+  if (!top.is_array()) throw bad_reply(where + list + " is not a list");
   for (std::size_t i = 0; i < top.size(); ++i) {
-    const std::string at = "top_logprobs[" + std::to_string(i) + "]";
-    entries.emplace_back(checked_log_prob(field(top[i], "logprob", at + "."), at + ".logprob"),
+    const std::string at = list + "[" + std::to_string(i) + "]";
+    const nlohmann::json& v = field(top[i], value.c_str(), at + ".");
+    entries.emplace_back(probs ? checked_prob_as_log(v, at + ".prob") : checked_log_prob(v, at + ".logprob"),
                          checked_id(field(top[i], "id", at + "."), vocab, at + ".id"));
   }
 }
@@ -200,6 +226,18 @@ inline void parse_top_k_part(remote_protocol protocol, const nlohmann::json& j, 
       if (ids[before] == ids[i])
         throw bad_reply("token id " + std::to_string(ids[i]) + " appears twice in the top log-probs");
   }
+}
+
+/// Renormalises top-k log-probs over themselves: log p_i - log sum_j p_j (in double). The raw and
+/// the renormalised forms of a reply then give the same numbers.
+inline void renormalize_top_k(std::span<float> log_probs) noexcept {
+  if (log_probs.empty()) return;
+  const double top = *std::max_element(log_probs.begin(), log_probs.end());
+  if (!std::isfinite(top)) return;
+  double sum = 0.0;
+  for (float lp : log_probs) sum += std::exp(double(lp) - top);
+  const double log_sum = top + std::log(sum);
+  for (float& lp : log_probs) lp = float(std::min(double(lp) - log_sum, 0.0));
 }
 
 /// The same from the body of a reply to a one-prompt request.

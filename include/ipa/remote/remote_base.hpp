@@ -73,6 +73,13 @@ struct remote_options {
   /// to a slot (rows arriving apart can be split over two server passes: 110M shape, 8 rows,
   /// 121-125 tok/s per row against 154-161 batched in bench_remote).
   bool batch_rows = true;
+  /// Each row's top-k log-probs renormalised over themselves (they then sum to 1 over the K):
+  /// what decoding with tail_policy::restrict_to_top_k makes of them anyway (a constant per row
+  /// and step, which the fusion's softmax removes), and cheaper for llama-server, which ranks the
+  /// top K with a partial sort instead of sorting the whole vocabulary for every row and token
+  /// (protocol.hpp). Leave it off where the absolute values matter: tail_policy::uniform, a base
+  /// perplexity.
+  bool renormalize_top_k = false;
   std::string model;                    ///< OpenAI's "model"; default: the server's first
   std::size_t max_token_checks = 2048;  ///< ids whose text is compared with the server's
 };
@@ -237,7 +244,7 @@ class remote_base {
       back_off(attempt);
       asked = requests_of(s, failed);
       std::vector<http_request> again;
-      for (const auto& rows : asked) again.push_back(request_for(s, rows));
+      for (const auto& rows : asked) again.push_back(request_for(s, rows, /*retry=*/true));
       ask(std::move(again), failed.size());
       replies = client_->wait();
     }
@@ -287,13 +294,17 @@ class remote_base {
     return out;
   }
 
-  http_request request_for(const state_type& s, const std::vector<std::size_t>& js) const {
+  // A retry asks for the raw form: in the renormalised one llama-server samples its own token
+  // among the top K, and drops the probabilities when that token is a partial UTF-8 sequence; the
+  // raw form has it pick EOS (protocol.hpp), and read_replies renormalises its answer the same.
+  http_request request_for(const state_type& s, const std::vector<std::size_t>& js, bool retry = false) const {
     const std::size_t row = std::size_t(s.pending[js[0]]);
     const remote_server& server = server_of(row);
     top_k_request r;
     r.k = options_.top_k;
     // row b's cache lives in one slot of its server: rows b, b + S, ... share a server
     if (!options_.batch_rows && server.slots > 0) r.slot = int((row / servers_.size()) % std::size_t(server.slots));
+    r.renormalized = options_.renormalize_top_k && !retry && server.slots > 0;
     r.server_pick = server.server_pick;
     r.model = server.model;
     const char* path = server.protocol == remote_protocol::llama_cpp ? "/completion" : "/v1/completions";
@@ -330,14 +341,19 @@ class remote_base {
     if (r.status != 200)
       throw remote_error(server.url + " answered HTTP " + std::to_string(r.status) + ": " + detail::excerpt(r.body));
     const std::size_t k = options_.top_k;
+    auto renormalize = [&](std::size_t j) {
+      if (options_.renormalize_top_k) renormalize_top_k(lps.subspan(j * k, k));
+    };
     try {
       if (!options_.batch_rows) {
         parse_top_k_reply(server.protocol, r.body, k, vocab_, ids.subspan(js[0] * k, k), lps.subspan(js[0] * k, k));
+        renormalize(js[0]);
         return;
       }
       const std::vector<nlohmann::json> parts = split_top_k_replies(server.protocol, r.body, js.size());
       for (std::size_t i = 0; i < js.size(); ++i) try {
           parse_top_k_part(server.protocol, parts[i], k, vocab_, ids.subspan(js[i] * k, k), lps.subspan(js[i] * k, k));
+          renormalize(js[i]);
         } catch (const bad_reply& e) {
           if (!e.retryable) throw;
           failed.push_back(js[i]);
