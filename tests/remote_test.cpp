@@ -442,6 +442,27 @@ TEST_CASE("remote base: a sampled rollout with an adapter gives the local top_k_
   // one request a step holding them all
   CHECK(remote.rows_sent() - rows_before == tokens);
   CHECK(remote.requests_sent() - sent_before == longest);
+
+  // the top-k renormalised over itself: the same tailored policy (restrict_to_top_k), so the same
+  // tokens and log-probs, while the kept base rows sum to 1
+  ipa::remote_options o = options_for(server->url());
+  o.renormalize_top_k = true;
+  const ipa::remote_base renormalized(o, f.base.vocab_size());
+  ipa::xoshiro256 rng_renormalized(11);
+  const ipa::rollout c =
+      ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(renormalized, {ipa::with_alpha(adapter, 0.5f)})
+          .generate(prompts, g, sampler, rng_renormalized);
+  CHECK(c.response_ids == b.response_ids);
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    REQUIRE(c.response_length(r) == b.response_length(r));
+    for (std::size_t t = 0; t < c.response_length(r); ++t) {
+      CHECK(std::abs(c.log_probs(r, t) - b.log_probs(r, t)) <= 1e-4);
+      CHECK(std::abs(c.tailored_log_probs(r, t) - b.tailored_log_probs(r, t)) <= 1e-4);
+      double mass = 0;
+      for (std::size_t j = 0; j < 20; ++j) mass += std::exp(double(c.base_top_k_log_probs(r, t, j)));
+      CHECK(std::abs(mass - 1.0) < 1e-5);
+    }
+  }
 }
 
 TEST_CASE("remote base: training queries the server only in rollouts and matches the local top_k_view") {
