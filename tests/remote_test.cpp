@@ -659,26 +659,38 @@ std::string good_reply(std::size_t k) {
       .dump();
 }
 
-// Runs one prefill of two rows against a responder that answers /completion with `reply`, one
-// request per row or (batched) one for both.
-void prefill_against(const ipa_test::canned_responder::reply& reply, double give_up_after_s = 1.0,
-                     long timeout_ms = 5000, bool batched = false) {
-  ipa_test::canned_responder responder([&](const std::string& path, const std::string&) {
+// A responder that introduces itself as a llama-server of 2 slots and 512 tokens and answers
+// /completion with answer(body).
+template <class Answer>
+ipa_test::canned_responder fake_llama_server(Answer answer) {
+  return ipa_test::canned_responder([answer](const std::string& path, const std::string& body) {
     if (path == "/v1/models")
       return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
     if (path == "/props")
       return ipa_test::canned_responder::reply{200, R"({"total_slots":2,"default_generation_settings":{"n_ctx":128}})"};
-    return reply;
+    return answer(body);
   });
-  ipa::remote_options o = options_for(responder.url(), 4);
-  o.give_up_after_s = give_up_after_s;
-  o.request_timeout_ms = timeout_ms;
-  o.batch_rows = batched;
-  const ipa::remote_base remote(o, 512);
+}
+
+// The top 4 (ids, log-probs) of two rows, {1, 403} and {1, 407}, prefilled through `remote`.
+std::pair<std::vector<ipa::token_id>, std::vector<float>> prefill_two_rows(const ipa::remote_base& remote) {
   auto s = remote.new_state(2, 8);
   std::vector<ipa::token_id> ids(8);
   std::vector<float> lps(8);
   remote.prefill_top_k(s, {{1, 403}, {1, 407}}, ids, lps);
+  return {ids, lps};
+}
+
+// Runs one prefill of two rows against a responder that answers /completion with `reply`, one
+// request per row or (batched) one for both.
+void prefill_against(const ipa_test::canned_responder::reply& reply, double give_up_after_s = 1.0,
+                     long timeout_ms = 5000, bool batched = false) {
+  const auto responder = fake_llama_server([&](const std::string&) { return reply; });
+  ipa::remote_options o = options_for(responder.url(), 4);
+  o.give_up_after_s = give_up_after_s;
+  o.request_timeout_ms = timeout_ms;
+  o.batch_rows = batched;
+  const auto [ids, lps] = prefill_two_rows(ipa::remote_base(o, 512));
   CHECK(ids[0] == 10);
   CHECK(lps[3] == -3.5f);
 }
@@ -761,11 +773,7 @@ TEST_CASE("remote base: renormalised top-k; a reply without probabilities is ask
   // against a responder: the first request is the renormalised form and gets no probabilities
   // (llama-server's partial UTF-8 pick); the retry is the raw form, renormalised on arrival
   std::vector<nlohmann::json> bodies;
-  ipa_test::canned_responder responder([&](const std::string& path, const std::string& body) {
-    if (path == "/v1/models")
-      return ipa_test::canned_responder::reply{200, R"({"data":[{"id":"m","meta":{"n_vocab":512}}]})"};
-    if (path == "/props")
-      return ipa_test::canned_responder::reply{200, R"({"total_slots":2,"default_generation_settings":{"n_ctx":128}})"};
+  const auto responder = fake_llama_server([&](const std::string& body) {
     bodies.push_back(nlohmann::json::parse(body));
     if (bodies.back().value("post_sampling_probs", false))
       return ipa_test::canned_responder::reply{
@@ -775,11 +783,7 @@ TEST_CASE("remote base: renormalised top-k; a reply without probabilities is ask
   });
   ipa::remote_options o = options_for(responder.url(), 4);
   o.renormalize_top_k = true;
-  const ipa::remote_base remote(o, 512);
-  auto s = remote.new_state(2, 8);
-  std::vector<ipa::token_id> both_ids(8);
-  std::vector<float> both_lps(8);
-  remote.prefill_top_k(s, {{1, 403}, {1, 407}}, both_ids, both_lps);
+  const auto [both_ids, both_lps] = prefill_two_rows(ipa::remote_base(o, 512));
   REQUIRE(bodies.size() == 2);
   CHECK(bodies[0]["samplers"] == nlohmann::json({"top_k"}));
   CHECK(bodies[0]["top_k"] == 4);
