@@ -166,7 +166,8 @@ void BM_remote_decode(benchmark::State& state) {
   }
   server_alone_seconds(s, B, 4);  // warm both paths
   ipa_seconds(base, adapter.get(), B, 4);
-  std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates, stepwise_rates;
+  std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates, stepwise_rates,
+      adapter_costs;
   for (auto _ : state) {
     const double alone = server_alone_seconds(s, B, N);
     probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true, form == renormalized));
@@ -179,6 +180,9 @@ void BM_remote_decode(benchmark::State& state) {
     ipa_rates.push_back(double(B * N) / through);
     ratios.push_back(alone / through);
     overheads.push_back((through - alone) / steps * 1e3);
+    // the adapter's cost: the same decode without it, in the same round (the host's speed drifts
+    // between benchmark rows by more than the few percent measured here)
+    if (adapter) adapter_costs.push_back(through / ipa_seconds(base, nullptr, B, N));
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -191,6 +195,7 @@ void BM_remote_decode(benchmark::State& state) {
   state.counters["ratio"] = median(ratios);
   state.counters["overhead_ms/step"] = median(overheads);    // wall time per step beyond the server alone's
   state.counters["client_cpu_ms/row"] = median(client_cpu);  // ipa's own CPU per row and step (JSON, HTTP, fusion)
+  if (adapter) state.counters["adapter_cost"] = median(adapter_costs);  // time with the adapter / without
   state.SetLabel(std::string(m == stories260K ? "stories260K" : "110M-shape") + " B=" + std::to_string(B) +
                  (with_adapter ? " +adapter" : "") +
                  (form == batched        ? " batched"
