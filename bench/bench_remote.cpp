@@ -12,7 +12,7 @@
 // yardsticks from the same round: the server alone also reporting the top-20 (what every ipa
 // step asks for, in the same form), and a bare client sending ipa's requests one after the other
 // (`stepwise`).
-//   ./build/bench/bench_remote                 (~3 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
+//   ./build/bench/bench_remote                 (~5 minutes; IPA_PEERS_DIR, IPA_MODEL_DIR)
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -73,9 +73,14 @@ ipa_test::llama_server& server(model_kind m) {
 // each; with `probs`, reporting the top-20 log-probs of every token as well (what each ipa step
 // asks for; `renormalized`: as post-sampling probabilities after a top_k sampler of 20, the server
 // then sampling among them). One connection: llama-server gives each kept-alive connection one of
-// its HTTP threads.
-double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N, bool probs = false,
-                            bool renormalized = false) {
+// its HTTP threads. Wall time, and the server's own account of it (`timings`, the slowest row's).
+struct server_times {
+  double wall = 0;       ///< the request, sent to answered
+  double evaluated = 0;  ///< prompt_ms + predicted_ms: the prompt's token, then N - 1 more
+  double predicted = 0;  ///< predicted_ms: what its predicted_per_second divides N by
+};
+server_times server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_t N, bool probs = false,
+                                  bool renormalized = false) {
   static ipa::http_batch_client client;
   nlohmann::json body = {{"prompt", std::vector<std::vector<int>>(B, {1})},
                          {"n_predict", N},
@@ -84,17 +89,26 @@ double server_alone_seconds(ipa_test::llama_server& s, std::size_t B, std::size_
                          {"samplers", {"top_k"}},
                          {"top_k", 1},
                          {"n_probs", probs ? 20 : 0}};
-  if (probs && renormalized) body["post_sampling_probs"] = true, body["top_k"] = 20;
+  if (probs && renormalized) {
+    body["post_sampling_probs"] = true;
+    body["top_k"] = 20;
+  }
   const auto start = std::chrono::steady_clock::now();
   const auto reply = client.run({{s.url() + "/completion", body.dump()}});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto j = nlohmann::json::parse(reply[0].body, nullptr, false);
   if (reply[0].status != 200 || j.is_discarded())
     throw ipa::remote_error("server alone: " + reply[0].body.substr(0, 200));
-  for (const auto& row : j.is_array() ? j : nlohmann::json::array({j}))
+  server_times t{seconds, 0, 0};
+  for (const auto& row : j.is_array() ? j : nlohmann::json::array({j})) {
     if (row.value("tokens_predicted", 0) != int(N))
       throw ipa::remote_error("server alone: a row predicted " + std::to_string(row.value("tokens_predicted", 0)));
-  return seconds;
+    const nlohmann::json timings = row.value("timings", nlohmann::json::object());
+    const double prompt_ms = timings.value("prompt_ms", 0.0), predicted_ms = timings.value("predicted_ms", 0.0);
+    t.evaluated = std::max(t.evaluated, (prompt_ms + predicted_ms) / 1e3);
+    t.predicted = std::max(t.predicted, predicted_ms / 1e3);
+  }
+  return t;
 }
 
 // The floor of any client that asks one token at a time: the same requests as ipa's batched
@@ -167,10 +181,11 @@ void BM_remote_decode(benchmark::State& state) {
   server_alone_seconds(s, B, 4);  // warm both paths
   ipa_seconds(base, adapter.get(), B, 4);
   std::vector<double> ratios, ipa_rates, server_rates, overheads, client_cpu, probs_rates, stepwise_rates,
-      adapter_costs;
+      adapter_costs, evaluated_ratios, predicted_ratios;
   for (auto _ : state) {
-    const double alone = server_alone_seconds(s, B, N);
-    probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true, form == renormalized));
+    const server_times times = server_alone_seconds(s, B, N);
+    const double alone = times.wall;
+    probs_rates.push_back(double(B * N) / server_alone_seconds(s, B, N, true, form == renormalized).wall);
     stepwise_rates.push_back(double(B * N) / server_stepwise_seconds(s, B, N, form == renormalized));
     const double cpu = process_cpu_seconds();
     const double through = ipa_seconds(base, adapter.get(), B, N);
@@ -179,6 +194,8 @@ void BM_remote_decode(benchmark::State& state) {
     server_rates.push_back(double(B * N) / alone);
     ipa_rates.push_back(double(B * N) / through);
     ratios.push_back(alone / through);
+    evaluated_ratios.push_back(times.evaluated / through);
+    predicted_ratios.push_back(times.predicted / through);
     overheads.push_back((through - alone) / steps * 1e3);
     // the adapter's cost: the same decode without it, in the same round (the host's speed drifts
     // between benchmark rows by more than the few percent measured here)
@@ -193,6 +210,10 @@ void BM_remote_decode(benchmark::State& state) {
   state.counters["stepwise_tok/s"] = median(stepwise_rates);   // a bare client, one batched request a step
   state.counters["ipa_tok/s"] = median(ipa_rates);
   state.counters["ratio"] = median(ratios);
+  // the same against the server's timings: its prompt's token and N - 1 more (N evaluations, as
+  // ipa's N requests), and predicted_ms alone (N tokens over N - 1 evaluations)
+  state.counters["ratio_timings"] = median(evaluated_ratios);
+  state.counters["ratio_predicted"] = median(predicted_ratios);
   state.counters["overhead_ms/step"] = median(overheads);    // wall time per step beyond the server alone's
   state.counters["client_cpu_ms/row"] = median(client_cpu);  // ipa's own CPU per row and step (JSON, HTTP, fusion)
   if (adapter) state.counters["adapter_cost"] = median(adapter_costs);  // time with the adapter / without
