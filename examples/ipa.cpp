@@ -116,7 +116,9 @@ void add_kv_cache(CLI::App& sub, std::string& kv_cache) {
 
 void add_remote_options(CLI::App& sub, ipa_cli::remote_flags& r) {
   const char* group = "Base behind a server (--base http://HOST:PORT[/v1][,URL2...])";
-  sub.add_option("--base-top-k", r.top_k, "log-probs the server returns per step")
+  sub.add_option("--base-top-k", r.top_k,
+                 "log-probs the server returns per step (generate and train ask llama-server for them "
+                 "renormalised over the K: the same tailored policy, and no sort of the whole vocabulary)")
       ->check(whole_in(1, 1 << 20))
       ->group(group);
   sub.add_option("--base-protocol", r.protocol,
