@@ -98,12 +98,12 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
   const auto table = ipa::table_of(f.tok);
   const ipa::top_k_view local(f.base, 20);
 
-  // one request a step holding every row (the server matches rows to its caches), one request
-  // per row pinned to a slot, and batched with the top-k renormalised (the local rows then too)
+  // one request a step holding every row (the server matches rows to its caches) or one request
+  // per row pinned to a slot, each with the raw top-k and renormalised (the local rows then too)
   struct request_form {
     bool batched, renormalized;
   };
-  for (const auto [batched, renormalized] : {request_form{true, false}, {false, false}, {true, true}})
+  for (const auto [batched, renormalized] : {request_form{true, false}, {false, false}, {true, true}, {false, true}})
     for (std::size_t B : {std::size_t(1), std::size_t(8)}) {
       CAPTURE(batched);
       CAPTURE(renormalized);
