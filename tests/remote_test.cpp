@@ -453,6 +453,12 @@ TEST_CASE("remote base: a sampled rollout with an adapter gives the local top_k_
       ipa::ipa_decoder<ipa::remote_base, ipa::llama_model>(renormalized, {ipa::with_alpha(adapter, 0.5f)})
           .generate(prompts, g, sampler, rng_renormalized);
   CHECK(c.response_ids == b.response_ids);
+  // (the uniform tail spreads the mass the top k leave, which a renormalised top k does not say)
+  ipa::generation_config uniform = g;
+  uniform.sparse_tail = ipa::tail_policy::uniform;
+  const ipa::ipa_decoder<ipa::remote_base, ipa::llama_model> base_alone(renormalized, {});
+  CHECK_THROWS_WITH_AS(base_alone.generate(prompts, uniform, sampler, rng_renormalized),
+                       doctest::Contains("the uniform tail needs the base's raw top-k log-probs"), ipa::config_error);
   for (std::size_t r = 0; r < prompts.size(); ++r) {
     REQUIRE(c.response_length(r) == b.response_length(r));
     for (std::size_t t = 0; t < c.response_length(r); ++t) {

@@ -143,6 +143,12 @@ class ipa_decoder {
       throw config_error("ipa_decoder::generate: keep_top_k must be in [1, " + std::to_string(V) + "]");
     if (cfg.threads < 0)
       throw config_error("ipa_decoder::generate: threads must be >= 0, found " + std::to_string(cfg.threads));
+    // a top-k renormalised over itself has no mass left for the uniform tail to spread
+    if constexpr (requires { base_->renormalizes_top_k(); })
+      if (cfg.sparse_tail == tail_policy::uniform && base_->renormalizes_top_k())
+        throw config_error(
+            "ipa_decoder::generate: the uniform tail needs the base's raw top-k log-probs, and this base "
+            "renormalises them over the top k; turn remote_options::renormalize_top_k off or restrict to the top k");
     const thread_limit threads(cfg.threads > 0 ? cfg.threads : SplitSparsePolicy<Base> ? 1 : max_threads());
 
     // Per-row budget: max_new_tokens, cut so that every sampled token fits every context.

@@ -156,6 +156,8 @@ class remote_base {
   std::size_t vocab_size() const noexcept { return vocab_; }
   std::size_t context_length() const noexcept { return context_; }
   std::size_t top_k() const noexcept { return options_.top_k; }
+  /// Whether the top-k log-probs come renormalised over the k (remote_options::renormalize_top_k).
+  bool renormalizes_top_k() const noexcept { return options_.renormalize_top_k; }
   const std::vector<remote_server>& servers() const noexcept { return servers_; }
   /// Rows that keep their own prompt cache: the servers' slots in all (0: the servers don't say).
   /// More rows than this still decode right, but share slots and recompute their prompts.
