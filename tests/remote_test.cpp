@@ -136,7 +136,7 @@ TEST_CASE("remote base: every position of a 100-token rollout equals the local G
             double mass = 0;
             for (std::size_t i = 0; i < k; ++i) mass += std::exp(double(rlp[j * k + i]));
             REQUIRE(std::abs(mass - 1.0) < 1e-5);
-            ipa::renormalize_top_k({llp.data() + j * k, k});
+            ipa::log_softmax({llp.data() + j * k, k});
           }
           check_same_top_k({rid.data() + j * k, k}, {rlp.data() + j * k, k}, {lid.data() + j * k, k},
                            {llp.data() + j * k, k}, 1e-4);
@@ -768,9 +768,9 @@ TEST_CASE("remote base: renormalised top-k; a reply without probabilities is ask
     CHECK_THROWS_WITH_AS(ipa::parse_top_k_reply(ipa::remote_protocol::llama_cpp, r, 1, 512, ids, lps),
                          doctest::Contains("top_probs[0].prob is"), ipa::remote_error);
   }
-  // renormalize_top_k: log p_i - log sum p (of good_reply(4)'s -0.5, -1.5, -2.5, -3.5)
+  // renormalising on arrival, log_softmax over the k: log p_i - log sum p (good_reply(4)'s values)
   std::vector<float> raw = {-0.5f, -1.5f, -2.5f, -3.5f};
-  ipa::renormalize_top_k(raw);
+  ipa::log_softmax(raw);
   double mass = 0;
   for (float lp : raw) mass += std::exp(double(lp));
   CHECK(mass == doctest::Approx(1.0).epsilon(1e-6));

@@ -228,18 +228,6 @@ inline void parse_top_k_part(remote_protocol protocol, const nlohmann::json& j, 
   }
 }
 
-/// Renormalises top-k log-probs over themselves: log p_i - log sum_j p_j (in double). The raw and
-/// the renormalised forms of a reply then give the same numbers.
-inline void renormalize_top_k(std::span<float> log_probs) noexcept {
-  if (log_probs.empty()) return;
-  const double top = *std::max_element(log_probs.begin(), log_probs.end());
-  if (!std::isfinite(top)) return;
-  double sum = 0.0;
-  for (float lp : log_probs) sum += std::exp(double(lp) - top);
-  const double log_sum = top + std::log(sum);
-  for (float& lp : log_probs) lp = float(std::min(double(lp) - log_sum, 0.0));
-}
-
 /// The same from the body of a reply to a one-prompt request.
 inline void parse_top_k_reply(remote_protocol protocol, std::string_view body, std::size_t k, std::size_t vocab,
                               std::span<token_id> ids, std::span<float> log_probs) {

@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ipa/core/error.hpp"
+#include "ipa/core/math.hpp"
 #include "ipa/core/types.hpp"
 #include "ipa/decode/policy.hpp"
 #include "ipa/remote/http.hpp"
@@ -344,7 +345,7 @@ class remote_base {
       throw remote_error(server.url + " answered HTTP " + std::to_string(r.status) + ": " + detail::excerpt(r.body));
     const std::size_t k = options_.top_k;
     auto renormalize = [&](std::size_t j) {
-      if (options_.renormalize_top_k) renormalize_top_k(lps.subspan(j * k, k));
+      if (options_.renormalize_top_k) log_softmax(lps.subspan(j * k, k));  // over the k: log p_i - log sum p
     };
     try {
       if (!options_.batch_rows) {
